@@ -1,0 +1,62 @@
+"""The FastAPI application. ``create_app(ctx)`` is the only way to make one."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+
+from goldfleet import __version__
+from goldfleet.api.routers import admin, clones, templates
+from goldfleet.bootstrap import Context
+from goldfleet.errors import GoldfleetError
+
+log = logging.getLogger("goldfleet.api")
+
+
+def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if recover:
+            from goldfleet.services.home import recover as run_recovery
+
+            for note in run_recovery(ctx):
+                log.warning("recovery: %s", note)
+        yield
+        ctx.runner.shutdown()  # type: ignore[union-attr]
+
+    app = FastAPI(title="goldfleet", version=__version__, lifespan=lifespan)
+    app.state.ctx = ctx
+
+    @app.exception_handler(GoldfleetError)
+    async def goldfleet_error(request: Request, exc: GoldfleetError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+        return JSONResponse(
+            {"error": type(exc).__name__, "message": exc.message},
+            status_code=exc.status_code,
+            headers=headers,
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+        parts = []
+        for err in exc.errors():
+            where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
+            parts.append(f"{where}: {err.get('msg')}")
+        return JSONResponse(
+            {"error": "InvalidInput", "message": "; ".join(parts) or "invalid request"},
+            status_code=422,
+        )
+
+    @app.get("/health", tags=["health"])
+    def health() -> dict[str, str]:
+        return {"status": "ok", "version": __version__}
+
+    app.include_router(templates.router)
+    app.include_router(clones.router)
+    app.include_router(admin.router)
+    return app

@@ -1,0 +1,38 @@
+"""Dependencies shared by every router: the context and the authenticated caller."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+from fastapi.concurrency import run_in_threadpool
+
+from goldfleet.bootstrap import Context
+from goldfleet.errors import GoldfleetError
+from goldfleet.services import auth
+
+
+class Forbidden(GoldfleetError):
+    status_code = 403
+
+
+def get_ctx(request: Request) -> Context:
+    return request.app.state.ctx
+
+
+async def get_caller(request: Request) -> auth.Caller:
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    token = token.strip() if scheme.lower() == "bearer" else ""
+    return await run_in_threadpool(auth.authenticate, request.app.state.ctx, token)
+
+
+async def get_writer(caller: Annotated[auth.Caller, Depends(get_caller)]) -> auth.Caller:
+    if not caller.can_write:
+        raise Forbidden(f"token {caller.name} has the role {caller.role}, which may only read")
+    return caller
+
+
+Ctx = Annotated[Context, Depends(get_ctx)]
+Reader = Annotated[auth.Caller, Depends(get_caller)]
+Writer = Annotated[auth.Caller, Depends(get_writer)]

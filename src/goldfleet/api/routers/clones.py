@@ -1,0 +1,83 @@
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from goldfleet.api.deps import Ctx, Reader, Writer
+from goldfleet.api.schemas import (
+    CloneBulkPublic,
+    CloneCreate,
+    CloneRebase,
+    CloneRecreate,
+    CloneRetry,
+)
+from goldfleet.services import clones
+from goldfleet.services.views import CloneView, OperationView
+
+router = APIRouter(prefix="/clones", tags=["clones"])
+
+
+@router.get("")
+def list_clones(ctx: Ctx, caller: Reader, template: str | None = None) -> list[CloneView]:
+    return clones.list_clones(ctx, template=template)
+
+
+@router.post("", status_code=202)
+def create_clones(body: CloneCreate, ctx: Ctx, caller: Writer) -> CloneBulkPublic:
+    op, names = clones.create_clones(
+        ctx,
+        template=body.template,
+        count=body.count,
+        name=body.name,
+        full=body.full,
+        actor=caller.name,
+        wait=body.wait,
+    )
+    return CloneBulkPublic(operation=op, clones=names)
+
+
+@router.post("/recreate", status_code=202)
+def recreate(body: CloneRecreate, ctx: Ctx, caller: Writer) -> OperationView:
+    return clones.recreate(
+        ctx,
+        name=body.name,
+        template=body.template,
+        include_full=body.include_full,
+        discard_data=body.discard_data,
+        actor=caller.name,
+        wait=body.wait,
+    )
+
+
+@router.post("/retry", status_code=202)
+def retry(body: CloneRetry, ctx: Ctx, caller: Writer) -> OperationView:
+    return clones.retry(ctx, name=body.name, all_failed=body.all, actor=caller.name, wait=body.wait)
+
+
+@router.get("/{name}")
+def show_clone(name: str, ctx: Ctx, caller: Reader) -> CloneView:
+    return clones.show_clone(ctx, name)
+
+
+@router.post("/{name}/start")
+def start_clone(name: str, ctx: Ctx, caller: Writer) -> CloneView:
+    return clones.start_clone(ctx, name, actor=caller.name)
+
+
+@router.post("/{name}/stop")
+def stop_clone(name: str, ctx: Ctx, caller: Writer) -> CloneView:
+    return clones.stop_clone(ctx, name, actor=caller.name)
+
+
+@router.post("/{name}/restore")
+def restore_clone(name: str, ctx: Ctx, caller: Writer) -> CloneView:
+    return clones.restore_clone(ctx, name, actor=caller.name)
+
+
+@router.post("/{name}/rebase")
+def rebase_clone(name: str, ctx: Ctx, caller: Writer, body: CloneRebase | None = None) -> CloneView:
+    return clones.rebase_clone(ctx, name, to=(body or CloneRebase()).to, actor=caller.name)
+
+
+@router.delete("/{name}", status_code=204)
+def delete_clone(name: str, ctx: Ctx, caller: Writer) -> None:
+    clones.delete_clone(ctx, name, actor=caller.name)

@@ -1,0 +1,109 @@
+from __future__ import annotations
+
+import os
+import secrets
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
+
+from goldfleet.api.deps import Ctx, Reader, Writer
+from goldfleet.api.schemas import MaintenanceExit, TemplateFromClone
+from goldfleet.domain.names import check_name
+from goldfleet.errors import InvalidInput
+from goldfleet.services import templates
+from goldfleet.services.views import MaintenanceExitView, TemplateView, VersionView
+
+router = APIRouter(prefix="/templates", tags=["templates"])
+
+
+@router.get("")
+def list_templates(ctx: Ctx, caller: Reader) -> list[TemplateView]:
+    return templates.list_templates(ctx)
+
+
+@router.post("/import", status_code=201)
+async def import_template(
+    request: Request,
+    ctx: Ctx,
+    caller: Writer,
+    name: str,
+    format: str = "qcow2",
+    kind: str = "linked",
+    temp: Annotated[list[str], Query()] = [],  # noqa: B006 - FastAPI reads the default
+    data: Annotated[list[str], Query()] = [],  # noqa: B006
+) -> TemplateView:
+    """Upload an image (the request body) and import it as v1 of a new template."""
+    check_name(name, "template name")
+    limit = ctx.settings.max_virtual_size + (64 << 20)
+    incoming = ctx.layers.incoming / f"upload-{secrets.token_hex(8)}"
+    try:
+        received = 0
+        with open(incoming, "wb") as f:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise InvalidInput("the image is larger than the configured limit")
+                f.write(chunk)
+        return await run_in_threadpool(
+            templates.import_template,
+            ctx,
+            name=name,
+            image=incoming,
+            fmt=format,
+            temp=temp,
+            data=data,
+            kind=kind,
+            actor=caller.name,
+        )
+    finally:
+        if os.path.exists(incoming):
+            os.unlink(incoming)
+
+
+@router.post("/from-clone", status_code=201)
+def create_from_clone(body: TemplateFromClone, ctx: Ctx, caller: Writer) -> TemplateView:
+    return templates.create_from_clone(ctx, name=body.name, clone=body.clone, actor=caller.name)
+
+
+@router.get("/{name}")
+def show_template(name: str, ctx: Ctx, caller: Reader) -> TemplateView:
+    return templates.show_template(ctx, name)
+
+
+@router.get("/{name}/versions")
+def list_versions(name: str, ctx: Ctx, caller: Reader) -> list[VersionView]:
+    return templates.list_versions(ctx, name)
+
+
+@router.delete("/{name}", status_code=204)
+def delete_template(name: str, ctx: Ctx, caller: Writer) -> None:
+    templates.delete_template(ctx, name, actor=caller.name)
+
+
+@router.delete("/{name}/versions/{number}", status_code=204)
+def delete_version(name: str, number: int, ctx: Ctx, caller: Writer) -> None:
+    templates.delete_version(ctx, name, number, actor=caller.name)
+
+
+@router.post("/{name}/flatten")
+def flatten(name: str, ctx: Ctx, caller: Writer) -> VersionView:
+    return templates.flatten_template(ctx, name, actor=caller.name)
+
+
+@router.post("/{name}/maintenance/enter")
+def enter_maintenance(name: str, ctx: Ctx, caller: Writer) -> TemplateView:
+    return templates.enter_maintenance(ctx, name, actor=caller.name)
+
+
+@router.post("/{name}/maintenance/exit")
+def exit_maintenance(
+    name: str, ctx: Ctx, caller: Writer, body: MaintenanceExit | None = None
+) -> MaintenanceExitView:
+    body = body or MaintenanceExit()
+    return templates.exit_maintenance(ctx, name, recreate=body.recreate, actor=caller.name)
+
+
+@router.post("/{name}/maintenance/abort")
+def abort_maintenance(name: str, ctx: Ctx, caller: Writer) -> TemplateView:
+    return templates.abort_maintenance(ctx, name, actor=caller.name)

@@ -1,0 +1,86 @@
+"""Wiring: settings → database, store, driver and operation runner. The one place that builds
+them, called by ``goldfleet serve``, the demo and the tests; nothing is built at import time."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from threading import Lock
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from goldfleet.config import Settings
+from goldfleet.db.engine import make_engine, migrate
+from goldfleet.drivers.base import Driver
+from goldfleet.errors import InvalidInput
+from goldfleet.store.layers import LayerStore
+from goldfleet.store.qemu import Limits, QemuImg
+from goldfleet.store.volumes import VolumeStore
+
+
+@dataclass
+class Context:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    qemu: QemuImg
+    layers: LayerStore
+    volumes: VolumeStore
+    driver: Driver
+    template_locks: dict[str, Lock] = field(default_factory=dict)
+    _locks_guard: Lock = field(default_factory=Lock)
+    runner: object | None = None  # services.operations.Runner, set by bootstrap
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: rolled back unless the caller commits."""
+        s = self.sessions()
+        try:
+            yield s
+        finally:
+            s.rollback()
+            s.close()
+
+    def template_lock(self, name: str) -> Lock:
+        """Serialises maintenance steps of one template inside this server."""
+        with self._locks_guard:
+            return self.template_locks.setdefault(name, Lock())
+
+
+def make_driver(settings: Settings, sessions: sessionmaker[Session]) -> Driver:
+    if settings.driver == "sim":
+        from goldfleet.drivers.sim import SimDriver
+
+        return SimDriver(sessions)
+    raise InvalidInput(f"driver {settings.driver!r} is not available; use 'sim'")
+
+
+def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:
+    engine = make_engine(settings.db_url)
+    if run_migrations:
+        migrate(engine)
+    sessions = sessionmaker(engine, expire_on_commit=False)
+    qemu = QemuImg()
+    layers = LayerStore(
+        settings.store,
+        qemu,
+        Limits(cpu_seconds=settings.inspect_cpu_seconds, address_space=settings.inspect_memory),
+    )
+    layers.ensure()
+    volumes = VolumeStore(settings.store, qemu, layers)
+    volumes.ensure()
+    ctx = Context(
+        settings=settings,
+        engine=engine,
+        sessions=sessions,
+        qemu=qemu,
+        layers=layers,
+        volumes=volumes,
+        driver=make_driver(settings, sessions),
+    )
+    from goldfleet.services.operations import Runner
+
+    ctx.runner = Runner(ctx)
+    return ctx

@@ -1,0 +1,66 @@
+"""Settings: ``$GOLDFLEET_HOME/config.toml`` overridden by ``GOLDFLEET_*`` environment variables.
+
+Nothing is read at import time; :func:`load_settings` is called by the bootstrap.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_HOME = Path("~/.local/share/goldfleet")
+
+
+def home_dir() -> Path:
+    return Path(os.environ.get("GOLDFLEET_HOME") or DEFAULT_HOME).expanduser().resolve()
+
+
+class Settings(BaseSettings):
+    """Every setting of a goldfleet server; the defaults are the embedded single-machine setup."""
+
+    model_config = SettingsConfigDict(env_prefix="GOLDFLEET_", extra="forbid")
+
+    home: Path = Field(default_factory=home_dir)
+    database_url: str = ""  # empty: SQLite file in the home
+    store_dir: Path | None = None  # empty: <home>/store
+    host: str = "127.0.0.1"
+    port: int = 8437
+    driver: str = "sim"
+    max_virtual_size: int = 2 << 40  # 2 TiB
+    max_chain_depth: int = 8
+    workers: int = 2  # volumes built at once by a bulk operation
+    batch_size: int = 25  # clones committed together by a bulk operation
+    inspect_cpu_seconds: int = 30
+    inspect_memory: int = 1 << 30
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        toml = TomlConfigSettingsSource(settings_cls, toml_file=home_dir() / "config.toml")
+        return (init_settings, env_settings, toml)
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'goldfleet.db'}"
+
+    @property
+    def store(self) -> Path:
+        return self.store_dir or self.home / "store"
+
+
+def load_settings(**overrides: object) -> Settings:
+    return Settings(**overrides)  # type: ignore[arg-type]

@@ -1,0 +1,1 @@
+"""The database: tables, the unit of work and Alembic migrations."""

@@ -1,0 +1,164 @@
+"""Tables of goldfleet's state. SQLite (WAL) by default, PostgreSQL supported.
+
+Rows hold names, digests and states; files are found from them by the store (a clone's folder is
+its random ``uid``, a layer's file is its digest), never from a user string.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any, ClassVar
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC).replace(tzinfo=None)
+
+
+class Base(DeclarativeBase):
+    # SQLite assigns row ids only to INTEGER PRIMARY KEY columns
+    type_annotation_map: ClassVar = {
+        dict[str, Any]: JSON,
+        int: BigInteger().with_variant(Integer(), "sqlite"),
+    }
+
+
+class Layer(Base):
+    __tablename__ = "layers"
+
+    digest: Mapped[str] = mapped_column(String(71), primary_key=True)
+    parent: Mapped[str | None] = mapped_column(ForeignKey("layers.digest"), index=True)
+    size: Mapped[int]
+    virtual_size: Mapped[int]
+    depth: Mapped[int]  # 1 for a base layer
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Template(Base):
+    __tablename__ = "templates"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    status: Mapped[str] = mapped_column(String(32), default="ready")
+    kind: Mapped[str] = mapped_column(String(16), default="linked")
+    outline: Mapped[dict[str, Any]]
+    current_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("versions.id", use_alter=True, name="fk_template_current_version")
+    )
+    overlay: Mapped[str | None] = mapped_column(String(80))  # maintenance overlay file name
+    sealing: Mapped[str | None] = mapped_column(String(71))  # digest being sealed on exit
+    error: Mapped[str | None] = mapped_column(Text)  # why the last maintenance step failed
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    versions: Mapped[list[Version]] = relationship(
+        back_populates="template",
+        foreign_keys="Version.template_id",
+        order_by="Version.number",
+    )
+    current_version: Mapped[Version | None] = relationship(
+        foreign_keys=[current_version_id], post_update=True
+    )
+
+
+class Version(Base):
+    __tablename__ = "versions"
+    __table_args__ = (UniqueConstraint("template_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("templates.id"))
+    number: Mapped[int]
+    top_layer: Mapped[str] = mapped_column(ForeignKey("layers.digest"))
+    note: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    template: Mapped[Template] = relationship(back_populates="versions", foreign_keys=[template_id])
+    layer: Mapped[Layer] = relationship()
+
+
+class Clone(Base):
+    __tablename__ = "clones"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    uid: Mapped[str] = mapped_column(String(32), unique=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("templates.id"), index=True)
+    version_id: Mapped[int] = mapped_column(ForeignKey("versions.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))
+    status: Mapped[str] = mapped_column(String(16), default="creating", index=True)
+    power: Mapped[str] = mapped_column(String(16), default="stopped")
+    # the action under way or failed, and its target version; cleared when it completes
+    action: Mapped[str | None] = mapped_column(String(16))
+    target_version_id: Mapped[int | None] = mapped_column(ForeignKey("versions.id"))
+    discard_data: Mapped[bool] = mapped_column(default=False)
+    restart: Mapped[bool] = mapped_column(default=False)
+    error: Mapped[str | None] = mapped_column(Text)
+    operation_id: Mapped[int | None] = mapped_column(ForeignKey("operations.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+    template: Mapped[Template] = relationship(foreign_keys=[template_id])
+    version: Mapped[Version] = relationship(foreign_keys=[version_id])
+    target_version: Mapped[Version | None] = relationship(foreign_keys=[target_version_id])
+
+
+class Operation(Base):
+    """A long action over many clones, with its progress."""
+
+    __tablename__ = "operations"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    target: Mapped[str] = mapped_column(String(200))
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    total: Mapped[int] = mapped_column(default=0)
+    done: Mapped[int] = mapped_column(default=0)
+    failed: Mapped[int] = mapped_column(default=0)
+    error: Mapped[str | None] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class Token(Base):
+    __tablename__ = "tokens"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]
+
+
+class AuditEntry(Base):
+    __tablename__ = "audit"
+    __table_args__ = (Index("ix_audit_at", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(default=utcnow)
+    actor: Mapped[str] = mapped_column(String(63))
+    action: Mapped[str] = mapped_column(String(63))
+    target: Mapped[str] = mapped_column(String(200))
+    detail: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class SimDomain(Base):
+    """The sim driver's hypervisor state: its defined VMs and their power state."""
+
+    __tablename__ = "sim_domains"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    host: Mapped[str] = mapped_column(String(63))
+    state: Mapped[str] = mapped_column(String(16), default="stopped")
+    disks: Mapped[dict[str, Any]] = mapped_column(default=dict)

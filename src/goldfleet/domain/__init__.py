@@ -1,0 +1,1 @@
+"""The domain: goldfleet's rules as plain Python, with no I/O and no framework imports."""

@@ -1,0 +1,1 @@
+"""Hypervisor drivers behind one small interface: ``sim`` (the simulator), later ``libvirt``."""

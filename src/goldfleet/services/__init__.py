@@ -1,0 +1,1 @@
+"""The service layer: one function per user-visible action. API, CLI and web call only these."""

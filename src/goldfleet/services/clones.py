@@ -1,0 +1,501 @@
+"""Clones: create, start, stop, restore, rebase, recreate, delete, retry.
+
+Every action that touches files goes in three steps, so that no half-made clone is ever shown as
+complete: (1) *request* — the rules are checked and the clone row is marked with the action and
+its target version, in one transaction; (2) *execute* — volumes are built beside the old ones
+and switched by rename, and the hypervisor is told (no database writes); (3) *record* — the row
+is marked ``ready`` on the target version, or ``failed`` with the reason. A step interrupted by a
+crash leaves a ``failed`` clone whose recorded action ``clone retry`` completes; executing is
+idempotent. Many clones go through :mod:`goldfleet.services.operations` in batches.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from goldfleet.bootstrap import Context
+from goldfleet.db.tables import Clone, Operation, Version
+from goldfleet.domain import rules
+from goldfleet.domain.model import CloneAction, CloneKind, CloneStatus, Outline, Power, VolumeRole
+from goldfleet.domain.names import check_name, numbered_names, parse_version_ref
+from goldfleet.drivers.base import DiskSpec, DomainSpec
+from goldfleet.errors import Conflict, GoldfleetError, InvalidInput
+from goldfleet.services import audit
+from goldfleet.services.common import (
+    get_clone,
+    get_template,
+    get_version,
+    operation_view,
+    outline_of,
+)
+from goldfleet.services.views import CloneView, OperationView, VolumeView
+
+MAX_BULK = 10_000
+
+_STATUS_FOR = {
+    CloneAction.CREATE: CloneStatus.CREATING,
+    CloneAction.RESTORE: CloneStatus.REBUILDING,
+    CloneAction.REBASE: CloneStatus.REBUILDING,
+    CloneAction.RECREATE: CloneStatus.REBUILDING,
+    CloneAction.DELETE: CloneStatus.DELETING,
+}
+TRANSITIONAL = (CloneStatus.CREATING, CloneStatus.REBUILDING, CloneStatus.DELETING)
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """Everything ``execute`` needs, read from the database before any file is touched."""
+
+    clone_id: int
+    name: str
+    uid: str
+    kind: str
+    action: str
+    top: str
+    virtual_size: int
+    outline: Outline
+    running: bool
+    discard_data: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    clone_id: int
+    error: str | None
+    power: str
+
+
+# --- views --------------------------------------------------------------------------------
+
+
+def clone_view(ctx: Context, c: Clone, *, volumes: bool = False) -> CloneView:
+    view = CloneView(
+        name=c.name,
+        template=c.template.name,
+        version=c.version.number,
+        kind=c.kind,
+        status=c.status,
+        power=c.power,
+        action=c.action,
+        target_version=c.target_version.number if c.target_version else None,
+        error=c.error,
+        operation_id=c.operation_id,
+        created_at=c.created_at,
+    )
+    if volumes:
+        outline = outline_of(c.template)
+        sizes = {VolumeRole.TEMP: outline.temp, VolumeRole.DATA: outline.data}
+        view.volumes = [
+            VolumeView(
+                role=role,
+                index=i,
+                path=str(path),
+                size=c.version.layer.virtual_size if role == VolumeRole.SYSTEM else sizes[role][i],
+                version=f"v{c.version.number}" if role == VolumeRole.SYSTEM else None,
+            )
+            for role, i, path in ctx.volumes.volume_paths(c.uid, outline)
+        ]
+    return view
+
+
+def list_clones(ctx: Context, *, template: str | None = None) -> list[CloneView]:
+    with ctx.session() as s:
+        q = select(Clone).order_by(Clone.name)
+        if template is not None:
+            q = q.where(Clone.template_id == get_template(s, template).id)
+        return [clone_view(ctx, c) for c in s.scalars(q)]
+
+
+def show_clone(ctx: Context, name: str) -> CloneView:
+    with ctx.session() as s:
+        return clone_view(ctx, get_clone(s, name), volumes=True)
+
+
+# --- the three steps ----------------------------------------------------------------------
+
+
+def _mark(c: Clone, action: CloneAction, target: Version, op_id: int | None, **flags: bool) -> None:
+    c.action = action
+    c.status = _STATUS_FOR[action]
+    c.target_version_id = target.id
+    c.operation_id = op_id
+    c.error = None
+    c.discard_data = flags.get("discard_data", False)
+
+
+def load_plans(s: Session, clone_ids: list[int]) -> list[Plan]:
+    plans = []
+    for c in s.scalars(select(Clone).where(Clone.id.in_(clone_ids)).order_by(Clone.id)):
+        target = c.target_version or c.version
+        plans.append(
+            Plan(
+                clone_id=c.id,
+                name=c.name,
+                uid=c.uid,
+                kind=c.kind,
+                action=c.action or CloneAction.RESTORE,
+                top=target.top_layer,
+                virtual_size=target.layer.virtual_size,
+                outline=outline_of(target.template),
+                running=c.power == Power.RUNNING,
+                discard_data=c.discard_data,
+            )
+        )
+    return plans
+
+
+def _domain_spec(ctx: Context, plan: Plan) -> DomainSpec:
+    disks = tuple(
+        DiskSpec(role=str(role), path=str(path), backing_format="qcow2" if i == 0 else None)
+        for i, (role, _, path) in enumerate(ctx.volumes.volume_paths(plan.uid, plan.outline))
+    )
+    return DomainSpec(name=plan.name, disks=disks)
+
+
+def execute(ctx: Context, plan: Plan) -> Outcome:
+    """Do one clone's files and hypervisor work. Idempotent; writes nothing to the database."""
+    power = Power.RUNNING if plan.running else Power.STOPPED
+    try:
+        if plan.running:
+            ctx.driver.shutdown(name=plan.name)
+            power = Power.STOPPED
+        if plan.action == CloneAction.DELETE:
+            ctx.driver.undefine(name=plan.name)
+            ctx.volumes.remove_clone(plan.uid)
+            return Outcome(plan.clone_id, None, Power.STOPPED)
+        if plan.discard_data:
+            ctx.volumes.remove_data(plan.uid, plan.outline)
+        ctx.volumes.build_clone(plan.uid, plan.kind, plan.top, plan.virtual_size, plan.outline)
+        ctx.driver.define(spec=_domain_spec(ctx, plan))
+        if plan.running:
+            ctx.driver.start(name=plan.name)
+            power = Power.RUNNING
+        return Outcome(plan.clone_id, None, power)
+    except GoldfleetError as exc:
+        return Outcome(plan.clone_id, f"{plan.action} failed: {exc.message}", power)
+    except OSError as exc:
+        return Outcome(plan.clone_id, f"{plan.action} failed: {exc}", power)
+
+
+def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
+    """Write the outcomes of executed plans; returns (done, failed)."""
+    done = failed = 0
+    for out in outcomes:
+        c = s.get(Clone, out.clone_id)
+        if c is None:
+            continue
+        c.power = out.power
+        if out.error is not None:
+            c.status, c.error = CloneStatus.FAILED, out.error
+            failed += 1
+            continue
+        done += 1
+        if c.action == CloneAction.DELETE:
+            s.delete(c)
+            continue
+        if c.target_version_id is not None:
+            c.version_id = c.target_version_id
+            c.template_id = s.get(Version, c.target_version_id).template_id
+        c.status, c.action, c.target_version_id = CloneStatus.READY, None, None
+        c.error, c.discard_data = None, False
+    return done, failed
+
+
+def _run_one(ctx: Context, clone_id: int) -> CloneView:
+    """Execute and record one requested clone action in this thread."""
+    with ctx.session() as s:
+        (plan,) = load_plans(s, [clone_id])
+    outcome = execute(ctx, plan)
+    with ctx.session() as s:
+        record(s, [outcome])
+        s.commit()
+    if outcome.error is not None:
+        raise Conflict(
+            f"clone {plan.name}: {outcome.error}; fix the cause and run: goldfleet clone retry"
+            f" {plan.name}"
+        )
+    if plan.action == CloneAction.DELETE:
+        return None  # type: ignore[return-value]
+    with ctx.session() as s:
+        return clone_view(ctx, s.get(Clone, clone_id), volumes=True)
+
+
+def _start_operation(
+    ctx: Context, s: Session, kind: str, target: str, clones: list[Clone], actor: str
+) -> Operation:
+    op = Operation(kind=kind, target=target, total=len(clones), actor=actor)
+    s.add(op)
+    s.flush()
+    for c in clones:
+        c.operation_id = op.id
+    return op
+
+
+def _launch(ctx: Context, op_id: int, wait: bool) -> OperationView:
+    ctx.runner.start(op_id)  # type: ignore[union-attr]
+    if wait:
+        ctx.runner.wait(op_id)  # type: ignore[union-attr]
+    with ctx.session() as s:
+        return operation_view(s.get(Operation, op_id))
+
+
+# --- actions ------------------------------------------------------------------------------
+
+
+def create_clones(
+    ctx: Context,
+    *,
+    template: str,
+    count: int | None = None,
+    name: str | None = None,
+    full: bool = False,
+    actor: str,
+    wait: bool = False,
+) -> tuple[OperationView, list[str]]:
+    """Create ``count`` numbered clones (or one named clone) of the current version."""
+    if (count is None) == (name is None):
+        raise InvalidInput("give either a clone name or a count, not both")
+    if count is not None and not 1 <= count <= MAX_BULK:
+        raise InvalidInput(f"count must be between 1 and {MAX_BULK}, not {count}")
+    with ctx.session() as s:
+        t = get_template(s, template)
+        rules.check_can_clone(t.name, t.status)
+        v = get_version(s, t, None)
+        if name is not None:
+            check_name(name, "clone name")
+            if s.scalar(select(Clone.id).where(Clone.name == name)) is not None:
+                raise Conflict(f"clone {name} already exists; choose another name")
+            names = [name]
+        else:
+            taken = set(s.scalars(select(Clone.name).where(Clone.name.like(f"{t.name}-%"))))
+            names = numbered_names(t.name, taken, count)  # type: ignore[arg-type]
+        kind = CloneKind.FULL if full else t.kind
+        clones = [
+            Clone(
+                name=n,
+                uid=secrets.token_hex(16),
+                template_id=t.id,
+                version_id=v.id,
+                kind=kind,
+                power=Power.STOPPED,
+            )
+            for n in names
+        ]
+        for c in clones:
+            _mark(c, CloneAction.CREATE, v, None)
+        s.add_all(clones)
+        op = _start_operation(ctx, s, "clone.create", t.name, clones, actor)
+        audit.record(
+            s,
+            actor,
+            "clone.create",
+            t.name,
+            count=len(names),
+            kind=kind,
+            version=v.number,
+            operation=op.id,
+        )
+        s.commit()
+        op_id = op.id
+    return _launch(ctx, op_id, wait), names
+
+
+@contextmanager
+def stopped(ctx: Context, name: str) -> Iterator[None]:
+    """Stop a running clone for the duration of the block, then start it again."""
+    with ctx.session() as s:
+        c = get_clone(s, name)
+        was_running = c.power == Power.RUNNING
+    if was_running:
+        stop_clone(ctx, name, actor="goldfleet")
+    try:
+        yield
+    finally:
+        if was_running:
+            start_clone(ctx, name, actor="goldfleet")
+
+
+def start_clone(ctx: Context, name: str, *, actor: str) -> CloneView:
+    with ctx.session() as s:
+        c = get_clone(s, name)
+        rules.check_clone_usable(c.name, c.status)
+        ctx.driver.start(name=c.name)
+        c.power = Power.RUNNING
+        audit.record(s, actor, "clone.start", c.name)
+        s.commit()
+        return clone_view(ctx, c)
+
+
+def stop_clone(ctx: Context, name: str, *, actor: str) -> CloneView:
+    """Shut the clone down; its temp volumes are emptied."""
+    with ctx.session() as s:
+        c = get_clone(s, name)
+        rules.check_clone_usable(c.name, c.status)
+        ctx.driver.shutdown(name=c.name)
+        ctx.volumes.reset_temp(c.uid, outline_of(c.template))
+        c.power = Power.STOPPED
+        audit.record(s, actor, "clone.stop", c.name)
+        s.commit()
+        return clone_view(ctx, c)
+
+
+def restore_clone(ctx: Context, name: str, *, actor: str) -> CloneView:
+    """System volume back to its version's content, temp emptied, data untouched."""
+    with ctx.session() as s:
+        c = get_clone(s, name)
+        rules.check_clone_usable(c.name, c.status)
+        _mark(c, CloneAction.RESTORE, c.version, None)
+        audit.record(s, actor, "clone.restore", c.name, version=c.version.number)
+        s.commit()
+        clone_id = c.id
+    return _run_one(ctx, clone_id)
+
+
+def rebase_clone(ctx: Context, name: str, *, to: str | None = None, actor: str) -> CloneView:
+    """Move a clone to another version (of its template, or of one with the same outline)."""
+    with ctx.session() as s:
+        c = get_clone(s, name)
+        rules.check_clone_usable(c.name, c.status)
+        if to is None:
+            target_template, number = c.template, None
+        else:
+            tname, number = parse_version_ref(to)
+            target_template = get_template(s, tname)
+        target = get_version(s, target_template, number)
+        if target_template.id != c.template_id:
+            rules.check_outlines_match(
+                c.name, outline_of(c.template), target_template.name, outline_of(target_template)
+            )
+        _mark(c, CloneAction.REBASE, target, None)
+        audit.record(
+            s, actor, "clone.rebase", c.name, to=f"{target_template.name}:v{target.number}"
+        )
+        s.commit()
+        clone_id = c.id
+    return _run_one(ctx, clone_id)
+
+
+def recreate(
+    ctx: Context,
+    *,
+    name: str | None = None,
+    template: str | None = None,
+    include_full: bool = False,
+    discard_data: bool = False,
+    actor: str,
+    wait: bool = False,
+) -> OperationView:
+    """Rebuild clones on their template's current version (linked; full with include_full)."""
+    if (name is None) == (template is None):
+        raise InvalidInput("give either a clone name or --template, not both")
+    with ctx.session() as s:
+        if name is not None:
+            c = get_clone(s, name)
+            rules.check_clone_idle(c.name, c.status)
+            if c.kind == CloneKind.FULL and not include_full:
+                raise Conflict(f"clone {name} is a full clone; add --include-full to recreate it")
+            t, chosen = c.template, [c]
+        else:
+            t = get_template(s, template)  # type: ignore[arg-type]
+            candidates = list(
+                s.scalars(
+                    select(Clone)
+                    .where(Clone.template_id == t.id, Clone.status.not_in(TRANSITIONAL))
+                    .order_by(Clone.kind.desc(), Clone.name)
+                )
+            )
+            current = get_version(s, t, None)
+            wanted = set(
+                rules.select_for_recreate(
+                    ((c.name, c.kind, c.version_id) for c in candidates),
+                    current.id,
+                    include_full=include_full,
+                )
+            )
+            chosen = [c for c in candidates if c.name in wanted]
+        current = get_version(s, t, None)
+        for c in chosen:
+            _mark(c, CloneAction.RECREATE, current, None, discard_data=discard_data)
+        op = _start_operation(ctx, s, "clone.recreate", t.name, chosen, actor)
+        audit.record(
+            s,
+            actor,
+            "clone.recreate",
+            name or t.name,
+            count=len(chosen),
+            version=current.number,
+            include_full=include_full,
+            discard_data=discard_data,
+            operation=op.id,
+        )
+        s.commit()
+        op_id = op.id
+    return _launch(ctx, op_id, wait)
+
+
+def delete_clone(ctx: Context, name: str, *, actor: str) -> None:
+    with ctx.session() as s:
+        c = get_clone(s, name)
+        rules.check_clone_idle(c.name, c.status)
+        _mark(c, CloneAction.DELETE, c.version, None)
+        audit.record(s, actor, "clone.delete", c.name)
+        s.commit()
+        clone_id = c.id
+    _run_one(ctx, clone_id)
+
+
+def retry(
+    ctx: Context,
+    *,
+    name: str | None = None,
+    all_failed: bool = False,
+    actor: str,
+    wait: bool = False,
+) -> OperationView:
+    """Finish the recorded action of failed clones."""
+    if (name is None) == (not all_failed):
+        raise InvalidInput("give either a clone name or --all")
+    with ctx.session() as s:
+        if name is not None:
+            c = get_clone(s, name)
+            if c.status != CloneStatus.FAILED:
+                raise Conflict(f"clone {name} is {c.status}, not failed; nothing to retry")
+            chosen = [c]
+        else:
+            chosen = list(s.scalars(select(Clone).where(Clone.status == CloneStatus.FAILED)))
+        for c in chosen:
+            c.status = _STATUS_FOR[CloneAction(c.action or CloneAction.RESTORE)]
+            c.action = c.action or CloneAction.RESTORE
+            c.error = None
+        op = _start_operation(ctx, s, "clone.retry", name or "failed clones", chosen, actor)
+        audit.record(s, actor, "clone.retry", name or "*", count=len(chosen), operation=op.id)
+        s.commit()
+        op_id = op.id
+    return _launch(ctx, op_id, wait)
+
+
+def recover_clones(ctx: Context) -> list[str]:
+    """After a crash: interrupted clones become ``failed`` (retry finishes them); leftover
+    work files and folders of clones that no longer exist are removed."""
+    notes = []
+    with ctx.session() as s:
+        for c in s.scalars(select(Clone).where(Clone.status.in_(TRANSITIONAL))):
+            c.status = CloneStatus.FAILED
+            c.error = (
+                f"{c.action} interrupted: the server stopped during this step;"
+                f" run: goldfleet clone retry {c.name}"
+            )
+            ctx.volumes.remove_work_files(c.uid)
+            notes.append(f"clone {c.name}: {c.action} interrupted, marked failed")
+        uids = set(s.scalars(select(Clone.uid)))
+        s.commit()
+    for uid in ctx.volumes.clone_uids() - uids:
+        ctx.volumes.remove_clone(uid)
+        notes.append(f"removed the folder of a clone that no longer exists ({uid})")
+    return notes

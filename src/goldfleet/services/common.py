@@ -1,0 +1,127 @@
+"""Lookups and views shared by the service modules."""
+
+from __future__ import annotations
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from goldfleet.db.tables import Clone, Layer, Operation, Template, Version
+from goldfleet.domain.model import Outline
+from goldfleet.domain.names import check_name
+from goldfleet.errors import NotFound
+from goldfleet.services.views import OperationView, TemplateView, VersionView
+
+
+def get_template(s: Session, name: str) -> Template:
+    check_name(name, "template name")
+    t = s.scalar(select(Template).where(Template.name == name))
+    if t is None:
+        raise NotFound(f"template {name} does not exist; see: goldfleet template list")
+    return t
+
+
+def get_version(s: Session, t: Template, number: int | None) -> Version:
+    """A version of ``t`` by number, or its current version for None."""
+    if number is None:
+        if t.current_version is None:
+            raise NotFound(f"template {t.name} has no current version")
+        return t.current_version
+    v = s.scalar(select(Version).where(Version.template_id == t.id, Version.number == number))
+    if v is None:
+        raise NotFound(
+            f"template {t.name} has no version v{number}; see: goldfleet template versions {t.name}"
+        )
+    return v
+
+
+def get_clone(s: Session, name: str) -> Clone:
+    check_name(name, "clone name")
+    c = s.scalar(select(Clone).where(Clone.name == name))
+    if c is None:
+        raise NotFound(f"clone {name} does not exist; see: goldfleet clone list")
+    return c
+
+
+def get_operation(s: Session, op_id: int) -> Operation:
+    op = s.get(Operation, op_id)
+    if op is None:
+        raise NotFound(f"operation {op_id} does not exist; see: goldfleet op list")
+    return op
+
+
+def chain(s: Session, top: str) -> list[Layer]:
+    """The layers of a chain, top first."""
+    layers = []
+    digest: str | None = top
+    while digest is not None:
+        layer = s.get(Layer, digest)
+        if layer is None:
+            raise NotFound(f"layer {digest} is not in the catalog")
+        layers.append(layer)
+        digest = layer.parent
+    return layers
+
+
+def outline_of(t: Template) -> Outline:
+    return Outline.from_json(t.outline)
+
+
+def template_view(s: Session, t: Template, overlay_path: str | None = None) -> TemplateView:
+    current = t.current_version
+    clones = s.scalar(select(func.count()).where(Clone.template_id == t.id)) or 0
+    behind = 0
+    if current is not None:
+        behind = (
+            s.scalar(
+                select(func.count()).where(
+                    Clone.template_id == t.id, Clone.version_id != current.id
+                )
+            )
+            or 0
+        )
+    outline = outline_of(t)
+    return TemplateView(
+        name=t.name,
+        status=t.status,
+        kind=t.kind,
+        temp=list(outline.temp),
+        data=list(outline.data),
+        system_size=current.layer.virtual_size if current else None,
+        current_version=current.number if current else None,
+        versions=len(t.versions),
+        clones=clones,
+        clones_behind=behind,
+        overlay_path=overlay_path,
+        error=t.error,
+        created_at=t.created_at,
+    )
+
+
+def version_view(s: Session, t: Template, v: Version) -> VersionView:
+    clones = s.scalar(select(func.count()).where(Clone.version_id == v.id)) or 0
+    return VersionView(
+        number=v.number,
+        name=f"v{v.number}",
+        top_layer=v.top_layer,
+        chain=[layer.digest for layer in chain(s, v.top_layer)],
+        current=t.current_version_id == v.id,
+        clones=clones,
+        note=v.note,
+        created_at=v.created_at,
+    )
+
+
+def operation_view(op: Operation) -> OperationView:
+    return OperationView(
+        id=op.id,
+        kind=op.kind,
+        target=op.target,
+        status=op.status,
+        total=op.total,
+        done=op.done,
+        failed=op.failed,
+        error=op.error,
+        actor=op.actor,
+        created_at=op.created_at,
+        finished_at=op.finished_at,
+    )

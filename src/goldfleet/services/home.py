@@ -1,0 +1,68 @@
+"""The home: config, database, store and the admin token; and recovery at server start."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sqlalchemy import select
+
+from goldfleet.bootstrap import Context, bootstrap
+from goldfleet.config import Settings
+from goldfleet.db.tables import Template, Token
+from goldfleet.services import auth
+
+TOKEN_FILE = "admin.token"
+SERVER_FILE = "server.json"
+
+DEFAULT_CONFIG = """\
+# goldfleet server settings; every key can also be set as GOLDFLEET_<KEY> in the environment.
+# database_url = "postgresql+psycopg://goldfleet@localhost/goldfleet"   # default: SQLite here
+port = {port}
+driver = "sim"
+max_chain_depth = 8
+# max_virtual_size = 2199023255552   # bytes; larger images are refused on import
+"""
+
+
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)
+
+
+def init_home(home: Path, *, port: int = 8437) -> tuple[Settings, bool]:
+    """Make (or complete) a home. Returns the settings and whether an admin token was made."""
+    home.mkdir(parents=True, exist_ok=True)
+    os.chmod(home, 0o700)
+    config = home / "config.toml"
+    if not config.exists():
+        config.write_text(DEFAULT_CONFIG.format(port=port))
+    os.environ["GOLDFLEET_HOME"] = str(home)
+    settings = Settings(home=home)
+    ctx = bootstrap(settings)
+    try:
+        with ctx.session() as s:
+            has_admin = s.scalar(select(Token.id).where(Token.name == "admin")) is not None
+        made = False
+        if not has_admin:
+            token = auth.create_token(ctx, name="admin", role="admin", actor="goldfleet init")
+            _write_private(home / TOKEN_FILE, token + "\n")
+            made = True
+        return settings, made
+    finally:
+        ctx.engine.dispose()
+
+
+def recover(ctx: Context) -> list[str]:
+    """Finish or roll back whatever a crash interrupted; remove leftover work files."""
+    from goldfleet.services import clones, operations, templates
+
+    notes = templates.recover_templates(ctx)
+    notes += operations.recover_operations(ctx)
+    notes += clones.recover_clones(ctx)
+    with ctx.session() as s:
+        keep = {t.overlay for t in s.scalars(select(Template)) if t.overlay}
+    notes += [f"removed leftover {f}" for f in ctx.layers.remove_work_files(keep)]
+    return notes

@@ -1,0 +1,431 @@
+"""Templates, their versions and maintenance mode."""
+
+from __future__ import annotations
+
+import secrets
+from pathlib import Path
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from goldfleet.bootstrap import Context
+from goldfleet.db.tables import Clone, Layer, Template, Version
+from goldfleet.domain import rules
+from goldfleet.domain.model import CloneKind, Outline, RecreateScope, TemplateStatus
+from goldfleet.domain.names import check_name
+from goldfleet.domain.sizes import parse_size
+from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, StoreError
+from goldfleet.services import audit
+from goldfleet.services.common import (
+    chain,
+    get_clone,
+    get_template,
+    get_version,
+    template_view,
+    version_view,
+)
+from goldfleet.services.views import MaintenanceExitView, TemplateView, VersionView
+from goldfleet.store.layers import LayerInfo
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def _add_layer(s: Session, info: LayerInfo) -> Layer:
+    layer = s.get(Layer, info.digest)
+    if layer is None:
+        depth = 1 if info.parent is None else s.get(Layer, info.parent).depth + 1
+        layer = Layer(
+            digest=info.digest,
+            parent=info.parent,
+            size=info.size,
+            virtual_size=info.virtual_size,
+            depth=depth,
+        )
+        s.add(layer)
+        s.flush()
+    return layer
+
+
+def _add_version(s: Session, t: Template, top: str, note: str) -> Version:
+    number = rules.next_version_number(v.number for v in t.versions)
+    v = Version(template_id=t.id, number=number, top_layer=top, note=note)
+    s.add(v)
+    s.flush()
+    t.current_version_id = v.id
+    t.current_version = v
+    s.flush()
+    s.refresh(t)
+    return v
+
+
+def _maybe_flatten(ctx: Context, s: Session, info: LayerInfo) -> tuple[LayerInfo, str]:
+    """Past the configured chain depth, a new top is merged into a new base layer."""
+    layer = _add_layer(s, info)
+    if not rules.needs_flatten(layer.depth, ctx.settings.max_chain_depth):
+        return info, ""
+    flat = ctx.layers.flatten(info.digest)
+    return flat, f" (chain of {layer.depth} layers flattened into one)"
+
+
+def used_layers(s: Session) -> set[str]:
+    """Every layer some version's chain needs."""
+    used: set[str] = set()
+    parents = dict(s.execute(select(Layer.digest, Layer.parent)).tuples())
+    for top in s.scalars(select(Version.top_layer)):
+        digest: str | None = top
+        while digest is not None and digest not in used:
+            used.add(digest)
+            digest = parents.get(digest)
+    return used
+
+
+def _release_layers(ctx: Context, s: Session) -> list[str]:
+    """Delete catalog rows of layers no version needs; return their digests (files go later)."""
+    used = used_layers(s)
+    unused = [layer for layer in s.scalars(select(Layer)) if layer.digest not in used]
+    # children first, so a parent row is never removed before its child
+    unused.sort(key=lambda layer: -layer.depth)
+    for layer in unused:
+        s.delete(layer)
+        s.flush()
+    return [layer.digest for layer in unused]
+
+
+def _remove_layer_files(ctx: Context, digests: list[str]) -> None:
+    for digest in digests:
+        ctx.layers.remove(digest)
+        ctx.volumes.drop_prototypes(digest)
+
+
+def _parse_outline(temp: list[str | int], data: list[str | int], max_size: int) -> Outline:
+    return rules.check_outline(
+        Outline(
+            temp=tuple(parse_size(x, maximum=max_size) for x in temp),
+            data=tuple(parse_size(x, maximum=max_size) for x in data),
+        )
+    )
+
+
+def _check_name_free(s: Session, name: str) -> None:
+    if s.scalar(select(Template.id).where(Template.name == name)) is not None:
+        raise Conflict(f"template {name} already exists; choose another name")
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+def list_templates(ctx: Context) -> list[TemplateView]:
+    with ctx.session() as s:
+        return [template_view(s, t) for t in s.scalars(select(Template).order_by(Template.name))]
+
+
+def show_template(ctx: Context, name: str) -> TemplateView:
+    with ctx.session() as s:
+        t = get_template(s, name)
+        overlay = str(ctx.layers.dir / t.overlay) if t.overlay else None
+        return template_view(s, t, overlay_path=overlay)
+
+
+def list_versions(ctx: Context, name: str) -> list[VersionView]:
+    with ctx.session() as s:
+        t = get_template(s, name)
+        return [version_view(s, t, v) for v in t.versions]
+
+
+# --- making templates ---------------------------------------------------------------------
+
+
+def import_template(
+    ctx: Context,
+    *,
+    name: str,
+    image: Path,
+    fmt: str = "qcow2",
+    temp: list[str | int] | None = None,
+    data: list[str | int] | None = None,
+    kind: str = "linked",
+    actor: str,
+) -> TemplateView:
+    """Import an outside image as v1 of a new template (a standalone base layer)."""
+    check_name(name, "template name")
+    if kind not in (CloneKind.LINKED, CloneKind.FULL):
+        raise InvalidInput(f"clone kind {kind!r} is not valid: use linked or full")
+    outline = _parse_outline(temp or [], data or [], ctx.settings.max_virtual_size)
+    with ctx.session() as s:
+        _check_name_free(s, name)
+    info = ctx.layers.import_image(image, fmt, max_virtual_size=ctx.settings.max_virtual_size)
+    with ctx.session() as s:
+        try:
+            _check_name_free(s, name)
+            _add_layer(s, info)
+            t = Template(name=name, kind=kind, outline=outline.to_json())
+            s.add(t)
+            s.flush()
+            _add_version(s, t, info.digest, f"imported ({fmt})")
+            audit.record(s, actor, "template.import", name, layer=info.digest, format=fmt)
+            s.commit()
+        except (IntegrityError, Conflict):
+            s.rollback()
+            if info.digest not in used_layers(s):
+                ctx.layers.remove(info.digest)
+            raise Conflict(f"template {name} already exists; choose another name") from None
+        return template_view(s, t)
+
+
+def create_from_clone(ctx: Context, *, name: str, clone: str, actor: str) -> TemplateView:
+    """Seal a clone's system volume as v1 of a new template, sharing the lower layers."""
+    check_name(name, "template name")
+    from goldfleet.services import clones as clone_service
+
+    with ctx.session() as s:
+        _check_name_free(s, name)
+        c = get_clone(s, clone)
+        rules.check_clone_usable(c.name, c.status)
+        source = c.template
+        parent = c.version.top_layer
+        uid, kind, outline = c.uid, c.kind, dict(source.outline)
+        note = f"from clone {c.name} ({source.name}:v{c.version.number})"
+    with clone_service.stopped(ctx, clone):
+        system = ctx.volumes.path(uid, "system.qcow2")
+        if kind == CloneKind.LINKED:
+            info = ctx.layers.seal_copy(system, parent=parent)
+        else:
+            info = ctx.layers.seal_standalone_copy(system)
+    with ctx.session() as s:
+        _check_name_free(s, name)
+        info, flattened = _maybe_flatten(ctx, s, info)
+        _add_layer(s, info)
+        t = Template(name=name, kind=kind, outline=outline)
+        s.add(t)
+        s.flush()
+        _add_version(s, t, info.digest, note + flattened)
+        audit.record(s, actor, "template.create-from-clone", name, clone=clone, layer=info.digest)
+        s.commit()
+        return template_view(s, t)
+
+
+def flatten_template(ctx: Context, name: str, *, actor: str) -> VersionView:
+    """Merge the current version's chain into a new base layer, as a new version."""
+    with ctx.template_lock(name), ctx.session() as s:
+        t = get_template(s, name)
+        rules.check_can_change_template(t.name, t.status, "flatten")
+        current = get_version(s, t, None)
+        depth = s.get(Layer, current.top_layer).depth
+        if depth == 1:
+            raise Conflict(f"template {name}: v{current.number} is a single base layer already")
+        flat = ctx.layers.flatten(current.top_layer)
+        _add_layer(s, flat)
+        v = _add_version(
+            s, t, flat.digest, f"v{current.number} flattened ({depth} layers into one)"
+        )
+        audit.record(s, actor, "template.flatten", name, version=v.number, layer=flat.digest)
+        s.commit()
+        return version_view(s, t, v)
+
+
+# --- deleting -----------------------------------------------------------------------------
+
+
+def _template_dependents(s: Session, t: Template) -> list[str]:
+    found = [f"clone {n}" for n in s.scalars(select(Clone.name).where(Clone.template_id == t.id))]
+    own = {digest for v in t.versions for digest in (x.digest for x in chain(s, v.top_layer))}
+    others = s.scalars(select(Template).where(Template.id != t.id))
+    for other in others:
+        for v in other.versions:
+            if any(layer.digest in own for layer in chain(s, v.top_layer)):
+                found.append(f"template {other.name} (v{v.number})")
+                break
+    return found
+
+
+def delete_template(ctx: Context, name: str, *, actor: str) -> None:
+    with ctx.template_lock(name), ctx.session() as s:
+        t = get_template(s, name)
+        rules.check_can_change_template(t.name, t.status, "delete")
+        rules.check_no_dependents(f"template {name}", _template_dependents(s, t))
+        t.current_version_id = None
+        s.flush()
+        for v in list(t.versions):
+            s.delete(v)
+        s.flush()
+        s.delete(t)
+        s.flush()
+        freed = _release_layers(ctx, s)
+        audit.record(s, actor, "template.delete", name, layers_removed=len(freed))
+        s.commit()
+    _remove_layer_files(ctx, freed)
+
+
+def delete_version(ctx: Context, name: str, number: int, *, actor: str) -> None:
+    with ctx.template_lock(name), ctx.session() as s:
+        t = get_template(s, name)
+        rules.check_can_change_template(t.name, t.status, "delete a version of")
+        v = get_version(s, t, number)
+        if t.current_version_id == v.id:
+            raise Conflict(
+                f"v{number} is the current version of template {name}; make a newer version first"
+            )
+        users = s.scalars(
+            select(Clone.name).where((Clone.version_id == v.id) | (Clone.target_version_id == v.id))
+        )
+        rules.check_no_dependents(f"version {name}:v{number}", [f"clone {n}" for n in users])
+        s.delete(v)
+        s.flush()
+        freed = _release_layers(ctx, s)
+        audit.record(s, actor, "version.delete", f"{name}:v{number}", layers_removed=len(freed))
+        s.commit()
+    _remove_layer_files(ctx, freed)
+
+
+# --- maintenance --------------------------------------------------------------------------
+
+
+def enter_maintenance(ctx: Context, name: str, *, actor: str) -> TemplateView:
+    """Give the template a writable overlay on its current version."""
+    with ctx.template_lock(name):
+        with ctx.session() as s:
+            t = get_template(s, name)
+            rules.check_can_enter_maintenance(t.name, t.status)
+            parent = get_version(s, t, None).top_layer
+            overlay = f".overlay-{secrets.token_hex(8)}.qcow2"
+            t.status = TemplateStatus.ENTERING_MAINTENANCE
+            t.overlay = overlay
+            t.error = None
+            s.commit()
+        try:
+            ctx.layers.create_overlay(parent, overlay)
+        except GoldfleetError as exc:
+            with ctx.session() as s:
+                t = get_template(s, name)
+                t.status, t.overlay, t.error = TemplateStatus.READY, None, exc.message
+                s.commit()
+            raise
+        with ctx.session() as s:
+            t = get_template(s, name)
+            t.status = TemplateStatus.MAINTENANCE
+            audit.record(s, actor, "template.maintenance.enter", name)
+            s.commit()
+            return template_view(s, t, overlay_path=str(ctx.layers.dir / overlay))
+
+
+def abort_maintenance(ctx: Context, name: str, *, actor: str) -> TemplateView:
+    """Discard the overlay; no version is made."""
+    with ctx.template_lock(name), ctx.session() as s:
+        t = get_template(s, name)
+        rules.check_in_maintenance(t.name, t.status)
+        overlay = t.overlay
+        t.status, t.overlay, t.error = TemplateStatus.READY, None, None
+        audit.record(s, actor, "template.maintenance.abort", name)
+        s.commit()
+        if overlay:
+            (ctx.layers.dir / overlay).unlink(missing_ok=True)
+        return template_view(s, t)
+
+
+def exit_maintenance(
+    ctx: Context,
+    name: str,
+    *,
+    recreate: RecreateScope = RecreateScope.NONE,
+    actor: str,
+) -> MaintenanceExitView:
+    """Seal the overlay as the new current version; optionally recreate clones on it."""
+    with ctx.template_lock(name):
+        with ctx.session() as s:
+            t = get_template(s, name)
+            rules.check_in_maintenance(t.name, t.status)
+            parent = get_version(s, t, None).top_layer
+            overlay = ctx.layers.dir / t.overlay
+            if not overlay.exists():
+                raise StoreError(
+                    f"the maintenance overlay of template {name} is missing; abort maintenance"
+                    f" (goldfleet template maintenance abort {name}) and enter it again"
+                )
+            t.status = TemplateStatus.EXITING_MAINTENANCE
+            s.commit()
+        try:
+            info = ctx.layers.check_and_hash(overlay, parent=parent)
+        except GoldfleetError as exc:
+            with ctx.session() as s:
+                t = get_template(s, name)
+                t.status, t.error = TemplateStatus.MAINTENANCE, exc.message
+                s.commit()
+            raise
+        with ctx.session() as s:
+            t = get_template(s, name)
+            t.sealing = info.digest
+            s.commit()
+        ctx.layers.commit_work(overlay, info)
+        number = _finish_exit(ctx, name, info, actor)
+    do_recreate, include_full = rules.recreate_flags(recreate)
+    op = None
+    if do_recreate:
+        from goldfleet.services import clones as clone_service
+
+        op = clone_service.recreate(
+            ctx, template=name, include_full=include_full, actor=actor, wait=False
+        )
+    with ctx.session() as s:
+        t = get_template(s, name)
+        view = template_view(s, t)
+    return MaintenanceExitView(
+        template=view, version=number, clones_behind=view.clones_behind, operation=op
+    )
+
+
+def _finish_exit(ctx: Context, name: str, sealed: LayerInfo, actor: str) -> int:
+    """The DB half of an exit once the overlay is a sealed layer; runs again after a crash."""
+    with ctx.session() as s:
+        t = get_template(s, name)
+        _add_layer(s, sealed)
+        info, flattened = _maybe_flatten(ctx, s, sealed)
+        _add_layer(s, info)
+        v = _add_version(s, t, info.digest, "maintenance" + flattened)
+        t.status, t.overlay, t.sealing, t.error = TemplateStatus.READY, None, None, None
+        freed = _release_layers(ctx, s) if flattened else []
+        audit.record(
+            s, actor, "template.maintenance.exit", name, version=v.number, layer=info.digest
+        )
+        s.commit()
+        number = v.number
+    _remove_layer_files(ctx, freed)
+    return number
+
+
+def recover_templates(ctx: Context) -> list[str]:
+    """After a crash: finish or roll back maintenance steps that were under way."""
+    notes = []
+    with ctx.session() as s:
+        pending = [
+            (t.name, t.status, t.overlay, t.sealing)
+            for t in s.scalars(
+                select(Template).where(
+                    Template.status.in_(
+                        [TemplateStatus.ENTERING_MAINTENANCE, TemplateStatus.EXITING_MAINTENANCE]
+                    )
+                )
+            )
+        ]
+    for name, status, overlay, sealing in pending:
+        overlay_path = ctx.layers.dir / overlay if overlay else None
+        with ctx.session() as s:
+            t = get_template(s, name)
+            parent = t.current_version.top_layer if t.current_version else None
+        if status == TemplateStatus.EXITING_MAINTENANCE and sealing and ctx.layers.has(sealing):
+            if overlay_path and overlay_path.exists():
+                overlay_path.unlink()
+            layer_info = ctx.layers.check_and_hash(ctx.layers.path(sealing), parent=parent)
+            _finish_exit(ctx, name, layer_info, "recovery")
+            notes.append(f"template {name}: finished exiting maintenance")
+            continue
+        with ctx.session() as s:
+            t = get_template(s, name)
+            if overlay_path and overlay_path.exists():
+                t.status = TemplateStatus.MAINTENANCE
+            else:
+                t.status, t.overlay = TemplateStatus.READY, None
+            t.sealing = None
+            s.commit()
+            notes.append(f"template {name}: back to {t.status} after an interrupted step")
+    return notes

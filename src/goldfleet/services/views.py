@@ -1,0 +1,104 @@
+"""What services return: plain, JSON-ready views (the API's ``…Public`` schemas)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import BaseModel
+
+
+class VersionView(BaseModel):
+    number: int
+    name: str  # v1, v2, …
+    top_layer: str
+    chain: list[str]  # layer digests, top first
+    current: bool
+    clones: int
+    note: str
+    created_at: datetime
+
+
+class TemplateView(BaseModel):
+    name: str
+    status: str
+    kind: str
+    temp: list[int]
+    data: list[int]
+    system_size: int | None
+    current_version: int | None
+    versions: int
+    clones: int
+    clones_behind: int
+    overlay_path: str | None = None
+    error: str | None = None
+    created_at: datetime
+
+
+class VolumeView(BaseModel):
+    role: str
+    index: int
+    path: str
+    size: int
+    version: str | None  # the version a system volume shows; None for temp and data
+
+
+class CloneView(BaseModel):
+    name: str
+    template: str
+    version: int
+    kind: str
+    status: str
+    power: str
+    action: str | None = None
+    target_version: int | None = None
+    error: str | None = None
+    operation_id: int | None = None
+    volumes: list[VolumeView] | None = None
+    created_at: datetime
+
+
+class OperationView(BaseModel):
+    id: int
+    kind: str
+    target: str
+    status: str
+    total: int
+    done: int
+    failed: int
+    error: str | None
+    actor: str
+    created_at: datetime
+    finished_at: datetime | None
+
+
+class MaintenanceExitView(BaseModel):
+    template: TemplateView
+    version: int
+    clones_behind: int
+    operation: OperationView | None = None
+
+
+class StoreProblem(BaseModel):
+    file: str
+    problem: str
+
+
+class StoreReport(BaseModel):
+    layers: int
+    clones_checked: int
+    problems: list[StoreProblem]
+
+
+class TokenView(BaseModel):
+    name: str
+    role: str
+    created_at: datetime
+    revoked: bool
+
+
+class AuditView(BaseModel):
+    at: datetime
+    actor: str
+    action: str
+    target: str
+    detail: dict

@@ -1,0 +1,223 @@
+"""The layer store: one folder of immutable, content-addressed qcow2 files.
+
+A layer is named by the sha256 of its bytes (``sha256-<hex>.qcow2``); its backing reference is
+its parent's file name, relative, in the same folder, so a digest pins the whole chain and no
+reference can point outside the store. Work in progress (imports, maintenance overlays, copies
+being sealed) lives in the same folder under dot-names and becomes a layer only by an atomic
+rename after it is checked and hashed; a sealed layer is read-only (0444) and never reopened for
+writing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from goldfleet.domain.names import digest_of_filename, layer_filename
+from goldfleet.errors import StoreError
+from goldfleet.store.inspect import inspect_image
+from goldfleet.store.qemu import Limits, QemuError, QemuImg
+
+WORK_PREFIXES = (".import-", ".copy-", ".flat-")
+OVERLAY_PREFIX = ".overlay-"
+
+
+@dataclass(frozen=True, slots=True)
+class LayerInfo:
+    digest: str
+    parent: str | None
+    size: int
+    virtual_size: int
+
+
+def file_digest(path: Path) -> str:
+    with path.open("rb") as f:
+        return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LayerStore:
+    def __init__(self, root: Path, qemu: QemuImg, limits: Limits | None = None) -> None:
+        self.root = root
+        self.dir = root / "layers"
+        self.incoming = root / "incoming"
+        self.qemu = qemu
+        self.limits = limits or Limits()
+
+    def ensure(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.incoming.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        return self.dir / layer_filename(digest)
+
+    def has(self, digest: str) -> bool:
+        return self.path(digest).is_file()
+
+    def _work_path(self, prefix: str) -> Path:
+        return self.dir / f"{prefix}{secrets.token_hex(8)}.qcow2"
+
+    # --- making layers --------------------------------------------------------------------
+
+    def import_image(self, src: Path, fmt: str, *, max_virtual_size: int) -> LayerInfo:
+        """Inspect an outside image, convert it to a standalone qcow2 and seal it as a base."""
+        inspect_image(self.qemu, src, fmt, max_virtual_size=max_virtual_size, limits=self.limits)
+        work = self._work_path(".import-")
+        try:
+            self.qemu.convert(src, fmt, work, limits=self.limits)
+            return self.seal(work, parent=None)
+        finally:
+            work.unlink(missing_ok=True)
+
+    def create_overlay(self, parent: str, filename: str) -> Path:
+        """A writable overlay on ``parent``, in the layer folder under a temporary name."""
+        if not filename.startswith(OVERLAY_PREFIX) or "/" in filename:
+            raise StoreError(f"{filename!r} is not an overlay name")
+        work = self.dir / filename
+        self.qemu.create(work, backing=layer_filename(parent))
+        return work
+
+    def seal(self, work: Path, *, parent: str | None) -> LayerInfo:
+        """Check a work file, hash it, rename it to its digest and make it read-only."""
+        info = self.check_and_hash(work, parent=parent)
+        self.commit_work(work, info)
+        return info
+
+    def check_and_hash(self, work: Path, *, parent: str | None) -> LayerInfo:
+        """Check a work file as if it came from outside and compute its digest.
+
+        The work file must be a clean qcow2 whose only reference is ``parent``'s file name (an
+        admin may have changed a maintenance overlay with any tool). Nothing is changed."""
+        try:
+            info = self.qemu.info(work, "qcow2", limits=self.limits)
+            report = self.qemu.check(work, "qcow2", limits=self.limits)
+        except QemuError as exc:
+            raise StoreError(f"cannot seal {work.name}: {exc.message}") from exc
+        backing = info.get("backing-filename")
+        expected = layer_filename(parent) if parent else None
+        if backing != expected or (expected and info.get("backing-filename-format") != "qcow2"):
+            raise StoreError(
+                f"cannot seal {work.name}: its backing reference is {backing!r}, expected"
+                f" {expected!r}; undo the change of backing file and try again"
+            )
+        specific = (info.get("format-specific") or {}).get("data") or {}
+        if "data-file" in specific:
+            raise StoreError(f"cannot seal {work.name}: it uses an external data file")
+        if report.get("corruptions", 0) or report.get("check-errors", 0):
+            raise StoreError(
+                f"cannot seal {work.name}: qemu-img check found"
+                f" {report.get('corruptions', 0)} corruptions; repair it and try again"
+            )
+        with work.open("rb") as f:
+            os.fsync(f.fileno())
+        return LayerInfo(
+            digest=file_digest(work),
+            parent=parent,
+            size=work.stat().st_size,
+            virtual_size=int(info["virtual-size"]),
+        )
+
+    def commit_work(self, work: Path, info: LayerInfo) -> None:
+        """Make a checked work file the sealed, read-only layer ``info.digest``."""
+        final = self.path(info.digest)
+        if final.exists():
+            work.unlink()  # the same bytes are already sealed
+            return
+        os.chmod(work, 0o444)
+        os.replace(work, final)
+        _fsync_dir(self.dir)
+
+    def seal_copy(self, src: Path, *, parent: str) -> LayerInfo:
+        """Seal a copy of an overlay that lives elsewhere (a clone's system volume) on ``parent``.
+
+        Only the overlay's own clusters are copied; its backing reference is rewritten to the
+        parent's file name, which holds the same data."""
+        work = self._work_path(".copy-")
+        try:
+            shutil.copyfile(src, work)
+            self.qemu.rebase_unsafe(work, layer_filename(parent))
+            return self.seal(work, parent=parent)
+        finally:
+            work.unlink(missing_ok=True)
+
+    def seal_standalone_copy(self, src: Path) -> LayerInfo:
+        """Seal a flattened copy of any qcow2 chain as a new base layer."""
+        work = self._work_path(".flat-")
+        try:
+            self.qemu.convert(src, "qcow2", work)
+            return self.seal(work, parent=None)
+        finally:
+            work.unlink(missing_ok=True)
+
+    def flatten(self, top: str) -> LayerInfo:
+        """Merge the chain ending at ``top`` into a new base layer; the old chain stays."""
+        return self.seal_standalone_copy(self.path(top))
+
+    # --- checking and removing ------------------------------------------------------------
+
+    def verify(self, digest: str, parent: str | None) -> list[str]:
+        """Problems with one sealed layer: missing, hash, mode, reference, qemu-img check."""
+        path = self.path(digest)
+        if not path.is_file():
+            return [f"{path.name}: missing"]
+        problems = []
+        if file_digest(path) != digest:
+            problems.append(f"{path.name}: content does not match its digest")
+        if path.stat().st_mode & 0o222:
+            problems.append(f"{path.name}: writable (sealed layers must be 0444)")
+        try:
+            info = self.qemu.info(path, "qcow2", limits=self.limits)
+            expected = layer_filename(parent) if parent else None
+            if info.get("backing-filename") != expected:
+                problems.append(
+                    f"{path.name}: backing reference {info.get('backing-filename')!r},"
+                    f" expected {expected!r}"
+                )
+            report = self.qemu.check(path, "qcow2", limits=self.limits)
+            if report.get("corruptions", 0) or report.get("check-errors", 0):
+                problems.append(
+                    f"{path.name}: qemu-img check found {report.get('corruptions', 0)}"
+                    f" corruptions and {report.get('check-errors', 0)} errors"
+                )
+            if report.get("leaks", 0):
+                problems.append(f"{path.name}: {report['leaks']} leaked clusters (harmless)")
+        except QemuError as exc:
+            problems.append(f"{path.name}: qemu-img cannot read it: {exc.message}")
+        return problems
+
+    def remove(self, digest: str) -> None:
+        self.path(digest).unlink(missing_ok=True)
+
+    def sealed_digests(self) -> set[str]:
+        found = set()
+        for entry in os.scandir(self.dir):
+            digest = digest_of_filename(entry.name)
+            if digest:
+                found.add(digest)
+        return found
+
+    def remove_work_files(self, keep: set[str]) -> list[str]:
+        """Remove leftovers of interrupted work (not the overlays named in ``keep``)."""
+        removed = []
+        for entry in os.scandir(self.dir):
+            name = entry.name
+            if name.startswith(WORK_PREFIXES) or (
+                name.startswith(OVERLAY_PREFIX) and name not in keep
+            ):
+                os.unlink(entry.path)
+                removed.append(name)
+        for entry in os.scandir(self.incoming):
+            os.unlink(entry.path)
+            removed.append(f"incoming/{entry.name}")
+        return removed

@@ -1,0 +1,146 @@
+"""Clone volumes: one folder per clone, holding system, temp and data qcow2 files.
+
+A linked clone's system volume is an overlay whose backing reference is the version's top layer,
+by relative path (``../../layers/sha256-….qcow2``); a full clone's is a flattened copy. Temp and
+data volumes are standalone images of the outline's sizes.
+
+Creating thousands of volumes is the hot path of goldfleet. An empty qcow2 of a given size, and an
+empty overlay on a given layer, are the same bytes every time qemu-img makes them, so qemu-img
+makes each kind once into ``cache/`` (a *prototype*) and every further volume is a file copy of
+it: the same bytes, without a process start per file.
+
+Every replacement builds the new file beside the old one (``*.new``) and renames it over; data
+volumes are created once and never opened, copied or moved afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import threading
+from pathlib import Path
+
+from goldfleet.domain.model import CloneKind, Outline, VolumeRole
+from goldfleet.domain.names import layer_filename
+from goldfleet.store.layers import LayerStore
+from goldfleet.store.qemu import QemuImg
+
+SYSTEM_FILE = "system.qcow2"
+
+
+class VolumeStore:
+    def __init__(self, root: Path, qemu: QemuImg, layers: LayerStore) -> None:
+        self.dir = root / "clones"
+        self.cache = root / "cache"
+        self.qemu = qemu
+        self.layers = layers
+        self._lock = threading.Lock()
+
+    def ensure(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.cache.mkdir(parents=True, exist_ok=True)
+
+    def clone_dir(self, uid: str) -> Path:
+        return self.dir / uid
+
+    def path(self, uid: str, filename: str) -> Path:
+        return self.dir / uid / filename
+
+    # --- prototypes -----------------------------------------------------------------------
+
+    def _prototype(self, key: str, make: callable) -> Path:  # type: ignore[valid-type]
+        proto = self.cache / key
+        if proto.exists():
+            return proto
+        with self._lock:
+            if not proto.exists():
+                work = self.cache / f".{key}.{secrets.token_hex(4)}"
+                make(work)
+                os.replace(work, proto)
+        return proto
+
+    def _blank_prototype(self, size: int) -> Path:
+        return self._prototype(
+            f"blank-{size}.qcow2", lambda work: self.qemu.create(work, size=size)
+        )
+
+    def _overlay_prototype(self, top: str, virtual_size: int) -> Path:
+        backing = f"../../layers/{layer_filename(top)}"
+        return self._prototype(
+            f"overlay-{top.removeprefix('sha256:')}-{virtual_size}.qcow2",
+            lambda work: self.qemu.create(work, size=virtual_size, backing=backing, unsafe=True),
+        )
+
+    def _full_prototype(self, top: str) -> Path:
+        return self._prototype(
+            f"full-{top.removeprefix('sha256:')}.qcow2",
+            lambda work: self.qemu.convert(self.layers.path(top), "qcow2", work),
+        )
+
+    @staticmethod
+    def _place(src: Path, dest: Path) -> None:
+        work = dest.with_name(dest.name + ".new")
+        shutil.copyfile(src, work)
+        os.replace(work, dest)
+
+    # --- volumes --------------------------------------------------------------------------
+
+    def build_system(self, uid: str, kind: str, top: str, virtual_size: int) -> None:
+        """(Re)build the system volume on ``top``; the old one is replaced by rename."""
+        dest = self.path(uid, SYSTEM_FILE)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        if kind == CloneKind.LINKED:
+            self._place(self._overlay_prototype(top, virtual_size), dest)
+        else:
+            self._place(self._full_prototype(top), dest)
+
+    def reset_temp(self, uid: str, outline: Outline) -> None:
+        """Replace every temp volume with an empty one of the outline's size."""
+        for i, size in enumerate(outline.temp):
+            self._place(self._blank_prototype(size), self.path(uid, f"temp{i}.qcow2"))
+
+    def create_data(self, uid: str, outline: Outline) -> None:
+        """Make the data volumes that do not exist yet; an existing one is never touched."""
+        for i, size in enumerate(outline.data):
+            dest = self.path(uid, f"data{i}.qcow2")
+            if not dest.exists():
+                self._place(self._blank_prototype(size), dest)
+
+    def remove_data(self, uid: str, outline: Outline) -> None:
+        """Only on explicit request (``--discard-data``): the data volumes are deleted."""
+        for i in range(len(outline.data)):
+            self.path(uid, f"data{i}.qcow2").unlink(missing_ok=True)
+
+    def build_clone(
+        self, uid: str, kind: str, top: str, virtual_size: int, outline: Outline
+    ) -> None:
+        """All volumes of a new clone. Safe to run again after an interruption."""
+        self.clone_dir(uid).mkdir(parents=True, exist_ok=True)
+        self.build_system(uid, kind, top, virtual_size)
+        self.reset_temp(uid, outline)
+        self.create_data(uid, outline)
+
+    def volume_paths(self, uid: str, outline: Outline) -> list[tuple[VolumeRole, int, Path]]:
+        return [(role, i, self.path(uid, name)) for role, i, name in outline.volume_files()]
+
+    def remove_clone(self, uid: str) -> None:
+        shutil.rmtree(self.clone_dir(uid), ignore_errors=True)
+
+    def clone_uids(self) -> set[str]:
+        return {e.name for e in os.scandir(self.dir) if e.is_dir()}
+
+    def remove_work_files(self, uid: str) -> None:
+        d = self.clone_dir(uid)
+        if d.is_dir():
+            for entry in os.scandir(d):
+                if entry.name.endswith(".new"):
+                    os.unlink(entry.path)
+
+    def drop_prototypes(self, top: str) -> None:
+        hexdigest = top.removeprefix("sha256:")
+        for p in [
+            *self.cache.glob(f"overlay-{hexdigest}-*.qcow2"),
+            self.cache / f"full-{hexdigest}.qcow2",
+        ]:
+            p.unlink(missing_ok=True)
