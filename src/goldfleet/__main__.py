@@ -1,0 +1,3 @@
+from goldfleet.cli.main import main
+
+main()

@@ -1,0 +1,1 @@
+"""The command line: a thin httpx client of the API (plus ``init``, ``serve`` and ``demo``)."""

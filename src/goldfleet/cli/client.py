@@ -1,0 +1,102 @@
+"""An httpx client of the goldfleet API that finds the server and token through the home."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from goldfleet.config import home_dir
+
+SERVER_FILE = "server.json"
+TOKEN_FILE = "admin.token"
+DEFAULT_PORT = 8437
+
+
+class ClientError(Exception):
+    def __init__(self, message: str, status: int = 0) -> None:
+        super().__init__(message)
+        self.message = message
+        self.status = status
+
+
+def find_server(home: Path | None = None) -> tuple[str, str | None]:
+    """URL and token: ``GOLDFLEET_URL``/``GOLDFLEET_TOKEN``, else the home's files."""
+    home = home or home_dir()
+    url = os.environ.get("GOLDFLEET_URL")
+    if not url:
+        server = home / SERVER_FILE
+        if server.exists():
+            url = json.loads(server.read_text())["url"]
+        else:
+            url = f"http://127.0.0.1:{DEFAULT_PORT}"
+    token = os.environ.get("GOLDFLEET_TOKEN")
+    if not token:
+        token_file = home / TOKEN_FILE
+        if token_file.exists():
+            token = token_file.read_text().strip()
+    return url.rstrip("/"), token
+
+
+class Client:
+    def __init__(self, url: str, token: str | None, *, timeout: float = 600.0) -> None:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        self.url = url
+        self.http = httpx.Client(base_url=url, headers=headers, timeout=timeout)
+
+    @classmethod
+    def from_home(cls, home: Path | None = None) -> Client:
+        return cls(*find_server(home))
+
+    def close(self) -> None:
+        self.http.close()
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self.http.request(method, path, **kwargs)
+        except httpx.ConnectError:
+            raise ClientError(
+                f"no goldfleet server answers at {self.url}; start one with: goldfleet serve"
+            ) from None
+        except httpx.TimeoutException:
+            raise ClientError(
+                f"the goldfleet server at {self.url} did not answer in time"
+            ) from None
+        if resp.status_code >= 400:
+            try:
+                message = resp.json().get("message") or resp.text
+            except ValueError:
+                message = resp.text or resp.reason_phrase
+            raise ClientError(message, resp.status_code)
+        if resp.status_code == 204 or not resp.content:
+            return None
+        return resp.json()
+
+    def get(self, path: str, **kw: Any) -> Any:
+        return self.request("GET", path, **kw)
+
+    def post(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.request("POST", path, json=body, **kw)
+
+    def delete(self, path: str, **kw: Any) -> Any:
+        return self.request("DELETE", path, **kw)
+
+    def upload(self, path: str, file: Path, params: dict[str, Any], progress: Any = None) -> Any:
+        """Stream a file as the request body (images can be many GB)."""
+
+        def chunks() -> Iterator[bytes]:
+            with file.open("rb") as f:
+                while block := f.read(1 << 20):
+                    if progress is not None:
+                        progress(len(block))
+                    yield block
+
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "Content-Length": str(file.stat().st_size),
+        }
+        return self.request("POST", path, params=params, content=chunks(), headers=headers)

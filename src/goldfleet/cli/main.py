@@ -1,0 +1,567 @@
+"""``goldfleet``: the command line. Every command but init, serve and demo calls the API."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from goldfleet.cli import output
+from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
+from goldfleet.config import home_dir
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+template_app = typer.Typer(no_args_is_help=True, help="Templates and their versions.")
+maintenance_app = typer.Typer(no_args_is_help=True, help="Maintenance mode of a template.")
+clone_app = typer.Typer(no_args_is_help=True, help="Clones made from template versions.")
+store_app = typer.Typer(no_args_is_help=True, help="The layer store.")
+op_app = typer.Typer(no_args_is_help=True, help="Long-running operations.")
+token_app = typer.Typer(no_args_is_help=True, help="API tokens.")
+app.add_typer(template_app, name="template")
+template_app.add_typer(maintenance_app, name="maintenance")
+app.add_typer(clone_app, name="clone")
+app.add_typer(store_app, name="store")
+app.add_typer(op_app, name="op")
+app.add_typer(token_app, name="token")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _client() -> Client:
+    return Client.from_home()
+
+
+def _fail(message: str, code: int = 1) -> None:
+    output.err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    try:
+        return fn(*args, **kwargs)
+    except ClientError as exc:
+        _fail(exc.message)
+
+
+def _watch(client: Client, op: dict, label: str, *, quiet: bool = False) -> dict:
+    """Follow an operation to its end, with a progress bar unless ``quiet``."""
+    if quiet:
+        while op["status"] == "running":
+            time.sleep(0.1)
+            op = _call(client.get, f"/operations/{op['id']}")
+        return op
+    with Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[failed]} failed"),
+        TimeElapsedColumn(),
+        console=output.err_console,
+        transient=False,
+    ) as progress:
+        task = progress.add_task(label, total=op["total"], failed=0)
+        while True:
+            progress.update(task, completed=op["done"] + op["failed"], failed=op["failed"])
+            if op["status"] != "running":
+                break
+            time.sleep(0.2)
+            op = _call(client.get, f"/operations/{op['id']}")
+    return op
+
+
+def _finish(op: dict, as_json: bool, extra: dict | None = None) -> None:
+    if as_json:
+        output.emit_json({"operation": op, **(extra or {})})
+    else:
+        output.console.print(
+            f"operation {op['id']} {op['status']}: {op['done']} done, {op['failed']} failed"
+            f" of {op['total']}"
+        )
+        if op.get("error"):
+            output.console.print(f"[yellow]{op['error']}[/yellow]")
+    if op["status"] not in ("done",):
+        raise typer.Exit(1)
+
+
+# --- home and server ----------------------------------------------------------------------
+
+
+@app.command()
+def init(
+    port: Annotated[int, typer.Option(help="Port the server will listen on.")] = 8437,
+    as_json: JsonOpt = False,
+) -> None:
+    """Make a home ($GOLDFLEET_HOME): config, database, store and an admin token."""
+    from goldfleet.services.home import init_home
+
+    home = home_dir()
+    try:
+        _, made = init_home(home, port=port)
+    except Exception as exc:  # a clear line, never a traceback
+        _fail(f"cannot initialise {home}: {exc}")
+    info = {"home": str(home), "token_file": str(home / TOKEN_FILE), "token_created": made}
+    if as_json:
+        output.emit_json(info)
+    else:
+        output.console.print(f"home ready at {home}")
+        if made:
+            output.console.print(f"admin token written to {home / TOKEN_FILE} (mode 0600)")
+
+
+@app.command()
+def serve(
+    port: Annotated[int | None, typer.Option(help="Port (default: config, 8437).")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+) -> None:
+    """Run the API server (initialising the home first if needed)."""
+    import uvicorn
+
+    from goldfleet.api.app import create_app
+    from goldfleet.bootstrap import bootstrap
+    from goldfleet.config import Settings
+    from goldfleet.services.home import init_home
+
+    home = home_dir()
+    if not (home / "config.toml").exists():
+        init_home(home)
+    overrides: dict[str, Any] = {"host": host}
+    if port is not None:
+        overrides["port"] = port
+    settings = Settings(**overrides)
+    ctx = bootstrap(settings)
+    url = f"http://{settings.host}:{settings.port}"
+    (home / SERVER_FILE).write_text(json.dumps({"url": url, "pid": os.getpid()}))
+    output.err_console.print(f"goldfleet serving on {url} (home {home})")
+    uvicorn.run(
+        create_app(ctx),
+        host=settings.host,
+        port=settings.port,
+        log_level="warning",
+        access_log=False,
+    )
+
+
+@app.command()
+def demo(
+    keep: Annotated[bool, typer.Option(help="Keep the demo home afterwards.")] = False,
+    linked: Annotated[int, typer.Option(help="Linked clones to make.")] = 20,
+    full: Annotated[int, typer.Option(help="Full clones to make.")] = 2,
+) -> None:
+    """The main job, end to end on a temporary home: patch a template, carry it to clones."""
+    from goldfleet.demo import run_demo
+
+    raise typer.Exit(run_demo(keep=keep, linked=linked, full=full))
+
+
+# --- templates ----------------------------------------------------------------------------
+
+
+@template_app.command("import")
+def template_import(
+    name: str,
+    image: Path,
+    format: Annotated[str, typer.Option("--format", help="qcow2 or raw.")] = "qcow2",
+    temp: Annotated[list[str] | None, typer.Option(help="Size of a temp volume.")] = None,
+    data: Annotated[list[str] | None, typer.Option(help="Size of a data volume.")] = None,
+    kind: Annotated[str, typer.Option(help="Default clone kind: linked or full.")] = "linked",
+    as_json: JsonOpt = False,
+) -> None:
+    """Import an outside image as v1 of a new template."""
+    if not image.is_file():
+        _fail(f"{image} is not a readable file")
+    client = _client()
+    params = {"name": name, "format": format, "kind": kind, "temp": temp or [], "data": data or []}
+    with Progress(
+        TextColumn("uploading"),
+        BarColumn(),
+        TimeElapsedColumn(),
+        console=output.err_console,
+        transient=True,
+        disable=as_json,
+    ) as progress:
+        task = progress.add_task("upload", total=image.stat().st_size)
+        result = _call(
+            client.upload,
+            "/templates/import",
+            image,
+            params,
+            progress=lambda n: progress.advance(task, n),
+        )
+    if as_json:
+        output.emit_json(result)
+    else:
+        output.template_rows([result])
+
+
+@template_app.command("list")
+def template_list(as_json: JsonOpt = False) -> None:
+    """List templates."""
+    items = _call(_client().get, "/templates")
+    output.emit_json(items) if as_json else output.template_rows(items)
+
+
+@template_app.command("show")
+def template_show(name: str, as_json: JsonOpt = False) -> None:
+    """Show one template."""
+    t = _call(_client().get, f"/templates/{name}")
+    if as_json:
+        output.emit_json(t)
+        return
+    output.template_rows([t])
+    if t.get("overlay_path"):
+        output.console.print(f"maintenance overlay: {t['overlay_path']}")
+    if t.get("error"):
+        output.console.print(f"[yellow]last error: {t['error']}[/yellow]")
+
+
+@template_app.command("versions")
+def template_versions(name: str, as_json: JsonOpt = False) -> None:
+    """List a template's versions, oldest first."""
+    items = _call(_client().get, f"/templates/{name}/versions")
+    if as_json:
+        output.emit_json(items)
+        return
+    output.table(
+        name,
+        ["version", "current", "layers", "top layer", "clones", "created", "note"],
+        [
+            [
+                v["name"],
+                "*" if v["current"] else "",
+                len(v["chain"]),
+                v["top_layer"][:19],
+                v["clones"],
+                str(v["created_at"])[:19],
+                v["note"],
+            ]
+            for v in items
+        ],
+    )
+
+
+@template_app.command("delete")
+def template_delete(name: str, as_json: JsonOpt = False) -> None:
+    """Delete a template (refused while anything depends on it)."""
+    _call(_client().delete, f"/templates/{name}")
+    output.emit_json({"deleted": name}) if as_json else output.console.print(f"deleted {name}")
+
+
+@template_app.command("delete-version")
+def template_delete_version(name: str, version: str, as_json: JsonOpt = False) -> None:
+    """Delete an old version (refused while clones use it)."""
+    from goldfleet.domain.names import parse_version
+
+    try:
+        number = parse_version(version)
+    except Exception as exc:  # InvalidInput
+        _fail(str(exc))
+    _call(_client().delete, f"/templates/{name}/versions/{number}")
+    msg = {"deleted": f"{name}:v{number}"}
+    output.emit_json(msg) if as_json else output.console.print(f"deleted {name}:v{number}")
+
+
+@template_app.command("create-from-clone")
+def template_create_from_clone(name: str, clone: str, as_json: JsonOpt = False) -> None:
+    """Seal a clone's system volume as v1 of a new template (lower layers shared)."""
+    t = _call(_client().post, "/templates/from-clone", {"name": name, "clone": clone})
+    output.emit_json(t) if as_json else output.template_rows([t])
+
+
+@template_app.command("flatten")
+def template_flatten(name: str, as_json: JsonOpt = False) -> None:
+    """Merge the current version's chain into a new base layer (a new version)."""
+    v = _call(_client().post, f"/templates/{name}/flatten")
+    if as_json:
+        output.emit_json(v)
+    else:
+        output.console.print(f"{name}:{v['name']} is the flattened current version: {v['note']}")
+
+
+@maintenance_app.command("enter")
+def maintenance_enter(name: str, as_json: JsonOpt = False) -> None:
+    """Give the template a writable overlay; new clones are refused until exit or abort."""
+    t = _call(_client().post, f"/templates/{name}/maintenance/enter")
+    if as_json:
+        output.emit_json(t)
+    else:
+        output.console.print(
+            f"template {name} is in maintenance; change its overlay with any tool:"
+        )
+        output.console.print(f"  {t['overlay_path']}", highlight=False)
+        output.console.print(f"then: goldfleet template maintenance exit {name}")
+
+
+@maintenance_app.command("exit")
+def maintenance_exit(
+    name: str,
+    recreate: Annotated[str, typer.Option(help="Recreate clones: none, linked or all.")] = "none",
+    as_json: JsonOpt = False,
+) -> None:
+    """Seal the overlay as the new current version."""
+    client = _client()
+    r = _call(client.post, f"/templates/{name}/maintenance/exit", {"recreate": recreate})
+    op = r.get("operation")
+    if op is not None:
+        op = _watch(client, op, f"recreating clones of {name}", quiet=as_json)
+        r["operation"] = op
+        r["clones_behind"] = _call(client.get, f"/templates/{name}")["clones_behind"]
+    if as_json:
+        output.emit_json(r)
+    else:
+        output.console.print(f"{name}:v{r['version']} sealed and current")
+        if op is not None:
+            _finish(op, False)
+        if r["clones_behind"]:
+            output.console.print(
+                f"{r['clones_behind']} clones are behind; recreate them with: goldfleet clone"
+                f" recreate --template {name}"
+            )
+    if op is not None and op["status"] != "done":
+        raise typer.Exit(1)
+
+
+@maintenance_app.command("abort")
+def maintenance_abort(name: str, as_json: JsonOpt = False) -> None:
+    """Discard the overlay; no version is made."""
+    t = _call(_client().post, f"/templates/{name}/maintenance/abort")
+    output.emit_json(t) if as_json else output.console.print(f"maintenance of {name} aborted")
+
+
+@maintenance_app.command("status")
+def maintenance_status(name: str, as_json: JsonOpt = False) -> None:
+    """Show the maintenance status of a template."""
+    t = _call(_client().get, f"/templates/{name}")
+    if as_json:
+        output.emit_json({k: t[k] for k in ("name", "status", "overlay_path", "error")})
+    else:
+        output.console.print(f"{name}: {t['status']}")
+        if t.get("overlay_path"):
+            output.console.print(f"overlay: {t['overlay_path']}", highlight=False)
+
+
+# --- clones -------------------------------------------------------------------------------
+
+
+@clone_app.command("create")
+def clone_create(
+    template: str,
+    count: Annotated[int | None, typer.Option(help="How many numbered clones.")] = None,
+    name: Annotated[str | None, typer.Option(help="The name of one clone.")] = None,
+    full: Annotated[bool, typer.Option("--full", help="Full (independent) clones.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create clones of a template's current version."""
+    if count is None and name is None:
+        count = 1
+    client = _client()
+    body = {"template": template, "count": count, "name": name, "full": full}
+    r = _call(client.post, "/clones", body)
+    quiet = as_json or len(r["clones"]) <= 1
+    op = _watch(client, r["operation"], f"creating clones of {template}", quiet=quiet)
+    _finish(op, as_json, {"clones": r["clones"]})
+
+
+@clone_app.command("list")
+def clone_list(
+    template: Annotated[str | None, typer.Option(help="Only this template's clones.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """List clones."""
+    items = _call(_client().get, "/clones", params={"template": template} if template else None)
+    output.emit_json(items) if as_json else output.clone_rows(items)
+
+
+@clone_app.command("show")
+def clone_show(name: str, as_json: JsonOpt = False) -> None:
+    """Show one clone with its volumes."""
+    c = _call(_client().get, f"/clones/{name}")
+    if as_json:
+        output.emit_json(c)
+        return
+    output.clone_rows([c])
+    output.table(
+        "volumes",
+        ["role", "index", "size", "version", "path"],
+        [
+            [v["role"], v["index"], output.size(v["size"]), v["version"] or "", v["path"]]
+            for v in c["volumes"]
+        ],
+    )
+
+
+def _clone_action(verb: str, name: str, as_json: bool, body: dict | None = None) -> None:
+    c = _call(_client().post, f"/clones/{name}/{verb}", body)
+    output.emit_json(c) if as_json else output.clone_rows([c])
+
+
+@clone_app.command("start")
+def clone_start(name: str, as_json: JsonOpt = False) -> None:
+    """Start a clone."""
+    _clone_action("start", name, as_json)
+
+
+@clone_app.command("stop")
+def clone_stop(name: str, as_json: JsonOpt = False) -> None:
+    """Stop a clone; its temp volumes are emptied."""
+    _clone_action("stop", name, as_json)
+
+
+@clone_app.command("restore")
+def clone_restore(name: str, as_json: JsonOpt = False) -> None:
+    """System volume back to its version's content; temp emptied; data untouched."""
+    _clone_action("restore", name, as_json)
+
+
+@clone_app.command("rebase")
+def clone_rebase(
+    name: str,
+    to: Annotated[str | None, typer.Option(help="TEMPLATE[:VERSION]; default: current.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Move a clone to another version; data volumes kept byte for byte."""
+    _clone_action("rebase", name, as_json, {"to": to})
+
+
+@clone_app.command("recreate")
+def clone_recreate(
+    name: Annotated[str | None, typer.Argument(help="One clone (or use --template).")] = None,
+    template: Annotated[str | None, typer.Option(help="All clones of a template.")] = None,
+    include_full: Annotated[bool, typer.Option("--include-full")] = False,
+    discard_data: Annotated[bool, typer.Option("--discard-data")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Rebuild clones on their template's current version."""
+    client = _client()
+    body = {
+        "name": name,
+        "template": template,
+        "include_full": include_full,
+        "discard_data": discard_data,
+    }
+    op = _call(client.post, "/clones/recreate", body)
+    op = _watch(client, op, f"recreating {name or template}", quiet=as_json)
+    _finish(op, as_json)
+
+
+@clone_app.command("retry")
+def clone_retry(
+    name: Annotated[str | None, typer.Argument(help="One failed clone.")] = None,
+    all_failed: Annotated[bool, typer.Option("--all", help="Every failed clone.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Finish the last action of failed clones."""
+    client = _client()
+    op = _call(client.post, "/clones/retry", {"name": name, "all": all_failed})
+    op = _watch(client, op, "retrying", quiet=as_json)
+    _finish(op, as_json)
+
+
+@clone_app.command("delete")
+def clone_delete(name: str, as_json: JsonOpt = False) -> None:
+    """Delete a clone and its volumes."""
+    _call(_client().delete, f"/clones/{name}")
+    output.emit_json({"deleted": name}) if as_json else output.console.print(f"deleted {name}")
+
+
+# --- store, operations, tokens, audit -----------------------------------------------------
+
+
+@store_app.command("verify")
+def store_verify(as_json: JsonOpt = False) -> None:
+    """Rehash every layer and qemu-img check every layer and volume."""
+    r = _call(_client().post, "/store/verify")
+    if as_json:
+        output.emit_json(r)
+    else:
+        output.console.print(f"{r['layers']} layers, {r['clones_checked']} clones checked")
+        if r["problems"]:
+            output.table(
+                "problems", ["file", "problem"], [[p["file"], p["problem"]] for p in r["problems"]]
+            )
+        else:
+            output.console.print("no problems found")
+    if r["problems"]:
+        raise typer.Exit(1)
+
+
+@op_app.command("list")
+def op_list(as_json: JsonOpt = False) -> None:
+    """Recent operations, newest first."""
+    items = _call(_client().get, "/operations")
+    output.emit_json(items) if as_json else output.operation_rows(items)
+
+
+@op_app.command("show")
+def op_show(op_id: int, as_json: JsonOpt = False) -> None:
+    """One operation."""
+    o = _call(_client().get, f"/operations/{op_id}")
+    output.emit_json(o) if as_json else output.operation_rows([o])
+
+
+@op_app.command("watch")
+def op_watch(op_id: int, as_json: JsonOpt = False) -> None:
+    """Follow an operation to its end with a progress bar."""
+    client = _client()
+    o = _call(client.get, f"/operations/{op_id}")
+    o = _watch(client, o, f"{o['kind']} {o['target']}", quiet=as_json)
+    _finish(o, as_json)
+
+
+@token_app.command("create")
+def token_create(
+    name: str,
+    role: Annotated[str, typer.Option(help="admin or reader.")] = "reader",
+    as_json: JsonOpt = False,
+) -> None:
+    """Make an API token; it is shown once and stored only as a hash."""
+    r = _call(_client().post, "/tokens", {"name": name, "role": role})
+    output.emit_json(r) if as_json else output.console.print(r["token"], highlight=False)
+
+
+@token_app.command("list")
+def token_list(as_json: JsonOpt = False) -> None:
+    """List tokens (never their values)."""
+    items = _call(_client().get, "/tokens")
+    if as_json:
+        output.emit_json(items)
+    else:
+        output.table(
+            None,
+            ["name", "role", "created", "revoked"],
+            [[t["name"], t["role"], str(t["created_at"])[:19], t["revoked"]] for t in items],
+        )
+
+
+@token_app.command("revoke")
+def token_revoke(name: str, as_json: JsonOpt = False) -> None:
+    """Revoke a token."""
+    _call(_client().delete, f"/tokens/{name}")
+    output.emit_json({"revoked": name}) if as_json else output.console.print(f"revoked {name}")
+
+
+@app.command("audit")
+def audit_list(
+    limit: Annotated[int, typer.Option(help="How many entries.")] = 50, as_json: JsonOpt = False
+) -> None:
+    """The audit log, newest first."""
+    items = _call(_client().get, "/audit", params={"limit": limit})
+    if as_json:
+        output.emit_json(items)
+    else:
+        output.table(
+            None,
+            ["at", "actor", "action", "target", "detail"],
+            [
+                [str(a["at"])[:19], a["actor"], a["action"], a["target"], json.dumps(a["detail"])]
+                for a in items
+            ],
+        )
+
+
+def main() -> None:
+    app()

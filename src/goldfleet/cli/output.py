@@ -1,0 +1,109 @@
+"""Printing for the CLI: Rich tables for people, ``--json`` for scripts."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from goldfleet.domain.sizes import format_size
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def emit_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+
+
+def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
+    t = Table(title=title, show_lines=False)
+    for c in columns:
+        t.add_column(c)
+    for r in rows:
+        t.add_row(*("" if v is None else str(v) for v in r))
+    console.print(t)
+
+
+def size(value: int | None) -> str:
+    return "" if value is None else format_size(value)
+
+
+def sizes(values: list[int]) -> str:
+    return ", ".join(format_size(v) for v in values) or "-"
+
+
+def template_rows(items: list[dict]) -> None:
+    table(
+        None,
+        [
+            "name",
+            "status",
+            "kind",
+            "current",
+            "versions",
+            "clones",
+            "behind",
+            "system",
+            "temp",
+            "data",
+        ],
+        [
+            [
+                t["name"],
+                t["status"],
+                t["kind"],
+                f"v{t['current_version']}" if t["current_version"] else "-",
+                t["versions"],
+                t["clones"],
+                t["clones_behind"],
+                size(t["system_size"]),
+                sizes(t["temp"]),
+                sizes(t["data"]),
+            ]
+            for t in items
+        ],
+    )
+
+
+def clone_rows(items: list[dict]) -> None:
+    table(
+        None,
+        ["name", "template", "version", "kind", "status", "power", "note"],
+        [
+            [
+                c["name"],
+                c["template"],
+                f"v{c['version']}",
+                c["kind"],
+                c["status"],
+                c["power"],
+                c.get("error") or "",
+            ]
+            for c in items
+        ],
+    )
+
+
+def operation_rows(items: list[dict]) -> None:
+    table(
+        None,
+        ["id", "kind", "target", "status", "done", "failed", "total", "started", "error"],
+        [
+            [
+                o["id"],
+                o["kind"],
+                o["target"],
+                o["status"],
+                o["done"],
+                o["failed"],
+                o["total"],
+                str(o["created_at"])[:19],
+                o.get("error") or "",
+            ]
+            for o in items
+        ],
+    )
