@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from goldfleet import __version__
+from goldfleet.api.deps import Reader
 from goldfleet.api.routers import admin, clones, templates
 from goldfleet.bootstrap import Context
 from goldfleet.errors import GoldfleetError
@@ -29,7 +30,15 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
         yield
         ctx.runner.shutdown()  # type: ignore[union-attr]
 
-    app = FastAPI(title="goldfleet", version=__version__, lifespan=lifespan)
+    # the OpenAPI description is served behind the token like everything else but /health
+    app = FastAPI(
+        title="goldfleet",
+        version=__version__,
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+    )
     app.state.ctx = ctx
 
     @app.exception_handler(GoldfleetError)
@@ -55,6 +64,10 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
     @app.get("/health", tags=["health"])
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
+
+    @app.get("/openapi.json", tags=["health"], include_in_schema=False)
+    def openapi(caller: Reader) -> dict:
+        return app.openapi()
 
     app.include_router(templates.router)
     app.include_router(clones.router)

@@ -15,7 +15,11 @@ from goldfleet.cli import output
 from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
 from goldfleet.config import home_dir
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="goldfleet: golden images for VM and VDI fleets — templates, versions, clones.",
+)
 template_app = typer.Typer(no_args_is_help=True, help="Templates and their versions.")
 maintenance_app = typer.Typer(no_args_is_help=True, help="Maintenance mode of a template.")
 clone_app = typer.Typer(no_args_is_help=True, help="Clones made from template versions.")

@@ -11,7 +11,8 @@ from rich.table import Table
 
 from goldfleet.domain.sizes import format_size
 
-console = Console()
+# piped output (logs, less, CI) gets wide lines instead of folded cells
+console = Console(width=None if sys.stdout.isatty() else 200)
 err_console = Console(stderr=True)
 
 
@@ -21,8 +22,9 @@ def emit_json(data: Any) -> None:
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
     t = Table(title=title, show_lines=False)
-    for c in columns:
-        t.add_column(c)
+    for i, c in enumerate(columns):
+        # names identify things: never cut them
+        t.add_column(c, no_wrap=i == 0)
     for r in rows:
         t.add_row(*("" if v is None else str(v) for v in r))
     console.print(t)
@@ -39,25 +41,13 @@ def sizes(values: list[int]) -> str:
 def template_rows(items: list[dict]) -> None:
     table(
         None,
-        [
-            "name",
-            "status",
-            "kind",
-            "current",
-            "versions",
-            "clones",
-            "behind",
-            "system",
-            "temp",
-            "data",
-        ],
+        ["name", "status", "kind", "current", "clones", "behind", "system", "temp", "data"],
         [
             [
                 t["name"],
                 t["status"],
                 t["kind"],
                 f"v{t['current_version']}" if t["current_version"] else "-",
-                t["versions"],
                 t["clones"],
                 t["clones_behind"],
                 size(t["system_size"]),
@@ -101,7 +91,7 @@ def operation_rows(items: list[dict]) -> None:
                 o["done"],
                 o["failed"],
                 o["total"],
-                str(o["created_at"])[:19],
+                str(o["created_at"])[5:16].replace("T", " "),
                 o.get("error") or "",
             ]
             for o in items
