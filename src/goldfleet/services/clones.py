@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from goldfleet.bootstrap import Context
 from goldfleet.db.tables import Clone, Operation, Version
@@ -106,7 +106,15 @@ def clone_view(ctx: Context, c: Clone, *, volumes: bool = False) -> CloneView:
 
 def list_clones(ctx: Context, *, template: str | None = None) -> list[CloneView]:
     with ctx.session() as s:
-        q = select(Clone).order_by(Clone.name)
+        q = (
+            select(Clone)
+            .options(
+                selectinload(Clone.template),
+                selectinload(Clone.version),
+                selectinload(Clone.target_version),
+            )
+            .order_by(Clone.name)
+        )
         if template is not None:
             q = q.where(Clone.template_id == get_template(s, template).id)
         return [clone_view(ctx, c) for c in s.scalars(q)]
@@ -179,8 +187,8 @@ def execute(ctx: Context, plan: Plan) -> Outcome:
         return Outcome(plan.clone_id, None, power)
     except GoldfleetError as exc:
         return Outcome(plan.clone_id, f"{plan.action} failed: {exc.message}", power)
-    except OSError as exc:
-        return Outcome(plan.clone_id, f"{plan.action} failed: {exc}", power)
+    except Exception as exc:  # one clone's failure must never stop the others
+        return Outcome(plan.clone_id, f"{plan.action} failed: {type(exc).__name__}: {exc}", power)
 
 
 def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:

@@ -107,6 +107,13 @@ def _parse_outline(temp: list[str | int], data: list[str | int], max_size: int) 
     )
 
 
+def check_new_name(ctx: Context, name: str) -> None:
+    """Refuse a template name that is invalid or taken, before an upload is received."""
+    check_name(name, "template name")
+    with ctx.session() as s:
+        _check_name_free(s, name)
+
+
 def _check_name_free(s: Session, name: str) -> None:
     if s.scalar(select(Template.id).where(Template.name == name)) is not None:
         raise Conflict(f"template {name} already exists; choose another name")

@@ -9,7 +9,6 @@ from fastapi.concurrency import run_in_threadpool
 
 from goldfleet.api.deps import Ctx, Reader, Writer
 from goldfleet.api.schemas import MaintenanceExit, TemplateFromClone
-from goldfleet.domain.names import check_name
 from goldfleet.errors import InvalidInput
 from goldfleet.services import templates
 from goldfleet.services.views import MaintenanceExitView, TemplateView, VersionView
@@ -34,7 +33,7 @@ async def import_template(
     data: Annotated[list[str], Query()] = [],  # noqa: B006
 ) -> TemplateView:
     """Upload an image (the request body) and import it as v1 of a new template."""
-    check_name(name, "template name")
+    await run_in_threadpool(templates.check_new_name, ctx, name)
     limit = ctx.settings.max_virtual_size + (64 << 20)
     incoming = ctx.layers.incoming / f"upload-{secrets.token_hex(8)}"
     try:
