@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from goldfleet.cli import output
 from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
 from goldfleet.config import home_dir
+from goldfleet.errors import GoldfleetError
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -136,8 +137,13 @@ def serve(
     overrides: dict[str, Any] = {"host": host}
     if port is not None:
         overrides["port"] = port
-    settings = Settings(**overrides)
-    ctx = bootstrap(settings)
+    try:
+        settings = Settings(**overrides)
+        ctx = bootstrap(settings)
+    except GoldfleetError as exc:
+        _fail(exc.message)
+    except ValueError as exc:  # pydantic's ValidationError: a bad setting
+        _fail(f"bad setting: {exc}")
     url = f"http://{settings.host}:{settings.port}"
     (home / SERVER_FILE).write_text(json.dumps({"url": url, "pid": os.getpid()}))
     output.err_console.print(f"goldfleet serving on {url} (home {home})")

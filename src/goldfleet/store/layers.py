@@ -19,6 +19,7 @@ from pathlib import Path
 
 from goldfleet.domain.names import digest_of_filename, layer_filename
 from goldfleet.errors import StoreError
+from goldfleet.store.files import fsync_dir
 from goldfleet.store.inspect import inspect_image
 from goldfleet.store.qemu import Limits, QemuError, QemuImg
 
@@ -37,14 +38,6 @@ class LayerInfo:
 def file_digest(path: Path) -> str:
     with path.open("rb") as f:
         return "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LayerStore:
@@ -136,7 +129,7 @@ class LayerStore:
             return
         os.chmod(work, 0o444)
         os.replace(work, final)
-        _fsync_dir(self.dir)
+        fsync_dir(self.dir)
 
     def seal_copy(self, src: Path, *, parent: str) -> LayerInfo:
         """Seal a copy of an overlay that lives elsewhere (a clone's system volume) on ``parent``.

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from goldfleet.domain.model import CloneKind, Outline, VolumeRole
 from goldfleet.domain.names import layer_filename
+from goldfleet.store.files import fsync_dir
 from goldfleet.store.layers import LayerStore
 from goldfleet.store.qemu import QemuImg
 
@@ -80,8 +81,12 @@ class VolumeStore:
 
     @staticmethod
     def _place(src: Path, dest: Path) -> None:
+        """Copy ``src`` beside ``dest``, flush it, and rename it over ``dest``."""
         work = dest.with_name(dest.name + ".new")
-        shutil.copyfile(src, work)
+        with src.open("rb") as fsrc, work.open("wb") as fdst:
+            shutil.copyfileobj(fsrc, fdst, 1 << 20)
+            fdst.flush()
+            os.fsync(fdst.fileno())
         os.replace(work, dest)
 
     # --- volumes --------------------------------------------------------------------------
@@ -120,6 +125,8 @@ class VolumeStore:
         self.build_system(uid, kind, top, virtual_size)
         self.reset_temp(uid, outline)
         self.create_data(uid, outline)
+        # the renames must survive a power loss before the database says the clone is ready
+        fsync_dir(self.clone_dir(uid))
 
     def volume_paths(self, uid: str, outline: Outline) -> list[tuple[VolumeRole, int, Path]]:
         return [(role, i, self.path(uid, name)) for role, i, name in outline.volume_files()]
