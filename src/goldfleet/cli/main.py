@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -19,6 +20,7 @@ from goldfleet.errors import GoldfleetError
 app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
+    pretty_exceptions_enable=False,  # never print locals (tokens) or tracebacks to users
     help="goldfleet: golden images for VM and VDI fleets — templates, versions, clones.",
 )
 template_app = typer.Typer(no_args_is_help=True, help="Templates and their versions.")
@@ -132,12 +134,12 @@ def serve(
     from goldfleet.services.home import init_home
 
     home = home_dir()
-    if not (home / "config.toml").exists():
-        init_home(home)
     overrides: dict[str, Any] = {"host": host}
     if port is not None:
         overrides["port"] = port
     try:
+        if not (home / "config.toml").exists():
+            init_home(home)
         settings = Settings(**overrides)
         ctx = bootstrap(settings)
     except GoldfleetError as exc:
@@ -574,4 +576,15 @@ def audit_list(
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except GoldfleetError as exc:
+        output.err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # a bug: one line for the user, the details for a report
+        output.err_console.print(
+            f"[red]internal error:[/red] {type(exc).__name__}: {exc}", highlight=False
+        )
+        sys.exit(70)
