@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from goldfleet.db.tables import Layer, Template
 from goldfleet.domain.model import TemplateStatus
-from goldfleet.errors import Conflict, HasDependents, StoreError
+from goldfleet.errors import BadImage, Conflict, HasDependents
 from goldfleet.services import clones, templates
 from goldfleet.services.home import recover
 
@@ -101,7 +101,7 @@ def test_exit_with_a_tampered_backing_reference_keeps_maintenance(ctx, base, tmp
     other = tmp_path / "other.qcow2"
     ctx.qemu.create(other, size=8 * MiB)
     ctx.qemu.rebase_unsafe(overlay, str(other))
-    with pytest.raises(StoreError, match="backing reference"):
+    with pytest.raises(BadImage, match="backing reference"):
         templates.exit_maintenance(ctx, base, actor="t")
     shown = templates.show_template(ctx, base)
     assert shown.status == TemplateStatus.MAINTENANCE

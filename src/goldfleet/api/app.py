@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from goldfleet import __version__
-from goldfleet.api.deps import Reader
+from goldfleet.api.deps import Reader, authenticate
 from goldfleet.api.routers import admin, clones, templates
 from goldfleet.bootstrap import Context
 from goldfleet.errors import GoldfleetError
@@ -41,14 +41,27 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
     )
     app.state.ctx = ctx
 
-    @app.exception_handler(GoldfleetError)
-    async def goldfleet_error(request: Request, exc: GoldfleetError) -> JSONResponse:
+    def error_response(exc: GoldfleetError) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
         return JSONResponse(
             {"error": type(exc).__name__, "message": exc.message},
             status_code=exc.status_code,
             headers=headers,
         )
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):  # type: ignore[no-untyped-def]
+        """Authenticate before anything else (body parsing included); only /health is open."""
+        if request.url.path != "/health":
+            try:
+                request.state.caller = await authenticate(request)
+            except GoldfleetError as exc:
+                return error_response(exc)
+        return await call_next(request)
+
+    @app.exception_handler(GoldfleetError)
+    async def goldfleet_error(request: Request, exc: GoldfleetError) -> JSONResponse:
+        return error_response(exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

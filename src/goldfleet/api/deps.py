@@ -20,11 +20,19 @@ def get_ctx(request: Request) -> Context:
     return request.app.state.ctx
 
 
+def bearer_token(request: Request) -> str:
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else ""
+
+
+async def authenticate(request: Request) -> auth.Caller:
+    """Run by the app's middleware for every path but /health, before the body is read."""
+    return await run_in_threadpool(auth.authenticate, request.app.state.ctx, bearer_token(request))
+
+
 async def get_caller(request: Request) -> auth.Caller:
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    token = token.strip() if scheme.lower() == "bearer" else ""
-    return await run_in_threadpool(auth.authenticate, request.app.state.ctx, token)
+    caller = getattr(request.state, "caller", None)
+    return caller if caller is not None else await authenticate(request)
 
 
 async def get_writer(caller: Annotated[auth.Caller, Depends(get_caller)]) -> auth.Caller:

@@ -13,7 +13,7 @@ from goldfleet.domain.sizes import format_size
 
 # piped output (logs, less, CI) gets wide lines instead of folded cells
 console = Console(width=None if sys.stdout.isatty() else 200)
-err_console = Console(stderr=True)
+err_console = Console(stderr=True, soft_wrap=True)  # one error, one line
 
 
 def emit_json(data: Any) -> None:

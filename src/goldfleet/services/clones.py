@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from goldfleet.bootstrap import Context
@@ -271,7 +272,8 @@ def create_clones(
         raise InvalidInput("give either a clone name or a count, not both")
     if count is not None and not 1 <= count <= MAX_BULK:
         raise InvalidInput(f"count must be between 1 and {MAX_BULK}, not {count}")
-    with ctx.session() as s:
+    # one naming at a time per template: two bulk creates never pick the same names
+    with ctx.template_lock(template), ctx.session() as s:
         t = get_template(s, template)
         rules.check_can_clone(t.name, t.status)
         v = get_version(s, t, None)
@@ -309,7 +311,12 @@ def create_clones(
             version=v.number,
             operation=op.id,
         )
-        s.commit()
+        try:
+            s.commit()
+        except IntegrityError:
+            raise Conflict(
+                "another request took one of these clone names at the same time; try again"
+            ) from None
         op_id = op.id
     return _launch(ctx, op_id, wait), names
 

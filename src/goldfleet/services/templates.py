@@ -235,12 +235,21 @@ def flatten_template(ctx: Context, name: str, *, actor: str) -> VersionView:
 
 
 def _template_dependents(s: Session, t: Template) -> list[str]:
+    """Clones of ``t``, and templates standing on a layer ``t`` introduced.
+
+    A layer belongs to the oldest template whose chains hold it; a template made from another
+    one's clone shares the older layers without owning them, so it can be deleted on its own."""
     found = [f"clone {n}" for n in s.scalars(select(Clone.name).where(Clone.template_id == t.id))]
-    own = {digest for v in t.versions for digest in (x.digest for x in chain(s, v.top_layer))}
-    others = s.scalars(select(Template).where(Template.id != t.id))
+
+    def layers_of(template: Template) -> set[str]:
+        return {x.digest for v in template.versions for x in chain(s, v.top_layer)}
+
+    others = list(s.scalars(select(Template).where(Template.id != t.id).order_by(Template.id)))
+    older = set().union(*(layers_of(o) for o in others if o.id < t.id))
+    introduced = layers_of(t) - older
     for other in others:
         for v in other.versions:
-            if any(layer.digest in own for layer in chain(s, v.top_layer)):
+            if any(layer.digest in introduced for layer in chain(s, v.top_layer)):
                 found.append(f"template {other.name} (v{v.number})")
                 break
     return found

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from goldfleet.domain.names import digest_of_filename, layer_filename
-from goldfleet.errors import StoreError
+from goldfleet.errors import BadImage, StoreError
 from goldfleet.store.files import fsync_dir
 from goldfleet.store.inspect import inspect_image
 from goldfleet.store.qemu import Limits, QemuError, QemuImg
@@ -96,19 +96,19 @@ class LayerStore:
             info = self.qemu.info(work, "qcow2", limits=self.limits)
             report = self.qemu.check(work, "qcow2", limits=self.limits)
         except QemuError as exc:
-            raise StoreError(f"cannot seal {work.name}: {exc.message}") from exc
+            raise BadImage(f"cannot seal {work.name}: {exc.message}") from exc
         backing = info.get("backing-filename")
         expected = layer_filename(parent) if parent else None
         if backing != expected or (expected and info.get("backing-filename-format") != "qcow2"):
-            raise StoreError(
+            raise BadImage(
                 f"cannot seal {work.name}: its backing reference is {backing!r}, expected"
                 f" {expected!r}; undo the change of backing file and try again"
             )
         specific = (info.get("format-specific") or {}).get("data") or {}
         if "data-file" in specific:
-            raise StoreError(f"cannot seal {work.name}: it uses an external data file")
+            raise BadImage(f"cannot seal {work.name}: it uses an external data file")
         if report.get("corruptions", 0) or report.get("check-errors", 0):
-            raise StoreError(
+            raise BadImage(
                 f"cannot seal {work.name}: qemu-img check found"
                 f" {report.get('corruptions', 0)} corruptions; repair it and try again"
             )

@@ -8,6 +8,7 @@ util-linux ``prlimit``, so a hostile header cannot make qemu-img spin or eat mem
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -66,9 +67,13 @@ class QemuImg:
                 *argv,
             ]
             timeout = limits.wall_seconds
+        env = None
+        if limits is not None:
+            # fewer malloc arenas: thread start-up must fit under the address-space cap
+            env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
         try:
             proc = subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout, check=False
+                argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
             )
         except FileNotFoundError as exc:
             raise StoreError(
@@ -139,9 +144,12 @@ class QemuImg:
         """Copy ``src`` into a new standalone qcow2 (a whole chain is flattened)."""
         argv = [self.qemu_img, "convert", "-q", "-f", src_fmt, "-O", "qcow2", str(src), str(dst)]
         if limits is not None:
-            # conversion of a large image takes time; keep the memory cap, lift the CPU cap
+            # the image passed inspection; conversion of a large one takes time and qemu's
+            # worker threads reserve address space: keep a cap, but a wider one
             limits = Limits(
-                cpu_seconds=24 * 3600, address_space=limits.address_space, wall_seconds=24 * 3600
+                cpu_seconds=24 * 3600,
+                address_space=max(limits.address_space, 4 << 30),
+                wall_seconds=24 * 3600,
             )
         self._run(argv, limits=limits)
 

@@ -1,0 +1,189 @@
+"""kill -9 of the server in the middle of bulk work: nothing half-made survives, retry finishes.
+
+After the restart every clone is either ``ready`` or a visible ``failed`` (never ``creating`` or
+``rebuilding``), the operation says ``interrupted``, no work file or orphan folder is left, and
+``clone retry --all`` brings every clone to ``ready`` with volumes that pass ``qemu-img check``.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import pytest
+
+MiB = 1 << 20
+VOLUME_FILES = ("system.qcow2", "temp0.qcow2", "data0.qcow2")
+
+pytestmark = pytest.mark.slow
+
+
+def _kill_midway(fleet, op_id: int, total: int) -> dict:
+    """Kill -9 the server once some (but far from all) clones of ``op_id`` are recorded."""
+    low, high = max(1, total // 10), total * 3 // 4
+    deadline = time.monotonic() + 60
+    while True:
+        op = fleet.client.get(f"/operations/{op_id}")
+        assert op["status"] == "running", f"finished before the kill: {op}"
+        assert op["done"] <= high, f"too far before the kill: {op}"
+        if op["done"] >= low:
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    time.sleep(random.uniform(0, 0.03))  # land anywhere inside the next batch
+    fleet.server.kill9()
+    # the database, read while no server runs, shows work that was under way
+    ((under_way,),) = fleet.rows(
+        "SELECT COUNT(*) FROM clones WHERE status IN ('creating', 'rebuilding')"
+    )
+    assert under_way > 0
+    return op
+
+
+def _assert_settled_after_restart(fleet, op_id: int, total: int) -> list[str]:
+    """Return the names of the failed clones."""
+    clones = fleet.client.get("/clones")
+    assert len(clones) == total
+    statuses = {c["status"] for c in clones}
+    assert statuses <= {"ready", "failed"}, statuses
+    failed = [c for c in clones if c["status"] == "failed"]
+    assert failed, "the kill landed after the last batch"
+    for c in failed:
+        assert "interrupted" in c["error"] and "retry" in c["error"]
+    op = fleet.client.get(f"/operations/{op_id}")
+    assert op["status"] == "interrupted", op
+    assert "retry" in op["error"]
+    # rows say the same as the API
+    rows = dict(fleet.rows("SELECT status, COUNT(*) FROM clones GROUP BY status"))
+    assert set(rows) <= {"ready", "failed"}
+    assert fleet.work_files() == []
+    assert fleet.clone_folders() <= set(fleet.clone_uids())
+    return [c["name"] for c in failed]
+
+
+def _retry_all(fleet, failed: list[str], total: int) -> None:
+    op = fleet.client.post("/clones/retry", {"all": True, "wait": True})
+    assert (op["status"], op["total"], op["done"], op["failed"]) == (
+        "done",
+        len(failed),
+        len(failed),
+        0,
+    )
+    clones = fleet.client.get("/clones")
+    assert len(clones) == total
+    assert {c["status"] for c in clones} == {"ready"}
+    assert all(c["error"] is None and c["action"] is None for c in clones)
+
+
+def _assert_store_consistent(fleet) -> None:
+    uids = fleet.clone_uids()
+    assert fleet.clone_folders() == set(uids)  # no orphan, none missing
+    assert fleet.work_files() == []
+    for uid in uids:
+        names = sorted(p.name for p in (fleet.clones_dir / uid).iterdir())
+        assert names == sorted(VOLUME_FILES), (uids[uid], names)
+
+    def check(path):
+        return path, fleet.check_image(path)
+
+    paths = [fleet.clones_dir / uid / f for uid in uids for f in VOLUME_FILES]
+    for path, report in fleet.parallel(check, paths):
+        assert report["exit_code"] == 0, (path, report)
+
+
+def test_kill9_during_bulk_create_then_retry_completes_every_clone(fleet, template):
+    total = 200
+    r = fleet.client.post("/clones", {"template": "base", "count": total})
+    op_id = r["operation"]["id"]
+    _kill_midway(fleet, op_id, total)
+    fleet.server.start()
+
+    failed = _assert_settled_after_restart(fleet, op_id, total)
+    assert len(failed) < total
+    # a failed create shows no half-made clone: its folder is gone or holds only whole files
+    _retry_all(fleet, failed, total)
+    _assert_store_consistent(fleet)
+
+    def reads(name):
+        vols = fleet.volumes(name)
+        return (
+            fleet.shows(vols["system"], MiB, 0x11)
+            and fleet.shows(vols["temp0"], 0, 0x00)
+            and fleet.shows(vols["data0"], 0, 0x00)
+        )
+
+    sample = failed[:5] + random.sample(sorted(set(r["clones"]) - set(failed)), 5)
+    assert all(fleet.parallel(reads, sample))
+    assert fleet.client.post("/store/verify")["problems"] == []
+
+
+def test_kill9_during_recreate_then_retry_moves_all_and_keeps_data(fleet, template, small_batches):
+    total = 100
+    names = fleet.create(count=total)
+    fleet.create(name="solo", full=True)
+
+    def give_data(name):
+        data0 = fleet.volumes(name)["data0"]
+        fleet.pattern(data0, 2 * MiB, 1 + names.index(name) % 250 if name in names else 0xFE)
+        fleet.write(data0, 9 * MiB, f"owned by {name}".encode())
+        return name, fleet.state(data0)
+
+    before = dict(fleet.parallel(give_data, [*names, "solo"]))
+    r = fleet.update(byte=0x22, recreate="linked")
+    op_id = r["operation"]["id"]
+    assert r["operation"]["total"] == total
+    _kill_midway(fleet, op_id, total)
+    fleet.server.start()
+
+    failed = _assert_settled_after_restart(fleet, op_id, total + 1)
+    assert "solo" not in failed
+    for c in fleet.client.get("/clones"):
+        if c["status"] == "ready" and c["kind"] == "linked":
+            assert c["version"] == 2  # recorded ready only once rebuilt on v2
+    _retry_all(fleet, failed, total + 1)
+    _assert_store_consistent(fleet)
+
+    def verify(name):
+        c = fleet.show(name)
+        vols = {v["role"]: v for v in c["volumes"]}
+        data0 = fleet.volumes(name)["data0"]
+        text = f"owned by {name}".encode()
+        return (
+            name,
+            c["version"],
+            vols["system"]["version"],
+            fleet.shows(fleet.volumes(name)["system"], MiB, 0x22 if name != "solo" else 0x11),
+            fleet.shows(fleet.volumes(name)["temp0"], 0, 0x00),
+            fleet.state(data0) == before[name],
+            fleet.read(data0, 9 * MiB, len(text)) == text,
+        )
+
+    for name, version, shown, system_ok, temp_ok, data_same, data_ok in fleet.parallel(
+        verify, [*names, "solo"]
+    ):
+        expected = 1 if name == "solo" else 2
+        assert (version, shown) == (expected, f"v{expected}"), name
+        assert system_ok and temp_ok, name
+        assert data_same and data_ok, name
+    assert fleet.client.get("/templates/base")["clones_behind"] == 1  # only the full clone
+
+
+@pytest.mark.parametrize("stop", ["restart", "kill9"])
+def test_maintenance_survives_a_server_restart(fleet, template, stop):
+    (name,) = fleet.create(count=1)
+    overlay = Path(fleet.client.post("/templates/base/maintenance/enter")["overlay_path"])
+    fleet.pattern(overlay, MiB, 0x22)
+    if stop == "kill9":
+        fleet.server.kill9()
+        fleet.server.start()
+    else:
+        fleet.server.restart()
+    t = fleet.client.get("/templates/base")
+    assert (t["status"], t["overlay_path"]) == ("maintenance", str(overlay))
+    assert fleet.shows(overlay, MiB, 0x22)
+    assert fleet.show(name)["status"] == "ready"
+    r = fleet.client.post("/templates/base/maintenance/exit", {"recreate": "linked"})
+    assert fleet.wait(r["operation"]["id"])["status"] == "done"
+    assert fleet.shows(fleet.volumes(name)["system"], MiB, 0x22)
+    assert fleet.work_files() == []
