@@ -57,13 +57,14 @@ def parse_version_ref(ref: str) -> tuple[str, int | None]:
 
 
 def numbered_names(prefix: str, taken: set[str], count: int) -> list[str]:
-    """``count`` fresh names ``prefix-001``, ``prefix-002``…, skipping the taken ones."""
-    width = max(3, len(str(count + len(taken))))
+    """``count`` fresh names ``prefix-001``, ``prefix-002``…, never reusing a taken number
+    (``web-1000`` follows ``web-999``)."""
+    pattern = re.compile(re.escape(prefix) + r"-([0-9]+)")
+    used = {int(m.group(1)) for name in taken if (m := pattern.fullmatch(name))}
     names: list[str] = []
     i = 1
     while len(names) < count:
-        candidate = f"{prefix}-{i:0{width}d}"
-        if candidate not in taken:
-            names.append(check_name(candidate, "clone name"))
+        if i not in used:
+            names.append(check_name(f"{prefix}-{i:03d}", "clone name"))
         i += 1
     return names

@@ -105,14 +105,16 @@ def select_for_recreate(
     """Clones to rebuild after a new version: (name, kind, version id) → names, linked first.
 
     Clones already on the current version are skipped, so a recreate is idempotent."""
-    chosen = []
+    linked, full = [], []
     for name, kind, version_id in clones:
         if version_id == current_version_id:
             continue
-        if kind == CloneKind.FULL and not include_full:
-            continue
-        chosen.append(name)
-    return chosen
+        if kind == CloneKind.FULL:
+            if include_full:
+                full.append(name)
+        else:
+            linked.append(name)
+    return linked + full
 
 
 def recreate_flags(scope: RecreateScope) -> tuple[bool, bool]:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import re
+from decimal import ROUND_CEILING, Decimal
 
 from goldfleet.errors import InvalidInput
 
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+_LARGEST = 1 << 80  # far beyond any disk; keeps arithmetic exact and bounded
 _SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
 
 
@@ -18,7 +20,10 @@ def parse_size(text: str | int, *, maximum: int | None = None) -> int:
         m = _SIZE_RE.fullmatch(str(text).strip())
         if m is None:
             raise InvalidInput(f"size {text!r} is not valid: write e.g. 20G, 512M or 1T")
-        value = int(float(m.group(1)) * _UNITS[m.group(2).upper()])
+        exact = Decimal(m.group(1)) * _UNITS[m.group(2).upper()]
+        if exact > _LARGEST:
+            raise InvalidInput(f"size {text!r} is far too large")
+        value = int(exact.to_integral_value(rounding=ROUND_CEILING))
     if value <= 0:
         raise InvalidInput(f"size {text!r} must be larger than zero")
     value = (value + 511) // 512 * 512

@@ -14,6 +14,7 @@ import hashlib
 import os
 import secrets
 import shutil
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,7 +92,15 @@ class LayerStore:
         """Check a work file as if it came from outside and compute its digest.
 
         The work file must be a clean qcow2 whose only reference is ``parent``'s file name (an
-        admin may have changed a maintenance overlay with any tool). Nothing is changed."""
+        admin may have changed a maintenance overlay with any tool). It must also be a plain
+        file of its own: a symbolic or hard link would let a "sealed" layer be changed from
+        outside the store. Nothing is changed."""
+        st = os.lstat(work)
+        if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
+            raise BadImage(
+                f"cannot seal {work.name}: it is not a plain file of its own (a link?); put the"
+                " image itself there"
+            )
         try:
             info = self.qemu.info(work, "qcow2", limits=self.limits)
             report = self.qemu.check(work, "qcow2", limits=self.limits)
@@ -162,6 +171,8 @@ class LayerStore:
     def verify(self, digest: str, parent: str | None) -> list[str]:
         """Problems with one sealed layer: missing, hash, mode, reference, qemu-img check."""
         path = self.path(digest)
+        if path.is_symlink():
+            return [f"{path.name}: a symbolic link, not a sealed file"]
         if not path.is_file():
             return [f"{path.name}: missing"]
         problems = []

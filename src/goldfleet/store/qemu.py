@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from typing import Any
 from goldfleet.errors import StoreError
 
 FORMATS = ("qcow2", "raw")
-_HEXDUMP_RE = re.compile(r"[0-9a-f]{8}:  ((?:[0-9a-f]{2} ){1,16})")
+_HEXDUMP_RE = re.compile(r"[0-9a-f]{8,}:  ((?:[0-9a-f]{2} ){1,16})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,9 @@ class QemuImg:
         limits: Limits | None = None,
         ok_codes: tuple[int, ...] = (0,),
         timeout: float | None = None,
+        cwd: Path | None = None,
     ) -> subprocess.CompletedProcess[str]:
+        tool = Path(argv[0]).name
         if limits is not None:
             if self.prlimit is None:
                 raise StoreError("prlimit (util-linux) is missing; cannot inspect images safely")
@@ -73,16 +76,23 @@ class QemuImg:
             env = {**os.environ, "MALLOC_ARENA_MAX": "2"}
         try:
             proc = subprocess.run(
-                argv, capture_output=True, text=True, timeout=timeout, check=False, env=env
+                argv,
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+                env=env,
+                cwd=cwd,
             )
         except FileNotFoundError as exc:
             raise StoreError(
                 f"{argv[0]} is not installed; install Debian's qemu-utils (make demo does)"
             ) from exc
         except subprocess.TimeoutExpired as exc:
-            raise QemuError(f"{Path(argv[0]).name} timed out", "timeout", -1) from exc
+            raise QemuError(f"{tool} timed out", "timeout", -1) from exc
         if proc.returncode not in ok_codes:
-            words = proc.stderr.strip().splitlines()
+            # qemu-io reports its errors on stdout
+            words = (proc.stderr.strip() or proc.stdout.strip()).splitlines()
             raise QemuError(
                 words[-1] if words else f"exit code {proc.returncode}",
                 proc.stderr,
@@ -190,8 +200,13 @@ class QemuImg:
         return bytes(data)
 
     def write(self, path: Path, offset: int, data: bytes, *, scratch: Path) -> None:
-        """Write ``data`` at ``offset`` through qemu's block layer (``scratch`` is a temp file)."""
-        scratch.write_bytes(data)
+        """Write ``data`` at ``offset`` through qemu's block layer.
+
+        qemu-io splits its command on spaces, so the bytes go through a file with a plain name
+        in the folder ``scratch`` names, passed relative to it."""
+        folder = scratch if scratch.is_dir() else scratch.parent
+        name = f"goldfleet-write-{os.getpid()}-{threading.get_ident()}.bin"
+        (folder / name).write_bytes(data)
         try:
             self._run(
                 [
@@ -199,12 +214,13 @@ class QemuImg:
                     "-f",
                     "qcow2",
                     "-c",
-                    f"write -s {scratch} {offset} {len(data)}",
-                    str(path),
-                ]
+                    f"write -s {name} {offset} {len(data)}",
+                    str(path.resolve()),
+                ],
+                cwd=folder,
             )
         finally:
-            scratch.unlink(missing_ok=True)
+            (folder / name).unlink(missing_ok=True)
 
     def write_pattern(self, path: Path, offset: int, length: int, pattern: int) -> None:
         self._run(
