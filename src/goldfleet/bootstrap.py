@@ -51,10 +51,16 @@ class Context:
 
 def make_driver(settings: Settings, sessions: sessionmaker[Session]) -> Driver:
     if settings.driver == "sim":
-        from goldfleet.drivers.sim import SimDriver
+        from goldfleet.drivers.sim import SimDriver, SimPlan
 
-        return SimDriver(sessions)
-    raise InvalidInput(f"driver {settings.driver!r} is not available; use 'sim'")
+        return SimDriver(
+            sessions, hosts=settings.sim_hosts, plan=SimPlan.from_json(settings.sim_plan)
+        )
+    if settings.driver == "libvirt":
+        from goldfleet.drivers.libvirt import LibvirtDriver
+
+        return LibvirtDriver(uris=settings.libvirt_uris)
+    raise InvalidInput(f"driver {settings.driver!r} is not available; use 'sim' or 'libvirt'")
 
 
 def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:

@@ -40,6 +40,16 @@ class Settings(BaseSettings):
     batch_size: int = 25  # clones committed together by a bulk operation
     inspect_cpu_seconds: int = 30
     inspect_memory: int = 1 << 30
+    # drivers
+    sim_hosts: list[str] = ["sim-host-1", "sim-host-2"]
+    sim_plan: str = ""  # JSON fault plan for the sim driver, see docs/concepts.md
+    libvirt_uris: list[str] = ["qemu:///system"]  # one per host
+    driver_timeout: float = 120.0  # a driver call that takes longer fails the clone
+    shutdown_timeout: float = 60.0  # graceful shutdown, then forced off
+    # operations
+    lease_seconds: float = 10.0  # a server silent this long loses the work it claimed
+    per_host_limit: int = 4  # default: clones rebuilt at once on one host
+    reconcile_seconds: float = 2.0  # how often power states are read back from the driver
 
     @classmethod
     def settings_customise_sources(

@@ -59,6 +59,7 @@ class Template(Base):
     overlay: Mapped[str | None] = mapped_column(String(80))  # maintenance overlay file name
     sealing: Mapped[str | None] = mapped_column(String(71))  # digest being sealed on exit
     error: Mapped[str | None] = mapped_column(Text)  # why the last maintenance step failed
+    maintenance_vm: Mapped[str | None] = mapped_column(String(63))  # VM booting the overlay
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     versions: Mapped[list[Version]] = relationship(
@@ -104,6 +105,9 @@ class Clone(Base):
     restart: Mapped[bool] = mapped_column(default=False)
     error: Mapped[str | None] = mapped_column(Text)
     operation_id: Mapped[int | None] = mapped_column(ForeignKey("operations.id"), index=True)
+    host: Mapped[str | None] = mapped_column(String(63), index=True)
+    pool_id: Mapped[int | None] = mapped_column(ForeignKey("pools.id"), index=True)
+    assigned_user: Mapped[str | None] = mapped_column(String(63))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -128,6 +132,67 @@ class Operation(Base):
     actor: Mapped[str] = mapped_column(String(63))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     finished_at: Mapped[datetime | None]
+    # rollout policy (goldfleet.domain.rollout.Policy as JSON) and its progress
+    policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    start_at: Mapped[datetime | None]
+    paused_reason: Mapped[str | None] = mapped_column(Text)
+    canary_passed: Mapped[bool] = mapped_column(default=False)
+    pool_id: Mapped[int | None] = mapped_column(ForeignKey("pools.id"))
+
+
+class OperationItem(Base):
+    """One clone's part in an operation: queued until the runner starts it under the policy."""
+
+    __tablename__ = "operation_items"
+    __table_args__ = (Index("ix_items_op_state", "operation_id", "state"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    operation_id: Mapped[int] = mapped_column(ForeignKey("operations.id"))
+    clone_id: Mapped[int | None] = mapped_column(
+        ForeignKey("clones.id", ondelete="SET NULL"), index=True
+    )
+    clone_name: Mapped[str] = mapped_column(String(63))
+    action: Mapped[str] = mapped_column(String(16))
+    target_version_id: Mapped[int | None] = mapped_column(ForeignKey("versions.id"))
+    discard_data: Mapped[bool] = mapped_column(default=False)
+    # queued | running | done | failed | skipped | cancelled
+    state: Mapped[str] = mapped_column(String(16), default="queued")
+    reason: Mapped[str | None] = mapped_column(Text)  # why it waits, failed or was skipped
+    owner: Mapped[str | None] = mapped_column(String(36))  # the server running it
+    notified_at: Mapped[datetime | None]
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+
+
+class Server(Base):
+    """A running ``goldfleet serve`` process; its heartbeat keeps its claimed work its own."""
+
+    __tablename__ = "servers"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    hostname: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int]
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Pool(Base):
+    """Clones of one template kept at a size, with a buffer of idle ones."""
+
+    __tablename__ = "pools"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("templates.id"))
+    min_size: Mapped[int]
+    max_size: Mapped[int]
+    buffer: Mapped[int]
+    enabled: Mapped[bool] = mapped_column(default=True)
+    window_cron: Mapped[str | None] = mapped_column(String(100))
+    window_minutes: Mapped[int | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    template: Mapped[Template] = relationship()
 
 
 class Token(Base):
@@ -162,3 +227,26 @@ class SimDomain(Base):
     host: Mapped[str] = mapped_column(String(63))
     state: Mapped[str] = mapped_column(String(16), default="stopped")
     disks: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class SimSession(Base):
+    """A simulated user logged into a simulated VM."""
+
+    __tablename__ = "sim_sessions"
+    __table_args__ = (UniqueConstraint("vm", "user"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    vm: Mapped[str] = mapped_column(String(63), index=True)
+    user: Mapped[str] = mapped_column(String(63))
+    since: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SimMessage(Base):
+    """A message the sim driver delivered to the users of a VM."""
+
+    __tablename__ = "sim_messages"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    vm: Mapped[str] = mapped_column(String(63), index=True)
+    text: Mapped[str] = mapped_column(Text)
+    at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -63,6 +63,8 @@ class Plan:
     outline: Outline
     running: bool
     discard_data: bool
+    backing: tuple[str, ...] = ()  # the target's layer files, top first (linked clones)
+    host: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,8 +163,12 @@ def load_plans(s: Session, clone_ids: list[int]) -> list[Plan]:
 
 def _domain_spec(ctx: Context, plan: Plan) -> DomainSpec:
     disks = tuple(
-        DiskSpec(role=str(role), path=str(path), backing_format="qcow2" if i == 0 else None)
-        for i, (role, _, path) in enumerate(ctx.volumes.volume_paths(plan.uid, plan.outline))
+        DiskSpec(
+            role=str(role),
+            path=str(path),
+            backing=plan.backing if role == VolumeRole.SYSTEM else (),
+        )
+        for role, _, path in ctx.volumes.volume_paths(plan.uid, plan.outline)
     )
     return DomainSpec(name=plan.name, disks=disks)
 
