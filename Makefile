@@ -32,10 +32,11 @@ setup: system-packages $(STAMP)
 
 system-packages:
 	@if ! command -v qemu-img >/dev/null || ! command -v qemu-io >/dev/null \
-	    || ! command -v prlimit >/dev/null; then \
-	  echo "installing Debian packages: qemu-utils util-linux"; \
+	    || ! command -v prlimit >/dev/null \
+	    || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing Debian packages: qemu-utils util-linux postgresql"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq qemu-utils util-linux >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq qemu-utils util-linux postgresql >/dev/null; \
 	fi
 
 $(STAMP): pyproject.toml

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from threading import Lock
 
 from sqlalchemy import Engine
@@ -20,6 +21,13 @@ from goldfleet.store.qemu import Limits, QemuImg
 from goldfleet.store.volumes import VolumeStore
 
 
+class Clock:
+    """Naive UTC time; tests that need to move time replace ``ctx.clock``."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC).replace(tzinfo=None)
+
+
 @dataclass
 class Context:
     settings: Settings
@@ -32,6 +40,7 @@ class Context:
     template_locks: dict[str, Lock] = field(default_factory=dict)
     _locks_guard: Lock = field(default_factory=Lock)
     runner: object | None = None  # services.operations.Runner, set by bootstrap
+    clock: Clock = field(default_factory=Clock)
 
     @contextmanager
     def session(self) -> Iterator[Session]:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from goldfleet import __version__
 from goldfleet.api.deps import Reader, authenticate
-from goldfleet.api.routers import admin, clones, templates
+from goldfleet.api.routers import admin, clones, sim, templates
 from goldfleet.bootstrap import Context
 from goldfleet.errors import GoldfleetError
 
@@ -27,6 +27,7 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
 
             for note in run_recovery(ctx):
                 log.warning("recovery: %s", note)
+        ctx.runner.start_background()  # type: ignore[union-attr]
         yield
         ctx.runner.shutdown()  # type: ignore[union-attr]
 
@@ -85,4 +86,5 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
     app.include_router(templates.router)
     app.include_router(clones.router)
     app.include_router(admin.router)
+    app.include_router(sim.router)
     return app

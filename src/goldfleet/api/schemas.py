@@ -12,12 +12,29 @@ class Body(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class Rollout(Body):
+    """How a bulk operation treats users, parallelism, canaries and failures, and when."""
+
+    logoff: str = "wait"
+    deadline: str | None = None
+    grace: str | None = None
+    message: str | None = None
+    max_parallel: int | None = None
+    per_host: int | None = None
+    canary: int = 0
+    canary_auto: bool = False
+    stop_on_error: bool = True
+    max_failures: str | None = None
+    at: str | None = None
+
+
 class CloneCreate(Body):
     template: str
     count: int | None = Field(default=None, ge=1, le=10_000)
     name: str | None = None
     full: bool = False
     wait: bool = False
+    rollout: Rollout | None = None
 
 
 class CloneBulkPublic(BaseModel):
@@ -35,6 +52,14 @@ class CloneRecreate(Body):
     include_full: bool = False
     discard_data: bool = False
     wait: bool = False
+    rollout: Rollout | None = None
+
+
+class CloneRebaseMany(Body):
+    template: str
+    to: str | None = None
+    wait: bool = False
+    rollout: Rollout | None = None
 
 
 class CloneRetry(Body):
@@ -50,6 +75,8 @@ class TemplateFromClone(Body):
 
 class MaintenanceExit(Body):
     recreate: RecreateScope = RecreateScope.NONE
+    shutdown: bool = False  # stop a running maintenance VM first
+    rollout: Rollout | None = None
 
 
 class TokenCreate(Body):

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from goldfleet.cli import output
 from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
+from goldfleet.cli.sim import sim_app
 from goldfleet.config import home_dir
 from goldfleet.errors import GoldfleetError
 
@@ -35,8 +36,55 @@ app.add_typer(clone_app, name="clone")
 app.add_typer(store_app, name="store")
 app.add_typer(op_app, name="op")
 app.add_typer(token_app, name="token")
+app.add_typer(sim_app, name="sim")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+R = "Rollout policy"
+LogoffOpt = Annotated[
+    str, typer.Option(help="Logged-in users: wait, notify-force or force.", rich_help_panel=R)
+]
+DeadlineOpt = Annotated[
+    str | None,
+    typer.Option(help="With --logoff wait: skip clones still in use then.", rich_help_panel=R),
+]
+GraceOpt = Annotated[
+    str | None, typer.Option(help="notify-force: time before logoff (10m).", rich_help_panel=R)
+]
+MessageOpt = Annotated[
+    str | None, typer.Option(help="notify-force: the message users see.", rich_help_panel=R)
+]
+MaxParallelOpt = Annotated[
+    int | None, typer.Option(help="Clones rebuilt at once, fleet-wide.", rich_help_panel=R)
+]
+PerHostOpt = Annotated[
+    int | None, typer.Option(help="Clones rebuilt at once per host (4).", rich_help_panel=R)
+]
+CanaryOpt = Annotated[
+    int, typer.Option(help="Do K clones first, then pause for op resume.", rich_help_panel=R)
+]
+CanaryAutoOpt = Annotated[
+    bool, typer.Option("--canary-auto", help="Go on if the canary succeeded.", rich_help_panel=R)
+]
+StopOnErrorOpt = Annotated[
+    bool,
+    typer.Option("--stop-on-error/--continue-on-error", help="Default.", rich_help_panel=R),
+]
+MaxFailuresOpt = Annotated[
+    str | None, typer.Option(help="Tolerate N or P% failures.", rich_help_panel=R)
+]
+AtOpt = Annotated[
+    str | None, typer.Option(help="Start at HH:MM or an ISO time (UTC).", rich_help_panel=R)
+]
+DetachOpt = Annotated[
+    bool, typer.Option("--detach", help="Print the operation and return at once.")
+]
+
+
+def _rollout(**fields: Any) -> dict[str, Any] | None:
+    """The request's rollout policy; None when every flag is left at its default."""
+    defaults = {"logoff": "wait", "canary": 0, "canary_auto": False, "stop_on_error": True}
+    chosen = {k: v for k, v in fields.items() if v is not None and defaults.get(k) != v}
+    return chosen or None
 
 
 def _client() -> Client:
@@ -55,10 +103,27 @@ def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:
         _fail(exc.message)
 
 
+UNDER_WAY = ("scheduled", "running", "cancelling")
+
+
+def _ended(op: dict) -> int:
+    return op["done"] + op["failed"] + op.get("skipped", 0) + op.get("cancelled", 0)
+
+
+def _status_line(op: dict) -> str:
+    parts = [op["status"]]
+    if op.get("running"):
+        parts.append(f"working on {', '.join(op.get('current', [])[:3])}")
+    if op.get("waiting"):
+        first = op["waiting"][0]
+        parts.append(f"{len(op['waiting'])} waiting ({first['clone']}: {first['reason']})")
+    return "; ".join(parts)
+
+
 def _watch(client: Client, op: dict, label: str, *, quiet: bool = False) -> dict:
-    """Follow an operation to its end, with a progress bar unless ``quiet``."""
+    """Follow an operation until it ends or pauses, with a progress bar unless ``quiet``."""
     if quiet:
-        while op["status"] == "running":
+        while op["status"] in UNDER_WAY:
             time.sleep(0.1)
             op = _call(client.get, f"/operations/{op['id']}")
         return op
@@ -68,13 +133,14 @@ def _watch(client: Client, op: dict, label: str, *, quiet: bool = False) -> dict
         MofNCompleteColumn(),
         TextColumn("{task.fields[failed]} failed"),
         TimeElapsedColumn(),
+        TextColumn("{task.fields[line]}"),
         console=output.err_console,
         transient=False,
     ) as progress:
-        task = progress.add_task(label, total=op["total"], failed=0)
+        task = progress.add_task(label, total=op["total"], failed=0, line="")
         while True:
-            progress.update(task, completed=op["done"] + op["failed"], failed=op["failed"])
-            if op["status"] != "running":
+            progress.update(task, completed=_ended(op), failed=op["failed"], line=_status_line(op))
+            if op["status"] not in UNDER_WAY:
                 break
             time.sleep(0.2)
             op = _call(client.get, f"/operations/{op['id']}")
@@ -91,7 +157,11 @@ def _finish(op: dict, as_json: bool, extra: dict | None = None) -> None:
         )
         if op.get("error"):
             output.console.print(f"[yellow]{op['error']}[/yellow]")
-    if op["status"] not in ("done",):
+        if op["status"] == "paused":
+            output.console.print(f"paused: {op.get('paused_reason') or ''}")
+    if op["status"] in UNDER_WAY:
+        return  # detached: still running
+    if op["status"] not in ("done", "paused"):
         raise typer.Exit(1)
 
 
@@ -312,13 +382,45 @@ def maintenance_enter(name: str, as_json: JsonOpt = False) -> None:
 def maintenance_exit(
     name: str,
     recreate: Annotated[str, typer.Option(help="Recreate clones: none, linked or all.")] = "none",
+    shutdown: Annotated[
+        bool, typer.Option("--shutdown", help="Shut a running maintenance VM down first.")
+    ] = False,
+    logoff: LogoffOpt = "wait",
+    deadline: DeadlineOpt = None,
+    grace: GraceOpt = None,
+    message: MessageOpt = None,
+    max_parallel: MaxParallelOpt = None,
+    per_host: PerHostOpt = None,
+    canary: CanaryOpt = 0,
+    canary_auto: CanaryAutoOpt = False,
+    stop_on_error: StopOnErrorOpt = True,
+    max_failures: MaxFailuresOpt = None,
+    at: AtOpt = None,
+    detach: DetachOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Seal the overlay as the new current version."""
+    """Seal the overlay as the new current version (and recreate clones on it)."""
     client = _client()
-    r = _call(client.post, f"/templates/{name}/maintenance/exit", {"recreate": recreate})
+    body = {
+        "recreate": recreate,
+        "shutdown": shutdown,
+        "rollout": _rollout(
+            logoff=logoff,
+            deadline=deadline,
+            grace=grace,
+            message=message,
+            max_parallel=max_parallel,
+            per_host=per_host,
+            canary=canary,
+            canary_auto=canary_auto,
+            stop_on_error=stop_on_error,
+            max_failures=max_failures,
+            at=at,
+        ),
+    }
+    r = _call(client.post, f"/templates/{name}/maintenance/exit", body)
     op = r.get("operation")
-    if op is not None:
+    if op is not None and not detach:
         op = _watch(client, op, f"recreating clones of {name}", quiet=as_json)
         r["operation"] = op
         r["clones_behind"] = _call(client.get, f"/templates/{name}")["clones_behind"]
@@ -333,8 +435,18 @@ def maintenance_exit(
                 f"{r['clones_behind']} clones are behind; recreate them with: goldfleet clone"
                 f" recreate --template {name}"
             )
-    if op is not None and op["status"] != "done":
+    if op is not None and op["status"] not in ("done", "paused", *UNDER_WAY):
         raise typer.Exit(1)
+
+
+@maintenance_app.command("start")
+def maintenance_start(name: str, as_json: JsonOpt = False) -> None:
+    """Boot the maintenance overlay as a VM through the driver."""
+    t = _call(_client().post, f"/templates/{name}/maintenance/start")
+    if as_json:
+        output.emit_json(t)
+    else:
+        output.console.print(f"the maintenance VM of {name} is running")
 
 
 @maintenance_app.command("abort")
@@ -431,12 +543,51 @@ def clone_restore(name: str, as_json: JsonOpt = False) -> None:
 
 @clone_app.command("rebase")
 def clone_rebase(
-    name: str,
+    name: Annotated[str | None, typer.Argument(help="One clone (or use --template).")] = None,
     to: Annotated[str | None, typer.Option(help="TEMPLATE[:VERSION]; default: current.")] = None,
+    template: Annotated[str | None, typer.Option(help="Every clone of a template.")] = None,
+    logoff: LogoffOpt = "wait",
+    deadline: DeadlineOpt = None,
+    grace: GraceOpt = None,
+    message: MessageOpt = None,
+    max_parallel: MaxParallelOpt = None,
+    per_host: PerHostOpt = None,
+    canary: CanaryOpt = 0,
+    canary_auto: CanaryAutoOpt = False,
+    stop_on_error: StopOnErrorOpt = True,
+    max_failures: MaxFailuresOpt = None,
+    at: AtOpt = None,
+    detach: DetachOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
-    """Move a clone to another version; data volumes kept byte for byte."""
-    _clone_action("rebase", name, as_json, {"to": to})
+    """Move a clone (or every clone of --template) to another version; data kept."""
+    if (name is None) == (template is None):
+        _fail("give either a clone name or --template")
+    if name is not None:
+        _clone_action("rebase", name, as_json, {"to": to})
+        return
+    client = _client()
+    body = {
+        "template": template,
+        "to": to,
+        "rollout": _rollout(
+            logoff=logoff,
+            deadline=deadline,
+            grace=grace,
+            message=message,
+            max_parallel=max_parallel,
+            per_host=per_host,
+            canary=canary,
+            canary_auto=canary_auto,
+            stop_on_error=stop_on_error,
+            max_failures=max_failures,
+            at=at,
+        ),
+    }
+    op = _call(client.post, "/clones/rebase", body)
+    if not detach:
+        op = _watch(client, op, f"rebasing clones of {template}", quiet=as_json)
+    _finish(op, as_json)
 
 
 @clone_app.command("recreate")
@@ -445,6 +596,18 @@ def clone_recreate(
     template: Annotated[str | None, typer.Option(help="All clones of a template.")] = None,
     include_full: Annotated[bool, typer.Option("--include-full")] = False,
     discard_data: Annotated[bool, typer.Option("--discard-data")] = False,
+    logoff: LogoffOpt = "wait",
+    deadline: DeadlineOpt = None,
+    grace: GraceOpt = None,
+    message: MessageOpt = None,
+    max_parallel: MaxParallelOpt = None,
+    per_host: PerHostOpt = None,
+    canary: CanaryOpt = 0,
+    canary_auto: CanaryAutoOpt = False,
+    stop_on_error: StopOnErrorOpt = True,
+    max_failures: MaxFailuresOpt = None,
+    at: AtOpt = None,
+    detach: DetachOpt = False,
     as_json: JsonOpt = False,
 ) -> None:
     """Rebuild clones on their template's current version."""
@@ -454,9 +617,23 @@ def clone_recreate(
         "template": template,
         "include_full": include_full,
         "discard_data": discard_data,
+        "rollout": _rollout(
+            logoff=logoff,
+            deadline=deadline,
+            grace=grace,
+            message=message,
+            max_parallel=max_parallel,
+            per_host=per_host,
+            canary=canary,
+            canary_auto=canary_auto,
+            stop_on_error=stop_on_error,
+            max_failures=max_failures,
+            at=at,
+        ),
     }
     op = _call(client.post, "/clones/recreate", body)
-    op = _watch(client, op, f"recreating {name or template}", quiet=as_json)
+    if not detach:
+        op = _watch(client, op, f"recreating {name or template}", quiet=as_json)
     _finish(op, as_json)
 
 
@@ -510,9 +687,47 @@ def op_list(as_json: JsonOpt = False) -> None:
 
 @op_app.command("show")
 def op_show(op_id: int, as_json: JsonOpt = False) -> None:
-    """One operation."""
+    """One operation: progress, policy, the clones in work and which wait on whom."""
     o = _call(_client().get, f"/operations/{op_id}")
+    if as_json:
+        output.emit_json(o)
+        return
+    output.operation_rows([o])
+    output.console.print(
+        f"queued {o['queued']}, running {o['running']}, done {o['done']}, failed"
+        f" {o['failed']}, skipped {o['skipped']}, cancelled {o['cancelled']}"
+    )
+    if o.get("paused_reason"):
+        output.console.print(f"paused: {o['paused_reason']}")
+    if o.get("start_at"):
+        output.console.print(f"starts at: {o['start_at']} UTC")
+    if o.get("current"):
+        output.console.print(f"working on: {', '.join(o['current'])}")
+    if o.get("waiting"):
+        output.table("waiting", ["clone", "why"], [[w["clone"], w["reason"]] for w in o["waiting"]])
+
+
+def _op_verb(verb: str, op_id: int, as_json: bool) -> None:
+    o = _call(_client().post, f"/operations/{op_id}/{verb}")
     output.emit_json(o) if as_json else output.operation_rows([o])
+
+
+@op_app.command("pause")
+def op_pause(op_id: int, as_json: JsonOpt = False) -> None:
+    """Start no more clones; those in flight finish."""
+    _op_verb("pause", op_id, as_json)
+
+
+@op_app.command("resume")
+def op_resume(op_id: int, as_json: JsonOpt = False) -> None:
+    """Continue a paused operation (also after a canary)."""
+    _op_verb("resume", op_id, as_json)
+
+
+@op_app.command("cancel")
+def op_cancel(op_id: int, as_json: JsonOpt = False) -> None:
+    """Start no more clones; in-flight ones finish, the rest stay on their old version."""
+    _op_verb("cancel", op_id, as_json)
 
 
 @op_app.command("watch")

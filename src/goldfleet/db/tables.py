@@ -153,7 +153,9 @@ class OperationItem(Base):
     )
     clone_name: Mapped[str] = mapped_column(String(63))
     action: Mapped[str] = mapped_column(String(16))
-    target_version_id: Mapped[int | None] = mapped_column(ForeignKey("versions.id"))
+    target_version_id: Mapped[int | None] = mapped_column(
+        ForeignKey("versions.id", ondelete="SET NULL")
+    )
     discard_data: Mapped[bool] = mapped_column(default=False)
     # queued | running | done | failed | skipped | cancelled
     state: Mapped[str] = mapped_column(String(16), default="queued")

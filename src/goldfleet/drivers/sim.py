@@ -1,63 +1,597 @@
 """The ``sim`` driver: a simulated hypervisor whose state lives in goldfleet's database.
 
-Model: one host (``sim-host-1``) holds the defined VMs; a VM is ``stopped`` or ``running``;
-start and shutdown change the state at once (no latency in this model yet). Unknown VMs raise
-:class:`DriverError` like a real hypervisor would. It is what the embedded default, the demo,
-the tests and the scale benchmarks use; it boots nothing.
+It is a simulator with a documented model, not a mock (docs/concepts.md, "The ``sim``
+driver"). The model, in short:
+
+- **Hosts** are the configured names (``sim_hosts``). A new VM is placed on the least-loaded
+  host (fewest defined VMs, ties to the first configured); a redefined VM keeps its host.
+- **VMs** (``sim_domains``) are ``stopped`` or ``running``; start and shutdown take effect at
+  once (after the plan's latency). A VM cannot start unless every disk file and every declared
+  backing file exists. A running VM cannot be undefined. Acting on an undefined VM raises
+  :class:`DriverError` naming it, as a hypervisor's lookup would.
+- **Users** (``sim_sessions``) log into running VMs only. A shutdown (asked by goldfleet or by
+  the guest itself, :func:`guest_shutdown`) ends every session on the VM; a migration keeps
+  them. Messages (``sim_messages``) are kept as a log of what each VM's users were told.
+- **Faults** come from a :class:`SimPlan` passed in: latency per action, failing the Nth call
+  of an action, failing every action on named VMs, hanging calls, and users scripted to log in
+  when a VM first starts.
+
+The functions at the bottom (:func:`login`, :func:`logout`, :func:`guest_shutdown`, …) are the
+simulated world's own events — what users and guests do — not part of the driver interface;
+the admin reaches them through ``/sim`` (services/sim.py).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict
+import json
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from goldfleet.db.tables import SimDomain
-from goldfleet.drivers.base import Capabilities, DomainSpec, Driver, DriverError
+from goldfleet.db.tables import SimDomain, SimMessage, SimSession, utcnow
+from goldfleet.domain.names import NAME_RE
+from goldfleet.drivers.base import (
+    RUNNING,
+    STOPPED,
+    UNDEFINED,
+    Capabilities,
+    DomainSpec,
+    Driver,
+    DriverError,
+    GuestSession,
+    Unsupported,
+)
+from goldfleet.errors import Conflict, InvalidInput, NotFound
+
+# every driver call the plan can slow down, fail or hang ("*" in a plan means all of them)
+ACTIONS = (
+    "define",
+    "undefine",
+    "start",
+    "shutdown",
+    "state",
+    "states",
+    "host_of",
+    "migrate",
+    "sessions",
+    "send_message",
+    "logoff",
+)
+ANY = "*"
+USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,62}")
+PLAN_KEYS = ("latency_ms", "fail_nth", "fail_vms", "hang", "hang_seconds", "sessions")
+DOCS = "see 'The sim driver' in docs/concepts.md"
+
+
+# --- the plan -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class NthRule:
+    """Which calls of one action fail, counted from 1 per driver instance."""
+
+    calls: frozenset[int] = frozenset()
+    every: int = 0  # every Nth call (N, 2N, 3N, …); 0: none
+
+    def hits(self, n: int) -> bool:
+        return n in self.calls or (self.every > 0 and n % self.every == 0)
+
+
+@dataclass(frozen=True, slots=True)
+class ScriptedSession:
+    """A user who logs into ``vm`` when it first starts."""
+
+    vm: str
+    user: str
+
+
+@dataclass(frozen=True)
+class SimPlan:
+    """The faults and users of one simulated world; the empty plan has none."""
+
+    latency_ms: Mapping[str, float] = field(default_factory=dict)  # action or "*" → ms
+    fail_nth: Mapping[str, NthRule] = field(default_factory=dict)  # action → calls that fail
+    fail_vms: frozenset[str] = frozenset()  # every action on these VMs fails
+    hang: Mapping[str, frozenset[str]] = field(default_factory=dict)  # action|"*" → VMs|{"*"}
+    hang_seconds: float = 3600.0  # how long a hung call blocks (or until close())
+    sessions: tuple[ScriptedSession, ...] = ()
+
+    @classmethod
+    def from_json(cls, text: str) -> SimPlan:
+        """Parse a plan (``GOLDFLEET_SIM_PLAN``); an empty text is the empty plan."""
+        if not text or not text.strip():
+            return cls()
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"the sim plan is not valid JSON ({exc}); {DOCS}") from None
+        return cls.from_dict(data)
+
+    @classmethod
+    def from_dict(cls, data: Any) -> SimPlan:
+        if not isinstance(data, dict):
+            raise InvalidInput(f"the sim plan must be a JSON object; {DOCS}")
+        unknown = sorted(set(data) - set(PLAN_KEYS))
+        if unknown:
+            raise InvalidInput(
+                f"the sim plan has unknown keys {', '.join(unknown)}; use {', '.join(PLAN_KEYS)}"
+            )
+        return cls(
+            latency_ms=_parse_latency(data.get("latency_ms", {})),
+            fail_nth=_parse_fail_nth(data.get("fail_nth", {})),
+            fail_vms=frozenset(_vm_list(data.get("fail_vms", []), "fail_vms")),
+            hang=_parse_hang(data.get("hang", {})),
+            hang_seconds=_number(data.get("hang_seconds", 3600.0), "hang_seconds"),
+            sessions=_parse_sessions(data.get("sessions", [])),
+        )
+
+    def latency(self, action: str) -> float:
+        """Seconds the action takes."""
+        return self.latency_ms.get(action, self.latency_ms.get(ANY, 0.0)) / 1000.0
+
+    def hangs(self, action: str, vms: Sequence[str]) -> bool:
+        for key in (action, ANY):
+            hung = self.hang.get(key)
+            if hung is not None and (ANY in hung or any(vm in hung for vm in vms)):
+                return True
+        return False
+
+
+def _action(key: Any, where: str, *, wildcard: bool) -> str:
+    if key == ANY and wildcard:
+        return key
+    if key not in ACTIONS:
+        allowed = ", ".join(ACTIONS) + (', or "*" for all' if wildcard else "")
+        raise InvalidInput(f"sim plan {where}: {key!r} is not a driver action; use {allowed}")
+    return key
+
+
+def _number(value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+        raise InvalidInput(f"sim plan {where}: {value!r} is not a number >= 0")
+    return float(value)
+
+
+def _count(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise InvalidInput(f"sim plan {where}: {value!r} is not a call number >= 1")
+    return value
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidInput(f"sim plan {where} must be an object; {DOCS}")
+    return value
+
+
+def _vm_name(value: Any, where: str) -> str:
+    if not isinstance(value, str) or NAME_RE.fullmatch(value) is None:
+        raise InvalidInput(f"sim plan {where}: {value!r} is not a valid VM name")
+    return value
+
+
+def _vm_list(value: Any, where: str) -> list[str]:
+    if not isinstance(value, list):
+        raise InvalidInput(f"sim plan {where} must be a list of VM names; {DOCS}")
+    return [_vm_name(v, where) for v in value]
+
+
+def _parse_latency(value: Any) -> dict[str, float]:
+    return {
+        _action(k, "latency_ms", wildcard=True): _number(v, f"latency_ms.{k}")
+        for k, v in _object(value, "latency_ms").items()
+    }
+
+
+def _parse_fail_nth(value: Any) -> dict[str, NthRule]:
+    rules = {}
+    for key, spec in _object(value, "fail_nth").items():
+        action = _action(key, "fail_nth", wildcard=False)
+        where = f"fail_nth.{action}"
+        if isinstance(spec, dict):
+            if set(spec) != {"every"}:
+                raise InvalidInput(
+                    f'sim plan {where}: use N (the Nth call), [N, M, …] or {{"every": N}}'
+                )
+            rules[action] = NthRule(every=_count(spec["every"], f"{where}.every"))
+        elif isinstance(spec, list):
+            rules[action] = NthRule(calls=frozenset(_count(n, where) for n in spec))
+        else:
+            rules[action] = NthRule(calls=frozenset({_count(spec, where)}))
+    return rules
+
+
+def _parse_hang(value: Any) -> dict[str, frozenset[str]]:
+    hang = {}
+    for key, vms in _object(value, "hang").items():
+        action = _action(key, "hang", wildcard=True)
+        where = f"hang.{action}"
+        hang[action] = frozenset({ANY}) if vms == ANY else frozenset(_vm_list(vms, where))
+    return hang
+
+
+def _parse_sessions(value: Any) -> tuple[ScriptedSession, ...]:
+    if not isinstance(value, list):
+        raise InvalidInput(f'sim plan sessions must be a list of {{"vm": …, "user": …}}; {DOCS}')
+    scripted = []
+    for i, item in enumerate(value):
+        where = f"sessions[{i}]"
+        if not isinstance(item, dict) or set(item) != {"vm", "user"}:
+            raise InvalidInput(f'sim plan {where} must be {{"vm": NAME, "user": USER}}')
+        scripted.append(
+            ScriptedSession(vm=_vm_name(item["vm"], where), user=check_user(item["user"]))
+        )
+    return tuple(scripted)
+
+
+def check_user(value: Any) -> str:
+    """A simulated user name: safe in URLs and logs (``alice``, ``j.doe@corp``)."""
+    if not isinstance(value, str) or USER_RE.fullmatch(value) is None:
+        raise InvalidInput(
+            f"user {value!r} is not valid: use 1 to 63 characters from A-Z, a-z, 0-9, '.', '_',"
+            " '@' and '-', starting with a letter or digit"
+        )
+    return value
+
+
+# --- the driver ---------------------------------------------------------------------------
 
 
 class SimDriver(Driver):
+    """Hosts, VMs and users in the database; faults from the plan."""
+
     name = "sim"
-    capabilities = Capabilities(sessions=False, migrate=False)
 
-    def __init__(self, factory: sessionmaker[Session], host: str = "sim-host-1") -> None:
-        self.factory = factory
-        self.host = host
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        *,
+        hosts: Sequence[str] = ("sim-host-1",),
+        plan: SimPlan | None = None,
+    ) -> None:
+        hosts = list(hosts)
+        if not hosts:
+            raise InvalidInput("the sim driver needs at least one host in sim_hosts")
+        for h in hosts:
+            if not isinstance(h, str) or NAME_RE.fullmatch(h) is None:
+                raise InvalidInput(f"sim host {h!r} is not a valid host name")
+        if len(set(hosts)) != len(hosts):
+            raise InvalidInput(f"sim_hosts names a host twice: {', '.join(hosts)}")
+        self.factory = sessions
+        self.plan = plan or SimPlan()
+        self.capabilities = Capabilities(
+            sessions=True, messages=True, logoff=True, migrate=len(hosts) > 1
+        )
+        self._hosts = hosts
+        self._calls: dict[str, int] = {}
+        self._lock = threading.Lock()  # the call counters
+        self._placing = threading.Lock()  # least-loaded placement: count and insert together
+        self._closed = threading.Event()
 
-    def define(self, *, spec: DomainSpec) -> None:
-        with self.factory() as s:
+    # -- the plan at work ------------------------------------------------------------------
+
+    def calls(self, action: str) -> int:
+        """How many times ``action`` was called on this driver (what ``fail_nth`` counts)."""
+        with self._lock:
+            return self._calls.get(action, 0)
+
+    def close(self) -> None:
+        """Wake every hung or slowed call (it raises); later calls raise at once."""
+        self._closed.set()
+
+    def _enter(self, action: str, vms: Sequence[str] = ()) -> None:
+        """Count the call and apply the plan: latency, then hang, fail_vms, fail_nth."""
+        with self._lock:
+            n = self._calls[action] = self._calls.get(action, 0) + 1
+        what = f"{action} of VM {vms[0]}" if len(vms) == 1 else action
+        if self._closed.is_set():
+            raise DriverError(f"sim: {what} refused: the sim driver was closed")
+        delay = self.plan.latency(action)
+        if delay > 0 and self._closed.wait(delay):
+            raise DriverError(f"sim: {what} abandoned: the sim driver was closed")
+        if self.plan.hangs(action, vms):
+            if self._closed.wait(self.plan.hang_seconds):
+                raise DriverError(f"sim: {what} hung (sim plan 'hang') until the driver closed")
+            raise DriverError(
+                f"sim: {what} hung (sim plan 'hang') and gave up after {self.plan.hang_seconds:g} s"
+            )
+        failing = [vm for vm in vms if vm in self.plan.fail_vms]
+        if failing:
+            raise DriverError(
+                f"sim: {action} of VM {failing[0]} failed (injected by the sim plan 'fail_vms')"
+            )
+        rule = self.plan.fail_nth.get(action)
+        if rule is not None and rule.hits(n):
+            raise DriverError(
+                f"sim: {what} failed on call {n} (injected by the sim plan 'fail_nth')"
+            )
+
+    # -- the interface ---------------------------------------------------------------------
+
+    def hosts(self) -> list[str]:
+        return list(self._hosts)
+
+    def define(self, *, spec: DomainSpec, host: str | None = None) -> str:
+        """Place a new VM on ``host`` or the least-loaded host; a redefined VM keeps its host
+        (``host`` is then only a hint, the returned host is where the VM is)."""
+        self._enter("define", [spec.name])
+        if not isinstance(spec.name, str) or NAME_RE.fullmatch(spec.name) is None:
+            raise DriverError(f"sim: cannot define a VM named {spec.name!r}: not a valid name")
+        if host is not None and host not in self._hosts:
+            raise DriverError(
+                f"sim: cannot define VM {spec.name} on {host}: not a sim host"
+                f" (hosts: {', '.join(self._hosts)})"
+            )
+        config = {
+            "disks": [asdict(d) for d in spec.disks],
+            "memory_mib": spec.memory_mib,
+            "vcpus": spec.vcpus,
+        }
+        with self._placing, self.factory.begin() as s:
             dom = s.get(SimDomain, spec.name)
-            disks = {"disks": [asdict(d) for d in spec.disks]}
-            if dom is None:
-                s.add(SimDomain(name=spec.name, host=self.host, state="stopped", disks=disks))
-            else:
-                dom.disks = disks
-            s.commit()
+            if dom is not None:
+                dom.disks = {**config, "started_once": bool(dom.disks.get("started_once"))}
+                return dom.host
+            chosen = host or self._least_loaded(s)
+            s.add(SimDomain(name=spec.name, host=chosen, state=STOPPED, disks=config))
+            return chosen
+
+    def _least_loaded(self, s: Session) -> str:
+        load = dict(
+            s.execute(
+                select(SimDomain.host, func.count())
+                .where(SimDomain.host.in_(self._hosts))
+                .group_by(SimDomain.host)
+            ).all()
+        )
+        return min(self._hosts, key=lambda h: load.get(h, 0))  # ties: the first configured
 
     def undefine(self, *, name: str) -> None:
-        with self.factory() as s:
-            dom = s.get(SimDomain, name)
-            if dom is not None:
-                if dom.state == "running":
-                    raise DriverError(f"VM {name} is running; shut it down before undefining it")
-                s.delete(dom)
-                s.commit()
-
-    def _set_state(self, name: str, state: str) -> None:
-        with self.factory() as s:
+        self._enter("undefine", [name])
+        with self.factory.begin() as s:
             dom = s.get(SimDomain, name)
             if dom is None:
-                raise DriverError(f"VM {name} is not defined on {self.host}")
-            dom.state = state
-            s.commit()
+                return
+            if dom.state == RUNNING:
+                raise DriverError(
+                    f"sim: VM {name} is running on {dom.host}; shut it down before undefining it"
+                )
+            s.delete(dom)
 
     def start(self, *, name: str) -> None:
-        self._set_state(name, "running")
+        """Start a stopped VM (a running one is left so); scripted users log in at its first
+        start."""
+        self._enter("start", [name])
+        with self.factory.begin() as s:
+            dom = _domain(s, name)
+            if dom.state == RUNNING:
+                return
+            for disk in dom.disks.get("disks", []):
+                for path in (disk["path"], *disk.get("backing", ())):
+                    if not Path(path).exists():
+                        raise DriverError(
+                            f"sim: VM {name} cannot start: its {disk['role']} disk needs"
+                            f" {path}, which does not exist"
+                        )
+            dom.state = RUNNING
+            if not dom.disks.get("started_once"):
+                dom.disks = {**dom.disks, "started_once": True}
+                for scripted in self.plan.sessions:
+                    if scripted.vm == name:
+                        s.add(SimSession(vm=name, user=scripted.user, since=utcnow()))
 
     def shutdown(self, *, name: str, timeout: float = 60.0) -> None:
-        self._set_state(name, "stopped")
+        """Stop the VM at once (the guest always obeys); its users' sessions end."""
+        self._enter("shutdown", [name])
+        with self.factory.begin() as s:
+            dom = _domain(s, name)
+            _power_off(s, dom)
 
     def state(self, *, name: str) -> str:
+        self._enter("state", [name])
         with self.factory() as s:
-            dom = s.get(SimDomain, name)
-            return "undefined" if dom is None else dom.state
+            state = s.scalar(select(SimDomain.state).where(SimDomain.name == name))
+            return UNDEFINED if state is None else state
+
+    def states(self) -> dict[str, str]:
+        self._enter("states")
+        with self.factory() as s:
+            return dict(s.execute(select(SimDomain.name, SimDomain.state)).all())
+
+    def host_of(self, *, name: str) -> str | None:
+        self._enter("host_of", [name])
+        with self.factory() as s:
+            return s.scalar(select(SimDomain.host).where(SimDomain.name == name))
+
+    def migrate(self, *, name: str, host: str) -> None:
+        """Move a VM (running or not) to another host; its users stay logged in."""
+        if not self.capabilities.migrate:
+            raise Unsupported(
+                f"driver sim has one host ({self._hosts[0]}) and cannot migrate VMs;"
+                " configure more sim_hosts"
+            )
+        self._enter("migrate", [name])
+        if host not in self._hosts:
+            raise DriverError(
+                f"sim: cannot migrate VM {name} to {host}: not a sim host"
+                f" (hosts: {', '.join(self._hosts)})"
+            )
+        with self.factory.begin() as s:
+            _domain(s, name).host = host
+
+    def sessions(self, *, names: Sequence[str]) -> dict[str, list[GuestSession]]:
+        """Every named VM's users, in one query; an undefined name raises."""
+        names = list(dict.fromkeys(names))
+        self._enter("sessions", names)
+        if not names:
+            return {}
+        with self.factory() as s:
+            rows = s.execute(
+                select(SimDomain.name, SimSession.user, SimSession.since)
+                .outerjoin(SimSession, SimSession.vm == SimDomain.name)
+                .where(SimDomain.name.in_(names))
+                .order_by(SimDomain.name, SimSession.since, SimSession.user)
+            ).all()
+        found: dict[str, list[GuestSession]] = {}
+        for vm, user, since in rows:
+            users = found.setdefault(vm, [])
+            if user is not None:
+                users.append(GuestSession(user=user, since=_aware(since)))
+        missing = [n for n in names if n not in found]
+        if missing:
+            raise DriverError(f"sim: cannot list the sessions of {_undefined(missing)}")
+        return found
+
+    def send_message(self, *, name: str, text: str) -> None:
+        """Deliver ``text`` to the users of a running VM (kept in ``sim_messages``)."""
+        self._enter("send_message", [name])
+        with self.factory.begin() as s:
+            dom = _domain(s, name)
+            if dom.state != RUNNING:
+                raise DriverError(
+                    f"sim: cannot send a message to VM {name}: it is {dom.state}; only a"
+                    " running VM's users can read one"
+                )
+            s.add(SimMessage(vm=name, text=text, at=utcnow()))
+
+    def logoff(self, *, name: str, user: str) -> None:
+        self._enter("logoff", [name])
+        with self.factory.begin() as s:
+            _domain(s, name)
+            gone = s.execute(
+                delete(SimSession).where(SimSession.vm == name, SimSession.user == user)
+            ).rowcount
+            if not gone:
+                raise DriverError(f"sim: cannot log {user} off VM {name}: {user} is not logged in")
+
+
+def _undefined(names: Sequence[str]) -> str:
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return f"VM{'s' if len(names) > 1 else ''} {shown}: not defined on any sim host"
+
+
+def _domain(s: Session, name: str) -> SimDomain:
+    dom = s.get(SimDomain, name)
+    if dom is None:
+        raise DriverError(f"sim: VM {name} is not defined on any sim host; define it first")
+    return dom
+
+
+def _power_off(s: Session, dom: SimDomain) -> None:
+    dom.state = STOPPED
+    s.execute(delete(SimSession).where(SimSession.vm == dom.name))
+
+
+def _aware(at: datetime | None) -> datetime | None:
+    return None if at is None or at.tzinfo is not None else at.replace(tzinfo=UTC)
+
+
+# --- the simulated world: what users and guests do -------------------------------------------
+# Each takes the caller's unit of work and does not commit, so that a service can record the
+# event and its audit entry in one transaction.
+
+
+@dataclass(frozen=True, slots=True)
+class SimUser:
+    vm: str
+    user: str
+    since: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SimDelivery:
+    vm: str
+    text: str
+    at: datetime
+
+
+@dataclass(frozen=True, slots=True)
+class SimVm:
+    name: str
+    host: str
+    state: str
+    users: tuple[str, ...]
+    disks: tuple[str, ...]  # paths, in the order they were defined
+
+
+def _world_domain(s: Session, vm: str) -> SimDomain:
+    dom = s.get(SimDomain, vm)
+    if dom is None:
+        raise NotFound(f"VM {vm} is not defined in the simulated world; create or start it first")
+    return dom
+
+
+def login(s: Session, *, vm: str, user: str) -> SimUser:
+    """``user`` logs into the running VM ``vm``."""
+    check_user(user)
+    dom = _world_domain(s, vm)
+    if dom.state != RUNNING:
+        raise Conflict(f"VM {vm} is {dom.state}; a user can only log into a running VM")
+    taken = s.scalar(select(SimSession.id).where(SimSession.vm == vm, SimSession.user == user))
+    if taken is not None:
+        raise Conflict(f"{user} is already logged into VM {vm}")
+    row = SimSession(vm=vm, user=user, since=utcnow())
+    s.add(row)
+    s.flush()
+    return SimUser(vm=vm, user=user, since=row.since)
+
+
+def logout(s: Session, *, vm: str, user: str) -> None:
+    """``user`` logs out of ``vm`` by themselves."""
+    gone = s.execute(
+        delete(SimSession).where(SimSession.vm == vm, SimSession.user == user)
+    ).rowcount
+    if not gone:
+        raise NotFound(f"{user} is not logged into VM {vm}")
+
+
+def users(s: Session, *, vm: str | None = None) -> list[SimUser]:
+    """Logged-in users, of one VM or of all."""
+    q = select(SimSession).order_by(SimSession.vm, SimSession.since, SimSession.user)
+    if vm is not None:
+        q = q.where(SimSession.vm == vm)
+    return [SimUser(vm=r.vm, user=r.user, since=r.since) for r in s.scalars(q)]
+
+
+def messages(s: Session, *, vm: str | None = None) -> list[SimDelivery]:
+    """Messages delivered to users, oldest first, of one VM or of all."""
+    q = select(SimMessage).order_by(SimMessage.id)
+    if vm is not None:
+        q = q.where(SimMessage.vm == vm)
+    return [SimDelivery(vm=m.vm, text=m.text, at=m.at) for m in s.scalars(q)]
+
+
+def guest_shutdown(s: Session, *, vm: str) -> SimVm:
+    """The guest shuts itself down: the VM stops and its users' sessions end. goldfleet was
+    not asked; it learns of it through ``states()``."""
+    dom = _world_domain(s, vm)
+    if dom.state != RUNNING:
+        raise Conflict(f"VM {vm} is already {dom.state}")
+    _power_off(s, dom)
+    s.flush()
+    return _vm_of(dom, ())
+
+
+def vms(s: Session) -> list[SimVm]:
+    """Every simulated VM with its host, power state and users."""
+    logged: dict[str, list[str]] = {}
+    for vm, user in s.execute(
+        select(SimSession.vm, SimSession.user).order_by(SimSession.since, SimSession.user)
+    ):
+        logged.setdefault(vm, []).append(user)
+    return [
+        _vm_of(d, logged.get(d.name, ()))
+        for d in s.scalars(select(SimDomain).order_by(SimDomain.name))
+    ]
+
+
+def _vm_of(dom: SimDomain, logged: Iterable[str]) -> SimVm:
+    disks = tuple(d["path"] for d in dom.disks.get("disks", []))
+    return SimVm(name=dom.name, host=dom.host, state=dom.state, users=tuple(logged), disks=disks)

@@ -12,27 +12,31 @@ idempotent. Many clones go through :mod:`goldfleet.services.operations` in batch
 from __future__ import annotations
 
 import secrets
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from goldfleet.bootstrap import Context
-from goldfleet.db.tables import Clone, Operation, Version
+from goldfleet.db.tables import Clone, Operation, OperationItem, Version
 from goldfleet.domain import rules
 from goldfleet.domain.model import CloneAction, CloneKind, CloneStatus, Outline, Power, VolumeRole
 from goldfleet.domain.names import check_name, numbered_names, parse_version_ref
-from goldfleet.drivers.base import DiskSpec, DomainSpec
+from goldfleet.domain.rollout import ItemState, OpStatus, Policy, check_policy
+from goldfleet.drivers.base import DiskSpec, DomainSpec, DriverError
 from goldfleet.errors import Conflict, GoldfleetError, InvalidInput
 from goldfleet.services import audit
 from goldfleet.services.common import (
+    chain,
     get_clone,
     get_template,
     get_version,
-    operation_view,
     outline_of,
 )
 from goldfleet.services.views import CloneView, OperationView, VolumeView
@@ -47,6 +51,7 @@ _STATUS_FOR = {
     CloneAction.DELETE: CloneStatus.DELETING,
 }
 TRANSITIONAL = (CloneStatus.CREATING, CloneStatus.REBUILDING, CloneStatus.DELETING)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +77,7 @@ class Outcome:
     clone_id: int
     error: str | None
     power: str
+    host: str | None = None
 
 
 # --- views --------------------------------------------------------------------------------
@@ -140,10 +146,15 @@ def _mark(c: Clone, action: CloneAction, target: Version, op_id: int | None, **f
     c.discard_data = flags.get("discard_data", False)
 
 
-def load_plans(s: Session, clone_ids: list[int]) -> list[Plan]:
+def load_plans(ctx: Context, s: Session, clone_ids: list[int]) -> list[Plan]:
     plans = []
+    chains: dict[str, tuple[str, ...]] = {}
     for c in s.scalars(select(Clone).where(Clone.id.in_(clone_ids)).order_by(Clone.id)):
         target = c.target_version or c.version
+        if target.top_layer not in chains:
+            chains[target.top_layer] = tuple(
+                str(ctx.layers.path(layer.digest)) for layer in chain(s, target.top_layer)
+            )
         plans.append(
             Plan(
                 clone_id=c.id,
@@ -156,6 +167,8 @@ def load_plans(s: Session, clone_ids: list[int]) -> list[Plan]:
                 outline=outline_of(target.template),
                 running=c.power == Power.RUNNING,
                 discard_data=c.discard_data,
+                backing=chains[target.top_layer] if c.kind == CloneKind.LINKED else (),
+                host=c.host,
             )
         )
     return plans
@@ -173,29 +186,59 @@ def _domain_spec(ctx: Context, plan: Plan) -> DomainSpec:
     return DomainSpec(name=plan.name, disks=disks)
 
 
-def execute(ctx: Context, plan: Plan) -> Outcome:
+def call_driver(ctx: Context, fn: Callable[..., T], **kwargs: Any) -> T:
+    """One driver call, bounded by ``driver_timeout``: a hung hypervisor fails the clone it was
+    working on (the call's thread is abandoned), never the whole operation."""
+    result: list[Any] = []
+    error: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            result.append(fn(**kwargs))
+        except BaseException as exc:  # handed to the caller's thread
+            error.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True, name="goldfleet-driver-call")
+    thread.start()
+    thread.join(ctx.settings.driver_timeout)
+    if thread.is_alive():
+        raise DriverError(
+            f"the {ctx.driver.name} driver did not answer {fn.__name__} within"
+            f" {ctx.settings.driver_timeout:g} s"
+        )
+    if error:
+        raise error[0]
+    return result[0]
+
+
+def execute(ctx: Context, plan: Plan, logoff: Sequence[str] = ()) -> Outcome:
     """Do one clone's files and hypervisor work. Idempotent; writes nothing to the database."""
     power = Power.RUNNING if plan.running else Power.STOPPED
+    host = plan.host
+    drv = ctx.driver
     try:
+        for user in logoff:
+            call_driver(ctx, drv.logoff, name=plan.name, user=user)
         if plan.running:
-            ctx.driver.shutdown(name=plan.name)
+            call_driver(ctx, drv.shutdown, name=plan.name, timeout=ctx.settings.shutdown_timeout)
             power = Power.STOPPED
         if plan.action == CloneAction.DELETE:
-            ctx.driver.undefine(name=plan.name)
+            call_driver(ctx, drv.undefine, name=plan.name)
             ctx.volumes.remove_clone(plan.uid)
-            return Outcome(plan.clone_id, None, Power.STOPPED)
+            return Outcome(plan.clone_id, None, Power.STOPPED, None)
         if plan.discard_data:
             ctx.volumes.remove_data(plan.uid, plan.outline)
         ctx.volumes.build_clone(plan.uid, plan.kind, plan.top, plan.virtual_size, plan.outline)
-        ctx.driver.define(spec=_domain_spec(ctx, plan))
+        host = call_driver(ctx, drv.define, spec=_domain_spec(ctx, plan), host=plan.host)
         if plan.running:
-            ctx.driver.start(name=plan.name)
+            call_driver(ctx, drv.start, name=plan.name)
             power = Power.RUNNING
-        return Outcome(plan.clone_id, None, power)
+        return Outcome(plan.clone_id, None, power, host)
     except GoldfleetError as exc:
-        return Outcome(plan.clone_id, f"{plan.action} failed: {exc.message}", power)
+        return Outcome(plan.clone_id, f"{plan.action} failed: {exc.message}", power, host)
     except Exception as exc:  # one clone's failure must never stop the others
-        return Outcome(plan.clone_id, f"{plan.action} failed: {type(exc).__name__}: {exc}", power)
+        error = f"{plan.action} failed: {type(exc).__name__}: {exc}"
+        return Outcome(plan.clone_id, error, power, host)
 
 
 def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
@@ -206,6 +249,8 @@ def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
         if c is None:
             continue
         c.power = out.power
+        if out.host is not None:
+            c.host = out.host
         if out.error is not None:
             c.status, c.error = CloneStatus.FAILED, out.error
             failed += 1
@@ -225,7 +270,7 @@ def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
 def _run_one(ctx: Context, clone_id: int) -> CloneView:
     """Execute and record one requested clone action in this thread."""
     with ctx.session() as s:
-        (plan,) = load_plans(s, [clone_id])
+        (plan,) = load_plans(ctx, s, [clone_id])
     outcome = execute(ctx, plan)
     with ctx.session() as s:
         record(s, [outcome])
@@ -242,13 +287,40 @@ def _run_one(ctx: Context, clone_id: int) -> CloneView:
 
 
 def _start_operation(
-    ctx: Context, s: Session, kind: str, target: str, clones: list[Clone], actor: str
+    ctx: Context,
+    s: Session,
+    kind: str,
+    target: str,
+    work: list[tuple[Clone, CloneAction, Version, bool]],
+    actor: str,
+    policy: Policy | None = None,
+    start_at: datetime | None = None,
 ) -> Operation:
-    op = Operation(kind=kind, target=target, total=len(clones), actor=actor)
+    """An operation over ``work`` (clone, action, target version, discard data): one queued
+    item per clone. Clones stay as they are until the runner starts their item."""
+    policy = check_policy(policy or Policy(per_host=ctx.settings.per_host_limit), len(work))
+    op = Operation(
+        kind=kind,
+        target=target,
+        total=len(work),
+        actor=actor,
+        policy=policy.to_json(),
+        start_at=start_at,
+        status=OpStatus.SCHEDULED if start_at is not None else OpStatus.RUNNING,
+    )
     s.add(op)
     s.flush()
-    for c in clones:
-        c.operation_id = op.id
+    s.add_all(
+        OperationItem(
+            operation_id=op.id,
+            clone_id=c.id,
+            clone_name=c.name,
+            action=action,
+            target_version_id=version.id,
+            discard_data=discard,
+        )
+        for c, action, version, discard in work
+    )
     return op
 
 
@@ -256,8 +328,9 @@ def _launch(ctx: Context, op_id: int, wait: bool) -> OperationView:
     ctx.runner.start(op_id)  # type: ignore[union-attr]
     if wait:
         ctx.runner.wait(op_id)  # type: ignore[union-attr]
-    with ctx.session() as s:
-        return operation_view(s.get(Operation, op_id))
+    from goldfleet.services.operations import show_operation
+
+    return show_operation(ctx, op_id)
 
 
 # --- actions ------------------------------------------------------------------------------
@@ -272,6 +345,8 @@ def create_clones(
     full: bool = False,
     actor: str,
     wait: bool = False,
+    policy: Policy | None = None,
+    start_at: datetime | None = None,
 ) -> tuple[OperationView, list[str]]:
     """Create ``count`` numbered clones (or one named clone) of the current version."""
     if (count is None) == (name is None):
@@ -285,6 +360,8 @@ def create_clones(
         v = get_version(s, t, None)
         if name is not None:
             check_name(name, "clone name")
+            if name.startswith("maintenance."):
+                raise InvalidInput("clone names starting with 'maintenance.' are reserved")
             if s.scalar(select(Clone.id).where(Clone.name == name)) is not None:
                 raise Conflict(f"clone {name} already exists; choose another name")
             names = [name]
@@ -303,10 +380,20 @@ def create_clones(
             )
             for n in names
         ]
-        for c in clones:
-            _mark(c, CloneAction.CREATE, v, None)
         s.add_all(clones)
-        op = _start_operation(ctx, s, "clone.create", t.name, clones, actor)
+        s.flush()
+        op = _start_operation(
+            ctx,
+            s,
+            "clone.create",
+            t.name,
+            [(c, CloneAction.CREATE, v, False) for c in clones],
+            actor,
+            policy,
+            start_at,
+        )
+        for c in clones:
+            _mark(c, CloneAction.CREATE, v, op.id)
         audit.record(
             s,
             actor,
@@ -411,6 +498,8 @@ def recreate(
     discard_data: bool = False,
     actor: str,
     wait: bool = False,
+    policy: Policy | None = None,
+    start_at: datetime | None = None,
 ) -> OperationView:
     """Rebuild clones on their template's current version (linked; full with include_full)."""
     if (name is None) == (template is None):
@@ -441,9 +530,9 @@ def recreate(
             )
             chosen = [c for c in candidates if c.name in wanted]
         current = get_version(s, t, None)
-        for c in chosen:
-            _mark(c, CloneAction.RECREATE, current, None, discard_data=discard_data)
-        op = _start_operation(ctx, s, "clone.recreate", t.name, chosen, actor)
+        _refuse_busy(s, chosen)
+        work = [(c, CloneAction.RECREATE, current, discard_data) for c in chosen]
+        op = _start_operation(ctx, s, "clone.recreate", t.name, work, actor, policy, start_at)
         audit.record(
             s,
             actor,
@@ -490,29 +579,115 @@ def retry(
             chosen = [c]
         else:
             chosen = list(s.scalars(select(Clone).where(Clone.status == CloneStatus.FAILED)))
-        for c in chosen:
-            c.status = _STATUS_FOR[CloneAction(c.action or CloneAction.RESTORE)]
-            c.action = c.action or CloneAction.RESTORE
-            c.error = None
-        op = _start_operation(ctx, s, "clone.retry", name or "failed clones", chosen, actor)
+        _refuse_busy(s, chosen)
+        work = [
+            (
+                c,
+                CloneAction(c.action or CloneAction.RESTORE),
+                c.target_version or c.version,
+                c.discard_data,
+            )
+            for c in chosen
+        ]
+        op = _start_operation(ctx, s, "clone.retry", name or "failed clones", work, actor)
         audit.record(s, actor, "clone.retry", name or "*", count=len(chosen), operation=op.id)
         s.commit()
         op_id = op.id
     return _launch(ctx, op_id, wait)
 
 
+def rebase_many(
+    ctx: Context,
+    *,
+    template: str,
+    to: str | None = None,
+    actor: str,
+    wait: bool = False,
+    policy: Policy | None = None,
+    start_at: datetime | None = None,
+) -> OperationView:
+    """Rebase every clone of ``template`` onto ``to`` (default: its current version)."""
+    with ctx.session() as s:
+        t = get_template(s, template)
+        if to is None:
+            target_template, number = t, None
+        else:
+            tname, number = parse_version_ref(to)
+            target_template = get_template(s, tname)
+        target = get_version(s, target_template, number)
+        if target_template.id != t.id:
+            rules.check_outlines_match(
+                f"of template {t.name}",
+                outline_of(t),
+                target_template.name,
+                outline_of(target_template),
+            )
+        chosen = list(
+            s.scalars(
+                select(Clone)
+                .where(Clone.template_id == t.id, Clone.version_id != target.id)
+                .order_by(Clone.name)
+            )
+        )
+        _refuse_busy(s, chosen)
+        work = [(c, CloneAction.REBASE, target, False) for c in chosen]
+        op = _start_operation(ctx, s, "clone.rebase", t.name, work, actor, policy, start_at)
+        audit.record(
+            s,
+            actor,
+            "clone.rebase",
+            t.name,
+            count=len(chosen),
+            to=f"{target_template.name}:v{target.number}",
+            operation=op.id,
+        )
+        s.commit()
+        op_id = op.id
+    return _launch(ctx, op_id, wait)
+
+
+def _refuse_busy(s: Session, chosen: list[Clone]) -> None:
+    """A clone queued or running in another active operation is not given a second one."""
+    if not chosen:
+        return
+    busy = list(
+        s.scalars(
+            select(OperationItem.clone_name).where(
+                OperationItem.clone_id.in_([c.id for c in chosen]),
+                OperationItem.state.in_([ItemState.QUEUED, ItemState.RUNNING]),
+            )
+        )
+    )
+    if busy:
+        shown = ", ".join(sorted(busy)[:10])
+        raise Conflict(
+            f"{len(busy)} of these clones are already in a running operation ({shown}); wait"
+            " for it, or cancel it with: goldfleet op cancel ID"
+        )
+
+
 def recover_clones(ctx: Context) -> list[str]:
-    """After a crash: interrupted clones become ``failed`` (retry finishes them); leftover
-    work files and folders of clones that no longer exist are removed."""
+    """After a crash: clones whose single action was interrupted become ``failed`` (retry
+    finishes them); clones of an operation's running items are left to the runner, which
+    re-executes them. Folders of clones that no longer exist are removed."""
     notes = []
     with ctx.session() as s:
+        in_ops = set(
+            s.scalars(
+                select(OperationItem.clone_id).where(
+                    OperationItem.state.in_([ItemState.QUEUED, ItemState.RUNNING])
+                )
+            )
+        )
         for c in s.scalars(select(Clone).where(Clone.status.in_(TRANSITIONAL))):
+            ctx.volumes.remove_work_files(c.uid)
+            if c.id in in_ops:
+                continue
             c.status = CloneStatus.FAILED
             c.error = (
                 f"{c.action} interrupted: the server stopped during this step;"
                 f" run: goldfleet clone retry {c.name}"
             )
-            ctx.volumes.remove_work_files(c.uid)
             notes.append(f"clone {c.name}: {c.action} interrupted, marked failed")
         uids = set(s.scalars(select(Clone.uid)))
         s.commit()

@@ -5,11 +5,11 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from goldfleet.db.tables import Clone, Layer, Operation, Template, Version
+from goldfleet.db.tables import Clone, Layer, Operation, OperationItem, Template, Version
 from goldfleet.domain.model import Outline
 from goldfleet.domain.names import check_name
 from goldfleet.errors import NotFound
-from goldfleet.services.views import OperationView, TemplateView, VersionView
+from goldfleet.services.views import OperationView, TemplateView, VersionView, WaitingClone
 
 
 def get_template(s: Session, name: str) -> Template:
@@ -111,8 +111,42 @@ def version_view(s: Session, t: Template, v: Version) -> VersionView:
     )
 
 
-def operation_view(op: Operation) -> OperationView:
+def operation_view(op: Operation, s: Session | None = None, *, detail: int = 50) -> OperationView:
+    """The operation with its item counts, the clones in work and why queued ones wait."""
+    extra: dict = {}
+    if s is not None:
+        counts = dict(
+            s.execute(
+                select(OperationItem.state, func.count())
+                .where(OperationItem.operation_id == op.id)
+                .group_by(OperationItem.state)
+            ).all()
+        )
+        extra = {k: counts.get(k, 0) for k in ("queued", "running", "skipped", "cancelled")}
+        extra["current"] = list(
+            s.scalars(
+                select(OperationItem.clone_name)
+                .where(OperationItem.operation_id == op.id, OperationItem.state == "running")
+                .limit(detail)
+            )
+        )
+        extra["waiting"] = [
+            WaitingClone(clone=name, reason=reason)
+            for name, reason in s.execute(
+                select(OperationItem.clone_name, OperationItem.reason)
+                .where(
+                    OperationItem.operation_id == op.id,
+                    OperationItem.state == "queued",
+                    OperationItem.reason.is_not(None),
+                )
+                .limit(detail)
+            )
+        ]
     return OperationView(
+        **extra,
+        start_at=op.start_at,
+        paused_reason=op.paused_reason,
+        policy=op.policy or {},
         id=op.id,
         kind=op.kind,
         target=op.target,

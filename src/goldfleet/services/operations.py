@@ -1,111 +1,592 @@
-"""Operations: long actions over many clones, run in the background with visible progress.
+"""Operations: durable bulk actions over many clones, run under a rollout policy.
 
-An operation processes its clones in batches: the plans of a batch are read in one transaction,
-their volumes are built by a small pool of workers (qemu-img and file copies release the GIL),
-and their outcomes are written in one transaction, so a clone is reported done only once it is
-durable in the database. After a crash, interrupted operations are marked ``interrupted`` and
-their clones ``failed``; ``clone retry`` finishes them.
+An operation is a row plus one *item* per clone, all in goldfleet's database. Every server runs
+one :class:`Runner`. In each pass it *claims* items of the active operations under the policy
+(logged-in users, parallelism per fleet and per host, canary, failure budget, start time) by
+marking the clone with its action and the item ``running`` with the server's id, in one
+transaction; it then *executes* the claimed clones (idempotent file and driver work, no database
+writes) and *records* their outcomes in one transaction.
+
+Durability without a separate workflow engine: a server writes a heartbeat; items held by a
+server whose heartbeat is older than ``lease_seconds`` are claimed again by any live server and
+executed again, which is safe because executing is idempotent and the clone row says what was
+under way. So after ``kill -9`` the next ``goldfleet serve`` (or, with PostgreSQL, any other
+server sharing the database) finishes every operation: no clone lost, duplicated or half-made.
+With SQLite only one server uses a home, so a starting server takes over at once.
 """
 
 from __future__ import annotations
 
+import logging
+import os
+import socket
 import threading
+import time
+import uuid
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
-from sqlalchemy import select
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
 
 from goldfleet.bootstrap import Context
-from goldfleet.db.tables import Clone, Operation, utcnow
-from goldfleet.services.clones import TRANSITIONAL, execute, load_plans, record
-from goldfleet.services.common import get_operation, operation_view
+from goldfleet.db.tables import Clone, Operation, OperationItem, Server, Version
+from goldfleet.domain.model import CloneAction, CloneStatus, Power
+from goldfleet.domain.rollout import (
+    ACTIVE,
+    FINISHED,
+    ItemState,
+    OpStatus,
+    Policy,
+    SessionStep,
+    canary_gate,
+    capacity,
+    failures_exceeded,
+    session_step,
+)
+from goldfleet.errors import Conflict, GoldfleetError
+from goldfleet.services import audit
+from goldfleet.services.clones import (
+    TRANSITIONAL,
+    _mark,
+    call_driver,
+    execute,
+    load_plans,
+    record,
+)
+from goldfleet.services.common import get_operation, operation_view, outline_of
 from goldfleet.services.views import OperationView
+
+log = logging.getLogger("goldfleet.operations")
+
+SCAN_LIMIT = 1000  # at most this many queued items are looked at per pass of one operation
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    item_id: int
+    clone_id: int
+    logoff: tuple[str, ...] = ()
+
+
+@dataclass
+class _Pass:
+    claims: list[Claim] = field(default_factory=list)
+    notify: list[tuple[int, str]] = field(default_factory=list)  # (item id, clone name)
 
 
 class Runner:
+    """Claims, executes and records the work of every active operation, in this server."""
+
     def __init__(self, ctx: Context) -> None:
         self.ctx = ctx
+        self.server_id = str(uuid.uuid4())
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, ctx.settings.workers), thread_name_prefix="goldfleet-volume"
         )
-        self.threads: dict[int, threading.Thread] = {}
+        self.wake = threading.Event()
+        self.stopping = threading.Event()
+        self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
+        self._last_heartbeat = 0.0
+        self._last_reconcile = 0.0
+        self.reconcile_enabled = True
+        self._rotation: dict[int, int] = {}  # per operation: where the waiting scan goes on
 
-    def start(self, op_id: int) -> None:
-        thread = threading.Thread(
-            target=self._run, args=(op_id,), name=f"goldfleet-op-{op_id}", daemon=True
-        )
+    # --- life cycle ---------------------------------------------------------------------
+
+    def start_background(self) -> None:
+        """Register this server and start the loop (idempotent)."""
         with self.lock:
-            self.threads[op_id] = thread
-        thread.start()
+            if self.thread is not None:
+                return
+            self._register()
+            self.thread = threading.Thread(target=self._loop, name="goldfleet-runner", daemon=True)
+            self.thread.start()
+
+    def start(self, op_id: int | None = None) -> None:
+        """New work was submitted: make sure the loop runs and look at it now."""
+        self.start_background()
+        self.wake.set()
 
     def wait(self, op_id: int, timeout: float | None = None) -> None:
-        with self.lock:
-            thread = self.threads.get(op_id)
-        if thread is not None:
-            thread.join(timeout)
-
-    def _run(self, op_id: int) -> None:
-        ctx = self.ctx
-        try:
-            with ctx.session() as s:
-                ids = list(
-                    s.scalars(
-                        select(Clone.id)
-                        .where(Clone.operation_id == op_id, Clone.status.in_(TRANSITIONAL))
-                        .order_by(Clone.id)
-                    )
-                )
-            size = max(1, ctx.settings.batch_size)
-            for start in range(0, len(ids), size):
-                with ctx.session() as s:
-                    plans = load_plans(s, ids[start : start + size])
-                outcomes = list(self.pool.map(lambda p: execute(ctx, p), plans))
-                with ctx.session() as s:
-                    done, failed = record(s, outcomes)
-                    op = s.get(Operation, op_id)
-                    op.done += done
-                    op.failed += failed
-                    s.commit()
-            with ctx.session() as s:
-                op = s.get(Operation, op_id)
-                op.status = "done" if op.failed == 0 else "failed"
-                if op.failed:
-                    op.error = f"{op.failed} of {op.total} clones failed; see: goldfleet clone list"
-                op.finished_at = utcnow()
-                s.commit()
-        except Exception as exc:  # an operation must end visibly, whatever broke
-            with ctx.session() as s:
-                op = s.get(Operation, op_id)
-                op.status, op.error, op.finished_at = "failed", str(exc), utcnow()
-                s.commit()
-        finally:
-            with self.lock:
-                self.threads.pop(op_id, None)
+        """Until the operation is finished or paused."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while deadline is None or time.monotonic() < deadline:
+            with self.ctx.session() as s:
+                status = s.scalar(select(Operation.status).where(Operation.id == op_id))
+            if status is None or status in FINISHED or status == OpStatus.PAUSED:
+                return
+            time.sleep(0.02)
 
     def shutdown(self) -> None:
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.stopping.set()
+        self.wake.set()
+        if self.thread is not None:
+            self.thread.join(30)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        with self.ctx.session() as s:
+            s.execute(delete(Server).where(Server.id == self.server_id))
+            s.commit()
+
+    def _register(self) -> None:
+        ctx = self.ctx
+        with ctx.session() as s:
+            if ctx.engine.dialect.name == "sqlite":
+                # one server per SQLite home: whoever held work before is gone
+                s.execute(delete(Server))
+            s.add(
+                Server(
+                    id=self.server_id,
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    heartbeat_at=ctx.clock.now(),
+                )
+            )
+            s.commit()
+        self._last_heartbeat = time.monotonic()
+
+    def _heartbeat(self) -> None:
+        if time.monotonic() - self._last_heartbeat < self.ctx.settings.lease_seconds / 4:
+            return
+        with self.ctx.session() as s:
+            s.execute(
+                update(Server)
+                .where(Server.id == self.server_id)
+                .values(heartbeat_at=self.ctx.clock.now())
+            )
+            s.commit()
+        self._last_heartbeat = time.monotonic()
+
+    def _loop(self) -> None:
+        while not self.stopping.is_set():
+            worked = False
+            try:
+                self._heartbeat()
+                if self.reconcile_enabled:
+                    self._maybe_reconcile()
+                worked = self.tick()
+            except Exception:  # the loop must survive anything one pass throws
+                log.exception("operation runner pass failed")
+            if not worked:
+                self.wake.wait(0.25)
+                self.wake.clear()
+
+    # --- one pass -----------------------------------------------------------------------
+
+    def tick(self) -> bool:
+        """One pass over every active operation; True if anything was executed."""
+        with self.ctx.session() as s:
+            op_ids = list(
+                s.scalars(
+                    select(Operation.id)
+                    .where(Operation.status.in_(list(ACTIVE)))
+                    .order_by(Operation.id)
+                )
+            )
+        worked = False
+        for op_id in op_ids:
+            if self.stopping.is_set():
+                break
+            worked |= self.step(op_id)
+        return worked
+
+    def step(self, op_id: int) -> bool:
+        claimed = self._claim(op_id)
+        self._notify(claimed.notify, op_id)
+        if claimed.claims:
+            self._execute(op_id, claimed.claims)
+        self._finish_if_done(op_id)
+        return bool(claimed.claims)
+
+    def _live_servers(self, s: Session, now: datetime) -> set[str]:
+        horizon = now - timedelta(seconds=self.ctx.settings.lease_seconds)
+        live = set(s.scalars(select(Server.id).where(Server.heartbeat_at >= horizon)))
+        live.add(self.server_id)
+        return live
+
+    def _claim(self, op_id: int) -> _Pass:
+        ctx = self.ctx
+        now = ctx.clock.now()
+        result = _Pass()
+        with ctx.session() as s:
+            q = select(Operation).where(Operation.id == op_id)
+            if ctx.engine.dialect.name == "postgresql":
+                q = q.with_for_update()  # one server claims an operation's items at a time
+            op = s.scalar(q)
+            if op is None or op.status not in ACTIVE or op.status == OpStatus.PAUSED:
+                return result
+            if op.status == OpStatus.SCHEDULED:
+                if op.start_at is not None and op.start_at > now:
+                    return result
+                op.status = OpStatus.RUNNING
+            policy = Policy.from_json(op.policy)
+            live = self._live_servers(s, now)
+            states = Counter(
+                dict(
+                    s.execute(
+                        select(OperationItem.state, func.count())
+                        .where(OperationItem.operation_id == op_id)
+                        .group_by(OperationItem.state)
+                    ).all()
+                )
+            )
+            # work a dead server had claimed is executed again here
+            orphans = list(
+                s.scalars(
+                    select(OperationItem).where(
+                        OperationItem.operation_id == op_id,
+                        OperationItem.state == ItemState.RUNNING,
+                        OperationItem.owner.not_in(live),
+                    )
+                )
+            )
+            for it in orphans:
+                it.owner = self.server_id
+                if it.clone_id is not None:
+                    result.claims.append(Claim(it.id, it.clone_id))
+            if op.status == OpStatus.CANCELLING:
+                self._close_queued(s, op_id, ItemState.CANCELLED, "cancelled", now)
+                s.commit()
+                return result
+            if failures_exceeded(policy, states[ItemState.FAILED], op.total):
+                self._close_queued(
+                    s,
+                    op_id,
+                    ItemState.SKIPPED,
+                    "not started: the failure policy stopped the operation",
+                    now,
+                )
+                s.commit()
+                return result
+            started = op.total - states[ItemState.QUEUED]
+            canary_left, judge = canary_gate(
+                policy, op.canary_passed, started, states[ItemState.RUNNING]
+            )
+            if judge:
+                op.canary_passed = True
+                if not policy.canary_auto:
+                    op.status = OpStatus.PAUSED
+                    op.paused_reason = (
+                        f"canary of {policy.canary} clones done; check them, then:"
+                        f" goldfleet op resume {op.id}"
+                    )
+                    s.commit()
+                    return result
+                canary_left = 1 << 30
+            slots = min(
+                capacity(policy, states[ItemState.RUNNING], ctx.settings.batch_size),
+                canary_left,
+            )
+            if slots > 0:
+                self._pick(s, op, policy, slots, now, result)
+            s.commit()
+        return result
+
+    def _pick(
+        self, s: Session, op: Operation, policy: Policy, slots: int, now: datetime, out: _Pass
+    ) -> None:
+        ctx = self.ctx
+        per_host = Counter(
+            host
+            for (host,) in s.execute(
+                select(Clone.host)
+                .join(OperationItem, OperationItem.clone_id == Clone.id)
+                .where(
+                    OperationItem.operation_id == op.id,
+                    OperationItem.state == ItemState.RUNNING,
+                )
+            )
+        )
+        queued = (
+            select(OperationItem, Clone)
+            .outerjoin(Clone, OperationItem.clone_id == Clone.id)
+            .where(OperationItem.operation_id == op.id, OperationItem.state == ItemState.QUEUED)
+            .order_by(OperationItem.id)
+        )
+        # fresh items first; then a rotating window of those already waiting (on users, a
+        # busy host…), so that every waiting clone is looked at again sooner or later
+        rows = list(s.execute(queued.where(OperationItem.reason.is_(None)).limit(4 * slots + 50)))
+        if len(rows) < slots:
+            offset = self._rotation.get(op.id, 0)
+            waiting = list(
+                s.execute(
+                    queued.where(OperationItem.reason.is_not(None)).offset(offset).limit(SCAN_LIMIT)
+                )
+            )
+            self._rotation[op.id] = offset + len(waiting) if len(waiting) == SCAN_LIMIT else 0
+            rows += waiting
+        users: dict[str, list[str]] = {}
+        if ctx.driver.capabilities.sessions and rows:
+            names = [c.name for _, c in rows if c is not None and c.power == Power.RUNNING]
+            if names:
+                found = call_driver(ctx, ctx.driver.sessions, names=names)
+                users = {name: [g.user for g in found.get(name, [])] for name in names}
+        versions: dict[int, Version] = {}
+        for it, clone in rows:
+            if len(out.claims) >= slots:
+                break
+            if clone is None:
+                self._close(it, ItemState.SKIPPED, "the clone was deleted", now)
+                continue
+            if clone.status in TRANSITIONAL and it.action != CloneAction.CREATE:
+                it.reason = f"busy: the clone is {clone.status}"
+                continue
+            if per_host[clone.host] >= policy.per_host and clone.host is not None:
+                continue
+            step, reason = session_step(policy, users.get(clone.name, []), it.notified_at, now)
+            if step == SessionStep.WAIT:
+                it.reason = reason
+                continue
+            if step == SessionStep.SKIP:
+                self._close(it, ItemState.SKIPPED, reason, now)
+                continue
+            if step == SessionStep.NOTIFY:
+                it.reason = reason
+                out.notify.append((it.id, clone.name))
+                continue
+            if it.target_version_id not in versions:
+                versions[it.target_version_id] = s.get(Version, it.target_version_id)
+            _mark(
+                clone,
+                CloneAction(it.action),
+                versions[it.target_version_id],
+                op.id,
+                discard_data=it.discard_data,
+            )
+            it.state, it.owner, it.started_at, it.reason = (
+                ItemState.RUNNING,
+                self.server_id,
+                now,
+                reason,
+            )
+            per_host[clone.host] += 1
+            logoff = tuple(users.get(clone.name, ())) if step == SessionStep.LOGOFF else ()
+            out.claims.append(Claim(it.id, clone.id, logoff))
+
+    @staticmethod
+    def _close(it: OperationItem, state: ItemState, reason: str | None, now: datetime) -> None:
+        it.state, it.reason, it.finished_at = state, reason, now
+
+    def _close_queued(
+        self, s: Session, op_id: int, state: ItemState, reason: str, now: datetime
+    ) -> None:
+        s.execute(
+            update(OperationItem)
+            .where(OperationItem.operation_id == op_id, OperationItem.state == ItemState.QUEUED)
+            .values(state=state, reason=reason, finished_at=now)
+        )
+
+    def _notify(self, notify: list[tuple[int, str]], op_id: int) -> None:
+        """Message the users first, then record when: the grace period starts only once the
+        message is out (a crash in between sends it again, never skips it)."""
+        if not notify:
+            return
+        ctx = self.ctx
+        with ctx.session() as s:
+            text = Policy.from_json(s.get(Operation, op_id).policy).message
+        sent = []
+        for item_id, name in notify:
+            try:
+                call_driver(ctx, ctx.driver.send_message, name=name, text=text)
+                sent.append(item_id)
+            except GoldfleetError as exc:
+                log.warning("could not notify the users of %s: %s", name, exc.message)
+        with ctx.session() as s:
+            now = ctx.clock.now()
+            for item_id in sent:
+                s.get(OperationItem, item_id).notified_at = now
+            s.commit()
+
+    def _execute(self, op_id: int, claims: list[Claim]) -> None:
+        ctx = self.ctx
+        by_clone = {c.clone_id: c for c in claims}
+        with ctx.session() as s:
+            plans = load_plans(ctx, s, list(by_clone))
+        outcomes = list(
+            self.pool.map(lambda p: execute(ctx, p, by_clone[p.clone_id].logoff), plans)
+        )
+        now = ctx.clock.now()
+        with ctx.session() as s:
+            done, failed = record(s, outcomes)
+            errors = {o.clone_id: o.error for o in outcomes}
+            for claim in claims:
+                it = s.get(OperationItem, claim.item_id)
+                if claim.clone_id in errors:
+                    error = errors[claim.clone_id]
+                    state = ItemState.FAILED if error else ItemState.DONE
+                    self._close(it, state, error, now)
+                else:  # the clone vanished under us
+                    self._close(it, ItemState.SKIPPED, "the clone was deleted", now)
+            op = s.get(Operation, op_id)
+            op.done += done
+            op.failed += failed
+            s.commit()
+
+    def _finish_if_done(self, op_id: int) -> None:
+        ctx = self.ctx
+        with ctx.session() as s:
+            op = s.get(Operation, op_id)
+            if op is None or op.status not in ACTIVE or op.status == OpStatus.SCHEDULED:
+                return
+            open_items = s.scalar(
+                select(func.count()).where(
+                    OperationItem.operation_id == op_id,
+                    OperationItem.state.in_([ItemState.QUEUED, ItemState.RUNNING]),
+                )
+            )
+            if open_items:
+                return
+            counts = Counter(
+                dict(
+                    s.execute(
+                        select(OperationItem.state, func.count())
+                        .where(OperationItem.operation_id == op_id)
+                        .group_by(OperationItem.state)
+                    ).all()
+                )
+            )
+            notes = []
+            if counts[ItemState.FAILED]:
+                notes.append(f"{counts[ItemState.FAILED]} failed (see: goldfleet clone list)")
+            if counts[ItemState.SKIPPED]:
+                notes.append(f"{counts[ItemState.SKIPPED]} left on their version (skipped)")
+            if counts[ItemState.CANCELLED]:
+                notes.append(f"{counts[ItemState.CANCELLED]} cancelled before they started")
+            if op.status == OpStatus.CANCELLING:
+                op.status = OpStatus.CANCELLED
+            elif counts[ItemState.FAILED]:
+                op.status = OpStatus.FAILED
+            else:
+                op.status = OpStatus.DONE
+            op.error = "; ".join(notes) or None
+            op.finished_at = ctx.clock.now()
+            s.commit()
+
+    # --- reconciliation with the hypervisor ---------------------------------------------
+
+    def _maybe_reconcile(self) -> None:
+        if time.monotonic() - self._last_reconcile < self.ctx.settings.reconcile_seconds:
+            return
+        self._last_reconcile = time.monotonic()
+        reconcile_power(self.ctx)
+
+
+def reconcile_power(ctx: Context) -> list[str]:
+    """Read power states back from the driver. A clone that stopped without goldfleet asking
+    (the guest shut itself down) gets its temp volumes emptied, like every shutdown."""
+    states = call_driver(ctx, ctx.driver.states)
+    stopped = []
+    with ctx.session() as s:
+        for c in s.scalars(
+            select(Clone).where(Clone.power == Power.RUNNING, Clone.status == CloneStatus.READY)
+        ):
+            if states.get(c.name, "undefined") != "running":
+                ctx.volumes.reset_temp(c.uid, outline_of(c.template))
+                c.power = Power.STOPPED
+                audit.record(s, "goldfleet", "clone.shutdown-reported", c.name)
+                stopped.append(c.name)
+        s.commit()
+    return stopped
+
+
+# --- reading and steering -----------------------------------------------------------------
 
 
 def list_operations(ctx: Context, *, limit: int = 50) -> list[OperationView]:
     with ctx.session() as s:
         ops = s.scalars(select(Operation).order_by(Operation.id.desc()).limit(limit))
-        return [operation_view(op) for op in ops]
+        return [operation_view(op, s, detail=0) for op in ops]
 
 
 def show_operation(ctx: Context, op_id: int) -> OperationView:
     with ctx.session() as s:
-        return operation_view(get_operation(s, op_id))
+        return operation_view(get_operation(s, op_id), s)
+
+
+def pause_operation(ctx: Context, op_id: int, *, actor: str) -> OperationView:
+    """No new clone is started; those in flight finish."""
+    with ctx.session() as s:
+        op = get_operation(s, op_id)
+        if op.status not in (OpStatus.RUNNING, OpStatus.SCHEDULED):
+            raise Conflict(f"operation {op_id} is {op.status}; only a running one can be paused")
+        op.status, op.paused_reason = OpStatus.PAUSED, f"paused by {actor}"
+        audit.record(s, actor, "operation.pause", str(op_id))
+        s.commit()
+        return operation_view(op, s)
+
+
+def resume_operation(ctx: Context, op_id: int, *, actor: str) -> OperationView:
+    with ctx.session() as s:
+        op = get_operation(s, op_id)
+        if op.status != OpStatus.PAUSED:
+            raise Conflict(f"operation {op_id} is {op.status}, not paused")
+        op.status, op.paused_reason = OpStatus.RUNNING, None
+        audit.record(s, actor, "operation.resume", str(op_id))
+        s.commit()
+        view = operation_view(op, s)
+    ctx.runner.start(op_id)  # type: ignore[union-attr]
+    return view
+
+
+def cancel_operation(ctx: Context, op_id: int, *, actor: str) -> OperationView:
+    """Clones not yet started stay on their old version; those in flight finish."""
+    with ctx.session() as s:
+        op = get_operation(s, op_id)
+        if op.status in FINISHED:
+            raise Conflict(f"operation {op_id} is already {op.status}")
+        op.status = OpStatus.CANCELLING
+        audit.record(s, actor, "operation.cancel", str(op_id))
+        s.commit()
+        # a create that never started leaves no clone behind
+        for it in s.scalars(
+            select(OperationItem).where(
+                OperationItem.operation_id == op_id,
+                OperationItem.state == ItemState.QUEUED,
+                OperationItem.action == CloneAction.CREATE,
+            )
+        ):
+            clone = s.get(Clone, it.clone_id) if it.clone_id else None
+            it.state, it.reason, it.clone_id = ItemState.CANCELLED, "cancelled", None
+            if clone is not None:
+                s.delete(clone)
+        s.commit()
+        view = operation_view(op, s)
+    ctx.runner.start(op_id)  # type: ignore[union-attr]
+    return view
 
 
 def recover_operations(ctx: Context) -> list[str]:
-    notes = []
+    """Nothing to mark: unfinished operations simply continue in the runner."""
     with ctx.session() as s:
-        for op in s.scalars(select(Operation).where(Operation.status == "running")):
-            op.status = "interrupted"
-            op.error = (
-                "the server stopped; finish its failed clones with: goldfleet clone retry --all"
-            )
-            op.finished_at = utcnow()
-            notes.append(f"operation {op.id} ({op.kind}) interrupted")
-        s.commit()
-    return notes
+        active = list(s.scalars(select(Operation.id).where(Operation.status.in_(list(ACTIVE)))))
+    return [f"operation {op_id} continues" for op_id in active]
+
+
+def policy_from(ctx: Context, rollout: object | None) -> tuple[Policy | None, datetime | None]:
+    """The rollout fields of a request (any object with them, or None) → policy, start time."""
+    from goldfleet.domain.rollout import build_policy, parse_time
+
+    if rollout is None:
+        return None, None
+    now = ctx.clock.now()
+    fields = {
+        k: getattr(rollout, k)
+        for k in (
+            "logoff",
+            "deadline",
+            "grace",
+            "message",
+            "max_parallel",
+            "canary",
+            "canary_auto",
+            "stop_on_error",
+            "max_failures",
+        )
+    }
+    per_host = getattr(rollout, "per_host", None) or ctx.settings.per_host_limit
+    policy = build_policy(now=now, per_host=per_host, **fields)
+    at = getattr(rollout, "at", None)
+    return policy, (parse_time(at, now) if at else None)

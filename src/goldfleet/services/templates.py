@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -10,11 +11,13 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from goldfleet.bootstrap import Context
-from goldfleet.db.tables import Clone, Layer, Template, Version
+from goldfleet.db.tables import Clone, Layer, OperationItem, Template, Version
 from goldfleet.domain import rules
 from goldfleet.domain.model import CloneKind, Outline, RecreateScope, TemplateStatus
 from goldfleet.domain.names import check_name
+from goldfleet.domain.rollout import Policy
 from goldfleet.domain.sizes import parse_size
+from goldfleet.drivers.base import DiskSpec, DomainSpec
 from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, StoreError
 from goldfleet.services import audit
 from goldfleet.services.common import (
@@ -285,7 +288,16 @@ def delete_version(ctx: Context, name: str, number: int, *, actor: str) -> None:
         users = s.scalars(
             select(Clone.name).where((Clone.version_id == v.id) | (Clone.target_version_id == v.id))
         )
-        rules.check_no_dependents(f"version {name}:v{number}", [f"clone {n}" for n in users])
+        queued = s.scalars(
+            select(OperationItem.clone_name).where(
+                OperationItem.target_version_id == v.id,
+                OperationItem.state.in_(["queued", "running"]),
+            )
+        )
+        rules.check_no_dependents(
+            f"version {name}:v{number}",
+            [f"clone {n}" for n in users] + [f"clone {n} (queued in an operation)" for n in queued],
+        )
         s.delete(v)
         s.flush()
         freed = _release_layers(ctx, s)
@@ -325,11 +337,61 @@ def enter_maintenance(ctx: Context, name: str, *, actor: str) -> TemplateView:
             return template_view(s, t, overlay_path=str(ctx.layers.dir / overlay))
 
 
-def abort_maintenance(ctx: Context, name: str, *, actor: str) -> TemplateView:
+MAINTENANCE_VM_PREFIX = "maintenance."
+
+
+def start_maintenance_vm(ctx: Context, name: str, *, actor: str) -> TemplateView:
+    """Boot the maintenance overlay as a VM (RAS: start the template as a normal VM)."""
+    from goldfleet.services.clones import call_driver
+
+    with ctx.template_lock(name), ctx.session() as s:
+        t = get_template(s, name)
+        rules.check_in_maintenance(t.name, t.status)
+        vm = f"{MAINTENANCE_VM_PREFIX}{t.id}"
+        backing = tuple(
+            str(ctx.layers.path(layer.digest))
+            for layer in chain(s, get_version(s, t, None).top_layer)
+        )
+        spec = DomainSpec(
+            name=vm,
+            disks=(DiskSpec(role="system", path=str(ctx.layers.dir / t.overlay), backing=backing),),
+        )
+        call_driver(ctx, ctx.driver.define, spec=spec, host=None)
+        call_driver(ctx, ctx.driver.start, name=vm)
+        t.maintenance_vm = vm
+        audit.record(s, actor, "template.maintenance.start", name, vm=vm)
+        s.commit()
+        return template_view(s, t, overlay_path=str(ctx.layers.dir / t.overlay))
+
+
+def _stop_maintenance_vm(ctx: Context, t: Template, *, shutdown: bool) -> None:
+    """Refuse (or, with ``shutdown``, stop and remove) a running maintenance VM."""
+    from goldfleet.services.clones import call_driver
+
+    vm = t.maintenance_vm
+    if vm is None:
+        return
+    state = call_driver(ctx, ctx.driver.state, name=vm)
+    if state == "running":
+        if not shutdown:
+            raise Conflict(
+                f"the maintenance VM of template {t.name} is running; shut it down first, or"
+                f" add --shutdown to let goldfleet do it"
+            )
+        call_driver(ctx, ctx.driver.shutdown, name=vm, timeout=ctx.settings.shutdown_timeout)
+    if state != "undefined":
+        call_driver(ctx, ctx.driver.undefine, name=vm)
+    t.maintenance_vm = None
+
+
+def abort_maintenance(
+    ctx: Context, name: str, *, actor: str, shutdown: bool = True
+) -> TemplateView:
     """Discard the overlay; no version is made."""
     with ctx.template_lock(name), ctx.session() as s:
         t = get_template(s, name)
         rules.check_in_maintenance(t.name, t.status)
+        _stop_maintenance_vm(ctx, t, shutdown=shutdown)
         overlay = t.overlay
         t.status, t.overlay, t.error = TemplateStatus.READY, None, None
         audit.record(s, actor, "template.maintenance.abort", name)
@@ -344,13 +406,17 @@ def exit_maintenance(
     name: str,
     *,
     recreate: RecreateScope = RecreateScope.NONE,
+    shutdown: bool = False,
     actor: str,
+    policy: Policy | None = None,
+    start_at: datetime | None = None,
 ) -> MaintenanceExitView:
     """Seal the overlay as the new current version; optionally recreate clones on it."""
     with ctx.template_lock(name):
         with ctx.session() as s:
             t = get_template(s, name)
             rules.check_in_maintenance(t.name, t.status)
+            _stop_maintenance_vm(ctx, t, shutdown=shutdown)
             parent = get_version(s, t, None).top_layer
             overlay = ctx.layers.dir / t.overlay
             if not overlay.exists():
@@ -380,7 +446,13 @@ def exit_maintenance(
         from goldfleet.services import clones as clone_service
 
         op = clone_service.recreate(
-            ctx, template=name, include_full=include_full, actor=actor, wait=False
+            ctx,
+            template=name,
+            include_full=include_full,
+            actor=actor,
+            wait=False,
+            policy=policy,
+            start_at=start_at,
         )
     with ctx.session() as s:
         t = get_template(s, name)

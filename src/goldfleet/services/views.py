@@ -57,6 +57,11 @@ class CloneView(BaseModel):
     created_at: datetime
 
 
+class WaitingClone(BaseModel):
+    clone: str
+    reason: str
+
+
 class OperationView(BaseModel):
     id: int
     kind: str
@@ -65,10 +70,19 @@ class OperationView(BaseModel):
     total: int
     done: int
     failed: int
+    queued: int = 0
+    running: int = 0
+    skipped: int = 0
+    cancelled: int = 0
     error: str | None
     actor: str
     created_at: datetime
     finished_at: datetime | None
+    start_at: datetime | None = None
+    paused_reason: str | None = None
+    policy: dict = {}
+    current: list[str] = []  # clones being worked on now
+    waiting: list[WaitingClone] = []  # queued clones and why they wait
 
 
 class MaintenanceExitView(BaseModel):

@@ -22,6 +22,21 @@ def show_operation(op_id: int, ctx: Ctx, caller: Reader) -> OperationView:
     return operations.show_operation(ctx, op_id)
 
 
+@router.post("/operations/{op_id}/pause")
+def pause_operation(op_id: int, ctx: Ctx, caller: Writer) -> OperationView:
+    return operations.pause_operation(ctx, op_id, actor=caller.name)
+
+
+@router.post("/operations/{op_id}/resume")
+def resume_operation(op_id: int, ctx: Ctx, caller: Writer) -> OperationView:
+    return operations.resume_operation(ctx, op_id, actor=caller.name)
+
+
+@router.post("/operations/{op_id}/cancel")
+def cancel_operation(op_id: int, ctx: Ctx, caller: Writer) -> OperationView:
+    return operations.cancel_operation(ctx, op_id, actor=caller.name)
+
+
 @router.post("/store/verify")
 def verify_store(ctx: Ctx, caller: Reader) -> StoreReport:
     return store.verify_store(ctx)

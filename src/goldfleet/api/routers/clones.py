@@ -7,10 +7,11 @@ from goldfleet.api.schemas import (
     CloneBulkPublic,
     CloneCreate,
     CloneRebase,
+    CloneRebaseMany,
     CloneRecreate,
     CloneRetry,
 )
-from goldfleet.services import clones
+from goldfleet.services import clones, operations
 from goldfleet.services.views import CloneView, OperationView
 
 router = APIRouter(prefix="/clones", tags=["clones"])
@@ -23,6 +24,7 @@ def list_clones(ctx: Ctx, caller: Reader, template: str | None = None) -> list[C
 
 @router.post("", status_code=202)
 def create_clones(body: CloneCreate, ctx: Ctx, caller: Writer) -> CloneBulkPublic:
+    policy, start_at = operations.policy_from(ctx, body.rollout)
     op, names = clones.create_clones(
         ctx,
         template=body.template,
@@ -31,12 +33,15 @@ def create_clones(body: CloneCreate, ctx: Ctx, caller: Writer) -> CloneBulkPubli
         full=body.full,
         actor=caller.name,
         wait=body.wait,
+        policy=policy,
+        start_at=start_at,
     )
     return CloneBulkPublic(operation=op, clones=names)
 
 
 @router.post("/recreate", status_code=202)
 def recreate(body: CloneRecreate, ctx: Ctx, caller: Writer) -> OperationView:
+    policy, start_at = operations.policy_from(ctx, body.rollout)
     return clones.recreate(
         ctx,
         name=body.name,
@@ -45,6 +50,23 @@ def recreate(body: CloneRecreate, ctx: Ctx, caller: Writer) -> OperationView:
         discard_data=body.discard_data,
         actor=caller.name,
         wait=body.wait,
+        policy=policy,
+        start_at=start_at,
+    )
+
+
+@router.post("/rebase", status_code=202)
+def rebase_many(body: CloneRebaseMany, ctx: Ctx, caller: Writer) -> OperationView:
+    """Rebase every clone of a template (onto ``to``, default its current version)."""
+    policy, start_at = operations.policy_from(ctx, body.rollout)
+    return clones.rebase_many(
+        ctx,
+        template=body.template,
+        to=body.to,
+        actor=caller.name,
+        wait=body.wait,
+        policy=policy,
+        start_at=start_at,
     )
 
 

@@ -10,7 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from goldfleet.api.deps import Ctx, Reader, Writer
 from goldfleet.api.schemas import MaintenanceExit, TemplateFromClone
 from goldfleet.errors import InvalidInput
-from goldfleet.services import templates
+from goldfleet.services import operations, templates
 from goldfleet.services.views import MaintenanceExitView, TemplateView, VersionView
 
 router = APIRouter(prefix="/templates", tags=["templates"])
@@ -100,7 +100,22 @@ def exit_maintenance(
     name: str, ctx: Ctx, caller: Writer, body: MaintenanceExit | None = None
 ) -> MaintenanceExitView:
     body = body or MaintenanceExit()
-    return templates.exit_maintenance(ctx, name, recreate=body.recreate, actor=caller.name)
+    policy, start_at = operations.policy_from(ctx, body.rollout)
+    return templates.exit_maintenance(
+        ctx,
+        name,
+        recreate=body.recreate,
+        shutdown=body.shutdown,
+        actor=caller.name,
+        policy=policy,
+        start_at=start_at,
+    )
+
+
+@router.post("/{name}/maintenance/start")
+def start_maintenance_vm(name: str, ctx: Ctx, caller: Writer) -> TemplateView:
+    """Boot the maintenance overlay as a VM through the driver."""
+    return templates.start_maintenance_vm(ctx, name, actor=caller.name)
 
 
 @router.post("/{name}/maintenance/abort")

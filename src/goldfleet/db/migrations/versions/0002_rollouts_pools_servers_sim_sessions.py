@@ -7,7 +7,6 @@ Revises: 0001
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
@@ -115,10 +114,7 @@ def upgrade() -> None:
             ["operation_id"],
             ["operations.id"],
         ),
-        sa.ForeignKeyConstraint(
-            ["target_version_id"],
-            ["versions.id"],
-        ),
+        sa.ForeignKeyConstraint(["target_version_id"], ["versions.id"], ondelete="SET NULL"),
         sa.PrimaryKeyConstraint("id"),
     )
     with op.batch_alter_table("operation_items", schema=None) as batch_op:

@@ -1,0 +1,49 @@
+"""The simulated world of the sim driver (admin tokens only): users, messages, guests."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict
+
+from goldfleet.api.deps import Ctx, Writer
+from goldfleet.services import sim
+from goldfleet.services.sim import SimMessageView, SimSessionView, SimVmView
+
+router = APIRouter(prefix="/sim", tags=["sim"])
+
+
+class SimSessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    vm: str
+    user: str
+
+
+@router.post("/sessions", status_code=201)
+def login(body: SimSessionCreate, ctx: Ctx, caller: Writer) -> SimSessionView:
+    return sim.login(ctx, vm=body.vm, user=body.user, actor=caller.name)
+
+
+@router.delete("/sessions/{vm}/{user}", status_code=204)
+def logout(vm: str, user: str, ctx: Ctx, caller: Writer) -> None:
+    sim.logout(ctx, vm=vm, user=user, actor=caller.name)
+
+
+@router.get("/sessions")
+def list_sessions(ctx: Ctx, caller: Writer, vm: str | None = None) -> list[SimSessionView]:
+    return sim.list_sessions(ctx, vm=vm)
+
+
+@router.get("/messages")
+def list_messages(ctx: Ctx, caller: Writer, vm: str | None = None) -> list[SimMessageView]:
+    return sim.list_messages(ctx, vm=vm)
+
+
+@router.post("/vms/{vm}/guest-shutdown")
+def guest_shutdown(vm: str, ctx: Ctx, caller: Writer) -> SimVmView:
+    return sim.guest_shutdown(ctx, vm=vm, actor=caller.name)
+
+
+@router.get("/vms")
+def list_vms(ctx: Ctx, caller: Writer) -> list[SimVmView]:
+    return sim.list_vms(ctx)
