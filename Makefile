@@ -1,5 +1,5 @@
 # Two commands on a fresh Debian machine with only Python: `make demo` and `make test`.
-# Each installs what it needs: Debian's qemu-utils (via apt, when missing), a .venv, the package.
+# Each installs what it needs: Debian's packages (via apt, when missing), a .venv, the package.
 
 PYTHON ?= python3
 VENV   := .venv
@@ -37,6 +37,35 @@ system-packages:
 	  echo "installing Debian packages: qemu-utils util-linux postgresql"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq qemu-utils util-linux postgresql >/dev/null; \
+	fi
+	@# libvirt: libvirt-python builds against libvirt-dev (pkg-config, a C compiler, Python's
+	@# headers); the real-boot test runs QEMU under embedded libvirt and builds its guest with busybox
+	@if ! dpkg -s libvirt-dev >/dev/null 2>&1 || ! command -v pkg-config >/dev/null \
+	    || ! command -v cc >/dev/null \
+	    || ! command -v qemu-system-x86_64 >/dev/null \
+	    || ! dpkg -s libvirt-daemon-driver-qemu >/dev/null 2>&1 \
+	    || ! dpkg -s busybox-static >/dev/null 2>&1; then \
+	  echo "installing Debian packages: libvirt-dev pkg-config gcc qemu-system-x86 libvirt-daemon-driver-qemu busybox-static"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    libvirt-dev pkg-config gcc qemu-system-x86 libvirt-daemon-driver-qemu busybox-static >/dev/null; \
+	fi
+	@if ! $(PYTHON) -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))'; then \
+	  echo "installing Debian package: python3-dev (Python's headers, to build libvirt-python)"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends python3-dev >/dev/null; \
+	fi
+	@# Debian's QEMU driver refuses to start, even embedded, unless its QEMU user exists (the
+	@# libvirt-daemon-system package would add it, with daemons, polkit and a firewall besides)
+	@if ! getent passwd libvirt-qemu >/dev/null; then \
+	  echo "adding the system user libvirt-qemu"; \
+	  $(SUDO) useradd --system --user-group --no-create-home --home-dir /var/lib/libvirt \
+	    --shell /usr/sbin/nologin libvirt-qemu; \
+	fi
+	@# the real-boot test fetches its guest's kernel and agent with apt-get download
+	@if ! apt-cache show linux-image-cloud-amd64 qemu-guest-agent >/dev/null 2>&1; then \
+	  echo "updating apt's package lists"; \
+	  $(SUDO) apt-get update -qq; \
 	fi
 
 $(STAMP): pyproject.toml

@@ -8,14 +8,17 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from sqlalchemy.orm import Session, sessionmaker
 
 from goldfleet.bootstrap import Context, bootstrap
 from goldfleet.cli.client import Client, ClientError
+from goldfleet.db.engine import make_engine, migrate
+from goldfleet.drivers.base import DiskSpec, DomainSpec
 from goldfleet.services.home import init_home
 from goldfleet.store.qemu import QemuImg
 
@@ -143,3 +146,46 @@ def template(client: Client, tmp_path: Path) -> str:
         {"name": "base", "format": "raw", "temp": ["64M"], "data": ["64M"]},
     )
     return "base"
+
+
+# --- driver tests -------------------------------------------------------------------------
+
+
+def qemu_img_create(path: Path, size: str, backing: Path | None = None) -> Path:
+    cmd = ["qemu-img", "create", "-q", "-f", "qcow2"]
+    if backing is not None:
+        cmd += ["-b", backing.name, "-F", "qcow2"]
+    subprocess.run([*cmd, str(path), size], check=True, cwd=path.parent)
+    return path
+
+
+@pytest.fixture
+def fresh_db(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    """goldfleet's schema on a fresh SQLite file, as bootstrap makes it (no home, no server)."""
+    engine = make_engine(f"sqlite:///{tmp_path / 'goldfleet.db'}")
+    migrate(engine)
+    yield sessionmaker(engine, expire_on_commit=False)
+    engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def vm_disks(tmp_path_factory: pytest.TempPathFactory) -> tuple[DiskSpec, ...]:
+    """A clone's disks as real qcow2 files: a system overlay on a base layer, temp and data."""
+    folder = tmp_path_factory.mktemp("disks")
+    base = qemu_img_create(folder / "base.qcow2", "16M")
+    system = qemu_img_create(folder / "system.qcow2", "16M", backing=base)
+    return (
+        DiskSpec(role="system", path=str(system), backing=(str(base),)),
+        DiskSpec(role="temp", path=str(qemu_img_create(folder / "temp.qcow2", "8M"))),
+        DiskSpec(role="data", path=str(qemu_img_create(folder / "data.qcow2", "8M"))),
+    )
+
+
+@pytest.fixture
+def vm_spec(vm_disks: tuple[DiskSpec, ...]) -> Callable[..., DomainSpec]:
+    """``vm_spec(name)``: a small VM on the real disks (or on ``disks=`` others)."""
+
+    def make(name: str, disks: tuple[DiskSpec, ...] = vm_disks) -> DomainSpec:
+        return DomainSpec(name=name, disks=disks, memory_mib=128, vcpus=1)
+
+    return make

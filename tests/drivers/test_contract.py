@@ -35,7 +35,7 @@ DRIVERS = ["sim", "libvirt-test"]
 @pytest.fixture(params=DRIVERS)
 def driver(request: pytest.FixtureRequest) -> Iterator[Driver]:
     if request.param == "sim":
-        db: sessionmaker[Session] = request.getfixturevalue("db")  # a fresh migrated SQLite
+        db: sessionmaker[Session] = request.getfixturevalue("fresh_db")  # migrated SQLite
         drv: Driver = sim.SimDriver(db, hosts=["sim-host-1", "sim-host-2"])
     else:
         if importlib.util.find_spec("goldfleet.drivers.libvirt") is None:
@@ -70,13 +70,13 @@ def new_vm(driver: Driver) -> Iterator[Callable[[], str]]:
 
 @pytest.fixture
 def defined(
-    driver: Driver, new_vm: Callable[[], str], spec: Callable[..., DomainSpec]
+    driver: Driver, new_vm: Callable[[], str], vm_spec: Callable[..., DomainSpec]
 ) -> Callable[..., str]:
     """``defined(start=True)``: a fresh VM, defined (and started)."""
 
     def make(*, start: bool = False) -> str:
         name = new_vm()
-        driver.define(spec=spec(name))
+        driver.define(spec=vm_spec(name))
         if start:
             driver.start(name=name)
         return name
@@ -121,10 +121,10 @@ def test_hosts_are_named(driver: Driver) -> None:
 
 
 def test_define_makes_a_stopped_vm_on_one_of_the_hosts(
-    driver: Driver, new_vm: Callable[[], str], spec: Callable[..., DomainSpec]
+    driver: Driver, new_vm: Callable[[], str], vm_spec: Callable[..., DomainSpec]
 ) -> None:
     name = new_vm()
-    host = driver.define(spec=spec(name))
+    host = driver.define(spec=vm_spec(name))
     assert host in driver.hosts()
     assert driver.host_of(name=name) == host
     assert driver.state(name=name) == STOPPED
@@ -132,22 +132,22 @@ def test_define_makes_a_stopped_vm_on_one_of_the_hosts(
 
 
 def test_define_on_a_chosen_host(
-    driver: Driver, new_vm: Callable[[], str], spec: Callable[..., DomainSpec]
+    driver: Driver, new_vm: Callable[[], str], vm_spec: Callable[..., DomainSpec]
 ) -> None:
     name, target = new_vm(), driver.hosts()[-1]
-    assert driver.define(spec=spec(name), host=target) == target
+    assert driver.define(spec=vm_spec(name), host=target) == target
     assert driver.host_of(name=name) == target
 
 
 def test_redefine_keeps_the_host_and_takes_the_new_disks(
     driver: Driver,
     new_vm: Callable[[], str],
-    spec: Callable[..., DomainSpec],
-    disks: tuple[DiskSpec, ...],
+    vm_spec: Callable[..., DomainSpec],
+    vm_disks: tuple[DiskSpec, ...],
 ) -> None:
     name = new_vm()
-    host = driver.define(spec=spec(name))
-    assert driver.define(spec=spec(name, disks=disks[:1])) == host
+    host = driver.define(spec=vm_spec(name))
+    assert driver.define(spec=vm_spec(name, disks=vm_disks[:1])) == host
     assert driver.host_of(name=name) == host
     assert driver.state(name=name) == STOPPED
     driver.start(name=name)  # the redefined VM is usable
@@ -305,10 +305,10 @@ def test_send_message(
 
 
 def test_migrate_moves_a_running_vm(
-    driver: Driver, new_vm: Callable[[], str], spec: Callable[..., DomainSpec]
+    driver: Driver, new_vm: Callable[[], str], vm_spec: Callable[..., DomainSpec]
 ) -> None:
     name = new_vm()
-    first = driver.define(spec=spec(name), host=driver.hosts()[0])
+    first = driver.define(spec=vm_spec(name), host=driver.hosts()[0])
     driver.start(name=name)
     requires(driver, "migrate", lambda: driver.migrate(name=name, host=first))
     target = driver.hosts()[1]

@@ -35,12 +35,12 @@ Make = Callable[..., SimDriver]
 
 
 @pytest.fixture
-def make(db: sessionmaker[Session]) -> Iterator[Make]:
+def make(fresh_db: sessionmaker[Session]) -> Iterator[Make]:
     """``make(plan={...}, hosts=[...])``: a sim driver on the test's database."""
     made: list[SimDriver] = []
 
     def build(plan: dict | None = None, hosts: list[str] = HOSTS) -> SimDriver:
-        made.append(SimDriver(db, hosts=hosts, plan=SimPlan.from_dict(plan or {})))
+        made.append(SimDriver(fresh_db, hosts=hosts, plan=SimPlan.from_dict(plan or {})))
         return made[-1]
 
     yield build
@@ -85,46 +85,53 @@ def in_thread(fn: Callable[[], object]) -> tuple[threading.Thread, list[BaseExce
 # --- placement ----------------------------------------------------------------------------
 
 
-def test_new_vms_go_to_the_least_loaded_host(make: Make, spec: Callable[..., DomainSpec]) -> None:
+def test_new_vms_go_to_the_least_loaded_host(
+    make: Make, vm_spec: Callable[..., DomainSpec]
+) -> None:
     drv = make(hosts=["h1", "h2", "h3"])
-    placed = {f"desk-{i:03}": drv.define(spec=spec(f"desk-{i:03}")) for i in range(6)}
+    placed = {f"desk-{i:03}": drv.define(spec=vm_spec(f"desk-{i:03}")) for i in range(6)}
     assert list(placed.values()) == ["h1", "h2", "h3", "h1", "h2", "h3"]  # ties: config order
-    assert drv.define(spec=spec("desk-006"), host="h3") == "h3"  # loads now h1 2, h2 2, h3 3
+    assert drv.define(spec=vm_spec("desk-006"), host="h3") == "h3"  # loads now h1 2, h2 2, h3 3
     for name in ("desk-000", "desk-003"):
         drv.undefine(name=name)  # h1 0, h2 2, h3 3
-    fresh = [drv.define(spec=spec(f"desk-1{i:02}")) for i in range(4)]
+    fresh = [drv.define(spec=vm_spec(f"desk-1{i:02}")) for i in range(4)]
     assert fresh == ["h1", "h1", "h1", "h2"]
 
 
 def test_redefine_keeps_the_host_even_if_another_is_asked(
-    drv: SimDriver, spec: Callable[..., DomainSpec]
+    drv: SimDriver, vm_spec: Callable[..., DomainSpec]
 ) -> None:
-    host = drv.define(spec=spec("desk-001"), host="sim-host-2")
-    assert drv.define(spec=spec("desk-001"), host="sim-host-1") == host == "sim-host-2"
+    host = drv.define(spec=vm_spec("desk-001"), host="sim-host-2")
+    assert drv.define(spec=vm_spec("desk-001"), host="sim-host-1") == host == "sim-host-2"
     assert drv.host_of(name="desk-001") == "sim-host-2"
 
 
-def test_define_on_an_unknown_host_fails(drv: SimDriver, spec: Callable[..., DomainSpec]) -> None:
+def test_define_on_an_unknown_host_fails(
+    drv: SimDriver, vm_spec: Callable[..., DomainSpec]
+) -> None:
     with pytest.raises(DriverError, match="elsewhere: not a sim host"):
-        drv.define(spec=spec("desk-001"), host="elsewhere")
+        drv.define(spec=vm_spec("desk-001"), host="elsewhere")
     assert drv.state(name="desk-001") == UNDEFINED
 
 
 def test_a_vm_cannot_start_without_its_disk_files(
-    drv: SimDriver, spec: Callable[..., DomainSpec], disks: tuple[DiskSpec, ...], tmp_path: Path
+    drv: SimDriver,
+    vm_spec: Callable[..., DomainSpec],
+    vm_disks: tuple[DiskSpec, ...],
+    tmp_path: Path,
 ) -> None:
-    missing = DiskSpec(role="system", path=disks[0].path, backing=(str(tmp_path / "gone"),))
-    drv.define(spec=spec("desk-001", disks=(missing,)))
+    missing = DiskSpec(role="system", path=vm_disks[0].path, backing=(str(tmp_path / "gone"),))
+    drv.define(spec=vm_spec("desk-001", disks=(missing,)))
     with pytest.raises(DriverError, match=r"desk-001 cannot start: its system disk needs .*gone"):
         drv.start(name="desk-001")
     assert drv.state(name="desk-001") == STOPPED
 
 
 def test_state_survives_a_new_driver_on_the_same_database(
-    make: Make, spec: Callable[..., DomainSpec]
+    make: Make, vm_spec: Callable[..., DomainSpec]
 ) -> None:
     first = make()
-    host = first.define(spec=spec("desk-001"))
+    host = first.define(spec=vm_spec("desk-001"))
     first.start(name="desk-001")
     first.close()
     second = make()
@@ -136,9 +143,9 @@ def test_state_survives_a_new_driver_on_the_same_database(
 
 
 def test_users_log_in_and_out_of_running_vms_only(
-    drv: SimDriver, spec: Callable[..., DomainSpec]
+    drv: SimDriver, vm_spec: Callable[..., DomainSpec]
 ) -> None:
-    drv.define(spec=spec("desk-001"))
+    drv.define(spec=vm_spec("desk-001"))
     with pytest.raises(Conflict, match="desk-001 is stopped"), world(drv) as s:
         sim.login(s, vm="desk-001", user="alice")
     with pytest.raises(NotFound, match="desk-404"), world(drv) as s:
@@ -159,8 +166,8 @@ def test_users_log_in_and_out_of_running_vms_only(
     assert users(drv, "desk-001") == ["j.doe@corp"]
 
 
-def test_shutdown_ends_the_sessions(drv: SimDriver, spec: Callable[..., DomainSpec]) -> None:
-    drv.define(spec=spec("desk-001"))
+def test_shutdown_ends_the_sessions(drv: SimDriver, vm_spec: Callable[..., DomainSpec]) -> None:
+    drv.define(spec=vm_spec("desk-001"))
     drv.start(name="desk-001")
     with world(drv) as s:
         sim.login(s, vm="desk-001", user="alice")
@@ -171,9 +178,9 @@ def test_shutdown_ends_the_sessions(drv: SimDriver, spec: Callable[..., DomainSp
 
 
 def test_messages_reach_running_vms_and_are_kept(
-    drv: SimDriver, spec: Callable[..., DomainSpec]
+    drv: SimDriver, vm_spec: Callable[..., DomainSpec]
 ) -> None:
-    drv.define(spec=spec("desk-001"))
+    drv.define(spec=vm_spec("desk-001"))
     with pytest.raises(DriverError, match="desk-001: it is stopped"):
         drv.send_message(name="desk-001", text="hello")
     drv.start(name="desk-001")
@@ -185,10 +192,10 @@ def test_messages_reach_running_vms_and_are_kept(
 
 
 def test_guest_shutdown_is_seen_through_states(
-    drv: SimDriver, spec: Callable[..., DomainSpec]
+    drv: SimDriver, vm_spec: Callable[..., DomainSpec]
 ) -> None:
     for name in ("desk-001", "desk-002"):
-        drv.define(spec=spec(name))
+        drv.define(spec=vm_spec(name))
         drv.start(name=name)
     with world(drv) as s:
         sim.login(s, vm="desk-001", user="alice")
@@ -203,9 +210,9 @@ def test_guest_shutdown_is_seen_through_states(
 
 
 def test_migrate_keeps_the_vm_running_with_its_users(
-    drv: SimDriver, spec: Callable[..., DomainSpec]
+    drv: SimDriver, vm_spec: Callable[..., DomainSpec]
 ) -> None:
-    drv.define(spec=spec("desk-001"), host="sim-host-1")
+    drv.define(spec=vm_spec("desk-001"), host="sim-host-1")
     drv.start(name="desk-001")
     with world(drv) as s:
         sim.login(s, vm="desk-001", user="alice")
@@ -218,18 +225,20 @@ def test_migrate_keeps_the_vm_running_with_its_users(
     assert drv.host_of(name="desk-001") == "sim-host-2"
 
 
-def test_one_host_cannot_migrate(make: Make, spec: Callable[..., DomainSpec]) -> None:
+def test_one_host_cannot_migrate(make: Make, vm_spec: Callable[..., DomainSpec]) -> None:
     drv = make(hosts=["only"])
     assert drv.capabilities.migrate is False
-    assert drv.define(spec=spec("desk-001")) == "only"
+    assert drv.define(spec=vm_spec("desk-001")) == "only"
     with pytest.raises(Unsupported, match="one host"):
         drv.migrate(name="desk-001", host="only")
 
 
-def test_sessions_of_many_vms_is_one_query(drv: SimDriver, spec: Callable[..., DomainSpec]) -> None:
+def test_sessions_of_many_vms_is_one_query(
+    drv: SimDriver, vm_spec: Callable[..., DomainSpec]
+) -> None:
     names = [f"desk-{i:03}" for i in range(200)]
     for name in names:
-        drv.define(spec=spec(name))
+        drv.define(spec=vm_spec(name))
         drv.start(name=name)
     with world(drv) as s:
         sim.login(s, vm="desk-007", user="alice")
@@ -258,9 +267,9 @@ def test_sessions_of_many_vms_is_one_query(drv: SimDriver, spec: Callable[..., D
 # --- the plan: latency --------------------------------------------------------------------
 
 
-def test_latency_per_action_and_default(make: Make, spec: Callable[..., DomainSpec]) -> None:
+def test_latency_per_action_and_default(make: Make, vm_spec: Callable[..., DomainSpec]) -> None:
     drv = make({"latency_ms": {"start": 150, "*": 40, "state": 0}})
-    define_s = timed(lambda: drv.define(spec=spec("desk-001")))
+    define_s = timed(lambda: drv.define(spec=vm_spec("desk-001")))
     start_s = timed(lambda: drv.start(name="desk-001"))
     state_s = timed(lambda: drv.state(name="desk-001"))
     assert start_s >= 0.150
@@ -271,10 +280,10 @@ def test_latency_per_action_and_default(make: Make, spec: Callable[..., DomainSp
 # --- the plan: failures -------------------------------------------------------------------
 
 
-def test_fail_nth_fails_exactly_that_call(make: Make, spec: Callable[..., DomainSpec]) -> None:
+def test_fail_nth_fails_exactly_that_call(make: Make, vm_spec: Callable[..., DomainSpec]) -> None:
     drv = make({"fail_nth": {"start": 2}})
     for name in ("desk-001", "desk-002", "desk-003"):
-        drv.define(spec=spec(name))
+        drv.define(spec=vm_spec(name))
     drv.start(name="desk-001")
     with pytest.raises(DriverError, match="start of VM desk-002 failed on call 2"):
         drv.start(name="desk-002")
@@ -285,9 +294,9 @@ def test_fail_nth_fails_exactly_that_call(make: Make, spec: Callable[..., Domain
     assert drv.calls("start") == 4
 
 
-def test_fail_nth_every_and_lists(make: Make, spec: Callable[..., DomainSpec]) -> None:
+def test_fail_nth_every_and_lists(make: Make, vm_spec: Callable[..., DomainSpec]) -> None:
     drv = make({"fail_nth": {"state": {"every": 3}, "host_of": [1, 4]}})
-    drv.define(spec=spec("desk-001"))
+    drv.define(spec=vm_spec("desk-001"))
     outcomes = []
     for _ in range(7):
         try:
@@ -305,11 +314,13 @@ def test_fail_nth_every_and_lists(make: Make, spec: Callable[..., DomainSpec]) -
     assert failed == [1, 4]
 
 
-def test_fail_vms_fails_every_action_on_them(make: Make, spec: Callable[..., DomainSpec]) -> None:
+def test_fail_vms_fails_every_action_on_them(
+    make: Make, vm_spec: Callable[..., DomainSpec]
+) -> None:
     drv = make({"fail_vms": ["desk-007"]})
     with pytest.raises(DriverError, match="define of VM desk-007 failed"):
-        drv.define(spec=spec("desk-007"))
-    drv.define(spec=spec("desk-008"))
+        drv.define(spec=vm_spec("desk-007"))
+    drv.define(spec=vm_spec("desk-008"))
     drv.start(name="desk-008")
     for call in (
         lambda: drv.start(name="desk-007"),
@@ -332,11 +343,11 @@ def test_fail_vms_fails_every_action_on_them(make: Make, spec: Callable[..., Dom
 
 
 def test_a_hung_call_returns_only_when_the_driver_closes(
-    make: Make, spec: Callable[..., DomainSpec]
+    make: Make, vm_spec: Callable[..., DomainSpec]
 ) -> None:
     drv = make({"hang": {"shutdown": ["desk-009"]}})
     for name in ("desk-009", "desk-010"):
-        drv.define(spec=spec(name))
+        drv.define(spec=vm_spec(name))
         drv.start(name=name)
     drv.shutdown(name="desk-010")  # other VMs do not hang
     thread, errors = in_thread(lambda: drv.shutdown(name="desk-009"))
@@ -357,21 +368,21 @@ def test_a_hung_call_returns_only_when_the_driver_closes(
 
 
 def test_hang_everything_gives_up_after_hang_seconds(
-    make: Make, spec: Callable[..., DomainSpec]
+    make: Make, vm_spec: Callable[..., DomainSpec]
 ) -> None:
     drv = make({"hang": {"*": "*"}, "hang_seconds": 0.2})
     t0 = time.perf_counter()
     with pytest.raises(DriverError, match=r"hung .* gave up after 0\.2 s"):
-        drv.define(spec=spec("desk-001"))
+        drv.define(spec=vm_spec("desk-001"))
     assert time.perf_counter() - t0 >= 0.2
     with pytest.raises(DriverError, match="hung"):
         drv.states()
     assert make().states() == {}
 
 
-def test_hang_wildcard_vms_for_one_action(make: Make, spec: Callable[..., DomainSpec]) -> None:
+def test_hang_wildcard_vms_for_one_action(make: Make, vm_spec: Callable[..., DomainSpec]) -> None:
     drv = make({"hang": {"start": "*"}, "hang_seconds": 0.05})
-    drv.define(spec=spec("desk-001"))
+    drv.define(spec=vm_spec("desk-001"))
     with pytest.raises(DriverError, match="hung"):
         drv.start(name="desk-001")
     assert drv.state(name="desk-001") == STOPPED
@@ -381,7 +392,7 @@ def test_hang_wildcard_vms_for_one_action(make: Make, spec: Callable[..., Domain
 
 
 def test_scripted_users_log_in_at_the_first_start_only(
-    make: Make, spec: Callable[..., DomainSpec]
+    make: Make, vm_spec: Callable[..., DomainSpec]
 ) -> None:
     plan = {
         "sessions": [
@@ -392,7 +403,7 @@ def test_scripted_users_log_in_at_the_first_start_only(
     }
     drv = make(plan)
     for name in ("desk-001", "desk-002", "desk-003"):
-        drv.define(spec=spec(name))
+        drv.define(spec=vm_spec(name))
     assert drv.sessions(names=["desk-001", "desk-002"]) == {"desk-001": [], "desk-002": []}
     drv.start(name="desk-001")
     drv.start(name="desk-003")
@@ -469,23 +480,25 @@ def test_bad_plans_are_refused_with_the_reason(text: str, message: str) -> None:
 
 
 def test_bootstrap_builds_the_sim_driver_from_settings(
-    db: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    fresh_db: sessionmaker[Session], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GOLDFLEET_SIM_PLAN", '{"fail_vms": ["desk-007"]}')
     settings = Settings(home=tmp_path, sim_hosts=["a", "b", "c"])
-    drv = make_driver(settings, db)
+    drv = make_driver(settings, fresh_db)
     assert isinstance(drv, SimDriver)
     assert drv.hosts() == ["a", "b", "c"]
     assert drv.plan.fail_vms == {"desk-007"}
     assert drv.capabilities.migrate
     monkeypatch.setenv("GOLDFLEET_SIM_PLAN", '{"fail_vms": 7}')
     with pytest.raises(InvalidInput, match="fail_vms"):
-        make_driver(Settings(home=tmp_path), db)
+        make_driver(Settings(home=tmp_path), fresh_db)
 
 
 @pytest.mark.parametrize(
     ("hosts", "message"), [([], "at least one host"), (["a", "a"], "twice"), (["A B"], "valid")]
 )
-def test_bad_hosts_are_refused(db: sessionmaker[Session], hosts: list[str], message: str) -> None:
+def test_bad_hosts_are_refused(
+    fresh_db: sessionmaker[Session], hosts: list[str], message: str
+) -> None:
     with pytest.raises(InvalidInput, match=message):
-        SimDriver(db, hosts=hosts)
+        SimDriver(fresh_db, hosts=hosts)

@@ -14,6 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from goldfleet.cli import output
 from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
+from goldfleet.cli.pools import pool_app
 from goldfleet.cli.sim import sim_app
 from goldfleet.config import home_dir
 from goldfleet.errors import GoldfleetError
@@ -37,6 +38,7 @@ app.add_typer(store_app, name="store")
 app.add_typer(op_app, name="op")
 app.add_typer(token_app, name="token")
 app.add_typer(sim_app, name="sim")
+app.add_typer(pool_app, name="pool")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 R = "Rollout policy"

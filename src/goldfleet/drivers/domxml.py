@@ -179,15 +179,22 @@ def _absolute(path: str, what: str) -> str:
 def from_spec(
     spec: DomainSpec, *, domain_type: str = "kvm", arch: str = "x86_64", uuid: str | None = None
 ) -> DomainXML:
-    """The domain XML of a goldfleet VM: system disk first, then the others in spec order.
+    """The domain XML of a goldfleet VM: the system disk, then temp, then data disks (each
+    role's disks in spec order), as a clone's outline lists its volumes.
 
-    Raises :class:`ValueError` for a disk of unknown role, a relative path or no disks."""
+    Raises :class:`ValueError` for a disk of unknown role, a relative path, no disks, or no
+    memory or vCPU."""
     if not spec.disks:
         raise ValueError(f"VM {spec.name} has no disks")
+    if spec.memory_mib < 1 or spec.vcpus < 1:
+        raise ValueError(
+            f"VM {spec.name} needs at least 1 MiB of memory and 1 vCPU"
+            f" (got {spec.memory_mib} MiB, {spec.vcpus} vCPUs)"
+        )
     for disk in spec.disks:
         if disk.role not in ROLES:
             raise ValueError(f"disk {disk.path} of VM {spec.name} has unknown role {disk.role!r}")
-    ordered = sorted(spec.disks, key=lambda d: d.role != "system")  # stable: spec order kept
+    ordered = sorted(spec.disks, key=lambda d: ROLES.index(d.role))  # stable within a role
     seen: dict[str, int] = {}
     disks = []
     for index, disk in enumerate(ordered):

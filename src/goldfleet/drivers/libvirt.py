@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
@@ -105,9 +105,10 @@ def _errors(what: str) -> Iterator[None]:
 class _Host:
     """One libvirt connection, opened lazily and again after it drops."""
 
-    def __init__(self, uri: str) -> None:
+    def __init__(self, uri: str, domain_type: str | None = None) -> None:
         self.uri = uri
         self.name = host_name(uri)
+        self.domain_type = domain_type
         self._conn: libvirt.virConnect | None = None
         self._lock = threading.Lock()
         self._guest: tuple[str, str] | None = None
@@ -122,16 +123,15 @@ class _Host:
                     pass
                 self.close_locked()
             _process_setup()
-            with _errors(f"cannot connect to libvirt host {self.name} ({self.uri})"):
+            where = self.name if self.name == self.uri else f"{self.name} ({self.uri})"
+            with _errors(f"cannot connect to libvirt host {where}"):
                 self._conn = libvirt.open(self.uri)
             return self._conn
 
     def close_locked(self) -> None:
         if self._conn is not None:
-            try:
+            with suppress(libvirt.libvirtError):
                 self._conn.close()
-            except libvirt.libvirtError:
-                pass
             self._conn = None
 
     def close(self) -> None:
@@ -155,7 +155,12 @@ class _Host:
                 types = [d.get("type", "") for d in arch.findall("domain")]
                 offered.setdefault(arch.get("name", ""), []).extend(types)
             types = offered.get(host_arch) or next(iter(offered.values()), [])
-            for preferred in ("kvm", "qemu"):
+            if self.domain_type is not None and self.domain_type not in types:
+                raise DriverError(
+                    f"libvirt host {self.name} cannot run {self.domain_type} guests (it offers"
+                    f" {', '.join(types) or 'none'})"
+                )
+            for preferred in (self.domain_type, "kvm", "qemu"):
                 if preferred in types:
                     self._guest = (preferred, host_arch)
                     break
@@ -191,12 +196,14 @@ def _is_active(dom: libvirt.virDomain) -> bool:
 class LibvirtDriver(Driver):
     name = "libvirt"
 
-    def __init__(self, *, uris: Sequence[str]) -> None:
+    def __init__(self, *, uris: Sequence[str], domain_type: str | None = None) -> None:
+        """``domain_type`` forces the accelerator (``kvm``, or ``qemu`` for TCG); by default
+        each host runs KVM where it offers it and TCG otherwise."""
         if not uris:
             raise DriverError("the libvirt driver needs at least one URI in libvirt_uris")
         self._hosts: dict[str, _Host] = {}
         for uri in uris:
-            host = _Host(uri)
+            host = _Host(uri, domain_type)
             if host.name in self._hosts:
                 raise DriverError(
                     f"libvirt URIs {self._hosts[host.name].uri} and {uri} name the same host"
@@ -230,16 +237,26 @@ class LibvirtDriver(Driver):
             ) from None
 
     def _find(self, name: str) -> tuple[_Host, libvirt.virDomain] | None:
+        """The host and domain of a VM, trying its last known host first. A host that cannot
+        be asked fails the search only when no other host has the VM: then nobody can tell
+        whether it exists."""
         cached = self._where.get(name)
         order = list(self._hosts.values())
         if cached in self._hosts:
             order.sort(key=lambda h: h.name != cached)
+        unreachable: list[DriverError] = []
         for host in order:
-            dom = host.lookup(name)
+            try:
+                dom = host.lookup(name)
+            except DriverError as exc:
+                unreachable.append(exc)
+                continue
             if dom is not None:
                 with self._where_lock:
                     self._where[name] = host.name
                 return host, dom
+        if unreachable:
+            raise unreachable[0]
         with self._where_lock:
             self._where.pop(name, None)
         return None
@@ -447,12 +464,15 @@ class LibvirtDriver(Driver):
                     f"{path} in VM {name} did not finish within {EXEC_TIMEOUT:.0f} s; cannot {what}"
                 )
             time.sleep(POLL)
-        code = status.get("exitcode", status.get("signal", -1))
-        if code != 0:
+        if status.get("exitcode") != 0:
+            how = (
+                f"was killed by signal {status['signal']}"
+                if "signal" in status
+                else f"failed with exit code {status.get('exitcode')}"
+            )
             err = base64.b64decode(status.get("err-data", "")).decode(errors="replace").strip()
             raise DriverError(
-                f"{path} in VM {name} failed with exit code {code}; cannot {what}"
-                + (f": {err}" if err else "")
+                f"{path} in VM {name} {how}; cannot {what}" + (f": {err}" if err else "")
             )
 
     def sessions(self, *, names: Sequence[str]) -> dict[str, list[GuestSession]]:

@@ -217,8 +217,11 @@ def execute(ctx: Context, plan: Plan, logoff: Sequence[str] = ()) -> Outcome:
     host = plan.host
     drv = ctx.driver
     try:
-        for user in logoff:
-            call_driver(ctx, drv.logoff, name=plan.name, user=user)
+        if logoff:
+            # whoever is logged on now: users may have left (or come) since the policy looked
+            now_on = call_driver(ctx, drv.sessions, names=[plan.name]).get(plan.name, [])
+            for session in now_on:
+                call_driver(ctx, drv.logoff, name=plan.name, user=session.user)
         if plan.running:
             call_driver(ctx, drv.shutdown, name=plan.name, timeout=ctx.settings.shutdown_timeout)
             power = Power.STOPPED
@@ -347,8 +350,10 @@ def create_clones(
     wait: bool = False,
     policy: Policy | None = None,
     start_at: datetime | None = None,
+    pool_id: int | None = None,
 ) -> tuple[OperationView, list[str]]:
-    """Create ``count`` numbered clones (or one named clone) of the current version."""
+    """Create ``count`` numbered clones (or one named clone) of the current version; with
+    ``pool_id``, the clones and the operation belong to that pool (services/pools.py)."""
     if (count is None) == (name is None):
         raise InvalidInput("give either a clone name or a count, not both")
     if count is not None and not 1 <= count <= MAX_BULK:
@@ -377,6 +382,7 @@ def create_clones(
                 version_id=v.id,
                 kind=kind,
                 power=Power.STOPPED,
+                pool_id=pool_id,
             )
             for n in names
         ]
@@ -392,6 +398,7 @@ def create_clones(
             policy,
             start_at,
         )
+        op.pool_id = pool_id
         for c in clones:
             _mark(c, CloneAction.CREATE, v, op.id)
         audit.record(

@@ -167,6 +167,7 @@ class Runner:
                 self._heartbeat()
                 if self.reconcile_enabled:
                     self._maybe_reconcile()
+                    self._maybe_reconcile_pools()
                 worked = self.tick()
             except Exception:  # the loop must survive anything one pass throws
                 log.exception("operation runner pass failed")
@@ -322,8 +323,7 @@ class Runner:
         if ctx.driver.capabilities.sessions and rows:
             names = [c.name for _, c in rows if c is not None and c.power == Power.RUNNING]
             if names:
-                found = call_driver(ctx, ctx.driver.sessions, names=names)
-                users = {name: [g.user for g in found.get(name, [])] for name in names}
+                users = _sessions(ctx, names)
         versions: dict[int, Version] = {}
         for it, clone in rows:
             if len(out.claims) >= slots:
@@ -472,6 +472,30 @@ class Runner:
             return
         self._last_reconcile = time.monotonic()
         reconcile_power(self.ctx)
+
+    def _maybe_reconcile_pools(self) -> None:
+        """Keep pools at size and in their maintenance windows (services/pools.py)."""
+        last = getattr(self, "_last_pool_reconcile", 0.0)
+        if time.monotonic() - last < self.ctx.settings.reconcile_seconds:
+            return
+        self._last_pool_reconcile = time.monotonic()
+        from goldfleet.services.pools import reconcile_pools
+
+        reconcile_pools(self.ctx)
+
+
+def _sessions(ctx: Context, names: list[str]) -> dict[str, list[str]]:
+    """Logged-in users per VM; one VM the driver no longer knows does not blind the rest."""
+    try:
+        found = call_driver(ctx, ctx.driver.sessions, names=names)
+    except GoldfleetError:
+        found = {}
+        for name in names:
+            try:
+                found.update(call_driver(ctx, ctx.driver.sessions, names=[name]))
+            except GoldfleetError:
+                continue  # its rebuild will meet the driver's error and fail visibly
+    return {name: [g.user for g in found.get(name, [])] for name in names}
 
 
 def reconcile_power(ctx: Context) -> list[str]:

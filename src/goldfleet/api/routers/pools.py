@@ -1,0 +1,88 @@
+"""Pools: clones of one template kept at a size with a buffer of idle ones; users are assigned
+clones from them. Reader tokens read, admin tokens change."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict
+
+from goldfleet.api.deps import Ctx, Reader, Writer
+from goldfleet.services import pools
+from goldfleet.services.pools import AssignmentView, PoolView
+from goldfleet.services.views import CloneView, OperationView
+
+router = APIRouter(prefix="/pools", tags=["pools"])
+
+
+class PoolCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    template: str
+    min: int = 0
+    max: int
+    buffer: int = 0
+    window_cron: str | None = None
+    window_minutes: int | None = None
+
+
+class PoolUser(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    user: str
+
+
+class PoolDeleted(BaseModel):
+    pool: str
+    operation: OperationView | None  # deleting the pool's clones, unless they were kept
+
+
+@router.post("", status_code=201)
+def create_pool(body: PoolCreate, ctx: Ctx, caller: Writer) -> PoolView:
+    return pools.create_pool(
+        ctx,
+        name=body.name,
+        template=body.template,
+        min_size=body.min,
+        max_size=body.max,
+        buffer=body.buffer,
+        window_cron=body.window_cron,
+        window_minutes=body.window_minutes,
+        actor=caller.name,
+    )
+
+
+@router.get("")
+def list_pools(ctx: Ctx, caller: Reader) -> list[PoolView]:
+    return pools.list_pools(ctx)
+
+
+@router.get("/{name}")
+def show_pool(name: str, ctx: Ctx, caller: Reader) -> PoolView:
+    return pools.show_pool(ctx, name)
+
+
+@router.post("/{name}/assign")
+def assign(name: str, body: PoolUser, ctx: Ctx, caller: Writer) -> AssignmentView:
+    return pools.assign(ctx, name, body.user, actor=caller.name)
+
+
+@router.post("/{name}/release")
+def release(name: str, body: PoolUser, ctx: Ctx, caller: Writer) -> CloneView:
+    return pools.release(ctx, name, body.user, actor=caller.name)
+
+
+@router.post("/{name}/drain")
+def drain(name: str, ctx: Ctx, caller: Writer) -> PoolView:
+    return pools.drain_pool(ctx, name, actor=caller.name)
+
+
+@router.post("/{name}/enable")
+def enable(name: str, ctx: Ctx, caller: Writer) -> PoolView:
+    return pools.enable_pool(ctx, name, actor=caller.name)
+
+
+@router.delete("/{name}")
+def delete_pool(name: str, ctx: Ctx, caller: Writer, keep_clones: bool = False) -> PoolDeleted:
+    op = pools.delete_pool(ctx, name, keep_clones=keep_clones, actor=caller.name)
+    return PoolDeleted(pool=name, operation=op)

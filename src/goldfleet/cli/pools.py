@@ -1,0 +1,186 @@
+"""``goldfleet pool``: pools of clones with a buffer of idle ones, users assigned to them, and
+maintenance windows. Talks to the API like every command."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from goldfleet.cli import output
+from goldfleet.cli.client import Client, ClientError
+
+pool_app = typer.Typer(
+    no_args_is_help=True,
+    help="Pools: clones of a template kept at a size, with a buffer of idle ones for users.",
+)
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _fail(message: str) -> NoReturn:
+    output.err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _call(method: str, path: str, **kwargs: Any) -> Any:
+    """One API request; a refusal becomes one line on stderr and exit code 1."""
+    try:
+        return Client.from_home().request(method, path, **kwargs)
+    except ClientError as exc:
+        _fail(exc.message)
+
+
+def _when(value: str | None) -> str:
+    return str(value)[:16].replace("T", " ") if value else "-"
+
+
+def _window(p: dict) -> str:
+    if not p.get("window_cron"):
+        return "-"
+    text = f"{p['window_cron']} ({p['window_minutes']} min)"
+    if p.get("window_open"):
+        text += f", open until {_when(p.get('window_closes_at'))}"
+    return text
+
+
+def _pool_rows(items: list[dict]) -> None:
+    output.table(
+        None,
+        [
+            "name",
+            "template",
+            "state",
+            "total",
+            "idle",
+            "assigned",
+            "behind",
+            "min/max/buffer",
+            "window",
+            "next window",
+        ],
+        [
+            [
+                p["name"],
+                p["template"],
+                p["state"],
+                p["total"],
+                p["idle"],
+                p["assigned"],
+                p["behind"],
+                f"{p['min']}/{p['max']}/{p['buffer']}",
+                _window(p),
+                _when(p.get("next_window")),
+            ]
+            for p in items
+        ],
+    )
+
+
+def _show(p: dict, as_json: bool) -> None:
+    if as_json:
+        output.emit_json(p)
+        return
+    _pool_rows([p])
+    if p.get("operations"):
+        ops = ", ".join(str(i) for i in p["operations"])
+        output.console.print(f"operations under way: {ops} (goldfleet op show ID)")
+    if p.get("note"):
+        output.console.print(f"[yellow]{p['note']}[/yellow]")
+
+
+@pool_app.command("create")
+def create(
+    name: str,
+    template: Annotated[str, typer.Option(help="The template whose clones the pool holds.")],
+    max_size: Annotated[int, typer.Option("--max", help="Never more clones than this.")],
+    min_size: Annotated[int, typer.Option("--min", help="At least this many clones.")] = 0,
+    buffer: Annotated[int, typer.Option(help="Idle clones kept ready for new users.")] = 0,
+    window_cron: Annotated[
+        str | None,
+        typer.Option(help="Maintenance window start, cron in UTC (e.g. '0 22 * * 6')."),
+    ] = None,
+    window_minutes: Annotated[
+        int | None, typer.Option(help="How long each maintenance window lasts.")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Create a pool; its first clones are provisioned at once."""
+    body = {
+        "name": name,
+        "template": template,
+        "min": min_size,
+        "max": max_size,
+        "buffer": buffer,
+        "window_cron": window_cron,
+        "window_minutes": window_minutes,
+    }
+    _show(_call("POST", "/pools", json=body), as_json)
+
+
+@pool_app.command("list")
+def list_pools(as_json: JsonOpt = False) -> None:
+    """List pools with their clones, state and window."""
+    items = _call("GET", "/pools")
+    output.emit_json(items) if as_json else _pool_rows(items)
+
+
+@pool_app.command("show")
+def show(name: str, as_json: JsonOpt = False) -> None:
+    """Show one pool."""
+    _show(_call("GET", f"/pools/{name}"), as_json)
+
+
+@pool_app.command("assign")
+def assign(name: str, user: str, as_json: JsonOpt = False) -> None:
+    """Give USER an idle clone of the pool and start it (the same one again if they have one)."""
+    r = _call("POST", f"/pools/{name}/assign", json={"user": user})
+    if as_json:
+        output.emit_json(r)
+    else:
+        output.console.print(f"{user} has clone {r['clone']['name']} of pool {name}")
+
+
+@pool_app.command("release")
+def release(name: str, user: str, as_json: JsonOpt = False) -> None:
+    """Take USER's clone back: it is stopped and becomes idle again."""
+    c = _call("POST", f"/pools/{name}/release", json={"user": user})
+    if as_json:
+        output.emit_json(c)
+    else:
+        output.console.print(f"clone {c['name']} of pool {name} released by {user}")
+
+
+@pool_app.command("drain")
+def drain(name: str, as_json: JsonOpt = False) -> None:
+    """Stop assigning clones (assigned users keep theirs)."""
+    _show(_call("POST", f"/pools/{name}/drain"), as_json)
+
+
+@pool_app.command("enable")
+def enable(name: str, as_json: JsonOpt = False) -> None:
+    """Assign clones again and refill the buffer."""
+    _show(_call("POST", f"/pools/{name}/enable"), as_json)
+
+
+@pool_app.command("delete")
+def delete(
+    name: str,
+    keep_clones: Annotated[
+        bool, typer.Option("--keep-clones", help="Keep the clones as plain clones.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Delete a pool and its clones (refused while clones are assigned to users)."""
+    r = _call("DELETE", f"/pools/{name}", params={"keep_clones": keep_clones})
+    if as_json:
+        output.emit_json(r)
+        return
+    op = r.get("operation")
+    if op:
+        output.console.print(
+            f"pool {name} deleted; its {op['total']} clones are being deleted (operation"
+            f" {op['id']}: goldfleet op watch {op['id']})"
+        )
+    else:
+        output.console.print(f"pool {name} deleted")
