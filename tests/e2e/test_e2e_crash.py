@@ -33,11 +33,12 @@ def _kill_midway(fleet, op_id: int, total: int) -> dict:
         time.sleep(0.01)
     time.sleep(random.uniform(0, 0.03))  # land anywhere inside the next batch
     fleet.server.kill9()
-    # the database, read while no server runs, shows work that was under way
-    ((under_way,),) = fleet.rows(
-        "SELECT COUNT(*) FROM clones WHERE status IN ('creating', 'rebuilding')"
+    # the database, read while no server runs, shows work left to do
+    ((left,),) = fleet.rows(
+        f"SELECT COUNT(*) FROM operation_items WHERE operation_id = {int(op_id)}"
+        " AND state IN ('queued', 'running')"
     )
-    assert under_way > 0
+    assert left > 0
     return op
 
 

@@ -560,6 +560,11 @@ def delete_clone(ctx: Context, name: str, *, actor: str) -> None:
     with ctx.session() as s:
         c = get_clone(s, name)
         rules.check_clone_idle(c.name, c.status)
+        if c.assigned_user:
+            raise Conflict(
+                f"clone {name} is assigned to user {c.assigned_user} in a pool; release it first"
+                " (goldfleet pool release POOL USER)"
+            )
         _mark(c, CloneAction.DELETE, c.version, None)
         audit.record(s, actor, "clone.delete", c.name)
         s.commit()

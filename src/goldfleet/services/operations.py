@@ -93,7 +93,8 @@ class Runner:
         self._last_heartbeat = 0.0
         self._last_reconcile = 0.0
         self.reconcile_enabled = True
-        self._rotation: dict[int, int] = {}  # per operation: where the waiting scan goes on
+        self._rotation: dict[int, int] = {}
+        self._last_pool_reconcile = 0.0  # per operation: where the waiting scan goes on
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -475,7 +476,7 @@ class Runner:
 
     def _maybe_reconcile_pools(self) -> None:
         """Keep pools at size and in their maintenance windows (services/pools.py)."""
-        last = getattr(self, "_last_pool_reconcile", 0.0)
+        last = self._last_pool_reconcile
         if time.monotonic() - last < self.ctx.settings.reconcile_seconds:
             return
         self._last_pool_reconcile = time.monotonic()

@@ -11,7 +11,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from goldfleet.bootstrap import Context
-from goldfleet.db.tables import Clone, Layer, OperationItem, Template, Version
+from goldfleet.db.tables import Clone, Layer, OperationItem, Pool, Template, Version
 from goldfleet.domain import rules
 from goldfleet.domain.model import CloneKind, Outline, RecreateScope, TemplateStatus
 from goldfleet.domain.names import check_name
@@ -243,6 +243,7 @@ def _template_dependents(s: Session, t: Template) -> list[str]:
     A layer belongs to the oldest template whose chains hold it; a template made from another
     one's clone shares the older layers without owning them, so it can be deleted on its own."""
     found = [f"clone {n}" for n in s.scalars(select(Clone.name).where(Clone.template_id == t.id))]
+    found += [f"pool {n}" for n in s.scalars(select(Pool.name).where(Pool.template_id == t.id))]
 
     def layers_of(template: Template) -> set[str]:
         return {x.digest for v in template.versions for x in chain(s, v.top_layer)}
