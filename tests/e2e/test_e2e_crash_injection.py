@@ -190,12 +190,6 @@ def _finished(fleet, op_id: int, timeout: float) -> dict:
         time.sleep(0.1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: services/home.py recover removes work files of clones and layers but not the"
-    " prototype work files (store/cache/.<key>.<hex>) that VolumeStore._prototype leaves when"
-    " killed while making one",
-)
 def test_recovery_removes_a_prototype_half_made_by_a_killed_server(fleet, template):
     fleet.create(count=1)
     cache = fleet.store / "cache"

@@ -313,11 +313,6 @@ def test_canary_auto_goes_on_by_itself(fleet, desks):
         assert_moved(fleet, name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: services/operations.py Runner._claim goes on after the canary with"
-    " canary_auto even when a canary clone failed (failure budget left by --max-failures)",
-)
 def test_canary_auto_does_not_go_on_after_a_failed_canary(fleet, desks):
     names = desks(4, start=False, env=plan(fail_vms=["base-001"]))
     op = recreate(fleet, canary=2, canary_auto=True, max_failures="50%")
@@ -397,12 +392,6 @@ def test_a_driver_failure_on_a_running_clone_fails_only_that_clone(fleet, desks)
         assert_moved(fleet, name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a grace of '4000000d' is accepted (domain/rollout.py build_policy/check_policy"
-    " set no upper bound); session_step then raises OverflowError inside Runner._pick, and"
-    " Runner.tick does not isolate one operation's failure, so every later operation stalls",
-)
 def test_one_broken_operation_does_not_stall_the_others(fleet, desks):
     busy, _ = desks(2)
     login(fleet, busy, "alice")
@@ -412,7 +401,7 @@ def test_one_broken_operation_does_not_stall_the_others(fleet, desks):
         assert exc.status == 422
         broken = None
     r = fleet.client.post("/clones", {"template": "base", "count": 2})
-    assert settle(fleet, r["operation"]["id"], timeout=15)["status"] == "done"
+    assert settle(fleet, r["operation"]["id"], timeout=8)["status"] == "done"
     if broken is not None:
         assert op_of(fleet, broken["id"])["waiting"], "the broken operation shows no progress"
 
@@ -500,12 +489,6 @@ def test_cancel_of_a_scheduled_operation_touches_nothing(fleet, desks):
         assert_untouched(fleet, name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: services/operations.py Runner._claim reads the operation's status, then asks"
-    " the driver for sessions, then writes its claims without re-checking (SQLite: the reads are"
-    " outside the write transaction): a pause or cancel made meanwhile is ignored",
-)
 @pytest.mark.parametrize("verb", ["pause", "cancel"])
 def test_pause_or_cancel_during_a_claim_starts_nothing(fleet, desks, verb):
     names = desks(3, env=plan(latency_ms={"sessions": 1500}))
@@ -545,11 +528,6 @@ def test_at_a_time_ahead_is_scheduled_then_runs(fleet, desks):
         assert_moved(fleet, name)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: services/operations.py resume_operation sets a paused operation to running"
-    " even when it was paused while scheduled; it then starts before its --at time",
-)
 def test_pause_and_resume_of_a_scheduled_operation_keeps_its_start_time(fleet, desks):
     names = desks(2, start=False)
     op = recreate(fleet, at=utc_in(3600))
@@ -598,11 +576,6 @@ def test_a_policy_that_cannot_be_met_is_refused_and_creates_nothing(fleet, desks
     assert settle(fleet, recreate(fleet, max_parallel=3)["id"])["status"] == "done"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: services/operations.py policy_from reads per_host with `or`, so per_host 0"
-    " silently becomes the default limit instead of a 422",
-)
 def test_a_per_host_limit_of_0_is_refused(fleet, desks):
     desks(2, start=False)
     msg = fleet.error(422, recreate, fleet, per_host=0)
@@ -620,12 +593,6 @@ def test_a_bulk_create_with_a_bad_policy_creates_no_clone(fleet, template):
     assert fleet.clone_folders() == set()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: services/templates.py exit_maintenance seals the new version before"
-    " clones.recreate checks the policy (check_policy): the request answers 422 but the"
-    " template has left maintenance with a new current version",
-)
 def test_maintenance_exit_with_a_bad_policy_changes_nothing(fleet, template):
     fleet.create(count=2)
     t = fleet.client.post("/templates/base/maintenance/enter")

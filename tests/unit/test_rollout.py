@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from datetime import datetime, timedelta
 
 import pytest
-from hypothesis import given
+from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from goldfleet.domain.rollout import (
@@ -100,6 +100,7 @@ def test_parse_duration_refuses_a_negative_number(value: float) -> None:
     unit=st.sampled_from([("", 1), ("s", 1), ("m", 60), ("h", 3600), ("d", 86400)]),
 )
 def test_parse_duration_multiplies_by_the_unit(n: int, unit: tuple[str, int]) -> None:
+    assume(n * unit[1] <= 366 * 86400)  # longer durations are refused (tested below)
     suffix, factor = unit
     assert parse_duration(f"{n}{suffix}") == n * factor
     assert parse_duration(f"{n}{suffix.upper()}") == n * factor
@@ -175,11 +176,6 @@ def test_parse_time_with_an_offset_is_converted_to_utc(text: str, expected: date
     assert parse_time(text, NOW) == expected
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: domain/rollout.py parse_time converts an ISO time with an offset with"
-    " astimezone(tz=None), i.e. to the machine's local zone, not to UTC as the clock uses",
-)
 @pytest.mark.usefixtures("local_time_not_utc")
 def test_parse_time_with_an_offset_is_utc_whatever_the_local_zone() -> None:
     assert parse_time("2026-12-01T22:00+00:00", NOW) == datetime(2026, 12, 1, 22, 0)
@@ -487,11 +483,6 @@ def test_session_step_wait_without_deadline_never_touches_a_clone_in_use(
     assert reason is not None and all(u in reason for u in users)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a grace period past datetime's range (e.g. '4000000d') is accepted by"
-    " build_policy/check_policy, then session_step raises OverflowError in every runner pass",
-)
 def test_an_absurd_grace_is_refused_or_harmless() -> None:
     try:
         policy = check_policy(build_policy(now=NOW, logoff="notify-force", grace="4000000d"), 1)

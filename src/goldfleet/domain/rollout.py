@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import re
 from dataclasses import asdict, dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 from goldfleet.errors import InvalidInput
 
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(s|m|h|d)?")
+MAX_DURATION = 366 * 86400.0
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
@@ -55,6 +56,8 @@ def parse_duration(text: str | float | int) -> float:
         seconds = float(m.group(1)) * _UNIT_SECONDS[m.group(2)]
     if seconds < 0:
         raise InvalidInput(f"duration {text!r} must not be negative")
+    if not seconds <= MAX_DURATION:  # also refuses NaN
+        raise InvalidInput(f"duration {text!r} is too long: at most 366 days")
     return seconds
 
 
@@ -71,11 +74,7 @@ def parse_time(text: str, now: datetime) -> datetime:
         raise InvalidInput(
             f"time {text!r} is not valid: write HH:MM or an ISO date-time like 2026-12-01T22:00"
         ) from None
-    return (
-        at.replace(tzinfo=None)
-        if at.tzinfo is None
-        else at.astimezone(tz=None).replace(tzinfo=None)
-    )
+    return at.replace(tzinfo=None) if at.tzinfo is None else at.astimezone(UTC).replace(tzinfo=None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -24,7 +24,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
 from goldfleet.bootstrap import Context
-from goldfleet.db.tables import Clone, Operation, OperationItem, Version
+from goldfleet.db.tables import Clone, Operation, OperationItem, Template, Version
 from goldfleet.domain import rules
 from goldfleet.domain.model import CloneAction, CloneKind, CloneStatus, Outline, Power, VolumeRole
 from goldfleet.domain.names import check_name, numbered_names, parse_version_ref
@@ -496,6 +496,36 @@ def rebase_clone(ctx: Context, name: str, *, to: str | None = None, actor: str) 
     return _run_one(ctx, clone_id)
 
 
+def recreate_candidates(
+    s: Session, t: Template, version_id: int | None, include_full: bool
+) -> list[Clone]:
+    """The clones of ``t`` a recreate onto version ``version_id`` rebuilds (None: a version
+    that does not exist yet, so every clone is behind it)."""
+    candidates = list(
+        s.scalars(
+            select(Clone)
+            .where(Clone.template_id == t.id, Clone.status.not_in(TRANSITIONAL))
+            .order_by(Clone.kind.desc(), Clone.name)
+        )
+    )
+    wanted = set(
+        rules.select_for_recreate(
+            ((c.name, c.kind, c.version_id) for c in candidates),
+            version_id if version_id is not None else -1,
+            include_full=include_full,
+        )
+    )
+    return [c for c in candidates if c.name in wanted]
+
+
+def check_recreate(s: Session, t: Template, policy: Policy | None, include_full: bool) -> None:
+    """Before a maintenance exit seals anything: would its recreate be accepted?"""
+    chosen = recreate_candidates(s, t, None, include_full)
+    if policy is not None:
+        check_policy(policy, len(chosen))
+    _refuse_busy(s, chosen)
+
+
 def recreate(
     ctx: Context,
     *,
@@ -520,22 +550,7 @@ def recreate(
             t, chosen = c.template, [c]
         else:
             t = get_template(s, template)  # type: ignore[arg-type]
-            candidates = list(
-                s.scalars(
-                    select(Clone)
-                    .where(Clone.template_id == t.id, Clone.status.not_in(TRANSITIONAL))
-                    .order_by(Clone.kind.desc(), Clone.name)
-                )
-            )
-            current = get_version(s, t, None)
-            wanted = set(
-                rules.select_for_recreate(
-                    ((c.name, c.kind, c.version_id) for c in candidates),
-                    current.id,
-                    include_full=include_full,
-                )
-            )
-            chosen = [c for c in candidates if c.name in wanted]
+            chosen = recreate_candidates(s, t, get_version(s, t, None).id, include_full)
         current = get_version(s, t, None)
         _refuse_busy(s, chosen)
         work = [(c, CloneAction.RECREATE, current, discard_data) for c in chosen]

@@ -64,5 +64,6 @@ def recover(ctx: Context) -> list[str]:
     notes += clones.recover_clones(ctx)
     with ctx.session() as s:
         keep = {t.overlay for t in s.scalars(select(Template)) if t.overlay}
-    notes += [f"removed leftover {f}" for f in ctx.layers.remove_work_files(keep)]
+    leftovers = ctx.layers.remove_work_files(keep) + ctx.volumes.remove_cache_work_files()
+    notes += [f"removed leftover {f}" for f in leftovers]
     return notes

@@ -192,7 +192,10 @@ class Runner:
         for op_id in op_ids:
             if self.stopping.is_set():
                 break
-            worked |= self.step(op_id)
+            try:
+                worked |= self.step(op_id)
+            except Exception:  # one broken operation must not stall the others
+                log.exception("operation %s: pass failed", op_id)
         return worked
 
     def step(self, op_id: int) -> bool:
@@ -213,10 +216,19 @@ class Runner:
         ctx = self.ctx
         now = ctx.clock.now()
         result = _Pass()
+        # ask the hypervisor who is logged on before the claim transaction: no driver call
+        # (which may be slow) happens while the operation is locked
+        users = self._users_of_queued(op_id)
         with ctx.session() as s:
             q = select(Operation).where(Operation.id == op_id)
             if ctx.engine.dialect.name == "postgresql":
                 q = q.with_for_update()  # one server claims an operation's items at a time
+            else:
+                # take SQLite's write lock first, so that a pause or cancel committed by now is
+                # seen below and one arriving later waits for this claim to end
+                s.execute(
+                    update(Operation).where(Operation.id == op_id).values(status=Operation.status)
+                )
             op = s.scalar(q)
             if op is None or op.status not in ACTIVE or op.status == OpStatus.PAUSED:
                 return result
@@ -269,6 +281,14 @@ class Runner:
             )
             if judge:
                 op.canary_passed = True
+                if states[ItemState.FAILED] and policy.canary_auto:
+                    op.status = OpStatus.PAUSED
+                    op.paused_reason = (
+                        f"{states[ItemState.FAILED]} of the {policy.canary} canary clones failed;"
+                        f" check them, then: goldfleet op resume {op.id} (or cancel it)"
+                    )
+                    s.commit()
+                    return result
                 if not policy.canary_auto:
                     op.status = OpStatus.PAUSED
                     op.paused_reason = (
@@ -283,14 +303,40 @@ class Runner:
                 canary_left,
             )
             if slots > 0:
-                self._pick(s, op, policy, slots, now, result)
+                self._pick(s, op, policy, slots, now, result, users)
             s.commit()
         return result
 
-    def _pick(
-        self, s: Session, op: Operation, policy: Policy, slots: int, now: datetime, out: _Pass
-    ) -> None:
+    def _users_of_queued(self, op_id: int) -> dict[str, list[str]]:
+        """Logged-in users of the running clones this operation still has to do."""
         ctx = self.ctx
+        if not ctx.driver.capabilities.sessions:
+            return {}
+        with ctx.session() as s:
+            names = list(
+                s.scalars(
+                    select(Clone.name)
+                    .join(OperationItem, OperationItem.clone_id == Clone.id)
+                    .where(
+                        OperationItem.operation_id == op_id,
+                        OperationItem.state == ItemState.QUEUED,
+                        Clone.power == Power.RUNNING,
+                    )
+                    .limit(SCAN_LIMIT * 4)
+                )
+            )
+        return _sessions(ctx, names) if names else {}
+
+    def _pick(
+        self,
+        s: Session,
+        op: Operation,
+        policy: Policy,
+        slots: int,
+        now: datetime,
+        out: _Pass,
+        users: dict[str, list[str]],
+    ) -> None:
         per_host = Counter(
             host
             for (host,) in s.execute(
@@ -320,11 +366,6 @@ class Runner:
             )
             self._rotation[op.id] = offset + len(waiting) if len(waiting) == SCAN_LIMIT else 0
             rows += waiting
-        users: dict[str, list[str]] = {}
-        if ctx.driver.capabilities.sessions and rows:
-            names = [c.name for _, c in rows if c is not None and c.power == Power.RUNNING]
-            if names:
-                users = _sessions(ctx, names)
         versions: dict[int, Version] = {}
         for it, clone in rows:
             if len(out.claims) >= slots:
@@ -548,7 +589,9 @@ def resume_operation(ctx: Context, op_id: int, *, actor: str) -> OperationView:
         op = get_operation(s, op_id)
         if op.status != OpStatus.PAUSED:
             raise Conflict(f"operation {op_id} is {op.status}, not paused")
-        op.status, op.paused_reason = OpStatus.RUNNING, None
+        later = op.start_at is not None and op.start_at > ctx.clock.now()
+        op.status = OpStatus.SCHEDULED if later else OpStatus.RUNNING
+        op.paused_reason = None
         audit.record(s, actor, "operation.resume", str(op_id))
         s.commit()
         view = operation_view(op, s)
@@ -611,7 +654,8 @@ def policy_from(ctx: Context, rollout: object | None) -> tuple[Policy | None, da
             "max_failures",
         )
     }
-    per_host = getattr(rollout, "per_host", None) or ctx.settings.per_host_limit
+    per_host = getattr(rollout, "per_host", None)
+    per_host = ctx.settings.per_host_limit if per_host is None else per_host
     policy = build_policy(now=now, per_host=per_host, **fields)
     at = getattr(rollout, "at", None)
     return policy, (parse_time(at, now) if at else None)

@@ -417,6 +417,11 @@ def exit_maintenance(
         with ctx.session() as s:
             t = get_template(s, name)
             rules.check_in_maintenance(t.name, t.status)
+            do_recreate, include_full = rules.recreate_flags(recreate)
+            if do_recreate:
+                from goldfleet.services import clones as clone_service
+
+                clone_service.check_recreate(s, t, policy, include_full)
             _stop_maintenance_vm(ctx, t, shutdown=shutdown)
             parent = get_version(s, t, None).top_layer
             overlay = ctx.layers.dir / t.overlay
@@ -441,7 +446,6 @@ def exit_maintenance(
             s.commit()
         ctx.layers.commit_work(overlay, info)
         number = _finish_exit(ctx, name, info, actor)
-    do_recreate, include_full = rules.recreate_flags(recreate)
     op = None
     if do_recreate:
         from goldfleet.services import clones as clone_service

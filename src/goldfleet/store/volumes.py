@@ -144,6 +144,15 @@ class VolumeStore:
                 if entry.name.endswith(".new"):
                     os.unlink(entry.path)
 
+    def remove_cache_work_files(self) -> list[str]:
+        """Prototypes half-made by a killed server (``.<key>.<random>``)."""
+        removed = []
+        for entry in os.scandir(self.cache):
+            if entry.name.startswith("."):
+                os.unlink(entry.path)
+                removed.append(f"cache/{entry.name}")
+        return removed
+
     def drop_prototypes(self, top: str) -> None:
         hexdigest = top.removeprefix("sha256:")
         for p in [
