@@ -24,6 +24,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -493,13 +494,6 @@ def test_two_servers_share_a_rollout_and_one_finishes_it_after_the_other_is_kill
         assert client.post("/store/verify")["problems"] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: Runner._claim (services/operations.py) caps the clones under way at"
-    " batch_size minus the items running on ANY server, and the server that just recorded a"
-    " batch claims the next at once while the others sleep 0.25 s: the servers take turns,"
-    " never build at the same time, and often one does the whole rollout",
-)
 def test_two_servers_build_clones_of_one_rollout_at_the_same_time(shared, qemu):
     total = 40
     pair = _pair(
@@ -528,13 +522,6 @@ def test_two_servers_build_clones_of_one_rollout_at_the_same_time(shared, qemu):
     assert overlap, "the two servers never built clones at the same time"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a server writes its heartbeat only between passes of Runner._loop"
-    " (services/operations.py), so one batch that runs longer than lease_seconds makes it look"
-    " dead: another server claims the same clones again and builds them concurrently, and both"
-    " record them (op.done > op.total)",
-)
 def test_a_batch_longer_than_the_lease_is_not_taken_over_while_its_server_lives(shared, qemu):
     total = 8
     # 4 clones per batch, 2 at a time, 2 s per define: a batch takes ~4 s, the lease is 2 s
@@ -549,3 +536,56 @@ def test_a_batch_longer_than_the_lease_is_not_taken_over_while_its_server_lives(
     op = shared.wait(pair.ca, r["operation"]["id"], timeout=120)
     assert (op["status"], op["total"], op["failed"]) == ("done", total, 0), op
     assert op["done"] == total, f"{op['done']} clones recorded done for {total} items"
+
+
+def test_a_server_starting_on_a_shared_store_leaves_the_work_of_the_others_alone(shared):
+    a = shared.server("home-a")
+    client = shared.client(a)
+    image = make_raw(shared.tmp / "base.raw", size=16 * MiB, fill={0: b"\x11" * 4096})
+    half, go = threading.Event(), threading.Event()
+    result: list[object] = []
+
+    def body() -> Iterator[bytes]:
+        with image.open("rb") as f:
+            for i, block in enumerate(iter(lambda: f.read(MiB), b"")):
+                if i == 8:
+                    half.set()
+                    go.wait(60)
+                yield block
+
+    def upload() -> None:
+        try:
+            result.append(
+                client.request(
+                    "POST",
+                    "/templates/import",
+                    params={"name": "base", "format": "raw", "temp": ["64M"], "data": ["64M"]},
+                    content=body(),
+                    headers={
+                        "Content-Type": "application/octet-stream",
+                        "Content-Length": str(image.stat().st_size),
+                    },
+                )
+            )
+        except Exception as exc:
+            result.append(exc)
+
+    uploader = threading.Thread(target=upload)
+    uploader.start()
+    try:
+        assert half.wait(30)
+        incoming = shared.store / "incoming"
+        deadline = time.monotonic() + 30
+        while not any(p.stat().st_size >= 4 * MiB for p in incoming.iterdir()):
+            assert time.monotonic() < deadline, "the upload never reached the store"
+            time.sleep(0.02)
+        (receiving,) = list(incoming.iterdir())
+        shared.server("home-b")  # another server joins the shared database and store
+        kept = receiving.exists()
+    finally:
+        go.set()
+        uploader.join(60)
+    # the upload to A completes as if B had not started (now: 500, its file deleted by B)
+    assert not isinstance(result[0], Exception), (result[0], f"upload file kept: {kept}")
+    assert [v["name"] for v in client.get("/templates/base/versions")] == ["v1"]
+    assert kept

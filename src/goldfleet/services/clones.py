@@ -247,8 +247,16 @@ def execute(ctx: Context, plan: Plan, logoff: Sequence[str] = ()) -> Outcome:
 def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
     """Write the outcomes of executed plans; returns (done, failed)."""
     done = failed = 0
+    # one query for the clones and their target versions, not one per clone
+    clones = {
+        c.id: c
+        for c in s.scalars(select(Clone).where(Clone.id.in_([o.clone_id for o in outcomes])))
+    }
+    targets = {c.target_version_id for c in clones.values() if c.target_version_id}
+    if targets:
+        list(s.scalars(select(Version).where(Version.id.in_(targets))))
     for out in outcomes:
-        c = s.get(Clone, out.clone_id)
+        c = clones.get(out.clone_id)
         if c is None:
             continue
         c.power = out.power

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from goldfleet.bootstrap import Context, bootstrap
 from goldfleet.config import Settings
-from goldfleet.db.tables import Template, Token
+from goldfleet.db.tables import Server, Template, Token
 from goldfleet.services import auth
 
 TOKEN_FILE = "admin.token"
@@ -56,8 +57,19 @@ def init_home(home: Path, *, port: int = 8437) -> tuple[Settings, bool]:
 
 
 def recover(ctx: Context) -> list[str]:
-    """Finish or roll back whatever a crash interrupted; remove leftover work files."""
+    """Finish or roll back whatever a crash interrupted; remove leftover work files.
+
+    With a shared database (PostgreSQL) other servers may be at work on the same store right
+    now: their work files and half-done steps are not leftovers. Then nothing is cleaned here;
+    the operations of a dead server are taken over by the runners through their leases."""
     from goldfleet.services import clones, operations, templates
+
+    if ctx.engine.dialect.name != "sqlite":
+        horizon = ctx.clock.now() - timedelta(seconds=ctx.settings.lease_seconds)
+        with ctx.session() as s:
+            others = s.scalar(select(func.count()).where(Server.heartbeat_at >= horizon))
+        if others:
+            return [f"{others} other server(s) at work on this database: store cleanup skipped"]
 
     notes = templates.recover_templates(ctx)
     notes += operations.recover_operations(ctx)

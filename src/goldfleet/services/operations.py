@@ -90,7 +90,6 @@ class Runner:
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
-        self._last_heartbeat = 0.0
         self._last_reconcile = 0.0
         self.reconcile_enabled = True
         self._rotation: dict[int, int] = {}
@@ -106,6 +105,7 @@ class Runner:
             self._register()
             self.thread = threading.Thread(target=self._loop, name="goldfleet-runner", daemon=True)
             self.thread.start()
+            threading.Thread(target=self._beat, name="goldfleet-heartbeat", daemon=True).start()
 
     def start(self, op_id: int | None = None) -> None:
         """New work was submitted: make sure the loop runs and look at it now."""
@@ -147,25 +147,25 @@ class Runner:
                 )
             )
             s.commit()
-        self._last_heartbeat = time.monotonic()
 
-    def _heartbeat(self) -> None:
-        if time.monotonic() - self._last_heartbeat < self.ctx.settings.lease_seconds / 4:
-            return
-        with self.ctx.session() as s:
-            s.execute(
-                update(Server)
-                .where(Server.id == self.server_id)
-                .values(heartbeat_at=self.ctx.clock.now())
-            )
-            s.commit()
-        self._last_heartbeat = time.monotonic()
+    def _beat(self) -> None:
+        """The heartbeat has its own thread: a long batch never makes a live server look dead."""
+        while not self.stopping.wait(self.ctx.settings.lease_seconds / 4):
+            try:
+                with self.ctx.session() as s:
+                    s.execute(
+                        update(Server)
+                        .where(Server.id == self.server_id)
+                        .values(heartbeat_at=self.ctx.clock.now())
+                    )
+                    s.commit()
+            except Exception:  # a missed beat is retried; the lease allows several
+                log.exception("heartbeat failed")
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
             worked = False
             try:
-                self._heartbeat()
                 if self.reconcile_enabled:
                     self._maybe_reconcile()
                     self._maybe_reconcile_pools()
@@ -298,8 +298,17 @@ class Runner:
                     s.commit()
                     return result
                 canary_left = 1 << 30
+            mine = s.scalar(
+                select(func.count()).where(
+                    OperationItem.operation_id == op_id,
+                    OperationItem.state == ItemState.RUNNING,
+                    OperationItem.owner == self.server_id,
+                )
+            )
+            # this server's batch is its own; --max-parallel counts every server's work
             slots = min(
-                capacity(policy, states[ItemState.RUNNING], ctx.settings.batch_size),
+                ctx.settings.batch_size - mine,
+                capacity(policy, states[ItemState.RUNNING], 1 << 30),
                 canary_left,
             )
             if slots > 0:
@@ -451,11 +460,26 @@ class Runner:
             self.pool.map(lambda p: execute(ctx, p, by_clone[p.clone_id].logoff), plans)
         )
         now = ctx.clock.now()
-        with ctx.session() as s:
+        with ctx.session() as s, s.no_autoflush:
+            items = {
+                it.id: it
+                for it in s.scalars(
+                    select(OperationItem).where(OperationItem.id.in_([c.item_id for c in claims]))
+                )
+            }
+            # an item another server took over (this one looked dead) is theirs to record
+            kept = {
+                c.clone_id
+                for c in claims
+                if items[c.item_id].owner == self.server_id
+                and items[c.item_id].state == ItemState.RUNNING
+            }
+            outcomes = [o for o in outcomes if o.clone_id in kept]
+            claims = [c for c in claims if c.clone_id in kept]
             done, failed = record(s, outcomes)
             errors = {o.clone_id: o.error for o in outcomes}
             for claim in claims:
-                it = s.get(OperationItem, claim.item_id)
+                it = items[claim.item_id]
                 if claim.clone_id in errors:
                     error = errors[claim.clone_id]
                     state = ItemState.FAILED if error else ItemState.DONE
