@@ -410,7 +410,7 @@ def accounted_run(home: Path, n: int) -> dict[str, float]:
         for name in DRIVER_METHODS:
             if hasattr(ctx.driver, name):
                 setattr(ctx.driver, name, tl.wrap("driver", getattr(ctx.driver, name)))
-        for name in ("_claim", "_execute", "_finish_if_done", "_notify", "_heartbeat"):
+        for name in ("_claim", "_execute", "_finish_if_done", "_notify"):
             setattr(runner, name, tl.wrap(name, getattr(runner, name)))
         saved = operations.load_plans, operations.record, operations.execute
         operations.load_plans = tl.wrap("load_plans", operations.load_plans)
