@@ -4,12 +4,13 @@
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
-STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+SUM    := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint format bench setup system-packages clean
+.PHONY: demo test lint format bench setup setup-base system-base system-packages clean
 
-demo: setup
+# the demo needs only qemu-utils and the package; the tests also libvirt, QEMU and PostgreSQL
+demo: setup-base
 	$(BIN)/goldfleet demo
 
 test: setup
@@ -28,15 +29,23 @@ format: setup
 bench: setup
 	$(BIN)/python bench/clones.py
 
-setup: system-packages $(STAMP)
+setup-base: system-base $(VENV)/.installed-base-$(SUM)
 
-system-packages:
+setup: system-packages $(VENV)/.installed-dev-$(SUM)
+
+system-base:
 	@if ! command -v qemu-img >/dev/null || ! command -v qemu-io >/dev/null \
-	    || ! command -v prlimit >/dev/null \
-	    || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
-	  echo "installing Debian packages: qemu-utils util-linux postgresql"; \
+	    || ! command -v prlimit >/dev/null; then \
+	  echo "installing Debian packages: qemu-utils util-linux"; \
 	  $(SUDO) apt-get update -qq && \
-	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq qemu-utils util-linux postgresql >/dev/null; \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq qemu-utils util-linux >/dev/null; \
+	fi
+
+system-packages: system-base
+	@if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
+	  echo "installing Debian package: postgresql"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; \
 	fi
 	@# libvirt: libvirt-python builds against libvirt-dev (pkg-config, a C compiler, Python's
 	@# headers); the real-boot test runs QEMU under embedded libvirt and builds its guest with busybox
@@ -68,12 +77,20 @@ system-packages:
 	  $(SUDO) apt-get update -qq; \
 	fi
 
-$(STAMP): pyproject.toml
+$(VENV)/.installed-base-$(SUM): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e .
+	rm -f $(VENV)/.installed-base-*
+	touch $@
+
+# dev: the test tools and libvirt-python (built against libvirt-dev)
+$(VENV)/.installed-dev-$(SUM): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q -e '.[dev]'
-	rm -f $(VENV)/.installed-*
-	touch $@
+	rm -f $(VENV)/.installed-dev-* $(VENV)/.installed-base-*
+	touch $@ $(VENV)/.installed-base-$(SUM)
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .ruff_cache

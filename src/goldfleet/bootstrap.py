@@ -66,7 +66,10 @@ def make_driver(settings: Settings, sessions: sessionmaker[Session]) -> Driver:
             sessions, hosts=settings.sim_hosts, plan=SimPlan.from_json(settings.sim_plan)
         )
     if settings.driver == "libvirt":
-        from goldfleet.drivers.libvirt import LibvirtDriver
+        try:
+            from goldfleet.drivers.libvirt import LibvirtDriver
+        except ImportError as exc:
+            raise InvalidInput(str(exc)) from None
 
         return LibvirtDriver(uris=settings.libvirt_uris)
     raise InvalidInput(f"driver {settings.driver!r} is not available; use 'sim' or 'libvirt'")
