@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from goldfleet import __version__
 from goldfleet.api.deps import Reader, authenticate
-from goldfleet.api.routers import admin, clones, pools, sim, templates
+from goldfleet.api.routers import admin, bundles, clones, pools, sim, templates
 from goldfleet.bootstrap import Context
 from goldfleet.errors import GoldfleetError
 
@@ -88,4 +88,5 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
     app.include_router(admin.router)
     app.include_router(sim.router)
     app.include_router(pools.router)
+    app.include_router(bundles.router)
     return app

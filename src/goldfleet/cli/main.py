@@ -13,6 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from goldfleet.cli import output
+from goldfleet.cli.bundles import bundle_app, keys_app
 from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
 from goldfleet.cli.pools import pool_app
 from goldfleet.cli.sim import sim_app
@@ -39,6 +40,8 @@ app.add_typer(op_app, name="op")
 app.add_typer(token_app, name="token")
 app.add_typer(sim_app, name="sim")
 app.add_typer(pool_app, name="pool")
+app.add_typer(bundle_app, name="bundle")
+app.add_typer(keys_app, name="keys")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 R = "Rollout policy"

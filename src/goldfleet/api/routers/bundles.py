@@ -1,0 +1,70 @@
+"""Offline update bundles and the keys that sign them (admin only)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+
+from fastapi import APIRouter, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
+
+from goldfleet.api.deps import Ctx, Writer
+from goldfleet.errors import InvalidInput
+from goldfleet.services import bundles
+
+router = APIRouter(tags=["bundles"])
+
+
+class KeyTrust(BaseModel):
+    name: str
+    public_key: str
+
+
+@router.get("/templates/{name}/bundle")
+async def export_bundle(
+    name: str, ctx: Ctx, caller: Writer, since: int | None = None, policy_only: bool = False
+) -> StreamingResponse:
+    """The signed bundle as a streamed tar; refusals come before the first byte."""
+    plan = await run_in_threadpool(bundles.plan_export, ctx, name, since, policy_only)
+    suffix = f"-since-v{since}" if since is not None else ""
+    return StreamingResponse(
+        bundles.stream_bundle(plan),
+        media_type="application/x-tar",
+        headers={"Content-Disposition": f'attachment; filename="{name}{suffix}.bundle"'},
+    )
+
+
+@router.post("/bundles/import", status_code=201)
+async def import_bundle(request: Request, ctx: Ctx, caller: Writer) -> bundles.BundleView:
+    """Receive a bundle (the request body) into the incoming folder, then check and import it."""
+    limit = ctx.settings.max_virtual_size * 4 + (64 << 20)
+    incoming = ctx.layers.incoming / f"bundle-{secrets.token_hex(8)}"
+    try:
+        received = 0
+        with open(incoming, "wb") as f:
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise InvalidInput("the bundle is larger than the configured limit")
+                f.write(chunk)
+        return await run_in_threadpool(bundles.import_bundle, ctx, incoming, actor=caller.name)
+    finally:
+        if os.path.exists(incoming):
+            os.unlink(incoming)
+
+
+@router.get("/keys")
+def show_keys(ctx: Ctx, caller: Writer) -> bundles.KeysView:
+    return bundles.show_keys(ctx)
+
+
+@router.post("/keys/trust", status_code=201)
+def trust_key(body: KeyTrust, ctx: Ctx, caller: Writer) -> bundles.KeyView:
+    return bundles.trust_key(ctx, body.name, body.public_key, actor=caller.name)
+
+
+@router.delete("/keys/{name}", status_code=204)
+def untrust_key(name: str, ctx: Ctx, caller: Writer) -> None:
+    bundles.untrust_key(ctx, name, actor=caller.name)

@@ -1,0 +1,140 @@
+"""``goldfleet bundle`` and ``goldfleet keys``: signed offline update bundles and the keys that
+sign them. Talks to the API like every command."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import httpx
+import typer
+
+from goldfleet.cli import output
+from goldfleet.cli.client import Client, ClientError
+from goldfleet.domain.names import parse_version
+from goldfleet.errors import InvalidInput
+
+bundle_app = typer.Typer(
+    no_args_is_help=True, help="Signed offline update bundles of template versions."
+)
+keys_app = typer.Typer(no_args_is_help=True, help="Keys that sign and are trusted for bundles.")
+
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
+
+
+def _fail(message: str) -> NoReturn:
+    output.err_console.print(f"[red]error:[/red] {message}", highlight=False)
+    raise typer.Exit(1)
+
+
+def _call(method: str, path: str, **kwargs: Any) -> Any:
+    """One API request; a refusal becomes one line on stderr and exit code 1."""
+    try:
+        return Client.from_home().request(method, path, **kwargs)
+    except ClientError as exc:
+        _fail(exc.message)
+
+
+@bundle_app.command("export")
+def export(
+    template: str,
+    out: Annotated[Path, typer.Option("-o", "--output", help="The bundle file to write.")],
+    since: Annotated[
+        str | None, typer.Option(help="Carry only what a receiver holding this version lacks.")
+    ] = None,
+    policy_only: Annotated[
+        bool, typer.Option("--policy-only", help="Template settings only, no layers.")
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write a signed bundle of TEMPLATE's versions (and the layers a receiver lacks)."""
+    params: dict[str, Any] = {"policy_only": policy_only}
+    if since is not None:
+        try:
+            params["since"] = parse_version(since)
+        except InvalidInput as exc:
+            _fail(exc.message)
+    client = Client.from_home()
+    work = out.with_name(f".{out.name}.part")
+    written = 0
+    try:
+        with client.http.stream("GET", f"/templates/{template}/bundle", params=params) as resp:
+            if resp.status_code >= 400:
+                resp.read()
+                try:
+                    message = resp.json().get("message") or resp.text
+                except ValueError:
+                    message = resp.text
+                _fail(message)
+            with work.open("wb") as f:
+                for block in resp.iter_bytes(1 << 20):
+                    f.write(block)
+                    written += len(block)
+        os.replace(work, out)
+    except httpx.HTTPError as exc:
+        _fail(f"the download from {client.url} failed: {exc}")
+    finally:
+        work.unlink(missing_ok=True)
+    result = {"template": template, "file": str(out), "bytes": written}
+    if as_json:
+        output.emit_json(result)
+    else:
+        output.console.print(f"bundle of {template} written to {out} ({output.size(written)})")
+
+
+@bundle_app.command("import")
+def import_(file: Path, as_json: JsonOpt = False) -> None:
+    """Check a bundle's signature and every layer, then add its versions."""
+    if not file.is_file():
+        _fail(f"{file} is not a readable file")
+    try:
+        r = Client.from_home().upload("/bundles/import", file, {})
+    except ClientError as exc:
+        _fail(exc.message)
+    if as_json:
+        output.emit_json(r)
+        return
+    added = ", ".join(f"v{n}" for n in r["versions_added"]) or "no new versions"
+    output.console.print(
+        f"{r['template']}: {added} imported ({r['layers_received']} layers, signed by"
+        f" {r['signer']})"
+    )
+    if r["versions_skipped"]:
+        held = ", ".join(f"v{n}" for n in r["versions_skipped"])
+        output.console.print(f"already held: {held}")
+
+
+@keys_app.command("show")
+def show(as_json: JsonOpt = False) -> None:
+    """This server's public key and the keys it trusts."""
+    r = _call("GET", "/keys")
+    if as_json:
+        output.emit_json(r)
+        return
+    own = r["own"]
+    output.console.print(
+        f"this server: {own['public_key']} ({own['fingerprint']})", highlight=False
+    )
+    output.table(
+        "trusted",
+        ["name", "public key", "fingerprint"],
+        [[k["name"], k["public_key"], k["fingerprint"]] for k in r["trusted"]],
+    )
+
+
+@keys_app.command("trust")
+def trust(name: str, public_key: str, as_json: JsonOpt = False) -> None:
+    """Trust bundles signed by PUBLIC_KEY (hex or base64), under NAME."""
+    r = _call("POST", "/keys/trust", json={"name": name, "public_key": public_key})
+    if as_json:
+        output.emit_json(r)
+    else:
+        output.console.print(f"trusted {name} ({r['fingerprint']})")
+
+
+@keys_app.command("untrust")
+def untrust(name: str, as_json: JsonOpt = False) -> None:
+    """Stop trusting the key named NAME."""
+    _call("DELETE", f"/keys/{name}")
+    output.emit_json({"untrusted": name}) if as_json else output.console.print(f"untrusted {name}")

@@ -1,0 +1,666 @@
+"""Offline update bundles: a template's versions and the layers a receiver lacks, in one signed
+file, for sites that cannot reach this server.
+
+A bundle is a plain tar, written and read as a stream, with its members in a fixed order:
+``manifest.json``, ``signature``, then ``layers/sha256-<hex>.qcow2`` for each carried layer in
+the manifest's order (parents first). The signature is an Ed25519 signature over the sha256 of
+the manifest's bytes; the manifest lists every layer's digest, so the signature covers the
+layers too. A receiver trusts its own key and the keys an admin added by name.
+
+The file is hostile until proven otherwise: members are read one by one (never extracted by
+name), the signature is checked before any layer byte is read, every layer is hashed while it
+is written to a dot-named work file, then checked like an outside image against its declared
+parent. Only when every layer checks do the versions enter the catalog, in one transaction; a
+refusal removes every file it made and writes nothing.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+import queue
+import secrets
+import tarfile
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import (
+    Ed25519PrivateKey,
+    Ed25519PublicKey,
+)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from sqlalchemy import func, select
+
+from goldfleet.bootstrap import Context
+from goldfleet.db.tables import Clone, Layer, Template, Version
+from goldfleet.domain import rules
+from goldfleet.domain.model import CloneKind, Outline
+from goldfleet.domain.names import DIGEST_RE, check_name, layer_filename
+from goldfleet.errors import BadImage, Conflict, GoldfleetError, InvalidInput, NotFound
+from goldfleet.services import audit
+from goldfleet.services.common import chain, get_template
+from goldfleet.services.templates import _add_layer, used_layers
+from goldfleet.store.layers import LayerInfo
+from goldfleet.store.qemu import QemuError
+
+FORMAT = "goldfleet-bundle/1"
+MANIFEST = "manifest.json"
+SIGNATURE = "signature"
+KEY_FILE = "bundle-signing.key"
+TRUSTED_FILE = "trusted-keys.json"
+MAX_MANIFEST = 4 << 20
+MAX_SIGNATURE = 4096
+CHUNK = 1 << 20
+
+_import_lock = threading.Lock()  # one import at a time: a refusal removes only its own files
+
+
+# --- keys ---------------------------------------------------------------------------------
+
+
+class KeyView(BaseModel):
+    name: str
+    public_key: str  # raw Ed25519 public key, hex
+    fingerprint: str
+
+
+class KeysView(BaseModel):
+    own: KeyView
+    trusted: list[KeyView]
+
+
+def _raw(public: Ed25519PublicKey) -> bytes:
+    return public.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+
+
+def fingerprint(raw: bytes) -> str:
+    return "sha256:" + hashlib.sha256(raw).hexdigest()[:32]
+
+
+def _key_view(name: str, raw: bytes) -> KeyView:
+    return KeyView(name=name, public_key=raw.hex(), fingerprint=fingerprint(raw))
+
+
+def signing_key(ctx: Context) -> Ed25519PrivateKey:
+    """The server's signing key, made on first use (PEM, readable by the owner only)."""
+    path = ctx.settings.home / KEY_FILE
+    if not path.exists():
+        pem = Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass  # made by a concurrent request: use that one
+        else:
+            with os.fdopen(fd, "wb") as f:
+                f.write(pem)
+                f.flush()
+                os.fsync(f.fileno())
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    if not isinstance(key, Ed25519PrivateKey):
+        raise GoldfleetError(f"{path} does not hold an Ed25519 key; move it away to make a new one")
+    return key
+
+
+def _read_trusted(ctx: Context) -> dict[str, bytes]:
+    path = ctx.settings.home / TRUSTED_FILE
+    if not path.exists():
+        return {}
+    entries = json.loads(path.read_text()).get("keys", [])
+    return {e["name"]: bytes.fromhex(e["public_key"]) for e in entries}
+
+
+def _write_trusted(ctx: Context, keys: dict[str, bytes]) -> None:
+    path = ctx.settings.home / TRUSTED_FILE
+    work = path.with_name(f".{TRUSTED_FILE}.{secrets.token_hex(4)}")
+    body = {"keys": [{"name": n, "public_key": k.hex()} for n, k in sorted(keys.items())]}
+    fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        json.dump(body, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(work, path)
+
+
+def parse_public_key(text: str) -> bytes:
+    """A raw Ed25519 public key given as 64 hex digits or base64 of its 32 bytes."""
+    text = text.strip()
+    raw: bytes | None = None
+    try:
+        raw = bytes.fromhex(text)
+    except ValueError:
+        try:
+            raw = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raw = None
+    if raw is None or len(raw) != 32:
+        raise InvalidInput(
+            "the public key is not valid: give the 32-byte Ed25519 key as 64 hex digits or as"
+            " base64 (goldfleet keys show on the signing server prints it)"
+        )
+    return raw
+
+
+def show_keys(ctx: Context) -> KeysView:
+    own = _raw(signing_key(ctx).public_key())
+    trusted = [_key_view(n, k) for n, k in sorted(_read_trusted(ctx).items())]
+    return KeysView(own=_key_view("this server", own), trusted=trusted)
+
+
+def trust_key(ctx: Context, name: str, public_key: str, *, actor: str) -> KeyView:
+    check_name(name, "key name")
+    raw = parse_public_key(public_key)
+    keys = _read_trusted(ctx)
+    if name in keys and keys[name] != raw:
+        raise Conflict(f"a different key is trusted as {name}; untrust it first")
+    keys[name] = raw
+    _write_trusted(ctx, keys)
+    with ctx.session() as s:
+        audit.record(s, actor, "key.trust", name, fingerprint=fingerprint(raw))
+        s.commit()
+    return _key_view(name, raw)
+
+
+def untrust_key(ctx: Context, name: str, *, actor: str) -> None:
+    check_name(name, "key name")
+    keys = _read_trusted(ctx)
+    if name not in keys:
+        raise NotFound(f"no key is trusted as {name}; see: goldfleet keys show")
+    raw = keys.pop(name)
+    _write_trusted(ctx, keys)
+    with ctx.session() as s:
+        audit.record(s, actor, "key.untrust", name, fingerprint=fingerprint(raw))
+        s.commit()
+
+
+# --- the manifest -------------------------------------------------------------------------
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class LayerEntry(_Strict):
+    digest: str = Field(pattern=DIGEST_RE.pattern)
+    parent: str | None = Field(pattern=DIGEST_RE.pattern)
+    size: int = Field(ge=0)
+    virtual_size: int = Field(ge=0)
+    included: bool
+
+
+class VersionEntry(_Strict):
+    number: int = Field(ge=1)
+    top_layer: str = Field(pattern=DIGEST_RE.pattern)
+    note: str = Field(max_length=10_000)
+
+
+class Manifest(_Strict):
+    format: str
+    template: str
+    kind: str
+    outline: dict[str, list[int]]
+    current: int | None
+    since: int | None
+    policy_only: bool
+    versions: list[VersionEntry]
+    layers: list[LayerEntry]  # parents before children
+
+
+class SignatureFile(_Strict):
+    algorithm: str
+    public_key: str
+    signature: str
+
+
+class BundleView(BaseModel):
+    template: str
+    versions_added: list[int]
+    versions_skipped: list[int]
+    layers_received: int
+    signer: str
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    manifest: bytes
+    signature: bytes
+    layers: list[tuple[str, Path, int]]  # member name, file, size
+
+
+def _tar_info(name: str, size: int) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.size = size
+    info.mode = 0o444
+    info.type = tarfile.REGTYPE
+    return info
+
+
+def sign(key: Ed25519PrivateKey, manifest: bytes) -> bytes:
+    body = {
+        "algorithm": "ed25519-sha256",
+        "public_key": _raw(key.public_key()).hex(),
+        "signature": key.sign(hashlib.sha256(manifest).digest()).hex(),
+    }
+    return json.dumps(body, indent=2).encode()
+
+
+# --- export -------------------------------------------------------------------------------
+
+
+def plan_export(ctx: Context, template: str, since: int | None, policy_only: bool) -> ExportPlan:
+    """Read the catalog and sign the manifest; no file is opened yet."""
+    with ctx.session() as s:
+        t = get_template(s, template)
+        versions: list[Version] = []
+        layers: dict[str, Layer] = {}
+        base: set[str] = set()
+        if not policy_only:
+            if since is not None:
+                held = {v.number: v for v in t.versions}
+                if since not in held:
+                    raise NotFound(
+                        f"template {template} has no version v{since}; see: goldfleet template"
+                        f" versions {template}"
+                    )
+                base = {x.digest for x in chain(s, held[since].top_layer)}
+            versions = [v for v in t.versions if since is None or v.number > since]
+            if not versions:
+                raise Conflict(
+                    f"template {template} has no version after v{since}; nothing to export"
+                )
+            for v in versions:
+                for layer in chain(s, v.top_layer):
+                    layers[layer.digest] = layer
+        ordered = sorted(layers.values(), key=lambda x: (x.depth, x.digest))
+        manifest = Manifest(
+            format=FORMAT,
+            template=t.name,
+            kind=t.kind,
+            outline={"temp": list(t.outline.get("temp", [])), "data": t.outline.get("data", [])},
+            current=t.current_version.number if t.current_version and not policy_only else None,
+            since=None if policy_only else since,
+            policy_only=policy_only,
+            versions=[
+                VersionEntry(number=v.number, top_layer=v.top_layer, note=v.note) for v in versions
+            ],
+            layers=[
+                LayerEntry(
+                    digest=x.digest,
+                    parent=x.parent,
+                    size=x.size,
+                    virtual_size=x.virtual_size,
+                    included=x.digest not in base,
+                )
+                for x in ordered
+            ],
+        )
+    body = json.dumps(manifest.model_dump(), indent=2).encode()
+    carried = [
+        (f"layers/{layer_filename(x.digest)}", ctx.layers.path(x.digest), x.size)
+        for x in manifest.layers
+        if x.included
+    ]
+    return ExportPlan(manifest=body, signature=sign(signing_key(ctx), body), layers=carried)
+
+
+def write_bundle(plan: ExportPlan, out: IO[bytes]) -> None:
+    """Stream the bundle into ``out`` (a file or a pipe; nothing is seeked)."""
+    with tarfile.open(fileobj=out, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+        for name, data in ((MANIFEST, plan.manifest), (SIGNATURE, plan.signature)):
+            tar.addfile(_tar_info(name, len(data)), _BytesReader(data))
+        for name, path, size in plan.layers:
+            with path.open("rb") as f:
+                tar.addfile(_tar_info(name, size), f)
+
+
+class _BytesReader:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.pos = data, 0
+
+    def read(self, n: int = -1) -> bytes:
+        end = len(self.data) if n < 0 else self.pos + n
+        chunk, self.pos = self.data[self.pos : end], min(end, len(self.data))
+        return chunk
+
+
+def export_bundle(
+    ctx: Context, template: str, since: int | None, policy_only: bool, out_stream: IO[bytes]
+) -> ExportPlan:
+    plan = plan_export(ctx, template, since, policy_only)
+    write_bundle(plan, out_stream)
+    return plan
+
+
+class _QueueWriter:
+    def __init__(self, q: queue.Queue) -> None:
+        self.q = q
+
+    def write(self, data: bytes) -> int:
+        self.q.put(bytes(data))
+        return len(data)
+
+    def flush(self) -> None:
+        pass
+
+
+def stream_bundle(plan: ExportPlan) -> Iterator[bytes]:
+    """The bundle as chunks, written by a thread (for an HTTP response)."""
+    q: queue.Queue = queue.Queue(maxsize=16)
+    done = object()
+
+    def run() -> None:
+        try:
+            write_bundle(plan, _QueueWriter(q))  # type: ignore[arg-type]
+        finally:
+            q.put(done)
+
+    threading.Thread(target=run, daemon=True).start()
+    while (chunk := q.get()) is not done:
+        yield chunk
+
+
+# --- import -------------------------------------------------------------------------------
+
+
+def _refuse(message: str) -> InvalidInput:
+    return InvalidInput(f"bundle refused: {message}; nothing was imported")
+
+
+def _next_member(tar: tarfile.TarFile, expected: str) -> tarfile.TarInfo:
+    try:
+        member = tar.next()
+    except tarfile.TarError as exc:
+        raise _refuse(f"the file is truncated or not a bundle ({exc})") from None
+    if member is None:
+        raise _refuse(f"the file is truncated or incomplete: {expected} is missing")
+    name = member.name
+    if name.startswith("/") or ".." in name.split("/"):
+        raise _refuse(f"member {name!r} has an unsafe path")
+    if not member.isreg():
+        raise _refuse(f"member {name!r} is a link, device or folder, not a plain file")
+    if name != expected:
+        if expected == SIGNATURE:
+            raise _refuse("it is not signed (no signature after the manifest)")
+        raise _refuse(f"unexpected member {name!r} where {expected} was expected")
+    return member
+
+
+def _read_small(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> bytes:
+    if member.size > limit:
+        raise _refuse(f"{member.name} is {member.size} bytes, more than {limit}")
+    f = tar.extractfile(member)
+    assert f is not None
+    try:
+        data = f.read()
+    except tarfile.TarError:
+        data = b""
+    if len(data) != member.size:
+        raise _refuse(f"the file is truncated inside {member.name}")
+    return data
+
+
+def _verify(ctx: Context, manifest: bytes, signature: bytes) -> str:
+    """The name of the trusted key that signed ``manifest``; refuse anything else."""
+    try:
+        sig = SignatureFile.model_validate_json(signature)
+        raw, value = bytes.fromhex(sig.public_key), bytes.fromhex(sig.signature)
+        public = Ed25519PublicKey.from_public_bytes(raw)
+    except (ValidationError, ValueError):
+        raise _refuse("its signature member is malformed") from None
+    own = _raw(signing_key(ctx).public_key())
+    names = {own: "this server"} | {k: n for n, k in _read_trusted(ctx).items()}
+    if raw not in names:
+        raise _refuse(
+            f"it is signed by an untrusted key {fingerprint(raw)} ({raw.hex()}); trust it with:"
+            f" goldfleet keys trust NAME {raw.hex()}"
+        )
+    try:
+        public.verify(value, hashlib.sha256(manifest).digest())
+    except InvalidSignature:
+        raise _refuse(
+            f"the signature does not match the manifest (tampered with after signing by"
+            f" {names[raw]})"
+        ) from None
+    return names[raw]
+
+
+def _parse_manifest(data: bytes) -> Manifest:
+    try:
+        m = Manifest.model_validate_json(data)
+    except ValidationError as exc:
+        raise _refuse(f"its manifest is not valid ({exc.error_count()} problems)") from None
+    if m.format != FORMAT:
+        raise _refuse(f"format {m.format!r} is not supported (expected {FORMAT})")
+    check_name(m.template, "template name")
+    if m.kind not in (CloneKind.LINKED, CloneKind.FULL):
+        raise _refuse(f"clone kind {m.kind!r} is not valid")
+    if set(m.outline) - {"temp", "data"} or any(x < 0 for v in m.outline.values() for x in v):
+        raise _refuse("its outline is not valid")
+    rules.check_outline(Outline.from_json(m.outline))
+    seen: set[str] = set()
+    for x in m.layers:
+        if x.digest in seen or (x.parent is not None and x.parent not in seen):
+            raise _refuse(f"layer {x.digest} is listed twice or before its parent")
+        seen.add(x.digest)
+    numbers = [v.number for v in m.versions]
+    if len(set(numbers)) != len(numbers) or any(v.top_layer not in seen for v in m.versions):
+        raise _refuse("its versions are listed twice or name layers it does not list")
+    if m.policy_only and (m.versions or m.layers):
+        raise _refuse("a policy-only bundle carries versions or layers")
+    if m.current is not None and m.current not in numbers:
+        raise _refuse(f"its current version v{m.current} is not among its versions")
+    return m
+
+
+def _check_catalog(ctx: Context, m: Manifest) -> None:
+    """Refuse what the catalog forbids, before any layer byte is read (and again at commit)."""
+    with ctx.session() as s:
+        t = s.scalar(select(Template).where(Template.name == m.template))
+        if t is None:
+            if m.policy_only:
+                raise NotFound(
+                    f"template {m.template} does not exist here; a policy-only bundle only"
+                    " changes the settings of a template this server holds"
+                )
+        else:
+            rules.check_can_change_template(t.name, t.status, "import a bundle into")
+            held = {v.number: v.top_layer for v in t.versions}
+            for v in m.versions:
+                if v.number in held and held[v.number] != v.top_layer:
+                    raise Conflict(
+                        f"bundle refused: template {m.template} already has a different"
+                        f" v{v.number} (layer {held[v.number]}, the bundle's is {v.top_layer});"
+                        " nothing was imported"
+                    )
+            if Outline.from_json(m.outline) != Outline.from_json(t.outline):
+                clones = s.scalar(select(func.count()).where(Clone.template_id == t.id)) or 0
+                if clones:
+                    raise Conflict(
+                        f"bundle refused: it changes the outline of template {m.template}, which"
+                        f" has {clones} clones; nothing was imported"
+                    )
+        missing = [
+            x.digest
+            for x in m.layers
+            if not x.included and (s.get(Layer, x.digest) is None or not ctx.layers.has(x.digest))
+        ]
+    if missing:
+        base = f"{m.template}:v{m.since}" if m.since is not None else "its base version"
+        raise Conflict(
+            f"bundle refused: it was made for a server holding {base}, and this server lacks"
+            f" the layers {', '.join(missing)}; import a bundle made without --since (or with"
+            f" an earlier one) first; nothing was imported"
+        )
+
+
+def _receive_layer(ctx: Context, tar: tarfile.TarFile, x: LayerEntry, work: Path) -> None:
+    member = _next_member(tar, f"layers/{layer_filename(x.digest)}")
+    if member.size != x.size:
+        raise _refuse(
+            f"layer {x.digest} is {member.size} bytes in the file, the manifest says {x.size}"
+        )
+    src = tar.extractfile(member)
+    assert src is not None
+    h = hashlib.sha256()
+    received = 0
+    fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        while received < x.size:
+            try:
+                block = src.read(min(CHUNK, x.size - received))
+            except tarfile.TarError:
+                block = b""
+            if not block:
+                raise _refuse(f"the file is truncated inside layer {x.digest}")
+            h.update(block)
+            f.write(block)
+            received += len(block)
+    if "sha256:" + h.hexdigest() != x.digest:
+        raise _refuse(
+            f"layer {x.digest} does not match its digest (its bytes were changed after signing)"
+        )
+
+
+def import_bundle(ctx: Context, file: Path, *, actor: str) -> BundleView:
+    with _import_lock:
+        return _import(ctx, file, actor)
+
+
+def _import(ctx: Context, file: Path, actor: str) -> BundleView:
+    works: dict[str, Path] = {}
+    committed: list[str] = []  # layers this import sealed that were not in the store before
+    try:
+        with file.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+            manifest = _read_small(tar, _next_member(tar, MANIFEST), MAX_MANIFEST)
+            signature = _read_small(tar, _next_member(tar, SIGNATURE), MAX_SIGNATURE)
+            signer = _verify(ctx, manifest, signature)
+            m = _parse_manifest(manifest)
+            _check_catalog(ctx, m)
+            for x in m.layers:
+                if x.included:
+                    works[x.digest] = (
+                        ctx.layers.dir / f".import-bundle-{secrets.token_hex(8)}.qcow2"
+                    )
+                    _receive_layer(ctx, tar, x, works[x.digest])
+            try:
+                extra = tar.next()
+            except tarfile.TarError:
+                extra = None
+            if extra is not None:
+                raise _refuse(f"unexpected member {extra.name!r} after the last layer")
+    except tarfile.TarError as exc:
+        _discard(ctx, works, committed)
+        raise _refuse(f"the file is truncated or not a bundle ({exc})") from None
+    except BaseException:
+        _discard(ctx, works, committed)
+        raise
+    try:
+        # qemu-img check opens a layer's parent by its file name, so layers are checked and
+        # sealed parents first; a later refusal removes the ones sealed here
+        infos: list[LayerInfo] = []
+        for x in m.layers:
+            if not x.included:
+                continue
+            _check_reference(ctx, works[x.digest], x)
+            info = ctx.layers.check_and_hash(works[x.digest], parent=x.parent)
+            if info.digest != x.digest or info.virtual_size != x.virtual_size:
+                raise _refuse(f"layer {x.digest} is not what the manifest declares")
+            if info.virtual_size > ctx.settings.max_virtual_size:
+                raise _refuse(f"layer {x.digest} is larger than the configured limit")
+            if not ctx.layers.has(x.digest):
+                committed.append(x.digest)
+            ctx.layers.commit_work(works.pop(x.digest), info)
+            infos.append(info)
+        return _register(ctx, m, infos, signer, actor)
+    except BadImage as exc:
+        _discard(ctx, works, committed)
+        raise _refuse(exc.message) from None
+    except BaseException:
+        _discard(ctx, works, committed)
+        raise
+
+
+def _check_reference(ctx: Context, work: Path, x: LayerEntry) -> None:
+    """Refuse a foreign backing reference before qemu-img check would open that file."""
+    try:
+        info = ctx.qemu.info(work, "qcow2", limits=ctx.layers.limits)
+    except QemuError as exc:
+        raise _refuse(f"layer {x.digest} is not a readable qcow2 image: {exc.message}") from None
+    expected = layer_filename(x.parent) if x.parent else None
+    if info.get("backing-filename") != expected:
+        raise _refuse(
+            f"layer {x.digest}: its backing reference is {info.get('backing-filename')!r},"
+            f" expected {expected!r} (its declared parent)"
+        )
+
+
+def _discard(ctx: Context, works: dict[str, Path], committed: list[str]) -> None:
+    for work in works.values():
+        work.unlink(missing_ok=True)
+    if committed:
+        with ctx.session() as s:
+            used = used_layers(s)
+        for digest in committed:
+            if digest not in used:
+                ctx.layers.remove(digest)
+
+
+def _register(
+    ctx: Context, m: Manifest, infos: list[LayerInfo], signer: str, actor: str
+) -> BundleView:
+    with ctx.template_lock(m.template):
+        _check_catalog(ctx, m)
+        with ctx.session() as s:
+            for info in infos:
+                _add_layer(s, info)
+            t = s.scalar(select(Template).where(Template.name == m.template))
+            if t is None:
+                t = Template(name=m.template, kind=m.kind, outline=m.outline)
+                s.add(t)
+                s.flush()
+            else:
+                t.kind, t.outline = m.kind, m.outline
+            held = {v.number for v in t.versions}
+            added, skipped = [], []
+            for v in m.versions:
+                if v.number in held:
+                    skipped.append(v.number)
+                    continue
+                s.add(
+                    Version(template_id=t.id, number=v.number, top_layer=v.top_layer, note=v.note)
+                )
+                added.append(v.number)
+            s.flush()
+            s.refresh(t)
+            current = t.current_version.number if t.current_version else 0
+            if m.current is not None and m.current > current:
+                t.current_version_id = next(v.id for v in t.versions if v.number == m.current)
+            audit.record(
+                s,
+                actor,
+                "bundle.import",
+                m.template,
+                signer=signer,
+                added=added,
+                skipped=skipped,
+                policy_only=m.policy_only,
+            )
+            s.commit()
+    return BundleView(
+        template=m.template,
+        versions_added=added,
+        versions_skipped=skipped,
+        layers_received=len(infos),
+        signer=signer,
+    )
