@@ -47,6 +47,11 @@ system-packages: system-base
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; \
 	fi
+	@if ! command -v curl >/dev/null; then \
+	  echo "installing Debian package: curl"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq curl >/dev/null; \
+	fi
 	@# libvirt: libvirt-python builds against libvirt-dev (pkg-config, a C compiler, Python's
 	@# headers); the real-boot test runs QEMU under embedded libvirt and builds its guest with busybox
 	@if ! dpkg -s libvirt-dev >/dev/null 2>&1 || ! command -v pkg-config >/dev/null \

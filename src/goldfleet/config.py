@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import (
@@ -50,6 +51,9 @@ class Settings(BaseSettings):
     lease_seconds: float = 10.0  # a server silent this long loses the work it claimed
     per_host_limit: int = 4  # default: clones rebuilt at once on one host
     reconcile_seconds: float = 2.0  # how often power states are read back from the driver
+    # sites (docs/sites.md)
+    role: Literal["hq", "site"] = "hq"
+    upstream_url: str = ""  # at a site: HQ's URL (default: the one given to `site join`)
 
     @classmethod
     def settings_customise_sources(

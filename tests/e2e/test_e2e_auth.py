@@ -46,7 +46,14 @@ def _snapshot(fleet) -> dict:
 def _endpoints(fleet) -> list[tuple[str, str, str]]:
     """(method, path template, concrete path) of every route the server describes."""
     spec = fleet.client.get("/openapi.json")
-    values = {"name": None, "number": "1", "op_id": "1", "vm": "base-001", "user": "alice"}
+    values = {
+        "name": None,
+        "number": "1",
+        "op_id": "1",
+        "vm": "base-001",
+        "user": "alice",
+        "digest": "sha256:" + "0" * 64,
+    }
     found = []
     for template, methods in spec["paths"].items():
         if template == "/health":

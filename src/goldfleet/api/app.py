@@ -11,8 +11,8 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from goldfleet import __version__
-from goldfleet.api.deps import Reader, authenticate
-from goldfleet.api.routers import admin, bundles, clones, pools, sim, templates
+from goldfleet.api.deps import Forbidden, Reader, authenticate
+from goldfleet.api.routers import admin, bundles, clones, pools, sim, sites, templates
 from goldfleet.bootstrap import Context
 from goldfleet.errors import GoldfleetError
 
@@ -55,9 +55,13 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
         """Authenticate before anything else (body parsing included); only /health is open."""
         if request.url.path != "/health":
             try:
-                request.state.caller = await authenticate(request)
+                request.state.caller = caller = await authenticate(request)
             except GoldfleetError as exc:
                 return error_response(exc)
+            if caller.role == "site" and not request.url.path.startswith("/sync/"):
+                return error_response(
+                    Forbidden(f"token {caller.name} is a site token: it may only read /sync/")
+                )
         return await call_next(request)
 
     @app.exception_handler(GoldfleetError)
@@ -89,4 +93,5 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
     app.include_router(sim.router)
     app.include_router(pools.router)
     app.include_router(bundles.router)
+    app.include_router(sites.router)
     return app

@@ -41,6 +41,13 @@ async def get_writer(caller: Annotated[auth.Caller, Depends(get_caller)]) -> aut
     return caller
 
 
+async def get_site(caller: Annotated[auth.Caller, Depends(get_caller)]) -> auth.Caller:
+    if caller.role != "site":
+        raise Forbidden(f"token {caller.name} is not a site token; the sync endpoints need one")
+    return caller
+
+
 Ctx = Annotated[Context, Depends(get_ctx)]
 Reader = Annotated[auth.Caller, Depends(get_caller)]
 Writer = Annotated[auth.Caller, Depends(get_writer)]
+SiteCaller = Annotated[auth.Caller, Depends(get_site)]

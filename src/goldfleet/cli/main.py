@@ -17,6 +17,7 @@ from goldfleet.cli.bundles import bundle_app, keys_app
 from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
 from goldfleet.cli.pools import pool_app
 from goldfleet.cli.sim import sim_app
+from goldfleet.cli.sites import site_app
 from goldfleet.config import home_dir
 from goldfleet.errors import GoldfleetError
 
@@ -42,6 +43,7 @@ app.add_typer(sim_app, name="sim")
 app.add_typer(pool_app, name="pool")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(keys_app, name="keys")
+app.add_typer(site_app, name="site")
 
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 R = "Rollout policy"
@@ -747,7 +749,7 @@ def op_watch(op_id: int, as_json: JsonOpt = False) -> None:
 @token_app.command("create")
 def token_create(
     name: str,
-    role: Annotated[str, typer.Option(help="admin or reader.")] = "reader",
+    role: Annotated[str, typer.Option(help="admin, reader or site.")] = "reader",
     as_json: JsonOpt = False,
 ) -> None:
     """Make an API token; it is shown once and stored only as a hash."""

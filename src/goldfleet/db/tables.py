@@ -208,6 +208,30 @@ class Token(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class Site(Base):
+    """At HQ: a site that pulls versions with its own token, and what it last reported."""
+
+    __tablename__ = "sites"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    token_name: Mapped[str] = mapped_column(String(63), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_contact: Mapped[datetime | None]
+    states: Mapped[dict[str, Any]] = mapped_column(default=dict)  # "template:vN" -> state
+
+
+class SiteTemplate(Base):
+    """At HQ: a template assigned to a site (all its versions)."""
+
+    __tablename__ = "site_templates"
+    __table_args__ = (UniqueConstraint("site_id", "template_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("templates.id"), index=True)
+
+
 class AuditEntry(Base):
     __tablename__ = "audit"
     __table_args__ = (Index("ix_audit_at", "at"),)

@@ -1,7 +1,8 @@
 """API tokens: only their sha256 is stored; the token itself is shown once, when made.
 
 Roles: ``admin`` may do everything; ``reader`` may only read (least privilege for dashboards
-and scripts that watch the fleet).
+and scripts that watch the fleet); ``site`` may only read the sync endpoints (``/sync/...``),
+with which a site pulls its versions from HQ.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from goldfleet.errors import Conflict, InvalidInput, NotFound, Unauthorized
 from goldfleet.services import audit
 from goldfleet.services.views import TokenView
 
-ROLES = ("admin", "reader")
+ROLES = ("admin", "reader", "site")
 
 
 @dataclass(frozen=True, slots=True)

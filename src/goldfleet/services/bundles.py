@@ -565,6 +565,24 @@ def _import(ctx: Context, file: Path, actor: str) -> BundleView:
     except BaseException:
         _discard(ctx, works, committed)
         raise
+    return install_layers(ctx, m, works, committed, source=signer, actor=actor)
+
+
+def install_layers(
+    ctx: Context,
+    m: Manifest,
+    works: dict[str, Path],
+    committed: list[str],
+    *,
+    source: str,
+    actor: str,
+    action: str = "bundle.import",
+) -> BundleView:
+    """Check received work files like outside images, seal them, then add the versions.
+
+    ``works`` holds a received, digest-checked work file for every layer of ``m`` marked
+    ``included``; the others must already be in the store. Shared by bundle import and site
+    sync: both receive layers from outside. A refusal removes every file this made."""
     try:
         # qemu-img check opens a layer's parent by its file name, so layers are checked and
         # sealed parents first; a later refusal removes the ones sealed here
@@ -582,7 +600,7 @@ def _import(ctx: Context, file: Path, actor: str) -> BundleView:
                 committed.append(x.digest)
             ctx.layers.commit_work(works.pop(x.digest), info)
             infos.append(info)
-        return _register(ctx, m, infos, signer, actor)
+        return _register(ctx, m, infos, source, actor, action)
     except BadImage as exc:
         _discard(ctx, works, committed)
         raise _refuse(exc.message) from None
@@ -617,7 +635,7 @@ def _discard(ctx: Context, works: dict[str, Path], committed: list[str]) -> None
 
 
 def _register(
-    ctx: Context, m: Manifest, infos: list[LayerInfo], signer: str, actor: str
+    ctx: Context, m: Manifest, infos: list[LayerInfo], signer: str, actor: str, action: str
 ) -> BundleView:
     with ctx.template_lock(m.template):
         _check_catalog(ctx, m)
@@ -649,7 +667,7 @@ def _register(
             audit.record(
                 s,
                 actor,
-                "bundle.import",
+                action,
                 m.template,
                 signer=signer,
                 added=added,

@@ -1,0 +1,266 @@
+"""HQ and a site as two real servers (two homes, two ports): the site pulls only what it lacks.
+
+The faults come from a small TCP proxy in the test process between the site and HQ: it cuts a
+connection after N bytes once, or flips one byte once; the sync must resume (not restart from
+zero) and must never use flipped bytes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import socket
+import stat
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from goldfleet.cli.client import Client, ClientError
+from goldfleet.services.home import init_home
+
+MiB = 1 << 20
+
+
+def _root_server_class() -> Any:
+    """tests/conftest.py's Server (``import conftest`` here finds tests/e2e/conftest.py)."""
+    path = Path(__file__).parents[1] / "conftest.py"
+    spec = importlib.util.spec_from_file_location("goldfleet_tests_root_conftest", path)
+    assert spec is not None and spec.loader is not None
+    module = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
+    if spec.name not in sys.modules:
+        sys.modules[spec.name] = module
+        spec.loader.exec_module(module)
+    return module.Server
+
+
+def make_raw(path: Path, fill: dict[int, bytes]) -> Path:
+    with path.open("wb") as f:
+        f.truncate(16 * MiB)
+        for offset, data in fill.items():
+            f.seek(offset)
+            f.write(data)
+    return path
+
+
+class Proxy:
+    """A TCP proxy on loopback; ``fault`` ("cut" or "flip") hits the first connection whose
+    answer passes ``at`` bytes, once."""
+
+    def __init__(self, upstream_port: int) -> None:
+        self.upstream_port = upstream_port
+        self.fault: str | None = None
+        self.at = 0
+        self.fired = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.lock = threading.Lock()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def arm(self, fault: str, at: int) -> None:
+        with self.lock:
+            self.fault, self.at = fault, at
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self.upstream_port))
+            threading.Thread(target=self._pipe, args=(client, upstream, False), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, True), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, answers: bool) -> None:
+        passed = 0
+        try:
+            while data := src.recv(65536):
+                if answers:
+                    with self.lock:
+                        fault, at = self.fault, self.at
+                        hit = fault is not None and passed <= at < passed + len(data)
+                        if hit:
+                            self.fault = None
+                            self.fired += 1
+                    if hit and fault == "cut":
+                        dst.sendall(data[: at - passed])
+                        break
+                    if hit and fault == "flip":
+                        i = at - passed
+                        data = data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1 :]
+                passed += len(data)
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (src, dst):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.fixture
+def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
+    """HQ and a site (role site), each a real server on its own home and port."""
+    server_class = _root_server_class()
+    monkeypatch.setenv("GOLDFLEET_HOME", str(tmp_path / "unused"))
+    made = []
+    for name, role in (("hq", "hq"), ("site", "site")):
+        home = tmp_path / name
+        srv = server_class(home=home, env={"GOLDFLEET_ROLE": role})
+        init_home(home, port=srv.port)
+        srv.start()
+        made.append(srv)
+    yield made[0], made[1]
+    for srv in made:
+        srv.stop()
+
+
+def layer_path(srv: Any, digest: str) -> Path:
+    return srv.home / "store" / "layers" / f"sha256-{digest.removeprefix('sha256:')}.qcow2"
+
+
+def new_version(hq: Any, qemu: Any, offset: int, data: bytes) -> dict:
+    c = hq.client()
+    t = c.post("/templates/base/maintenance/enter")
+    scratch = hq.home.parent / f"scratch-{offset}"
+    qemu.write(Path(t["overlay_path"]), offset, data, scratch=scratch)
+    return c.post("/templates/base/maintenance/exit", {"recreate": "none"})
+
+
+def setup_site(hq: Any, site: Any, url: str, tmp_path: Path) -> str:
+    image = make_raw(tmp_path / "base.raw", fill={0: os.urandom(4 * MiB)})
+    hq.client().upload(
+        "/templates/import", image, {"name": "base", "format": "raw", "temp": [], "data": []}
+    )
+    token = hq.client().post("/sites", {"name": "branch"})["token"]
+    hq.client().post("/sites/branch/templates", {"template": "base"})
+    joined = site.client().post("/site/join", {"url": url, "token": token})
+    assert joined == {"upstream_url": url, "site": "branch"}
+    return token
+
+
+def test_site_pulls_only_what_it_lacks(pair, qemu, tmp_path):
+    hq, site = pair
+    token = setup_site(hq, site, hq.url, tmp_path)
+    token_file = site.home / "site.token"
+    assert stat.S_IMODE(token_file.stat().st_mode) == 0o600
+    assert token not in (site.home.parent / f"server-{site.port}.log").read_text()
+
+    # the site token reads the sync endpoints only
+    as_site = Client(hq.url, token)
+    with pytest.raises(ClientError) as info:
+        as_site.get("/templates")
+    assert info.value.status == 403
+
+    # the first sync, slowed down: a second one meanwhile is told so
+    results: list[Any] = []
+    first = threading.Thread(
+        target=lambda: results.append(site.client().post("/site/sync", {"limit": MiB}))
+    )
+    first.start()
+    time.sleep(0.5)
+    with pytest.raises(ClientError) as info:
+        site.client().post("/site/sync", {})
+    assert info.value.status == 409 and "already running" in info.value.message
+    first.join(60)
+    r = results[0]
+    v1 = hq.client().get("/templates/base/versions")[0]
+    size1 = layer_path(hq, v1["top_layer"]).stat().st_size
+    assert r["versions_added"] == {"base": [1]} and r["failed"] == {}
+    assert r["bytes_downloaded"] == size1 and r["layers_downloaded"] == 1
+
+    # the site holds v1, sealed, and its clones read HQ's bytes
+    ours = site.client().get("/templates/base/versions")
+    assert [v["top_layer"] for v in ours] == [v1["top_layer"]]
+    assert (
+        layer_path(site, v1["top_layer"]).read_bytes()
+        == layer_path(hq, v1["top_layer"]).read_bytes()
+    )
+    assert stat.S_IMODE(layer_path(site, v1["top_layer"]).stat().st_mode) == 0o444
+    made = site.client().post("/clones", {"template": "base", "name": "c1", "wait": True})
+    assert made["operation"]["status"] == "done"
+    system = next(
+        Path(v["path"]) for v in site.client().get("/clones/c1")["volumes"] if v["role"] == "system"
+    )
+    for offset in (0, MiB, 4 * MiB - 4096):
+        assert qemu.read(system, offset, 4096) == qemu.read(
+            layer_path(hq, v1["top_layer"]), offset, 4096
+        )
+
+    # HQ sees the state the site reported
+    listed = hq.client().get("/sites")[0]
+    assert listed["name"] == "branch" and listed["last_contact"]
+    assert listed["states"]["base:v1"]["state"] == "verified"
+
+    # nothing new: no layer bytes
+    again = site.client().post("/site/sync", {})
+    assert again["bytes_downloaded"] == 0 and again["versions_added"] == {"base": []}
+
+    # a new version costs exactly its new layer
+    new_version(hq, qemu, MiB, os.urandom(256 * 1024))
+    v2 = hq.client().get("/templates/base/versions")[-1]
+    size2 = layer_path(hq, v2["top_layer"]).stat().st_size
+    delta = site.client().post("/site/sync", {})
+    assert delta["versions_added"] == {"base": [2]}
+    assert delta["bytes_downloaded"] == size2 < size1
+    shown = site.client().get("/templates/base")
+    assert shown["current_version"] == 2
+    assert qemu.read(layer_path(site, v2["top_layer"]), MiB, 4096) == qemu.read(
+        layer_path(hq, v2["top_layer"]), MiB, 4096
+    )
+    assert hq.client().get("/sites")[0]["states"]["base:v2"]["state"] == "verified"
+
+    # a revoked site token: 401, nothing served, and the sync says why
+    hq.client().delete("/tokens/site-branch")
+    for path in ("/sync/catalog", f"/sync/layers/{v1['top_layer']}"):
+        with pytest.raises(ClientError) as info:
+            as_site.get(path)
+        assert info.value.status == 401
+    with pytest.raises(ClientError) as info:
+        site.client().post("/site/sync", {})
+    assert info.value.status == 502 and "refused this site's token" in info.value.message
+
+
+def test_sync_resumes_after_a_cut_and_never_uses_flipped_bytes(pair, qemu, tmp_path):
+    hq, site = pair
+    proxy = Proxy(hq.port)
+    try:
+        setup_site(hq, site, proxy.url, tmp_path)
+        v1 = hq.client().get("/templates/base/versions")[0]
+        size1 = layer_path(hq, v1["top_layer"]).stat().st_size
+        proxy.arm("cut", 2 * MiB)
+        r = site.client().post("/site/sync", {})
+        assert proxy.fired == 1 and r["failed"] == {}
+        assert r["versions_added"] == {"base": [1]}
+        assert size1 <= r["bytes_downloaded"] < 2 * size1  # resumed, not restarted from zero
+        held = layer_path(site, v1["top_layer"])
+        assert "sha256:" + hashlib.sha256(held.read_bytes()).hexdigest() == v1["top_layer"]
+
+        new_version(hq, qemu, MiB, os.urandom(2 * MiB))
+        v2 = hq.client().get("/templates/base/versions")[-1]
+        size2 = layer_path(hq, v2["top_layer"]).stat().st_size
+        proxy.arm("flip", MiB)
+        r = site.client().post("/site/sync", {})
+        assert proxy.fired == 2 and r["failed"] == {}
+        assert r["versions_added"] == {"base": [2]}
+        assert r["bytes_downloaded"] == 2 * size2  # fetched again after the bad hash
+        held = layer_path(site, v2["top_layer"])
+        assert held.read_bytes() == layer_path(hq, v2["top_layer"]).read_bytes()
+        layers = site.home / "store" / "layers"
+        assert not [p for p in layers.iterdir() if p.name.startswith(".")]
+    finally:
+        proxy.close()
