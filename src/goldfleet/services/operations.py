@@ -486,9 +486,12 @@ class Runner:
                     self._close(it, state, error, now)
                 else:  # the clone vanished under us
                     self._close(it, ItemState.SKIPPED, "the clone was deleted", now)
-            op = s.get(Operation, op_id)
-            op.done += done
-            op.failed += failed
+            # one atomic update: servers sharing an operation must not lose each other's counts
+            s.execute(
+                update(Operation)
+                .where(Operation.id == op_id)
+                .values(done=Operation.done + done, failed=Operation.failed + failed)
+            )
             s.commit()
 
     def _finish_if_done(self, op_id: int) -> None:
