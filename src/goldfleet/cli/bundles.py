@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import httpx
 import typer
 
 from goldfleet.cli import output
 from goldfleet.cli.client import Client, ClientError
+from goldfleet.cli.common import JsonOpt
+from goldfleet.cli.common import call as _call
+from goldfleet.cli.common import fail as _fail
 from goldfleet.domain.names import parse_version
 from goldfleet.errors import InvalidInput
 
@@ -19,21 +22,6 @@ bundle_app = typer.Typer(
     no_args_is_help=True, help="Signed offline update bundles of template versions."
 )
 keys_app = typer.Typer(no_args_is_help=True, help="Keys that sign and are trusted for bundles.")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-def _fail(message: str) -> NoReturn:
-    output.err_console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(1)
-
-
-def _call(method: str, path: str, **kwargs: Any) -> Any:
-    """One API request; a refusal becomes one line on stderr and exit code 1."""
-    try:
-        return Client.from_home().request(method, path, **kwargs)
-    except ClientError as exc:
-        _fail(exc.message)
 
 
 @bundle_app.command("export")

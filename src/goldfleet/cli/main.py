@@ -15,6 +15,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from goldfleet.cli import output
 from goldfleet.cli.bundles import bundle_app, keys_app
 from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
+from goldfleet.cli.common import JsonOpt
+from goldfleet.cli.common import fail as _fail
 from goldfleet.cli.pools import pool_app
 from goldfleet.cli.sim import sim_app
 from goldfleet.cli.sites import site_app
@@ -45,7 +47,6 @@ app.add_typer(bundle_app, name="bundle")
 app.add_typer(keys_app, name="keys")
 app.add_typer(site_app, name="site")
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 R = "Rollout policy"
 LogoffOpt = Annotated[
     str, typer.Option(help="Logged-in users: wait, notify-force or force.", rich_help_panel=R)
@@ -96,11 +97,6 @@ def _rollout(**fields: Any) -> dict[str, Any] | None:
 
 def _client() -> Client:
     return Client.from_home()
-
-
-def _fail(message: str, code: int = 1) -> None:
-    output.err_console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(code)
 
 
 def _call(fn: Any, *args: Any, **kwargs: Any) -> Any:

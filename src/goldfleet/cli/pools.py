@@ -3,32 +3,18 @@ maintenance windows. Talks to the API like every command."""
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
 
 from goldfleet.cli import output
-from goldfleet.cli.client import Client, ClientError
+from goldfleet.cli.common import JsonOpt
+from goldfleet.cli.common import call as _call
 
 pool_app = typer.Typer(
     no_args_is_help=True,
     help="Pools: clones of a template kept at a size, with a buffer of idle ones for users.",
 )
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-def _fail(message: str) -> NoReturn:
-    output.err_console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(1)
-
-
-def _call(method: str, path: str, **kwargs: Any) -> Any:
-    """One API request; a refusal becomes one line on stderr and exit code 1."""
-    try:
-        return Client.from_home().request(method, path, **kwargs)
-    except ClientError as exc:
-        _fail(exc.message)
 
 
 def _when(value: str | None) -> str:

@@ -3,33 +3,20 @@ messages they were sent, shut a guest down from inside. Talks to the API like ev
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NoReturn
+from typing import Annotated
 
 import typer
 
 from goldfleet.cli import output
-from goldfleet.cli.client import Client, ClientError
+from goldfleet.cli.common import JsonOpt
+from goldfleet.cli.common import call as _call
 
 sim_app = typer.Typer(
     no_args_is_help=True,
     help="The sim driver's simulated world: users, messages, guests (admin token).",
 )
 
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
 VmOpt = Annotated[str | None, typer.Option("--vm", help="Only this VM.")]
-
-
-def _fail(message: str) -> NoReturn:
-    output.err_console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(1)
-
-
-def _call(method: str, path: str, **kwargs: Any) -> Any:
-    """One API request; a refusal becomes one line on stderr and exit code 1."""
-    try:
-        return Client.from_home().request(method, path, **kwargs)
-    except ClientError as exc:
-        _fail(exc.message)
 
 
 def _session_rows(items: list[dict]) -> None:

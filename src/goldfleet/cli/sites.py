@@ -3,30 +3,18 @@ Talks to the API like every command; a site's token is sent to its own server, n
 
 from __future__ import annotations
 
-from typing import Annotated, Any, NoReturn
+from typing import Annotated, Any
 
 import typer
 
 from goldfleet.cli import output
-from goldfleet.cli.client import Client, ClientError
+from goldfleet.cli.common import JsonOpt
+from goldfleet.cli.common import call as _call
+from goldfleet.cli.common import fail as _fail
 from goldfleet.domain.sizes import parse_size
 from goldfleet.errors import InvalidInput
 
 site_app = typer.Typer(no_args_is_help=True, help="Sites that pull template versions from HQ.")
-
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON for scripts.")]
-
-
-def _fail(message: str) -> NoReturn:
-    output.err_console.print(f"[red]error:[/red] {message}", highlight=False)
-    raise typer.Exit(1)
-
-
-def _call(method: str, path: str, **kwargs: Any) -> Any:
-    try:
-        return Client.from_home().request(method, path, **kwargs)
-    except ClientError as exc:
-        _fail(exc.message)
 
 
 def _state(st: dict[str, Any]) -> str:
