@@ -12,14 +12,12 @@ refusal). A version is added, and may become current, only once its whole chain 
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
 import secrets
 import threading
 import time
-from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -32,29 +30,17 @@ from goldfleet.bootstrap import Context
 from goldfleet.db.tables import Layer, Site, SiteTemplate, Template, Token, utcnow
 from goldfleet.domain.names import DIGEST_RE, check_name
 from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, NotFound
-from goldfleet.services import audit, auth, bundles
+from goldfleet.services import audit, auth, bundles, transfer
 from goldfleet.services.common import chain, get_template
+from goldfleet.services.transfer import TokenBucket, UpstreamError, UpstreamRefused
 
 log = logging.getLogger("goldfleet.sites")
 
 SITE_TOKEN_FILE = "site.token"
 UPSTREAM_FILE = "upstream.json"
-CHUNK = 1 << 20
-CONNECT_RETRIES = 5  # resumes of one download after a dropped connection
-FETCH_ATTEMPTS = 3  # whole downloads of one layer whose bytes did not match its digest
 REPORT_SECONDS = 1.0
 
 _sync_lock = threading.Lock()
-
-
-class UpstreamError(GoldfleetError):
-    """HQ could not be reached or answered with an error."""
-
-    status_code = 502
-
-
-class UpstreamRefused(UpstreamError):
-    """HQ refused this site's token: retrying will not help until an admin acts."""
 
 
 class VersionState(BaseModel):
@@ -304,80 +290,6 @@ def join(ctx: Context, url: str, token: str, *, actor: str) -> dict[str, str]:
     return {"upstream_url": url.rstrip("/"), "site": answer["site"]}
 
 
-class TokenBucket:
-    """At most ``rate`` bytes a second on average, in bursts of a quarter second."""
-
-    def __init__(self, rate: float | None) -> None:
-        self.rate = rate
-        self.capacity = max((rate or 0) / 4, CHUNK)
-        self.tokens = self.capacity
-        self.at = time.monotonic()
-
-    def take(self, n: int) -> None:
-        if not self.rate:
-            return
-        now = time.monotonic()
-        self.tokens = min(self.capacity, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        self.tokens -= n
-        if self.tokens < 0:
-            time.sleep(-self.tokens / self.rate)
-
-
-def _download(
-    http: httpx.Client,
-    entry: bundles.LayerEntry,
-    work: Path,
-    bucket: TokenBucket,
-    progress: Callable[[int, int], None],
-) -> None:
-    """Fetch one layer into ``work``; resume with Range after a drop, re-fetch on a bad hash.
-
-    ``progress(done, wire)`` is told the bytes held so far and the bytes just received."""
-    last = ""
-    for _attempt in range(FETCH_ATTEMPTS):
-        h, done = hashlib.sha256(), 0
-        with work.open("wb") as f:
-            for retry in range(CONNECT_RETRIES + 1):
-                headers = {"Range": f"bytes={done}-"} if done else {}
-                try:
-                    with http.stream("GET", f"/sync/layers/{entry.digest}", headers=headers) as r:
-                        if r.status_code == 401:
-                            raise UpstreamRefused("HQ refused this site's token (revoked?)")
-                        if r.status_code >= 400:
-                            r.read()
-                            raise UpstreamError(
-                                f"HQ answered {r.status_code} for layer {entry.digest}"
-                            )
-                        if done and r.status_code != 206:  # Range ignored: start again
-                            h, done = hashlib.sha256(), 0
-                            f.seek(0)
-                            f.truncate()
-                        for block in r.iter_bytes(CHUNK):
-                            bucket.take(len(block))
-                            if done + len(block) > entry.size:
-                                raise UpstreamError(f"layer {entry.digest} is longer than declared")
-                            f.write(block)
-                            h.update(block)
-                            done += len(block)
-                            progress(done, len(block))
-                    if done == entry.size:
-                        break
-                except httpx.TransportError as exc:
-                    last = f"connection dropped at {done} of {entry.size} bytes ({exc})"
-                    log.warning("layer %s: %s; resuming", entry.digest, last)
-                    time.sleep(0.2 * (retry + 1))
-            else:
-                raise UpstreamError(f"layer {entry.digest}: {last}")
-            f.flush()
-            os.fsync(f.fileno())
-        if done == entry.size and "sha256:" + h.hexdigest() == entry.digest:
-            return
-        last = f"received bytes do not match the digest ({done} of {entry.size} bytes)"
-        log.warning("layer %s: %s; fetching it again", entry.digest, last)
-    raise UpstreamError(f"layer {entry.digest}: {last}, {FETCH_ATTEMPTS} times")
-
-
 class _Reporter:
     """Per-version states, sent to HQ at most once a second (HQ down: kept for the next one)."""
 
@@ -508,7 +420,9 @@ def _sync_template(
         if not x.included:
             continue
         works[x.digest] = ctx.layers.dir / f".import-sync-{secrets.token_hex(8)}.qcow2"
-        _download(http, x, works[x.digest], bucket, lambda h, w, d=x.digest: progress(d, h, w))
+        transfer.download(
+            http, x, works[x.digest], bucket, lambda h, w, d=x.digest: progress(d, h, w)
+        )
         result.layers_downloaded += 1
     with bundles._import_lock:
         view = bundles.install_layers(
