@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     # sites (docs/sites.md)
     role: Literal["hq", "site"] = "hq"
     upstream_url: str = ""  # at a site: HQ's URL (default: the one given to `site join`)
+    sync_retry_seconds: float = 300.0  # at a site: a failed scheduled sync is retried after this
 
     @classmethod
     def settings_customise_sources(

@@ -65,6 +65,12 @@ class Unauthorized(GoldfleetError):
     status_code = 401
 
 
+class Forbidden(GoldfleetError):
+    """The caller is known but may not do this."""
+
+    status_code = 403
+
+
 class StoreError(GoldfleetError):
     """qemu-img or the file system failed while goldfleet was working on an image."""
 

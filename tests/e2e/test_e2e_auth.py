@@ -53,6 +53,8 @@ def _endpoints(fleet) -> list[tuple[str, str, str]]:
         "vm": "base-001",
         "user": "alice",
         "digest": "sha256:" + "0" * 64,
+        "template": "base",
+        "host": "sim-host-1",
     }
     found = []
     for template, methods in spec["paths"].items():

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import os
 import socket
 import stat
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,32 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sitekit import MiB, layer_path, new_version, setup_site, start_servers
 
 from goldfleet.cli.client import Client, ClientError
-from goldfleet.services.home import init_home
-
-MiB = 1 << 20
-
-
-def _root_server_class() -> Any:
-    """tests/conftest.py's Server (``import conftest`` here finds tests/e2e/conftest.py)."""
-    path = Path(__file__).parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("goldfleet_tests_root_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
-    if spec.name not in sys.modules:
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return module.Server
-
-
-def make_raw(path: Path, fill: dict[int, bytes]) -> Path:
-    with path.open("wb") as f:
-        f.truncate(16 * MiB)
-        for offset, data in fill.items():
-            f.seek(offset)
-            f.write(data)
-    return path
 
 
 class Proxy:
@@ -115,42 +90,11 @@ class Proxy:
 @pytest.fixture
 def pair(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
     """HQ and a site (role site), each a real server on its own home and port."""
-    server_class = _root_server_class()
     monkeypatch.setenv("GOLDFLEET_HOME", str(tmp_path / "unused"))
-    made = []
-    for name, role in (("hq", "hq"), ("site", "site")):
-        home = tmp_path / name
-        srv = server_class(home=home, env={"GOLDFLEET_ROLE": role})
-        init_home(home, port=srv.port)
-        srv.start()
-        made.append(srv)
+    made = start_servers(tmp_path, {"hq": "hq", "site": "site"})
     yield made[0], made[1]
     for srv in made:
         srv.stop()
-
-
-def layer_path(srv: Any, digest: str) -> Path:
-    return srv.home / "store" / "layers" / f"sha256-{digest.removeprefix('sha256:')}.qcow2"
-
-
-def new_version(hq: Any, qemu: Any, offset: int, data: bytes) -> dict:
-    c = hq.client()
-    t = c.post("/templates/base/maintenance/enter")
-    scratch = hq.home.parent / f"scratch-{offset}"
-    qemu.write(Path(t["overlay_path"]), offset, data, scratch=scratch)
-    return c.post("/templates/base/maintenance/exit", {"recreate": "none"})
-
-
-def setup_site(hq: Any, site: Any, url: str, tmp_path: Path) -> str:
-    image = make_raw(tmp_path / "base.raw", fill={0: os.urandom(4 * MiB)})
-    hq.client().upload(
-        "/templates/import", image, {"name": "base", "format": "raw", "temp": [], "data": []}
-    )
-    token = hq.client().post("/sites", {"name": "branch"})["token"]
-    hq.client().post("/sites/branch/templates", {"template": "base"})
-    joined = site.client().post("/site/join", {"url": url, "token": token})
-    assert joined == {"upstream_url": url, "site": "branch"}
-    return token
 
 
 def test_site_pulls_only_what_it_lacks(pair, qemu, tmp_path):

@@ -11,10 +11,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from goldfleet import __version__
-from goldfleet.api.deps import Forbidden, Reader, authenticate
+from goldfleet.api.deps import Reader, authenticate
 from goldfleet.api.routers import admin, bundles, clones, pools, sim, sites, templates
 from goldfleet.bootstrap import Context
-from goldfleet.errors import GoldfleetError
+from goldfleet.errors import Forbidden, GoldfleetError
 
 log = logging.getLogger("goldfleet.api")
 

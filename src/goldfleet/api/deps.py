@@ -8,12 +8,8 @@ from fastapi import Depends, Request
 from fastapi.concurrency import run_in_threadpool
 
 from goldfleet.bootstrap import Context
-from goldfleet.errors import GoldfleetError
+from goldfleet.errors import Forbidden
 from goldfleet.services import auth
-
-
-class Forbidden(GoldfleetError):
-    status_code = 403
 
 
 def get_ctx(request: Request) -> Context:

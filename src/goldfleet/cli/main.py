@@ -19,6 +19,7 @@ from goldfleet.cli.common import JsonOpt
 from goldfleet.cli.common import fail as _fail
 from goldfleet.cli.pools import pool_app
 from goldfleet.cli.sim import sim_app
+from goldfleet.cli.sites import publish as _publish
 from goldfleet.cli.sites import site_app
 from goldfleet.config import home_dir
 from goldfleet.errors import GoldfleetError
@@ -46,6 +47,7 @@ app.add_typer(pool_app, name="pool")
 app.add_typer(bundle_app, name="bundle")
 app.add_typer(keys_app, name="keys")
 app.add_typer(site_app, name="site")
+template_app.command("publish")(_publish)
 
 R = "Rollout policy"
 LogoffOpt = Annotated[

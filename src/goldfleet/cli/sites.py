@@ -1,4 +1,5 @@
-"""``goldfleet site``: sites at HQ (create, assign, list) and, at a site, joining HQ and syncing.
+"""``goldfleet site``: sites at HQ (create, rights, assign, list, revoke) and, at a site, joining
+HQ, syncing, the sync schedule and its status; ``goldfleet template publish`` at a site.
 Talks to the API like every command; a site's token is sent to its own server, never printed."""
 
 from __future__ import annotations
@@ -19,16 +20,44 @@ site_app = typer.Typer(no_args_is_help=True, help="Sites that pull template vers
 
 def _state(st: dict[str, Any]) -> str:
     if st["state"] == "transferring":
-        return f"transferring {output.size(st['done'])}/{output.size(st['total'])}"
-    if st["state"] == "failed":
-        return f"failed: {st['reason']}"
-    return st["state"]
+        text = f"transferring {output.size(st['done'])}/{output.size(st['total'])}"
+    elif st["state"] == "failed":
+        text = f"failed: {st['reason']}"
+    else:
+        text = st["state"]
+    return f"{text} (current)" if st.get("current") else text
+
+
+def _assignment(a: dict[str, Any]) -> str:
+    extra = [f"versions {a['versions']}"]
+    if a["publish_at"]:
+        extra.append(f"publish at {a['publish_at']} UTC")
+    if a["activate"] != "on-verify":
+        extra.append(a["activate"])
+    return f"{a['template']} ({', '.join(extra)})"
+
+
+def _print_site(r: dict[str, Any], as_json: bool, message: str) -> None:
+    if as_json:
+        output.emit_json(r)
+    else:
+        output.console.print(message, highlight=False)
+
+
+# --- at HQ --------------------------------------------------------------------------------
 
 
 @site_app.command("create")
-def create(name: str, as_json: JsonOpt = False) -> None:
+def create(
+    name: str,
+    local_patches: Annotated[
+        bool,
+        typer.Option("--local-patches", help="The site may seal versions and publish them to HQ."),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """At HQ: make site NAME and its token (role site), printed once."""
-    r = _call("POST", "/sites", json={"name": name})
+    r = _call("POST", "/sites", json={"name": name, "local_patches": local_patches})
     if as_json:
         output.emit_json(r)
         return
@@ -40,7 +69,7 @@ def create(name: str, as_json: JsonOpt = False) -> None:
 
 @site_app.command("list")
 def list_(as_json: JsonOpt = False) -> None:
-    """At HQ: every site, its last contact and the state of each version there."""
+    """At HQ: every site, its last contact, what it receives and the state of each version."""
     r = _call("GET", "/sites")
     if as_json:
         output.emit_json(r)
@@ -48,20 +77,80 @@ def list_(as_json: JsonOpt = False) -> None:
     rows = []
     for x in r:
         contact = x["last_contact"] or "never"
-        states = ", ".join(f"{k} {_state(v)}" for k, v in x["states"].items()) or "-"
+        states = "\n".join(f"{k} {_state(v)}" for k, v in x["states"].items()) or "-"
         token = "revoked" if x["token_revoked"] else "active"
-        rows.append([x["name"], token, contact, ", ".join(x["templates"]) or "-", states])
-    output.table("sites", ["site", "token", "last contact", "templates", "versions"], rows)
+        if x["local_patches"]:
+            token += ", local-patches"
+        assigned = "\n".join(_assignment(a) for a in x["assignments"]) or "-"
+        rows.append([x["name"], token, contact, assigned, states])
+    output.table("sites", ["site", "token", "last contact", "receives", "versions there"], rows)
+
+
+@site_app.command("rights")
+def rights(
+    site: str,
+    local_patches: Annotated[
+        bool,
+        typer.Option(
+            "--local-patches/--no-local-patches",
+            help="May the site seal versions of its templates and publish them to HQ?",
+        ),
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """At HQ: give or take a site's local-patches right."""
+    r = _call("POST", f"/sites/{site}/rights", json={"local_patches": local_patches})
+    state = "may" if r["local_patches"] else "may not"
+    _print_site(r, as_json, f"site {site} {state} patch templates locally and publish them")
+
+
+@site_app.command("revoke")
+def revoke(site: str, as_json: JsonOpt = False) -> None:
+    """At HQ: revoke the site's token; HQ serves it nothing more (401)."""
+    r = _call("POST", f"/sites/{site}/revoke")
+    _print_site(r, as_json, f"site {site}: token {r['token_name']} revoked")
 
 
 @site_app.command("assign")
-def assign(site: str, template: str, as_json: JsonOpt = False) -> None:
-    """At HQ: SITE receives every version of TEMPLATE."""
-    r = _call("POST", f"/sites/{site}/templates", json={"template": template})
-    if as_json:
-        output.emit_json(r)
-    else:
-        output.console.print(f"site {site} receives: {', '.join(r['templates'])}")
+def assign(
+    site: str,
+    template: str,
+    versions: Annotated[
+        str,
+        typer.Option("--versions", help="What the site receives: current, all, or N newest."),
+    ] = "all",
+    publish_at: Annotated[
+        str | None,
+        typer.Option(
+            "--publish-at",
+            help="A new current version goes live there at this time (HH:MM or ISO, UTC).",
+        ),
+    ] = None,
+    activate: Annotated[
+        str | None,
+        typer.Option(
+            "--activate",
+            help="on-verify (each site on its own) or when-all-verified (every site of the"
+            " template first); applies to the template at every site.",
+        ),
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """At HQ: SITE receives TEMPLATE (assigning again changes the options)."""
+    body = {"template": template, "versions": versions, "publish_at": publish_at}
+    r = _call("POST", f"/sites/{site}/templates", json=body | {"activate": activate})
+    a = next(a for a in r["assignments"] if a["template"] == template)
+    _print_site(r, as_json, f"site {site} receives {_assignment(a)}")
+
+
+@site_app.command("unassign")
+def unassign(site: str, template: str, as_json: JsonOpt = False) -> None:
+    """At HQ: SITE receives nothing more of TEMPLATE (what it holds stays there)."""
+    r = _call("DELETE", f"/sites/{site}/templates/{template}")
+    _print_site(r, as_json, f"site {site} no longer receives {template}")
+
+
+# --- at a site ----------------------------------------------------------------------------
 
 
 @site_app.command("join")
@@ -72,10 +161,50 @@ def join(
 ) -> None:
     """At a site: pull from HQ at URL with TOKEN (kept in the home, mode 0600)."""
     r = _call("POST", "/site/join", json={"url": url, "token": token})
+    _print_site(r, as_json, f"joined {r['upstream_url']} as site {r['site']}")
+
+
+@site_app.command("status")
+def status(as_json: JsonOpt = False) -> None:
+    """At a site: HQ's URL, the schedule, the last and next sync, rights, waiting versions."""
+    r = _call("GET", "/site")
     if as_json:
         output.emit_json(r)
-    else:
-        output.console.print(f"joined {r['upstream_url']} as site {r['site']}")
+        return
+    if r["role"] != "site":
+        output.console.print("this server runs as hq; see: goldfleet site list")
+        return
+    pending = ", ".join(f"{k} v{v['version']} at {v['at']}" for k, v in r["pending"].items())
+    rows = [
+        ["upstream", r["upstream_url"] or "not joined (goldfleet site join URL --token T)"],
+        ["site", r["site"] or "-"],
+        ["schedule", r["schedule"] or "on demand only"],
+        ["next sync", r["next_sync_at"] or "-"],
+        ["syncing since", r["syncing_since"] or "-"],
+        ["last sync", r["last_sync_at"] or "never"],
+        ["last problem", r["last_error"] or "-"],
+        ["local patches", "yes" if r["rights"].get("local-patches") else "no"],
+        ["templates", ", ".join(r["templates"]) or "-"],
+        ["waiting to go live", pending or "-"],
+    ]
+    output.table("site", ["", ""], rows)
+
+
+@site_app.command("schedule")
+def schedule(
+    spec: Annotated[
+        str,
+        typer.Argument(
+            help="'daily [HH:MM]', 'weekly DAY [HH:MM]', a cron expression (UTC), or 'off'."
+        ),
+    ],
+    as_json: JsonOpt = False,
+) -> None:
+    """At a site: when to sync with HQ (besides `site sync`)."""
+    value = None if spec.strip().lower() in ("off", "none", "") else spec
+    r = _call("POST", "/site/schedule", json={"schedule": value})
+    text = f"sync schedule {r['schedule']} (UTC); next sync {r['next_sync_at']}"
+    _print_site(r, as_json, text if r["schedule"] else "syncs only on demand now")
 
 
 @site_app.command("sync")
@@ -85,7 +214,7 @@ def sync(
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """At a site: download the layers it lacks and add the versions HQ holds."""
+    """At a site: download the layers it lacks and add the versions HQ sends it."""
     body: dict[str, Any] = {}
     if limit is not None:
         try:
@@ -95,14 +224,43 @@ def sync(
     r = _call("POST", "/site/sync", json=body)
     if as_json:
         output.emit_json(r)
-        return
-    for name in r["templates"]:
-        added = ", ".join(f"v{n}" for n in r["versions_added"].get(name, [])) or "up to date"
-        if name in r["failed"]:
-            added = f"failed: {r['failed'][name]}"
-        output.console.print(f"{name}: {added}", highlight=False)
-    output.console.print(
-        f"{r['layers_downloaded']} layers, {output.size(r['bytes_downloaded'])} downloaded"
-    )
+    else:
+        for name in r["templates"]:
+            added = ", ".join(f"v{n}" for n in r["versions_added"].get(name, [])) or "up to date"
+            if name in r["activated"]:
+                added += f"; v{r['activated'][name]} is current"
+            if name in r["pending"]:
+                p = r["pending"][name]
+                added += f"; v{p['version']} goes live at {p['at']} UTC"
+            if name in r["failed"]:
+                added = f"failed: {r['failed'][name]}"
+            if name in r["skipped"]:
+                added = f"waiting: {r['skipped'][name]}"
+            output.console.print(f"{name}: {added}", highlight=False)
+        output.console.print(
+            f"{r['layers_downloaded']} layers, {output.size(r['bytes_downloaded'])} downloaded"
+        )
     if r["failed"]:
         raise typer.Exit(1)
+
+
+def publish(
+    name: str,
+    version: Annotated[
+        int | None, typer.Option("--version", help="The version to publish (default: current).")
+    ] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """At a site with the local-patches right: send a version sealed here to HQ, which
+    distributes it to the other sites of the template."""
+    r = _call("POST", f"/templates/{name}/publish", json={"version": version})
+    if as_json:
+        output.emit_json(r)
+    elif r["already_at_hq"]:
+        output.console.print(f"{name} v{r['version']} is already at HQ; nothing was sent")
+    else:
+        output.console.print(
+            f"published {name} v{r['version']} to HQ: {r['layers_sent']} layers,"
+            f" {output.size(r['bytes_sent'])}",
+            highlight=False,
+        )

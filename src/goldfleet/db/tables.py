@@ -60,6 +60,8 @@ class Template(Base):
     sealing: Mapped[str | None] = mapped_column(String(71))  # digest being sealed on exit
     error: Mapped[str | None] = mapped_column(Text)  # why the last maintenance step failed
     maintenance_vm: Mapped[str | None] = mapped_column(String(63))  # VM booting the overlay
+    # at HQ: when a new version becomes current at the sites (goldfleet.domain.sites)
+    activate: Mapped[str] = mapped_column(String(24), default="on-verify")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     versions: Mapped[list[Version]] = relationship(
@@ -219,10 +221,12 @@ class Site(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_contact: Mapped[datetime | None]
     states: Mapped[dict[str, Any]] = mapped_column(default=dict)  # "template:vN" -> state
+    local_patches: Mapped[bool] = mapped_column(default=False)  # may publish versions upstream
 
 
 class SiteTemplate(Base):
-    """At HQ: a template assigned to a site (all its versions)."""
+    """At HQ: a template assigned to a site, which of its versions it receives and when a new
+    current version goes live there."""
 
     __tablename__ = "site_templates"
     __table_args__ = (UniqueConstraint("site_id", "template_id"),)
@@ -230,6 +234,27 @@ class SiteTemplate(Base):
     id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
     site_id: Mapped[int] = mapped_column(ForeignKey("sites.id"), index=True)
     template_id: Mapped[int] = mapped_column(ForeignKey("templates.id"), index=True)
+    versions: Mapped[str] = mapped_column(String(16), default="all")  # current | all | N
+    publish_at: Mapped[datetime | None]  # a new current version goes live there at this time
+
+
+class Upstream(Base):
+    """At a site: its one link to HQ (URL and token live in the home): the sync schedule, the
+    running sync's owner, what HQ last said of its rights and templates, and versions waiting
+    for their publish time."""
+
+    __tablename__ = "upstream"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    schedule: Mapped[str | None] = mapped_column(String(100))  # cron expression, UTC
+    next_sync_at: Mapped[datetime | None]
+    sync_owner: Mapped[str | None] = mapped_column(String(36))  # the server syncing now
+    sync_started_at: Mapped[datetime | None]
+    last_sync_at: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    rights: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"local-patches": bool}
+    managed: Mapped[dict[str, Any]] = mapped_column(default=dict)  # template -> HQ's current
+    pending: Mapped[dict[str, Any]] = mapped_column(default=dict)  # template -> {version, at}
 
 
 class AuditEntry(Base):

@@ -25,7 +25,7 @@ import queue
 import secrets
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -38,6 +38,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import (
 )
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from goldfleet.bootstrap import Context
 from goldfleet.db.tables import Clone, Layer, Template, Version
@@ -263,7 +264,6 @@ def plan_export(ctx: Context, template: str, since: int | None, policy_only: boo
     with ctx.session() as s:
         t = get_template(s, template)
         versions: list[Version] = []
-        layers: dict[str, Layer] = {}
         base: set[str] = set()
         if not policy_only:
             if since is not None:
@@ -279,32 +279,49 @@ def plan_export(ctx: Context, template: str, since: int | None, policy_only: boo
                 raise Conflict(
                     f"template {template} has no version after v{since}; nothing to export"
                 )
-            for v in versions:
-                for layer in chain(s, v.top_layer):
-                    layers[layer.digest] = layer
-        ordered = sorted(layers.values(), key=lambda x: (x.depth, x.digest))
-        manifest = Manifest(
-            format=FORMAT,
-            template=t.name,
-            kind=t.kind,
-            outline={"temp": list(t.outline.get("temp", [])), "data": t.outline.get("data", [])},
-            current=t.current_version.number if t.current_version and not policy_only else None,
-            since=None if policy_only else since,
-            policy_only=policy_only,
-            versions=[
-                VersionEntry(number=v.number, top_layer=v.top_layer, note=v.note) for v in versions
-            ],
-            layers=[
-                LayerEntry(
-                    digest=x.digest,
-                    parent=x.parent,
-                    size=x.size,
-                    virtual_size=x.virtual_size,
-                    included=x.digest not in base,
-                )
-                for x in ordered
-            ],
-        )
+        current = t.current_version.number if t.current_version and not policy_only else None
+        return plan_versions(ctx, s, t, versions, base, current=current, since=since)
+
+
+def plan_versions(
+    ctx: Context,
+    s: Session,
+    t: Template,
+    versions: list[Version],
+    held: set[str],
+    *,
+    current: int | None,
+    since: int | None = None,
+) -> ExportPlan:
+    """A signed manifest of ``versions`` of ``t`` carrying every layer of their chains but the
+    ``held`` ones (an empty list of versions: the template's settings only)."""
+    layers: dict[str, Layer] = {}
+    for v in versions:
+        for layer in chain(s, v.top_layer):
+            layers[layer.digest] = layer
+    ordered = sorted(layers.values(), key=lambda x: (x.depth, x.digest))
+    manifest = Manifest(
+        format=FORMAT,
+        template=t.name,
+        kind=t.kind,
+        outline={"temp": list(t.outline.get("temp", [])), "data": t.outline.get("data", [])},
+        current=current,
+        since=since if versions else None,
+        policy_only=not versions,
+        versions=[
+            VersionEntry(number=v.number, top_layer=v.top_layer, note=v.note) for v in versions
+        ],
+        layers=[
+            LayerEntry(
+                digest=x.digest,
+                parent=x.parent,
+                size=x.size,
+                virtual_size=x.virtual_size,
+                included=x.digest not in held,
+            )
+            for x in ordered
+        ],
+    )
     body = json.dumps(manifest.model_dump(), indent=2).encode()
     carried = [
         (f"layers/{layer_filename(x.digest)}", ctx.layers.path(x.digest), x.size)
@@ -410,8 +427,10 @@ def _read_small(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> by
     return data
 
 
-def _verify(ctx: Context, manifest: bytes, signature: bytes) -> str:
-    """The name of the trusted key that signed ``manifest``; refuse anything else."""
+def _verify(ctx: Context, manifest: bytes, signature: bytes, trusted_as: str | None = None) -> str:
+    """The name of the trusted key that signed ``manifest``; refuse anything else. With
+    ``trusted_as`` (a sender authenticated otherwise) any key will do, but the signature must
+    still match the manifest."""
     try:
         sig = SignatureFile.model_validate_json(signature)
         raw, value = bytes.fromhex(sig.public_key), bytes.fromhex(sig.signature)
@@ -420,6 +439,8 @@ def _verify(ctx: Context, manifest: bytes, signature: bytes) -> str:
         raise _refuse("its signature member is malformed") from None
     own = _raw(signing_key(ctx).public_key())
     names = {own: "this server"} | {k: n for n, k in _read_trusted(ctx).items()}
+    if trusted_as is not None:
+        names = {raw: trusted_as}
     if raw not in names:
         raise _refuse(
             f"it is signed by an untrusted key {fingerprint(raw)} ({raw.hex()}); trust it with:"
@@ -532,20 +553,40 @@ def _receive_layer(ctx: Context, tar: tarfile.TarFile, x: LayerEntry, work: Path
         )
 
 
-def import_bundle(ctx: Context, file: Path, *, actor: str) -> BundleView:
+def import_bundle(
+    ctx: Context,
+    file: Path,
+    *,
+    actor: str,
+    signer: str | None = None,
+    check: Callable[[Manifest], None] | None = None,
+    action: str = "bundle.import",
+) -> BundleView:
+    """Import a bundle file. By default its signer must be a trusted key; a caller that trusts
+    the sender by other means (a site's token) names it as ``signer``: the signature must then
+    still match the manifest. ``check`` may refuse the manifest before any layer is read."""
     with _import_lock:
-        return _import(ctx, file, actor)
+        return _import(ctx, file, actor, signer, check, action)
 
 
-def _import(ctx: Context, file: Path, actor: str) -> BundleView:
+def _import(
+    ctx: Context,
+    file: Path,
+    actor: str,
+    trusted_as: str | None,
+    check: Callable[[Manifest], None] | None,
+    action: str,
+) -> BundleView:
     works: dict[str, Path] = {}
     committed: list[str] = []  # layers this import sealed that were not in the store before
     try:
         with file.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
             manifest = _read_small(tar, _next_member(tar, MANIFEST), MAX_MANIFEST)
             signature = _read_small(tar, _next_member(tar, SIGNATURE), MAX_SIGNATURE)
-            signer = _verify(ctx, manifest, signature)
+            signer = _verify(ctx, manifest, signature, trusted_as)
             m = _parse_manifest(manifest)
+            if check is not None:
+                check(m)
             _check_catalog(ctx, m)
             for x in m.layers:
                 if x.included:
@@ -565,7 +606,7 @@ def _import(ctx: Context, file: Path, actor: str) -> BundleView:
     except BaseException:
         _discard(ctx, works, committed)
         raise
-    return install_layers(ctx, m, works, committed, source=signer, actor=actor)
+    return install_layers(ctx, m, works, committed, source=signer, actor=actor, action=action)
 
 
 def install_layers(

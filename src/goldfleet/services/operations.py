@@ -93,6 +93,7 @@ class Runner:
         self._last_reconcile = 0.0
         self.reconcile_enabled = True
         self._rotation: dict[int, int] = {}
+        self._last_site_tick = 0.0
         self._last_pool_reconcile = 0.0  # per operation: where the waiting scan goes on
 
     # --- life cycle ---------------------------------------------------------------------
@@ -169,6 +170,7 @@ class Runner:
                 if self.reconcile_enabled:
                     self._maybe_reconcile()
                     self._maybe_reconcile_pools()
+                self._maybe_site_tick()
                 worked = self.tick()
             except Exception:  # the loop must survive anything one pass throws
                 log.exception("operation runner pass failed")
@@ -541,6 +543,16 @@ class Runner:
             return
         self._last_reconcile = time.monotonic()
         reconcile_power(self.ctx)
+
+    def _maybe_site_tick(self) -> None:
+        """At a site: scheduled syncs and versions reaching their publish time
+        (services/upstream.py)."""
+        if self.ctx.settings.role != "site" or time.monotonic() - self._last_site_tick < 1.0:
+            return
+        self._last_site_tick = time.monotonic()
+        from goldfleet.services.upstream import site_tick
+
+        site_tick(self.ctx)
 
     def _maybe_reconcile_pools(self) -> None:
         """Keep pools at size and in their maintenance windows (services/pools.py)."""

@@ -1,46 +1,34 @@
-"""Sites: HQ serves each site the templates assigned to it; a site pulls only the layers it lacks.
+"""Sites, HQ side: sites and their tokens and rights, what each receives, the catalog a site
+reads, the layer files it may fetch, the states it reports and the versions it publishes.
 
 A layer's digest names its bytes and, through its backing reference, its whole chain, so the
 bytes a site needs for a version are exactly the layers it does not hold: nothing is chunked or
-diffed. HQ side: sites, their ``site`` tokens, assignments, the catalog a site sees, the layer
-files it may read and the states it reports. Site side: joining HQ (URL and token in the home)
-and the sync, which downloads into dot-named work files with HTTP Range resumes and a sha256
-check, then hands the files to the bundle import's install step (the same checks as any layer
-from outside, parents sealed first, versions added in one transaction, everything removed on
-refusal). A version is added, and may become current, only once its whole chain is verified.
+diffed. The site side (joining, syncing, schedules, publishing) is services/upstream.py; the
+rules (which versions, which becomes current, schedules) are goldfleet.domain.sites.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import secrets
-import threading
-import time
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-import httpx
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
 from goldfleet.bootstrap import Context
 from goldfleet.db.tables import Layer, Site, SiteTemplate, Template, Token, utcnow
+from goldfleet.domain import sites as rules
+from goldfleet.domain.model import Outline
 from goldfleet.domain.names import DIGEST_RE, check_name
-from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, NotFound
-from goldfleet.services import audit, auth, bundles, transfer
+from goldfleet.errors import Conflict, Forbidden, InvalidInput, NotFound
+from goldfleet.services import audit, auth, bundles
 from goldfleet.services.common import chain, get_template
-from goldfleet.services.transfer import TokenBucket, UpstreamError, UpstreamRefused
 
 log = logging.getLogger("goldfleet.sites")
 
-SITE_TOKEN_FILE = "site.token"
-UPSTREAM_FILE = "upstream.json"
-REPORT_SECONDS = 1.0
-
-_sync_lock = threading.Lock()
+LOCAL_PATCHES = "local-patches"
 
 
 class VersionState(BaseModel):
@@ -48,10 +36,18 @@ class VersionState(BaseModel):
     done: int = Field(default=0, ge=0)
     total: int = Field(default=0, ge=0)
     reason: str = Field(default="", max_length=2000)
+    current: bool = False  # the site's current version of the template
 
 
 class SyncReport(BaseModel):
     states: dict[str, VersionState]  # "template:vN" -> state
+
+
+class AssignmentView(BaseModel):
+    template: str
+    versions: str  # current | all | N
+    publish_at: datetime | None
+    activate: str  # the template's activation mode at HQ
 
 
 class SiteView(BaseModel):
@@ -60,7 +56,9 @@ class SiteView(BaseModel):
     token_revoked: bool
     created_at: datetime
     last_contact: datetime | None
+    local_patches: bool
     templates: list[str]
+    assignments: list[AssignmentView]
     states: dict[str, VersionState]
 
 
@@ -69,32 +67,42 @@ class SiteCreated(BaseModel):
     token: str  # shown once
 
 
-class SyncResult(BaseModel):
-    templates: list[str]
-    versions_added: dict[str, list[int]]
-    layers_downloaded: int
-    bytes_downloaded: int  # body bytes received from HQ, retries and re-fetches included
-    failed: dict[str, str]  # template -> reason
+class PublishPlan(BaseModel):
+    """What HQ already holds of a version a site wants to publish."""
+
+    template: str
+    held_layers: list[str]  # of the digests the site asked about
+    versions: dict[int, str]  # HQ's versions of the template: number -> top layer
 
 
-# --- HQ -----------------------------------------------------------------------------------
+def _assignments(s: Any, site: Site) -> list[tuple[SiteTemplate, Template]]:
+    return list(
+        s.execute(
+            select(SiteTemplate, Template)
+            .join(Template, SiteTemplate.template_id == Template.id)
+            .where(SiteTemplate.site_id == site.id)
+            .order_by(Template.name)
+        ).tuples()
+    )
 
 
 def _site_view(s: Any, site: Site) -> SiteView:
     token = s.scalar(select(Token).where(Token.name == site.token_name))
-    names = s.scalars(
-        select(Template.name)
-        .join(SiteTemplate, SiteTemplate.template_id == Template.id)
-        .where(SiteTemplate.site_id == site.id)
-        .order_by(Template.name)
-    )
+    pairs = _assignments(s, site)
     return SiteView(
         name=site.name,
         token_name=site.token_name,
         token_revoked=token is None or token.revoked_at is not None,
         created_at=site.created_at,
         last_contact=site.last_contact,
-        templates=list(names),
+        local_patches=site.local_patches,
+        templates=[t.name for _, t in pairs],
+        assignments=[
+            AssignmentView(
+                template=t.name, versions=a.versions, publish_at=a.publish_at, activate=t.activate
+            )
+            for a, t in pairs
+        ],
         states={k: VersionState(**v) for k, v in sorted((site.states or {}).items())},
     )
 
@@ -111,7 +119,7 @@ def _require_hq(ctx: Context, what: str) -> None:
         raise Conflict(f"this server runs as a site: {what} is done at HQ")
 
 
-def create_site(ctx: Context, name: str, *, actor: str) -> SiteCreated:
+def create_site(ctx: Context, name: str, *, local_patches: bool = False, actor: str) -> SiteCreated:
     _require_hq(ctx, "creating a site")
     check_name(name, "site name")
     token_name = check_name(f"site-{name}", "site name with its 'site-' prefix")
@@ -120,9 +128,9 @@ def create_site(ctx: Context, name: str, *, actor: str) -> SiteCreated:
             raise Conflict(f"site {name} already exists")
     token = auth.create_token(ctx, name=token_name, role="site", actor=actor)
     with ctx.session() as s:
-        site = Site(name=name, token_name=token_name, states={})
+        site = Site(name=name, token_name=token_name, states={}, local_patches=local_patches)
         s.add(site)
-        audit.record(s, actor, "site.create", name)
+        audit.record(s, actor, "site.create", name, local_patches=local_patches)
         s.commit()
         return SiteCreated(site=_site_view(s, site), token=token)
 
@@ -132,20 +140,95 @@ def list_sites(ctx: Context) -> list[SiteView]:
         return [_site_view(s, x) for x in s.scalars(select(Site).order_by(Site.name))]
 
 
-def assign_template(ctx: Context, site: str, template: str, *, actor: str) -> SiteView:
+def set_rights(ctx: Context, name: str, *, local_patches: bool, actor: str) -> SiteView:
+    """Give or take the ``local-patches`` right: the site may seal versions of its templates
+    and publish them here."""
+    _require_hq(ctx, "changing a site's rights")
+    with ctx.session() as s:
+        site = _get_site(s, name)
+        site.local_patches = local_patches
+        audit.record(s, actor, "site.rights", name, local_patches=local_patches)
+        s.commit()
+        return _site_view(s, site)
+
+
+def revoke_site(ctx: Context, name: str, *, actor: str) -> SiteView:
+    """Revoke the site's token: HQ answers 401 to it and serves nothing more."""
+    _require_hq(ctx, "revoking a site")
+    with ctx.session() as s:
+        site = _get_site(s, name)
+        token = s.scalar(select(Token).where(Token.name == site.token_name))
+        if token is not None and token.revoked_at is None:
+            token.revoked_at = utcnow()
+        audit.record(s, actor, "site.revoke", name)
+        s.commit()
+        return _site_view(s, site)
+
+
+def assign_template(
+    ctx: Context,
+    site: str,
+    template: str,
+    *,
+    versions: str = "all",
+    publish_at: datetime | None = None,
+    activate: str | None = None,
+    actor: str,
+) -> SiteView:
+    """SITE receives TEMPLATE's ``versions``; a new current version goes live there at
+    ``publish_at`` (None: once verified). ``activate`` sets the template's mode for every site.
+    Assigning again changes the options."""
     _require_hq(ctx, "assigning templates to sites")
+    versions = rules.parse_versions(versions)
+    if activate is not None:
+        rules.check_activate(activate)
     with ctx.session() as s:
         row, t = _get_site(s, site), get_template(s, template)
         held = s.scalar(
-            select(SiteTemplate.id).where(
+            select(SiteTemplate).where(
                 SiteTemplate.site_id == row.id, SiteTemplate.template_id == t.id
             )
         )
         if held is None:
-            s.add(SiteTemplate(site_id=row.id, template_id=t.id))
-            audit.record(s, actor, "site.assign", site, template=template)
-            s.commit()
+            held = SiteTemplate(site_id=row.id, template_id=t.id)
+            s.add(held)
+        held.versions, held.publish_at = versions, publish_at
+        if activate is not None:
+            t.activate = activate
+        audit.record(
+            s,
+            actor,
+            "site.assign",
+            site,
+            template=template,
+            versions=versions,
+            publish_at=publish_at.isoformat() if publish_at else None,
+            activate=t.activate,
+        )
+        s.commit()
         return _site_view(s, row)
+
+
+def unassign_template(ctx: Context, site: str, template: str, *, actor: str) -> SiteView:
+    """SITE receives nothing more of TEMPLATE (what it holds stays there)."""
+    _require_hq(ctx, "assigning templates to sites")
+    with ctx.session() as s:
+        row, t = _get_site(s, site), get_template(s, template)
+        held = s.scalar(
+            select(SiteTemplate).where(
+                SiteTemplate.site_id == row.id, SiteTemplate.template_id == t.id
+            )
+        )
+        if held is None:
+            raise NotFound(f"template {template} is not assigned to site {site}")
+        s.delete(held)
+        row.states = {k: v for k, v in (row.states or {}).items() if not k.startswith(f"{t.name}:")}
+        audit.record(s, actor, "site.unassign", site, template=template)
+        s.commit()
+        return _site_view(s, row)
+
+
+# --- what a site token reads --------------------------------------------------------------
 
 
 def _site_of(s: Any, token_name: str) -> Site:
@@ -155,54 +238,66 @@ def _site_of(s: Any, token_name: str) -> Site:
     return site
 
 
-def _assigned(s: Any, site: Site) -> list[Template]:
-    return list(
-        s.scalars(
-            select(Template)
-            .join(SiteTemplate, SiteTemplate.template_id == Template.id)
-            .where(SiteTemplate.site_id == site.id)
-            .order_by(Template.name)
-        )
-    )
+def _verified_everywhere(s: Any, t: Template) -> dict[str, set[int]]:
+    """Per site assigned ``t``: the versions it reports verified."""
+    out: dict[str, set[int]] = {}
+    prefix = f"{t.name}:v"
+    for site in s.scalars(
+        select(Site)
+        .join(SiteTemplate, SiteTemplate.site_id == Site.id)
+        .where(SiteTemplate.template_id == t.id)
+    ):
+        out[site.name] = {
+            int(k[len(prefix) :])
+            for k, v in (site.states or {}).items()
+            if k.startswith(prefix) and k[len(prefix) :].isdigit() and v["state"] == "verified"
+        }
+    return out
+
+
+def _catalog_entry(s: Any, a: SiteTemplate, t: Template) -> dict[str, Any]:
+    current = t.current_version.number if t.current_version else None
+    chosen = rules.select_versions([v.number for v in t.versions], current, a.versions)
+    versions = [v for v in sorted(t.versions, key=lambda v: v.number) if v.number in chosen]
+    verified = _verified_everywhere(s, t) if t.activate != "on-verify" else {}
+    layers: dict[str, Layer] = {}
+    for v in versions:
+        for x in chain(s, v.top_layer):
+            layers[x.digest] = x
+    return {
+        "template": t.name,
+        "kind": t.kind,
+        "outline": {
+            "temp": list(t.outline.get("temp", [])),
+            "data": list(t.outline.get("data", [])),
+        },
+        "current": rules.effective_current(current, chosen, t.activate, verified),
+        "hq_current": current,
+        "activate": t.activate,
+        "publish_at": a.publish_at.isoformat() if a.publish_at else None,
+        "versions": [
+            {"number": v.number, "top_layer": v.top_layer, "note": v.note} for v in versions
+        ],
+        "layers": [
+            {"digest": x.digest, "parent": x.parent, "size": x.size, "virtual_size": x.virtual_size}
+            for x in sorted(layers.values(), key=lambda x: (x.depth, x.digest))
+        ],
+    }
 
 
 def catalog(ctx: Context, token_name: str) -> dict[str, Any]:
-    """What a site receives: each assigned template with all its versions and their layers."""
+    """What a site receives: each assigned template with its chosen versions, their layers and
+    the version to make current there."""
     with ctx.session() as s:
         site = _site_of(s, token_name)
         site.last_contact = utcnow()
-        out = []
-        for t in _assigned(s, site):
-            layers: dict[str, Layer] = {}
-            for v in t.versions:
-                for x in chain(s, v.top_layer):
-                    layers[x.digest] = x
-            out.append(
-                {
-                    "template": t.name,
-                    "kind": t.kind,
-                    "outline": {
-                        "temp": list(t.outline.get("temp", [])),
-                        "data": list(t.outline.get("data", [])),
-                    },
-                    "current": t.current_version.number if t.current_version else None,
-                    "versions": [
-                        {"number": v.number, "top_layer": v.top_layer, "note": v.note}
-                        for v in sorted(t.versions, key=lambda v: v.number)
-                    ],
-                    "layers": [
-                        {
-                            "digest": x.digest,
-                            "parent": x.parent,
-                            "size": x.size,
-                            "virtual_size": x.virtual_size,
-                        }
-                        for x in sorted(layers.values(), key=lambda x: (x.depth, x.digest))
-                    ],
-                }
-            )
+        out = [_catalog_entry(s, a, t) for a, t in _assignments(s, site)]
         s.commit()
-        return {"site": site.name, "templates": out}
+        return {
+            "site": site.name,
+            "rights": {LOCAL_PATCHES: site.local_patches},
+            "templates": out,
+        }
 
 
 def layer_file(ctx: Context, token_name: str, digest: str) -> Path:
@@ -211,7 +306,7 @@ def layer_file(ctx: Context, token_name: str, digest: str) -> Path:
         raise InvalidInput(f"{digest!r} is not a layer digest")
     with ctx.session() as s:
         site = _site_of(s, token_name)
-        for t in _assigned(s, site):
+        for _, t in _assignments(s, site):
             for v in t.versions:
                 if any(x.digest == digest for x in chain(s, v.top_layer)):
                     return ctx.layers.path(digest)
@@ -228,208 +323,58 @@ def record_report(ctx: Context, token_name: str, report: SyncReport) -> None:
         s.commit()
 
 
-# --- site ---------------------------------------------------------------------------------
+# --- versions a site publishes ------------------------------------------------------------
 
 
-def _write_private(path: Path, text: str) -> None:
-    work = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
-    fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(work, path)
+def _publisher(s: Any, token_name: str, template: str) -> tuple[Site, Template]:
+    site = _site_of(s, token_name)
+    if not site.local_patches:
+        raise Forbidden(
+            f"site {site.name} has no {LOCAL_PATCHES} right: it may not publish versions; an"
+            f" admin at HQ gives it with: goldfleet site rights {site.name} --local-patches"
+        )
+    names = {t.name: t for _, t in _assignments(s, site)}
+    if template not in names:
+        raise Forbidden(
+            f"template {template} is not assigned to site {site.name}; a site publishes only"
+            " versions of templates HQ assigned to it"
+        )
+    return site, names[template]
 
 
-def _upstream(ctx: Context) -> tuple[str, str]:
-    if ctx.settings.role != "site":
-        raise Conflict('this server runs as hq; set role = "site" to pull from an upstream')
-    home = ctx.settings.home
-    url = ctx.settings.upstream_url
-    if not url and (home / UPSTREAM_FILE).exists():
-        url = json.loads((home / UPSTREAM_FILE).read_text())["url"]
-    token_file = home / SITE_TOKEN_FILE
-    if not url or not token_file.exists():
-        raise Conflict("this site has not joined HQ yet: goldfleet site join URL --token T")
-    return url.rstrip("/"), token_file.read_text().strip()
+def publish_plan(ctx: Context, token_name: str, template: str, digests: list[str]) -> PublishPlan:
+    """Which of ``digests`` HQ holds, and HQ's versions of ``template``."""
+    if len(digests) > 10_000 or not all(DIGEST_RE.fullmatch(d) for d in digests):
+        raise InvalidInput("the digests asked about are not layer digests")
+    with ctx.session() as s:
+        _, t = _publisher(s, token_name, template)
+        held = [d for d in digests if s.get(Layer, d) is not None and ctx.layers.has(d)]
+        return PublishPlan(
+            template=t.name, held_layers=held, versions={v.number: v.top_layer for v in t.versions}
+        )
 
 
-def _http(url: str, token: str) -> httpx.Client:
-    return httpx.Client(
-        base_url=url,
-        headers={"Authorization": f"Bearer {token}"},
-        timeout=httpx.Timeout(60.0, connect=10.0),
+def receive_publish(ctx: Context, token_name: str, template: str, file: Path) -> bundles.BundleView:
+    """Import the bundle a site sent of its new version: same checks as any bundle from
+    outside, but trusted by the site's token instead of a trusted key; it may not change the
+    template's kind or outline."""
+    with ctx.session() as s:
+        site, t = _publisher(s, token_name, template)
+        site_name, kind, outline = site.name, t.kind, t.outline
+
+    def check(m: bundles.Manifest) -> None:
+        if m.template != template:
+            raise InvalidInput(
+                f"publish refused: the bundle holds template {m.template}, not {template}"
+            )
+        if m.kind != kind or Outline.from_json(m.outline) != Outline.from_json(outline):
+            raise Conflict(
+                f"publish refused: it changes the clone kind or outline of template {template};"
+                " only HQ changes those"
+            )
+
+    view = bundles.import_bundle(
+        ctx, file, actor=token_name, signer=f"site {site_name}", check=check, action="site.publish"
     )
-
-
-def _get_json(http: httpx.Client, path: str) -> Any:
-    try:
-        r = http.get(path)
-    except httpx.HTTPError as exc:
-        raise UpstreamError(f"HQ at {http.base_url} cannot be reached: {exc}") from None
-    if r.status_code == 401:
-        raise UpstreamRefused(f"HQ at {http.base_url} refused this site's token (revoked or wrong)")
-    if r.status_code >= 400:
-        raise UpstreamError(f"HQ answered {r.status_code} to {path}: {r.text[:200]}")
-    return r.json()
-
-
-def join(ctx: Context, url: str, token: str, *, actor: str) -> dict[str, str]:
-    """Store HQ's URL and this site's token after HQ accepted the token."""
-    if ctx.settings.role != "site":
-        raise Conflict('this server runs as hq; start it with role = "site" to join an HQ')
-    if not url.startswith(("http://", "https://")):
-        raise InvalidInput(f"{url!r} is not an http(s) URL")
-    with _http(url.rstrip("/"), token) as http:
-        answer = _get_json(http, "/sync/catalog")
-    _write_private(ctx.settings.home / SITE_TOKEN_FILE, token + "\n")
-    _write_private(ctx.settings.home / UPSTREAM_FILE, json.dumps({"url": url.rstrip("/")}))
-    with ctx.session() as s:
-        audit.record(s, actor, "site.join", url, site=answer["site"])
-        s.commit()
-    return {"upstream_url": url.rstrip("/"), "site": answer["site"]}
-
-
-class _Reporter:
-    """Per-version states, sent to HQ at most once a second (HQ down: kept for the next one)."""
-
-    def __init__(self, http: httpx.Client) -> None:
-        self.http = http
-        self.states: dict[str, VersionState] = {}
-        self.sent_at = 0.0
-
-    def send(self, force: bool = False) -> None:
-        if not force and time.monotonic() - self.sent_at < REPORT_SECONDS:
-            return
-        self.sent_at = time.monotonic()
-        body = SyncReport(states=self.states).model_dump()
-        try:
-            self.http.post("/sync/report", json=body)
-        except httpx.HTTPError as exc:
-            log.warning("could not report to HQ: %s", exc)
-
-
-def sync(ctx: Context, *, limit: float | None = None, actor: str) -> SyncResult:
-    """Pull every assigned template's versions from HQ; one sync at a time."""
-    url, token = _upstream(ctx)
-    if not _sync_lock.acquire(blocking=False):
-        raise Conflict("a sync is already running on this site; wait for it to finish")
-    try:
-        with _http(url, token) as http:
-            return _sync(ctx, http, TokenBucket(limit), actor)
-    finally:
-        _sync_lock.release()
-
-
-def _held(ctx: Context, digests: list[str]) -> set[str]:
-    with ctx.session() as s:
-        return {d for d in digests if s.get(Layer, d) is not None and ctx.layers.has(d)}
-
-
-def _sync(ctx: Context, http: httpx.Client, bucket: TokenBucket, actor: str) -> SyncResult:
-    answer = _get_json(http, "/sync/catalog")
-    reporter = _Reporter(http)
-    result = SyncResult(
-        templates=[], versions_added={}, layers_downloaded=0, bytes_downloaded=0, failed={}
-    )
-    for entry in answer["templates"]:
-        name = entry["template"]
-        result.templates.append(name)
-        held = _held(ctx, [x["digest"] for x in entry["layers"]])
-        body = {
-            "format": bundles.FORMAT,
-            "template": name,
-            "kind": entry["kind"],
-            "outline": entry["outline"],
-            "current": entry["current"],
-            "since": None,
-            "policy_only": False,
-            "versions": entry["versions"],
-            "layers": [x | {"included": x["digest"] not in held} for x in entry["layers"]],
-        }
-        works: dict[str, Path] = {}
-        try:
-            m = bundles._parse_manifest(json.dumps(body).encode())
-            _sync_template(ctx, http, bucket, m, works, reporter, result, actor)
-        except GoldfleetError as exc:
-            for w in works.values():
-                w.unlink(missing_ok=True)
-            result.failed[name] = exc.message
-            for key, st in reporter.states.items():
-                if key.startswith(f"{name}:") and st.state != "verified":
-                    reporter.states[key] = VersionState(
-                        state="failed", done=st.done, total=st.total, reason=exc.message
-                    )
-            log.warning("sync of %s failed: %s", name, exc.message)
-            if isinstance(exc, UpstreamRefused):
-                break
-        reporter.send(force=True)
-    with ctx.session() as s:
-        audit.record(
-            s,
-            actor,
-            "site.sync",
-            "upstream",
-            bytes=result.bytes_downloaded,
-            added=result.versions_added,
-            failed=result.failed,
-        )
-        s.commit()
-    return result
-
-
-def _sync_template(
-    ctx: Context,
-    http: httpx.Client,
-    bucket: TokenBucket,
-    m: bundles.Manifest,
-    works: dict[str, Path],
-    reporter: _Reporter,
-    result: SyncResult,
-    actor: str,
-) -> None:
-    parents = {x.digest: x.parent for x in m.layers}
-    sizes = {x.digest: x.size for x in m.layers if x.included}
-    needs: dict[str, list[str]] = {}  # version key -> layers of its chain this site lacks
-    for v in m.versions:
-        digest: str | None = v.top_layer
-        lacking = []
-        while digest is not None:
-            if digest in sizes:
-                lacking.append(digest)
-            digest = parents[digest]
-        key = f"{m.template}:v{v.number}"
-        needs[key] = lacking
-        total = sum(sizes[d] for d in lacking)
-        state = "pending" if lacking else "verified"
-        reporter.states[key] = VersionState(state=state, done=0, total=total)
-    reporter.send(force=True)
-    bundles._check_catalog(ctx, m)
-    done: dict[str, int] = {}
-
-    def progress(digest: str, held: int, wire: int) -> None:
-        done[digest] = held
-        result.bytes_downloaded += wire
-        for key, lacking in needs.items():
-            if digest in lacking:
-                st = reporter.states[key]
-                st.state, st.done = "transferring", sum(done.get(d, 0) for d in lacking)
-        reporter.send()
-
-    for x in m.layers:
-        if not x.included:
-            continue
-        works[x.digest] = ctx.layers.dir / f".import-sync-{secrets.token_hex(8)}.qcow2"
-        transfer.download(
-            http, x, works[x.digest], bucket, lambda h, w, d=x.digest: progress(d, h, w)
-        )
-        result.layers_downloaded += 1
-    with bundles._import_lock:
-        view = bundles.install_layers(
-            ctx, m, works, [], source="upstream", actor=actor, action="site.sync"
-        )
-    result.versions_added[m.template] = view.versions_added
-    for key in needs:
-        reporter.states[key] = VersionState(
-            state="verified", done=reporter.states[key].total, total=reporter.states[key].total
-        )
+    log.info("site %s published %s v%s", site_name, template, view.versions_added)
+    return view

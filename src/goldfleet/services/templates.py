@@ -312,6 +312,9 @@ def delete_version(ctx: Context, name: str, number: int, *, actor: str) -> None:
 
 def enter_maintenance(ctx: Context, name: str, *, actor: str) -> TemplateView:
     """Give the template a writable overlay on its current version."""
+    from goldfleet.services.upstream import check_local_change  # it imports this module
+
+    check_local_change(ctx, check_name(name, "template name"))
     with ctx.template_lock(name):
         with ctx.session() as s:
             t = get_template(s, name)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import secrets
-
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from goldfleet.api.deps import Ctx, Writer
-from goldfleet.errors import InvalidInput
+from goldfleet.api.uploads import received_body
 from goldfleet.services import bundles
 
 router = APIRouter(tags=["bundles"])
@@ -40,19 +37,8 @@ async def export_bundle(
 async def import_bundle(request: Request, ctx: Ctx, caller: Writer) -> bundles.BundleView:
     """Receive a bundle (the request body) into the incoming folder, then check and import it."""
     limit = ctx.settings.max_virtual_size * 4 + (64 << 20)
-    incoming = ctx.layers.incoming / f"bundle-{secrets.token_hex(8)}"
-    try:
-        received = 0
-        with open(incoming, "wb") as f:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise InvalidInput("the bundle is larger than the configured limit")
-                f.write(chunk)
-        return await run_in_threadpool(bundles.import_bundle, ctx, incoming, actor=caller.name)
-    finally:
-        if os.path.exists(incoming):
-            os.unlink(incoming)
+    async with received_body(request, ctx, prefix="bundle", limit=limit, what="bundle") as file:
+        return await run_in_threadpool(bundles.import_bundle, ctx, file, actor=caller.name)
 
 
 @router.get("/keys")

@@ -1,25 +1,38 @@
-"""Sites. At HQ: sites, assignments (admin) and the sync endpoints a site token reads. At a
-site: joining HQ and running a sync (admin)."""
+"""Sites. At HQ: sites, their rights and assignments (admin) and the sync endpoints a site token
+reads. At a site: joining HQ, the sync and its schedule, and publishing a version (admin)."""
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from datetime import datetime
+
+from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from goldfleet.api.deps import Ctx, Reader, SiteCaller, Writer
-from goldfleet.services import sites
+from goldfleet.api.uploads import received_body
+from goldfleet.domain.names import check_name
+from goldfleet.domain.rollout import parse_time
+from goldfleet.services import bundles, sites, upstream
 
 router = APIRouter(tags=["sites"])
 
 
 class SiteCreate(BaseModel):
     name: str
+    local_patches: bool = False
+
+
+class SiteRights(BaseModel):
+    local_patches: bool
 
 
 class SiteAssign(BaseModel):
     template: str
+    versions: str = "all"  # current | all | N
+    publish_at: str | None = None  # HH:MM or an ISO date-time, UTC
+    activate: str | None = None  # on-verify | when-all-verified (the template's mode)
 
 
 class SiteJoin(BaseModel):
@@ -31,6 +44,21 @@ class SyncRequest(BaseModel):
     limit: float | None = Field(default=None, gt=0)  # bytes a second
 
 
+class ScheduleRequest(BaseModel):
+    schedule: str | None  # daily [HH:MM] | weekly DAY [HH:MM] | cron; None: on demand only
+
+
+class PublishRequest(BaseModel):
+    version: int | None = Field(default=None, ge=1)
+
+
+class PublishAsk(BaseModel):
+    digests: list[str] = Field(max_length=10_000)
+
+
+# --- at HQ --------------------------------------------------------------------------------
+
+
 @router.get("/sites")
 def list_sites(ctx: Ctx, caller: Reader) -> list[sites.SiteView]:
     return sites.list_sites(ctx)
@@ -38,22 +66,70 @@ def list_sites(ctx: Ctx, caller: Reader) -> list[sites.SiteView]:
 
 @router.post("/sites", status_code=201)
 def create_site(body: SiteCreate, ctx: Ctx, caller: Writer) -> sites.SiteCreated:
-    return sites.create_site(ctx, body.name, actor=caller.name)
+    return sites.create_site(ctx, body.name, local_patches=body.local_patches, actor=caller.name)
+
+
+@router.post("/sites/{name}/rights")
+def set_rights(name: str, body: SiteRights, ctx: Ctx, caller: Writer) -> sites.SiteView:
+    return sites.set_rights(ctx, name, local_patches=body.local_patches, actor=caller.name)
+
+
+@router.post("/sites/{name}/revoke")
+def revoke_site(name: str, ctx: Ctx, caller: Writer) -> sites.SiteView:
+    return sites.revoke_site(ctx, name, actor=caller.name)
 
 
 @router.post("/sites/{name}/templates")
 def assign_template(name: str, body: SiteAssign, ctx: Ctx, caller: Writer) -> sites.SiteView:
-    return sites.assign_template(ctx, name, body.template, actor=caller.name)
+    at: datetime | None = None
+    if body.publish_at:
+        at = parse_time(body.publish_at, ctx.clock.now())
+    return sites.assign_template(
+        ctx,
+        name,
+        body.template,
+        versions=body.versions,
+        publish_at=at,
+        activate=body.activate,
+        actor=caller.name,
+    )
+
+
+@router.delete("/sites/{name}/templates/{template}")
+def unassign_template(name: str, template: str, ctx: Ctx, caller: Writer) -> sites.SiteView:
+    return sites.unassign_template(ctx, name, template, actor=caller.name)
+
+
+# --- at a site ----------------------------------------------------------------------------
+
+
+@router.get("/site")
+def site_status(ctx: Ctx, caller: Reader) -> upstream.UpstreamView:
+    return upstream.status(ctx)
 
 
 @router.post("/site/join")
 def join(body: SiteJoin, ctx: Ctx, caller: Writer) -> dict[str, str]:
-    return sites.join(ctx, body.url, body.token, actor=caller.name)
+    return upstream.join(ctx, body.url, body.token, actor=caller.name)
 
 
 @router.post("/site/sync")
-async def sync(body: SyncRequest, ctx: Ctx, caller: Writer) -> sites.SyncResult:
-    return await run_in_threadpool(sites.sync, ctx, limit=body.limit, actor=caller.name)
+async def sync(body: SyncRequest, ctx: Ctx, caller: Writer) -> upstream.SyncResult:
+    return await run_in_threadpool(upstream.sync, ctx, limit=body.limit, actor=caller.name)
+
+
+@router.post("/site/schedule")
+def schedule(body: ScheduleRequest, ctx: Ctx, caller: Writer) -> upstream.UpstreamView:
+    return upstream.set_schedule(ctx, body.schedule, actor=caller.name)
+
+
+@router.post("/templates/{name}/publish")
+async def publish(
+    name: str, body: PublishRequest, ctx: Ctx, caller: Writer
+) -> upstream.PublishResult:
+    return await run_in_threadpool(
+        upstream.publish, ctx, name, version=body.version, actor=caller.name
+    )
 
 
 # --- what a site token reads at HQ --------------------------------------------------------
@@ -74,3 +150,23 @@ def layer(digest: str, ctx: Ctx, caller: SiteCaller) -> FileResponse:
 @router.post("/sync/report", status_code=204)
 def report(body: sites.SyncReport, ctx: Ctx, caller: SiteCaller) -> None:
     sites.record_report(ctx, caller.name, body)
+
+
+@router.post("/sync/publish/{template}/plan")
+def publish_plan(
+    template: str, body: PublishAsk, ctx: Ctx, caller: SiteCaller
+) -> sites.PublishPlan:
+    return sites.publish_plan(ctx, caller.name, template, body.digests)
+
+
+@router.post("/sync/publish/{template}", status_code=201)
+async def receive_publish(
+    template: str, request: Request, ctx: Ctx, caller: SiteCaller
+) -> bundles.BundleView:
+    """A site's new version as a bundle (the body); refused before a byte is stored when the
+    site may not publish this template."""
+    check_name(template, "template name")
+    await run_in_threadpool(sites.publish_plan, ctx, caller.name, template, [])
+    limit = ctx.settings.max_virtual_size * 4 + (64 << 20)
+    async with received_body(request, ctx, prefix="publish", limit=limit, what="upload") as file:
+        return await run_in_threadpool(sites.receive_publish, ctx, caller.name, template, file)

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import os
-import secrets
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
@@ -9,7 +7,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from goldfleet.api.deps import Ctx, Reader, Writer
 from goldfleet.api.schemas import MaintenanceExit, TemplateFromClone
-from goldfleet.errors import InvalidInput
+from goldfleet.api.uploads import received_body
 from goldfleet.services import operations, templates
 from goldfleet.services.views import MaintenanceExitView, TemplateView, VersionView
 
@@ -35,29 +33,18 @@ async def import_template(
     """Upload an image (the request body) and import it as v1 of a new template."""
     await run_in_threadpool(templates.check_new_name, ctx, name)
     limit = ctx.settings.max_virtual_size + (64 << 20)
-    incoming = ctx.layers.incoming / f"upload-{secrets.token_hex(8)}"
-    try:
-        received = 0
-        with open(incoming, "wb") as f:
-            async for chunk in request.stream():
-                received += len(chunk)
-                if received > limit:
-                    raise InvalidInput("the image is larger than the configured limit")
-                f.write(chunk)
+    async with received_body(request, ctx, prefix="upload", limit=limit, what="image") as image:
         return await run_in_threadpool(
             templates.import_template,
             ctx,
             name=name,
-            image=incoming,
+            image=image,
             fmt=format,
             temp=temp,
             data=data,
             kind=kind,
             actor=caller.name,
         )
-    finally:
-        if os.path.exists(incoming):
-            os.unlink(incoming)
 
 
 @router.post("/from-clone", status_code=201)

@@ -1,0 +1,685 @@
+"""Sites, site side: joining HQ, the sync (on demand and on a schedule), when a received
+version becomes current here, and publishing a locally sealed version to HQ.
+
+The sync reads HQ's catalog and, per template, downloads the layers this site lacks
+(services/transfer.py: Range resumes, sha256 while receiving, bandwidth limit) into dot-named
+work files, then hands them to the bundle import's install step (the same checks as any layer
+from outside, parents sealed first, versions added in one transaction, everything removed on a
+refusal). A version is added only once its whole chain is verified here; it becomes current
+when HQ says so (at once, at the assignment's publish time, or once every site verified it).
+One sync runs at a time on a site, across all its servers (a claim in the database, held by a
+live server), and never while the site applies the same template.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+import secrets
+import threading
+import time
+import uuid
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+from pydantic import BaseModel
+from sqlalchemy import or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from goldfleet.bootstrap import Context
+from goldfleet.db.tables import (
+    Layer,
+    Operation,
+    OperationItem,
+    Server,
+    Template,
+    Upstream,
+    Version,
+)
+from goldfleet.domain import sites as rules
+from goldfleet.domain.model import TemplateStatus
+from goldfleet.domain.rollout import ACTIVE
+from goldfleet.errors import Conflict, Forbidden, GoldfleetError, InvalidInput, NotFound
+from goldfleet.services import audit, bundles, transfer
+from goldfleet.services.common import chain, get_template, get_version
+from goldfleet.services.sites import LOCAL_PATCHES, SyncReport, VersionState
+from goldfleet.services.transfer import TokenBucket, UpstreamError, UpstreamRefused
+
+log = logging.getLogger("goldfleet.upstream")
+
+SITE_TOKEN_FILE = "site.token"
+UPSTREAM_FILE = "upstream.json"
+REPORT_SECONDS = 1.0
+LINK_ID = 1
+_PROCESS_ID = str(uuid.uuid4())  # owner of syncs started where no runner is registered
+
+_sync_lock = threading.Lock()  # one sync per process; the database claim covers the others
+
+
+class SyncResult(BaseModel):
+    templates: list[str]
+    versions_added: dict[str, list[int]]
+    activated: dict[str, int]  # template -> version made current here
+    pending: dict[str, dict[str, Any]]  # template -> {version, at}: current at its publish time
+    layers_downloaded: int
+    bytes_downloaded: int  # body bytes received from HQ, retries and re-fetches included
+    failed: dict[str, str]  # template -> reason
+    skipped: dict[str, str]  # template -> why it waits (being applied, in maintenance)
+
+
+class UpstreamView(BaseModel):
+    role: str
+    joined: bool
+    upstream_url: str | None
+    site: str | None
+    schedule: str | None  # cron expression, UTC
+    next_sync_at: datetime | None
+    syncing_since: datetime | None
+    last_sync_at: datetime | None
+    last_error: str | None
+    rights: dict[str, bool]
+    templates: list[str]  # the templates HQ sends this site
+    pending: dict[str, dict[str, Any]]
+
+
+class PublishResult(BaseModel):
+    template: str
+    version: int
+    layers_sent: int
+    bytes_sent: int
+    already_at_hq: bool
+
+
+# --- the link to HQ -----------------------------------------------------------------------
+
+
+def _write_private(path: Path, text: str) -> None:
+    work = path.with_name(f".{path.name}.{secrets.token_hex(4)}")
+    fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(work, path)
+
+
+def _require_site(ctx: Context, what: str) -> None:
+    if ctx.settings.role != "site":
+        raise Conflict(f'this server runs as hq; {what} needs role = "site" (GOLDFLEET_ROLE=site)')
+
+
+def _stored(ctx: Context) -> dict[str, Any]:
+    path = ctx.settings.home / UPSTREAM_FILE
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _upstream(ctx: Context) -> tuple[str, str]:
+    _require_site(ctx, "pulling from HQ")
+    url = ctx.settings.upstream_url or _stored(ctx).get("url", "")
+    token_file = ctx.settings.home / SITE_TOKEN_FILE
+    if not url or not token_file.exists():
+        raise Conflict("this site has not joined HQ yet: goldfleet site join URL --token T")
+    return url.rstrip("/"), token_file.read_text().strip()
+
+
+def _http(url: str, token: str) -> httpx.Client:
+    return httpx.Client(
+        base_url=url,
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=httpx.Timeout(60.0, connect=10.0),
+    )
+
+
+def _answer(http: httpx.Client, r: httpx.Response, path: str) -> Any:
+    """HQ's answer as JSON, or the error HQ gave, as the same kind of error here."""
+    if r.status_code < 400:
+        return r.json() if r.content else None
+    try:
+        message = r.json().get("message") or r.text
+    except ValueError:
+        message = r.text or r.reason_phrase
+    if r.status_code == 401:
+        raise UpstreamRefused(f"HQ at {http.base_url} refused this site's token (revoked or wrong)")
+    kinds = {403: Forbidden, 404: NotFound, 409: Conflict, 422: InvalidInput}
+    if r.status_code in kinds:
+        raise kinds[r.status_code](f"HQ: {message}")
+    raise UpstreamError(f"HQ answered {r.status_code} to {path}: {message[:300]}")
+
+
+def _call(http: httpx.Client, method: str, path: str, **kw: Any) -> Any:
+    try:
+        r = http.request(method, path, **kw)
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"HQ at {http.base_url} cannot be reached: {exc}") from None
+    return _answer(http, r, path)
+
+
+def _link(s: Any) -> Upstream:
+    link = s.get(Upstream, LINK_ID)
+    if link is None:
+        try:
+            s.add(Upstream(id=LINK_ID, rights={}, managed={}, pending={}))
+            s.commit()
+        except IntegrityError:  # another server made it first
+            s.rollback()
+        link = s.get(Upstream, LINK_ID)
+    return link
+
+
+def join(ctx: Context, url: str, token: str, *, actor: str) -> dict[str, str]:
+    """Store HQ's URL and this site's token after HQ accepted the token."""
+    _require_site(ctx, "joining an HQ")
+    if not url.startswith(("http://", "https://")):
+        raise InvalidInput(f"{url!r} is not an http(s) URL")
+    url = url.rstrip("/")
+    with _http(url, token) as http:
+        answer = _call(http, "GET", "/sync/catalog")
+    _write_private(ctx.settings.home / SITE_TOKEN_FILE, token + "\n")
+    _write_private(
+        ctx.settings.home / UPSTREAM_FILE, json.dumps({"url": url, "site": answer["site"]})
+    )
+    with ctx.session() as s:
+        _remember(s, answer)
+        audit.record(s, actor, "site.join", url, site=answer["site"])
+        s.commit()
+    return {"upstream_url": url, "site": answer["site"]}
+
+
+def _remember(s: Any, answer: dict[str, Any]) -> None:
+    """What HQ says of this site: its rights and the templates it sends."""
+    link = _link(s)
+    link.rights = {LOCAL_PATCHES: bool(answer.get("rights", {}).get(LOCAL_PATCHES))}
+    link.managed = {e["template"]: e.get("hq_current") for e in answer["templates"]}
+
+
+def status(ctx: Context) -> UpstreamView:
+    stored = _stored(ctx)
+    joined = (ctx.settings.home / SITE_TOKEN_FILE).exists()
+    with ctx.session() as s:
+        link = _link(s)
+        return UpstreamView(
+            role=ctx.settings.role,
+            joined=joined,
+            upstream_url=ctx.settings.upstream_url or stored.get("url"),
+            site=stored.get("site"),
+            schedule=link.schedule,
+            next_sync_at=link.next_sync_at,
+            syncing_since=link.sync_started_at if link.sync_owner else None,
+            last_sync_at=link.last_sync_at,
+            last_error=link.last_error,
+            rights={LOCAL_PATCHES: bool((link.rights or {}).get(LOCAL_PATCHES))},
+            templates=sorted(link.managed or {}),
+            pending=dict(link.pending or {}),
+        )
+
+
+def set_schedule(ctx: Context, spec: str | None, *, actor: str) -> UpstreamView:
+    """Sync on ``spec`` (``daily [HH:MM]``, ``weekly DAY [HH:MM]`` or cron, UTC); None: only on
+    demand."""
+    _require_site(ctx, "a sync schedule")
+    cron = None if spec is None else rules.parse_schedule(spec)
+    with ctx.session() as s:
+        link = _link(s)
+        link.schedule = cron
+        link.next_sync_at = None if cron is None else rules.next_sync(cron, ctx.clock.now())
+        audit.record(s, actor, "site.schedule", "upstream", schedule=cron)
+        s.commit()
+    return status(ctx)
+
+
+def check_local_change(ctx: Context, template: str) -> None:
+    """At a site, a template HQ sends may be patched here only with the local-patches right."""
+    if ctx.settings.role != "site":
+        return
+    with ctx.session() as s:
+        link = s.get(Upstream, LINK_ID)
+        if link is None or template not in (link.managed or {}):
+            return
+        if not (link.rights or {}).get(LOCAL_PATCHES):
+            raise Forbidden(
+                f"template {template} comes from HQ and this site has no {LOCAL_PATCHES} right:"
+                " patch it at HQ, or ask HQ for the right (goldfleet site rights SITE"
+                " --local-patches at HQ, then goldfleet site sync here)"
+            )
+
+
+# --- one sync at a time -------------------------------------------------------------------
+
+
+def _me(ctx: Context) -> str:
+    return getattr(ctx.runner, "server_id", None) or _PROCESS_ID
+
+
+def _claim(ctx: Context) -> str:
+    """Take the site's sync claim, or refuse: a claim held by a live server is its own."""
+    me, now = _me(ctx), ctx.clock.now()
+    alive = select(Server.id).where(
+        Server.heartbeat_at >= now - timedelta(seconds=ctx.settings.lease_seconds)
+    )
+    with ctx.session() as s:
+        _link(s)
+        taken = s.execute(
+            update(Upstream)
+            .where(
+                Upstream.id == LINK_ID,
+                or_(Upstream.sync_owner.is_(None), Upstream.sync_owner.not_in(alive)),
+            )
+            .values(sync_owner=me, sync_started_at=now)
+        ).rowcount
+        s.commit()
+        if taken != 1:
+            since = s.get(Upstream, LINK_ID).sync_started_at
+            raise Conflict(
+                f"a sync is already running on this site (since {since:%Y-%m-%d %H:%M:%S} UTC);"
+                " wait for it to finish: goldfleet site status"
+            )
+    return me
+
+
+def _finish(ctx: Context, me: str, problem: str | None) -> None:
+    """Release the claim; plan the next sync: a retry after a problem, else the schedule."""
+    now = ctx.clock.now()
+    with ctx.session() as s:
+        link = _link(s)
+        if link.sync_owner == me:
+            link.sync_owner = None
+        link.last_sync_at, link.last_error = now, problem
+        if problem:
+            link.next_sync_at = now + timedelta(seconds=ctx.settings.sync_retry_seconds)
+        elif link.schedule:
+            link.next_sync_at = rules.next_sync(link.schedule, now)
+        else:
+            link.next_sync_at = None
+        s.commit()
+
+
+def sync(ctx: Context, *, limit: float | None = None, actor: str) -> SyncResult:
+    """Pull every assigned template's versions from HQ; one sync at a time."""
+    url, token = _upstream(ctx)
+    if not _sync_lock.acquire(blocking=False):
+        raise Conflict("a sync is already running on this site; wait for it to finish")
+    try:
+        me = _claim(ctx)
+        problem: str | None = "the sync stopped unexpectedly"
+        try:
+            with _http(url, token) as http:
+                result = _sync(ctx, http, TokenBucket(limit), actor)
+            problem = "; ".join(
+                [f"{k}: {v}" for k, v in {**result.failed, **result.skipped}.items()]
+            )
+            return result
+        except GoldfleetError as exc:
+            problem = exc.message
+            raise
+        finally:
+            _finish(ctx, me, problem or None)
+    finally:
+        _sync_lock.release()
+
+
+def site_tick(ctx: Context) -> None:
+    """Called by the runner loop: make due versions current, start a due sync."""
+    if ctx.settings.role != "site":
+        return
+    activate_due(ctx)
+    with ctx.session() as s:
+        link = s.get(Upstream, LINK_ID)
+        due = link is not None and link.next_sync_at is not None
+        due = due and link.next_sync_at <= ctx.clock.now() and link.sync_owner is None
+    if not due or _sync_lock.locked():
+        return
+    if not (ctx.settings.home / SITE_TOKEN_FILE).exists():
+        return
+    threading.Thread(target=_background_sync, args=(ctx,), name="goldfleet-sync").start()
+
+
+def _background_sync(ctx: Context) -> None:
+    try:
+        r = sync(ctx, actor="schedule")
+        log.info("scheduled sync: added %s, %s bytes", r.versions_added, r.bytes_downloaded)
+    except GoldfleetError as exc:
+        log.warning("scheduled sync failed: %s", exc.message)
+    except Exception:
+        log.exception("scheduled sync failed")
+
+
+# --- the sync -----------------------------------------------------------------------------
+
+
+class _Reporter:
+    """Per-version states, sent to HQ at most once a second (HQ down: kept for the next one)."""
+
+    def __init__(self, http: httpx.Client) -> None:
+        self.http = http
+        self.states: dict[str, VersionState] = {}
+        self.sent_at = 0.0
+
+    def send(self, force: bool = False) -> None:
+        if not force and time.monotonic() - self.sent_at < REPORT_SECONDS:
+            return
+        self.sent_at = time.monotonic()
+        body = SyncReport(states=self.states).model_dump()
+        try:
+            self.http.post("/sync/report", json=body)
+        except httpx.HTTPError as exc:
+            log.warning("could not report to HQ: %s", exc)
+
+
+def _busy(ctx: Context, name: str) -> str | None:
+    """Why template ``name`` must not change here now, if it must not."""
+    with ctx.session() as s:
+        t = s.scalar(select(Template).where(Template.name == name))
+        if t is None:
+            return None
+        if t.status != TemplateStatus.READY:
+            return f"template {name} is in {t.status} here; it syncs after that"
+        op_id = s.scalar(
+            select(Operation.id)
+            .join(OperationItem, OperationItem.operation_id == Operation.id)
+            .join(Version, OperationItem.target_version_id == Version.id)
+            .where(
+                Version.template_id == t.id,
+                Operation.status.in_(list(ACTIVE)),
+                OperationItem.state.in_(["queued", "running"]),
+            )
+            .limit(1)
+        )
+    if op_id is not None:
+        return f"operation {op_id} is applying template {name} here; it syncs after that"
+    return None
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, GoldfleetError):
+        return exc.message
+    if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return (
+            "the disk of this site's store is full; nothing was activated and the partial"
+            " files were removed; free space and sync again"
+        )
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _held(ctx: Context, digests: list[str]) -> set[str]:
+    with ctx.session() as s:
+        return {d for d in digests if s.get(Layer, d) is not None and ctx.layers.has(d)}
+
+
+def _sync(ctx: Context, http: httpx.Client, bucket: TokenBucket, actor: str) -> SyncResult:
+    answer = _call(http, "GET", "/sync/catalog")
+    with ctx.session() as s:
+        _remember(s, answer)
+        s.commit()
+    reporter = _Reporter(http)
+    result = SyncResult(
+        templates=[],
+        versions_added={},
+        activated={},
+        pending={},
+        layers_downloaded=0,
+        bytes_downloaded=0,
+        failed={},
+        skipped={},
+    )
+    for entry in answer["templates"]:
+        name = entry["template"]
+        result.templates.append(name)
+        busy = _busy(ctx, name)
+        if busy:
+            result.skipped[name] = busy
+            continue
+        works: dict[str, Path] = {}
+        try:
+            _sync_template(ctx, http, bucket, entry, works, reporter, result, actor)
+        except (GoldfleetError, OSError) as exc:
+            for w in works.values():
+                w.unlink(missing_ok=True)
+            message = _reason(exc)
+            result.failed[name] = message
+            for key, st in reporter.states.items():
+                if key.startswith(f"{name}:") and st.state != "verified":
+                    reporter.states[key] = VersionState(
+                        state="failed", done=st.done, total=st.total, reason=message
+                    )
+            log.warning("sync of %s failed: %s", name, message)
+            if isinstance(exc, UpstreamRefused):
+                break
+        reporter.send(force=True)
+    if any(result.versions_added.values()):
+        try:  # HQ now knows what this site verified: the version to make current may be newer
+            answer = _call(http, "GET", "/sync/catalog")
+        except GoldfleetError as exc:
+            log.warning("could not read HQ's catalog again: %s", exc.message)
+    for entry in answer["templates"]:
+        if entry["template"] not in result.failed and entry["template"] not in result.skipped:
+            _activate(ctx, entry, result, actor)
+    _mark_current(ctx, reporter)
+    reporter.send(force=True)
+    with ctx.session() as s:
+        audit.record(
+            s,
+            actor,
+            "site.sync",
+            "upstream",
+            bytes=result.bytes_downloaded,
+            added=result.versions_added,
+            activated=result.activated,
+            failed=result.failed,
+            skipped=result.skipped,
+        )
+        s.commit()
+    return result
+
+
+def _manifest(entry: dict[str, Any], held: set[str]) -> bundles.Manifest:
+    """The catalog entry as a bundle manifest: the install step's checks apply as they are.
+    It names no current version: the site decides that itself (:func:`_activate`)."""
+    body = {
+        "format": bundles.FORMAT,
+        "template": entry["template"],
+        "kind": entry["kind"],
+        "outline": entry["outline"],
+        "current": None,
+        "since": None,
+        "policy_only": False,
+        "versions": entry["versions"],
+        "layers": [
+            {k: x[k] for k in ("digest", "parent", "size", "virtual_size")}
+            | {"included": x["digest"] not in held}
+            for x in entry["layers"]
+        ],
+    }
+    return bundles._parse_manifest(json.dumps(body).encode())
+
+
+def _sync_template(
+    ctx: Context,
+    http: httpx.Client,
+    bucket: TokenBucket,
+    entry: dict[str, Any],
+    works: dict[str, Path],
+    reporter: _Reporter,
+    result: SyncResult,
+    actor: str,
+) -> None:
+    m = _manifest(entry, _held(ctx, [x["digest"] for x in entry["layers"]]))
+    parents = {x.digest: x.parent for x in m.layers}
+    sizes = {x.digest: x.size for x in m.layers if x.included}
+    needs: dict[str, list[str]] = {}  # version key -> layers of its chain this site lacks
+    for v in m.versions:
+        digest: str | None = v.top_layer
+        lacking = []
+        while digest is not None:
+            if digest in sizes:
+                lacking.append(digest)
+            digest = parents[digest]
+        key = f"{m.template}:v{v.number}"
+        needs[key] = lacking
+        total = sum(sizes[d] for d in lacking)
+        state = "pending" if lacking else "verified"
+        reporter.states[key] = VersionState(state=state, done=0, total=total)
+    reporter.send(force=True)
+    bundles._check_catalog(ctx, m)
+    done: dict[str, int] = {}
+
+    def progress(digest: str, held: int, wire: int) -> None:
+        done[digest] = held
+        result.bytes_downloaded += wire
+        for key, lacking in needs.items():
+            if digest in lacking:
+                st = reporter.states[key]
+                st.state, st.done = "transferring", sum(done.get(d, 0) for d in lacking)
+        reporter.send()
+
+    for x in m.layers:
+        if not x.included:
+            continue
+        works[x.digest] = ctx.layers.dir / f".import-sync-{secrets.token_hex(8)}.qcow2"
+        transfer.download(
+            http, x, works[x.digest], bucket, lambda h, w, d=x.digest: progress(d, h, w)
+        )
+        result.layers_downloaded += 1
+    with bundles._import_lock:
+        view = bundles.install_layers(
+            ctx, m, works, [], source="upstream", actor=actor, action="site.sync"
+        )
+    result.versions_added[m.template] = view.versions_added
+    for key in needs:
+        reporter.states[key] = VersionState(
+            state="verified", done=reporter.states[key].total, total=reporter.states[key].total
+        )
+
+
+# --- which version is current here --------------------------------------------------------
+
+
+def _make_current(ctx: Context, s: Any, t: Template, number: int, actor: str) -> bool:
+    v = next((v for v in t.versions if v.number == number), None)
+    held = t.current_version.number if t.current_version else 0
+    if v is None or number <= held:
+        return False
+    t.current_version_id = v.id
+    audit.record(s, actor, "template.activate", t.name, version=number)
+    return True
+
+
+def _activate(ctx: Context, entry: dict[str, Any], result: SyncResult, actor: str) -> None:
+    """Make HQ's version for this site current here, now or at the assignment's publish time.
+    A version is only made current if it is newer than this site's current one (a version
+    patched here stays current until HQ distributes a newer one)."""
+    name, target = entry["template"], entry["current"]
+    at = datetime.fromisoformat(entry["publish_at"]) if entry.get("publish_at") else None
+    now = ctx.clock.now()
+    with ctx.template_lock(name), ctx.session() as s:
+        t = s.scalar(select(Template).where(Template.name == name))
+        link = _link(s)
+        pending = dict(link.pending or {})
+        if t is None or target is None:
+            return
+        current = t.current_version.number if t.current_version else 0
+        if target <= current or all(v.number != target for v in t.versions):
+            if name in pending and pending[name]["version"] <= current:
+                del pending[name]
+        elif at is not None and at > now:
+            pending[name] = {"version": target, "at": at.isoformat()}
+            result.pending[name] = pending[name]
+        elif _make_current(ctx, s, t, target, actor):
+            pending.pop(name, None)
+            result.activated[name] = target
+        link.pending = pending
+        s.commit()
+
+
+def activate_due(ctx: Context) -> list[str]:
+    """Versions whose publish time has come become current here."""
+    now = ctx.clock.now()
+    with ctx.session() as s:
+        link = s.get(Upstream, LINK_ID)
+        due = [
+            (name, p["version"])
+            for name, p in ((link.pending or {}) if link else {}).items()
+            if datetime.fromisoformat(p["at"]) <= now
+        ]
+    done = []
+    for name, number in due:
+        with ctx.template_lock(name), ctx.session() as s:
+            t = s.scalar(select(Template).where(Template.name == name))
+            if t is not None and t.status == TemplateStatus.READY:
+                _make_current(ctx, s, t, number, "schedule")
+            elif t is not None:
+                continue  # in maintenance: made current once that ends
+            link = _link(s)
+            link.pending = {k: v for k, v in (link.pending or {}).items() if k != name}
+            s.commit()
+            done.append(f"{name}:v{number}")
+    return done
+
+
+def _mark_current(ctx: Context, reporter: _Reporter) -> None:
+    with ctx.session() as s:
+        currents = {
+            t.name: t.current_version.number
+            for t in s.scalars(select(Template))
+            if t.current_version is not None
+        }
+    for key, st in reporter.states.items():
+        name, _, number = key.rpartition(":v")
+        st.current = currents.get(name) == int(number)
+
+
+# --- publishing a version sealed here -----------------------------------------------------
+
+
+def publish(
+    ctx: Context, template: str, *, version: int | None = None, actor: str
+) -> PublishResult:
+    """Send a version sealed here to HQ: only the layers HQ lacks travel. HQ checks it like any
+    layer from outside and distributes it to the other sites assigned the template."""
+    url, token = _upstream(ctx)
+    with ctx.session() as s:
+        t = get_template(s, template)
+        v = get_version(s, t, version)
+        digests = [x.digest for x in chain(s, v.top_layer)]
+        number, top = v.number, v.top_layer
+    with _http(url, token) as http:
+        plan = _call(http, "POST", f"/sync/publish/{template}/plan", json={"digests": digests})
+        hq_top = plan["versions"].get(str(number))
+        if hq_top == top:
+            return PublishResult(
+                template=template, version=number, layers_sent=0, bytes_sent=0, already_at_hq=True
+            )
+        if hq_top is not None:
+            raise Conflict(
+                f"HQ already has a different v{number} of template {template}: patch the newest"
+                " version HQ distributes (goldfleet site sync first), then publish that"
+            )
+        with ctx.session() as s:
+            t = get_template(s, template)
+            v = get_version(s, t, number)
+            current = number if t.current_version_id == v.id else None
+            export = bundles.plan_versions(
+                ctx, s, t, [v], set(plan["held_layers"]), current=current
+            )
+        sent = sum(size for _, _, size in export.layers)
+        _call(
+            http,
+            "POST",
+            f"/sync/publish/{template}",
+            content=bundles.stream_bundle(export),
+            headers={"Content-Type": "application/x-tar"},
+            timeout=httpx.Timeout(None, connect=10.0),
+        )
+    with ctx.session() as s:
+        audit.record(s, actor, "template.publish", template, version=number, bytes=sent)
+        s.commit()
+    return PublishResult(
+        template=template,
+        version=number,
+        layers_sent=len(export.layers),
+        bytes_sent=sent,
+        already_at_hq=False,
+    )

@@ -1,0 +1,457 @@
+"""Distribution between real servers: HQ and two sites (three homes, three ports).
+
+What each site receives (--versions), when a version goes live there (--publish-at,
+--activate when-all-verified), scheduled syncs and their retry while HQ is down, locally
+patched versions published upstream, a full disk at a site, and a hostile upstream.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from sitekit import MiB, layer_path, make_raw, new_version, start_servers
+
+from goldfleet.cli.client import ClientError
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def trio(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any, Any]]:
+    """HQ and sites a and b; a failed sync is retried after one second."""
+    monkeypatch.setenv("GOLDFLEET_HOME", str(tmp_path / "unused"))
+    made = start_servers(
+        tmp_path,
+        {"hq": "hq", "a": "site", "b": "site"},
+        env={"GOLDFLEET_SYNC_RETRY_SECONDS": "1"},
+    )
+    yield made[0], made[1], made[2]
+    for srv in made:
+        srv.stop()
+
+
+def import_base(hq: Any, tmp_path: Path) -> None:
+    image = make_raw(tmp_path / "base.raw", fill={0: os.urandom(2 * MiB)})
+    hq.client().upload(
+        "/templates/import", image, {"name": "base", "format": "raw", "temp": [], "data": []}
+    )
+
+
+def join(hq: Any, site: Any, name: str, **options: Any) -> None:
+    token = hq.client().post("/sites", {"name": name, **options})["token"]
+    site.client().post("/site/join", {"url": hq.url, "token": token})
+
+
+def numbers(srv: Any) -> list[int]:
+    return [v["number"] for v in srv.client().get("/templates/base/versions")]
+
+
+def current(srv: Any) -> int | None:
+    return srv.client().get("/templates/base")["current_version"]
+
+
+def states(hq: Any, site: str) -> dict[str, dict]:
+    return next(x for x in hq.client().get("/sites") if x["name"] == site)["states"]
+
+
+def wait_for(check: Any, timeout: float = 20.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = check()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"not reached within {timeout} s")
+
+
+def cli(srv: Any, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "GOLDFLEET_HOME": str(srv.home)}
+    for key in ("GOLDFLEET_URL", "GOLDFLEET_TOKEN"):
+        env.pop(key, None)
+    return subprocess.run(
+        [sys.executable, "-m", "goldfleet", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def test_versions_activation_and_publish_times(trio, qemu, tmp_path):
+    hq, a, b = trio
+    import_base(hq, tmp_path)
+    new_version(hq, qemu, MiB, os.urandom(64 * 1024))
+    join(hq, a, "a")
+    join(hq, b, "b")
+    # through the CLI: a receives only the current version, b all of them
+    r = cli(hq, "site", "assign", "a", "base", "--versions", "current")
+    assert r.returncode == 0 and "versions current" in r.stdout, r.stderr
+    assert cli(hq, "site", "assign", "b", "base").returncode == 0
+    bad = cli(hq, "site", "assign", "a", "base", "--versions", "latest")
+    assert bad.returncode != 0 and "--versions 'latest' is not valid" in bad.stderr
+
+    assert a.client().post("/site/sync", {})["versions_added"] == {"base": [2]}
+    assert b.client().post("/site/sync", {})["versions_added"] == {"base": [1, 2]}
+    assert numbers(a) == [2] and current(a) == 2 and current(b) == 2
+    assert states(hq, "a")["base:v2"] == {
+        "state": "verified",
+        "done": states(hq, "a")["base:v2"]["done"],
+        "total": states(hq, "a")["base:v2"]["total"],
+        "reason": "",
+        "current": True,
+    }
+
+    # when-all-verified: v3 goes live at a site only once every site of base verified it
+    hq.client().post(
+        "/sites/a/templates",
+        {"template": "base", "versions": "current", "activate": "when-all-verified"},
+    )
+    new_version(hq, qemu, 2 * MiB, os.urandom(64 * 1024))
+    r = a.client().post("/site/sync", {})
+    assert r["versions_added"] == {"base": [3]} and r["activated"] == {}
+    assert numbers(a) == [2, 3] and current(a) == 2
+    assert states(hq, "a")["base:v3"]["state"] == "verified"
+    assert not states(hq, "a")["base:v3"]["current"]
+    listed = cli(hq, "site", "list")
+    assert listed.returncode == 0 and "when-all-verified" in listed.stdout
+    r = b.client().post("/site/sync", {})  # the last site to verify: live at once
+    assert r["versions_added"] == {"base": [3]} and r["activated"] == {"base": 3}
+    assert current(b) == 3
+    r = a.client().post("/site/sync", {})
+    assert r["bytes_downloaded"] == 0 and r["activated"] == {"base": 3} and current(a) == 3
+
+    # a publish time: v4 arrives at a now and goes live there at that time, not before
+    at = (datetime.now(UTC) + timedelta(seconds=4)).replace(tzinfo=None, microsecond=0)
+    hq.client().post(
+        "/sites/a/templates",
+        {
+            "template": "base",
+            "versions": "all",
+            "publish_at": at.isoformat(),
+            "activate": "on-verify",
+        },
+    )
+    new_version(hq, qemu, 3 * MiB, os.urandom(64 * 1024))
+    r = a.client().post("/site/sync", {})
+    assert r["versions_added"] == {"base": [1, 4]}
+    assert r["pending"] == {"base": {"version": 4, "at": at.isoformat()}}
+    assert current(a) == 3
+    shown = a.client().get("/site")
+    assert shown["pending"] == {"base": {"version": 4, "at": at.isoformat()}}
+    status = cli(a, "site", "status")
+    assert status.returncode == 0 and "base v4" in status.stdout
+    wait_for(lambda: current(a) == 4, timeout=30)
+    assert datetime.now(UTC).replace(tzinfo=None) >= at
+    assert a.client().get("/site")["pending"] == {}
+    assert current(b) == 3  # b has no publish time but has not synced since
+
+
+def test_scheduled_sync_retries_while_hq_is_down(trio, qemu, tmp_path):
+    hq, a, _ = trio
+    import_base(hq, tmp_path)
+    join(hq, a, "a")
+    hq.client().post("/sites/a/templates", {"template": "base"})
+    assert a.client().post("/site/sync", {})["versions_added"] == {"base": [1]}
+    made = a.client().post("/clones", {"template": "base", "name": "c1", "wait": True})
+    assert made["operation"]["status"] == "done"
+
+    r = cli(a, "site", "schedule", "weekly sun 03:30")
+    assert r.returncode == 0, r.stderr
+    shown = a.client().get("/site")
+    assert shown["schedule"] == "30 3 * * 0"
+    due = datetime.fromisoformat(shown["next_sync_at"])
+    assert due.weekday() == 6 and (due.hour, due.minute) == (3, 30)
+    assert cli(a, "site", "schedule", "every tuesday").returncode != 0
+
+    # the schedule comes due while HQ is down: the sync fails, is retried, and succeeds
+    # once HQ is back; meanwhile the site serves what it holds
+    new_version(hq, qemu, MiB, os.urandom(64 * 1024))
+    hq.stop()
+    db = sqlite3.connect(a.home / "goldfleet.db")
+    past = (datetime.now(UTC) - timedelta(seconds=1)).replace(tzinfo=None)
+    db.execute("UPDATE upstream SET next_sync_at = ?", (past.isoformat(" "),))
+    db.commit()
+    db.close()
+    failed = wait_for(lambda: (s := a.client().get("/site"))["last_error"] and s)
+    assert "cannot be reached" in failed["last_error"]
+    made = a.client().post("/clones", {"template": "base", "name": "c2", "wait": True})
+    assert made["operation"]["status"] == "done"
+    with pytest.raises(ClientError) as info:
+        a.client().post("/site/sync", {})
+    assert info.value.status == 502 and "cannot be reached" in info.value.message
+    hq.start()
+    wait_for(lambda: numbers(a) == [1, 2], timeout=30)
+    after = wait_for(lambda: (s := a.client().get("/site"))["last_error"] is None and s)
+    assert current(a) == 2
+    # back on the schedule: the next sync is the next Sunday 03:30
+    nxt = datetime.fromisoformat(after["next_sync_at"])
+    assert nxt.weekday() == 6 and (nxt.hour, nxt.minute) == (3, 30)
+
+
+def test_two_syncs_at_once_one_runs(trio, tmp_path):
+    hq, a, _ = trio
+    import_base(hq, tmp_path)
+    join(hq, a, "a")
+    hq.client().post("/sites/a/templates", {"template": "base"})
+    answers: list[Any] = []
+
+    def run() -> None:
+        try:
+            answers.append(a.client().post("/site/sync", {"limit": MiB}))
+        except ClientError as exc:
+            answers.append(exc)
+
+    both = [threading.Thread(target=run) for _ in range(2)]
+    for t in both:
+        t.start()
+    for t in both:
+        t.join(60)
+    refused = [x for x in answers if isinstance(x, ClientError)]
+    ran = [x for x in answers if not isinstance(x, ClientError)]
+    assert len(refused) == 1 and len(ran) == 1
+    assert refused[0].status == 409 and "already running" in refused[0].message
+    assert ran[0]["versions_added"] == {"base": [1]}
+
+    # revoked at HQ: the site's sync is refused, and says so
+    r = cli(hq, "site", "revoke", "a")
+    assert r.returncode == 0 and "token site-a revoked" in r.stdout
+    r = cli(a, "site", "sync")
+    assert r.returncode == 1 and "refused this site's token" in r.stderr
+    assert json.loads(cli(hq, "site", "list", "--json").stdout)[0]["token_revoked"]
+
+
+def test_local_patches_are_published_upstream(trio, qemu, tmp_path):
+    hq, a, b = trio
+    import_base(hq, tmp_path)
+    join(hq, a, "a", local_patches=True)
+    join(hq, b, "b")
+    for name in ("a", "b"):
+        hq.client().post(f"/sites/{name}/templates", {"template": "base"})
+    for site in (a, b):
+        assert site.client().post("/site/sync", {})["versions_added"] == {"base": [1]}
+
+    # b has no right: it may not patch base, nor publish it
+    with pytest.raises(ClientError) as info:
+        b.client().post("/templates/base/maintenance/enter")
+    assert info.value.status == 403 and "no local-patches right" in info.value.message
+    with pytest.raises(ClientError) as info:
+        b.client().post("/templates/base/publish", {})
+    assert info.value.status == 403 and "no local-patches right" in info.value.message
+
+    # a patches base, seals v2 and publishes it: HQ checks it and holds the same v2
+    new_version(a, qemu, MiB, os.urandom(256 * 1024))
+    v2 = a.client().get("/templates/base/versions")[-1]
+    r = cli(a, "template", "publish", "base", "--json")
+    assert r.returncode == 0, r.stderr
+    sent = json.loads(r.stdout)
+    assert sent["version"] == 2 and sent["layers_sent"] == 1
+    assert sent["bytes_sent"] == layer_path(a, v2["top_layer"]).stat().st_size
+    at_hq = hq.client().get("/templates/base/versions")[-1]
+    assert (at_hq["number"], at_hq["top_layer"]) == (2, v2["top_layer"])
+    assert current(hq) == 2
+    again = a.client().post("/templates/base/publish", {})
+    assert again["already_at_hq"] and again["bytes_sent"] == 0
+    audit = hq.client().get("/audit")
+    assert any(e["action"] == "site.publish" and e["actor"] == "site-a" for e in audit)
+
+    # HQ distributes it to b; a recognises the digest and downloads nothing
+    r = b.client().post("/site/sync", {})
+    assert r["versions_added"] == {"base": [2]} and current(b) == 2
+    assert r["bytes_downloaded"] == sent["bytes_sent"]
+    r = a.client().post("/site/sync", {})
+    assert r["bytes_downloaded"] == 0 and r["versions_added"] == {"base": []}
+
+    # HQ and a both seal a v3: a's is refused, HQ's stays
+    new_version(hq, qemu, 2 * MiB, os.urandom(64 * 1024))
+    new_version(a, qemu, 3 * MiB, os.urandom(64 * 1024))
+    with pytest.raises(ClientError) as info:
+        a.client().post("/templates/base/publish", {})
+    assert info.value.status == 409 and "different v3" in info.value.message
+    assert len(hq.client().get("/templates/base/versions")) == 3
+
+    # the right taken back: HQ refuses a's next publish
+    r = cli(hq, "site", "rights", "a", "--no-local-patches")
+    assert r.returncode == 0 and "may not" in r.stdout
+    with pytest.raises(ClientError) as info:
+        a.client().post("/templates/base/publish", {"version": 3})
+    assert info.value.status == 403
+
+
+def _mounted_tmpfs(path: Path, size: str) -> bool:
+    path.mkdir(parents=True)
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+    )
+    return done.returncode == 0
+
+
+def test_disk_full_at_a_site(tmp_path, monkeypatch, qemu):
+    """The site's store is a 24 MiB tmpfs; the layer it must fetch holds 32 MiB."""
+    store = tmp_path / "a-store"
+    if not _mounted_tmpfs(store, "24m"):
+        pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
+    monkeypatch.setenv("GOLDFLEET_HOME", str(tmp_path / "unused"))
+    try:
+        hq, a = start_servers(
+            tmp_path, {"hq": "hq", "a": "site"}, env={"GOLDFLEET_STORE_DIR": str(store)}
+        )
+        try:
+            image = make_raw(tmp_path / "big.raw", fill={0: os.urandom(32 * MiB)})
+            hq.client().upload(
+                "/templates/import",
+                image,
+                {"name": "base", "format": "raw", "temp": [], "data": []},
+            )
+            join(hq, a, "a")
+            hq.client().post("/sites/a/templates", {"template": "base"})
+            free = os.statvfs(store).f_bfree
+            r = cli(a, "site", "sync")
+            assert r.returncode == 1 and "base: failed: the disk of this site's store is full" in (
+                r.stdout
+            )
+            r = cli(a, "site", "status", "--json")
+            shown = json.loads(r.stdout)
+            assert "disk of this site's store is full" in shown["last_error"]
+            assert "nothing was activated" in shown["last_error"]
+            assert a.client().get("/templates") == []
+            layers = store / "layers"
+            assert not [p for p in layers.iterdir() if p.name.startswith(".")]
+            assert os.statvfs(store).f_bfree == free  # the partial download was released
+            assert states(hq, "a")["base:v1"]["state"] == "failed"
+        finally:
+            hq.stop()
+            a.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(store)], check=False)
+
+
+class _HostileHQ(BaseHTTPRequestHandler):
+    """An upstream whose layer matches its digest but points its backing file elsewhere."""
+
+    files: ClassVar[dict[str, bytes]] = {}
+    catalog: ClassVar[dict[str, Any]] = {}
+
+    def do_GET(self) -> None:
+        if self.path == "/sync/catalog":
+            body = json.dumps(self.catalog).encode()
+        elif self.path.startswith("/sync/layers/"):
+            body = self.files[self.path.rsplit("/", 1)[1]]
+        else:
+            self.send_error(404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:
+        self.send_response(204)
+        self.end_headers()
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_a_hostile_upstream_layer_is_refused(tmp_path, monkeypatch, qemu):
+    import hashlib
+
+    base = tmp_path / "base.qcow2"
+    qemu.create(base, size=16 * MiB)
+    evil = tmp_path / "evil.qcow2"
+    qemu.create(evil, size=16 * MiB, backing="/etc/passwd", unsafe=True)
+    base_bytes, evil_bytes = base.read_bytes(), evil.read_bytes()
+    d_base = "sha256:" + hashlib.sha256(base_bytes).hexdigest()
+    d_evil = "sha256:" + hashlib.sha256(evil_bytes).hexdigest()
+    _HostileHQ.files = {d_base: base_bytes, d_evil: evil_bytes}
+    _HostileHQ.catalog = {
+        "site": "a",
+        "rights": {},
+        "templates": [
+            {
+                "template": "base",
+                "kind": "linked",
+                "outline": {"temp": [], "data": []},
+                "current": 2,
+                "hq_current": 2,
+                "activate": "on-verify",
+                "publish_at": None,
+                "versions": [
+                    {"number": 1, "top_layer": d_base, "note": ""},
+                    {"number": 2, "top_layer": d_evil, "note": ""},
+                ],
+                "layers": [
+                    {
+                        "digest": d_base,
+                        "parent": None,
+                        "size": len(base_bytes),
+                        "virtual_size": 16 * MiB,
+                    },
+                    {
+                        "digest": d_evil,
+                        "parent": d_base,
+                        "size": len(evil_bytes),
+                        "virtual_size": 16 * MiB,
+                    },
+                ],
+            }
+        ],
+    }
+    upstream = ThreadingHTTPServer(("127.0.0.1", 0), _HostileHQ)
+    threading.Thread(target=upstream.serve_forever, daemon=True).start()
+    monkeypatch.setenv("GOLDFLEET_HOME", str(tmp_path / "unused"))
+    (a,) = start_servers(tmp_path, {"a": "site"})
+    try:
+        url = f"http://127.0.0.1:{upstream.server_address[1]}"
+        a.client().post("/site/join", {"url": url, "token": "gf_whatever"})
+        r = a.client().post("/site/sync", {})
+        assert "backing reference is '/etc/passwd'" in r["failed"]["base"]
+        assert a.client().get("/templates") == []
+        layers = a.home / "store" / "layers"
+        assert [p for p in layers.iterdir() if p.name.endswith(".qcow2")] == []
+    finally:
+        a.stop()
+        upstream.shutdown()
+
+
+def test_no_sync_while_the_site_applies_the_template(trio, qemu, tmp_path):
+    hq, a, _ = trio
+    import_base(hq, tmp_path)
+    new_version(hq, qemu, MiB, os.urandom(64 * 1024))
+    join(hq, a, "a")
+    hq.client().post("/sites/a/templates", {"template": "base"})
+    a.client().post("/site/sync", {})
+    a.client().post("/clones", {"template": "base", "name": "c1", "wait": True})
+    a.client().post("/clones/c1/start")
+    a.client().post("/sim/sessions", {"vm": "c1", "user": "alice"})
+    # the site rolls its clone back to v1, waiting for alice to log off
+    op = a.client().post(
+        "/clones/rebase", {"template": "base", "to": "base:1", "rollout": {"logoff": "wait"}}
+    )
+    assert op["status"] == "running"
+
+    new_version(hq, qemu, 2 * MiB, os.urandom(64 * 1024))
+    r = a.client().post("/site/sync", {})
+    assert r["versions_added"] == {} and r["bytes_downloaded"] == 0
+    assert r["skipped"] == {
+        "base": f"operation {op['id']} is applying template base here; it syncs after that"
+    }
+    assert numbers(a) == [1, 2]
+    assert "operation" in a.client().get("/site")["last_error"]
+
+    # alice logs off, the rebase ends, and the retry a second later brings v3
+    a.client().delete("/sim/sessions/c1/alice")
+    wait_for(lambda: a.client().get(f"/operations/{op['id']}")["status"] == "done", timeout=30)
+    wait_for(lambda: numbers(a) == [1, 2, 3], timeout=30)
+    assert current(a) == 3
