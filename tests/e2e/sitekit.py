@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,7 +39,8 @@ def make_raw(path: Path, fill: dict[int, bytes]) -> Path:
 def start_servers(
     tmp_path: Path, roles: dict[str, str], env: dict[str, str] | None = None
 ) -> list[Any]:
-    """One started server per name, with its role; ``env`` goes to every site."""
+    """One started server per name (role hq or site), each on its own home and port; ``env``
+    goes to every site."""
     server_class = _root_server_class()
     made = []
     for name, role in roles.items():
@@ -45,9 +48,23 @@ def start_servers(
         extra = {"GOLDFLEET_ROLE": role, **((env or {}) if role == "site" else {})}
         srv = server_class(home=home, env=extra)
         init_home(home, port=srv.port)
+        (home / "server.json").write_text(json.dumps({"url": srv.url}))
         srv.start()
         made.append(srv)
     return made
+
+
+def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
+    """``goldfleet ARGS`` as an admin on the server of ``home`` would run it."""
+    env = {k: v for k, v in os.environ.items() if k not in ("GOLDFLEET_URL", "GOLDFLEET_TOKEN")}
+    return subprocess.run(
+        [sys.executable, "-m", "goldfleet", *args],
+        env={**env, "GOLDFLEET_HOME": str(home), "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
 
 
 def layer_path(srv: Any, digest: str) -> Path:

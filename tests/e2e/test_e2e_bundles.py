@@ -2,68 +2,20 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-
-from goldfleet.services.home import init_home
-
-MiB = 1 << 20
-
-
-def _root_server_class() -> Any:
-    """tests/conftest.py's Server (``import conftest`` here finds tests/e2e/conftest.py)."""
-    path = Path(__file__).parents[1] / "conftest.py"
-    spec = importlib.util.spec_from_file_location("goldfleet_tests_root_conftest", path)
-    assert spec is not None and spec.loader is not None
-    module = sys.modules.get(spec.name) or importlib.util.module_from_spec(spec)
-    if spec.name not in sys.modules:
-        sys.modules[spec.name] = module
-        spec.loader.exec_module(module)
-    return module.Server
-
-
-def cli(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("GOLDFLEET_URL", "GOLDFLEET_TOKEN")}
-    return subprocess.run(
-        [sys.executable, "-m", "goldfleet", *args],
-        env={**env, "GOLDFLEET_HOME": str(home), "COLUMNS": "200"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-
-
-def make_raw(path: Path, fill: dict[int, bytes]) -> Path:
-    with path.open("wb") as f:
-        f.truncate(16 * MiB)
-        for offset, data in fill.items():
-            f.seek(offset)
-            f.write(data)
-    return path
+from sitekit import cli, make_raw, start_servers
 
 
 @pytest.fixture
 def servers(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, Any]]:
     """Two real servers on two homes and two ports (tests/conftest.py's Server helper)."""
-    server_class = _root_server_class()
     monkeypatch.setenv("GOLDFLEET_HOME", str(tmp_path / "unused"))
-    made = []
-    for name in ("a", "b"):
-        home = tmp_path / name
-        srv = server_class(home=home)
-        init_home(home, port=srv.port)
-        (home / "server.json").write_text(json.dumps({"url": srv.url}))
-        srv.start()
-        made.append(srv)
+    made = start_servers(tmp_path, {"a": "hq", "b": "hq"})
     yield made[0], made[1]
     for srv in made:
         srv.stop()

@@ -11,7 +11,6 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
-from sitekit import MiB, layer_path, make_raw, new_version, start_servers
+from sitekit import MiB, cli, layer_path, make_raw, new_version, start_servers
 
 from goldfleet.cli.client import ClientError
 
@@ -76,19 +75,6 @@ def wait_for(check: Any, timeout: float = 20.0) -> Any:
     raise AssertionError(f"not reached within {timeout} s")
 
 
-def cli(srv: Any, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "GOLDFLEET_HOME": str(srv.home)}
-    for key in ("GOLDFLEET_URL", "GOLDFLEET_TOKEN"):
-        env.pop(key, None)
-    return subprocess.run(
-        [sys.executable, "-m", "goldfleet", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def test_versions_activation_and_publish_times(trio, qemu, tmp_path):
     hq, a, b = trio
     import_base(hq, tmp_path)
@@ -96,10 +82,10 @@ def test_versions_activation_and_publish_times(trio, qemu, tmp_path):
     join(hq, a, "a")
     join(hq, b, "b")
     # through the CLI: a receives only the current version, b all of them
-    r = cli(hq, "site", "assign", "a", "base", "--versions", "current")
+    r = cli(hq.home, "site", "assign", "a", "base", "--versions", "current")
     assert r.returncode == 0 and "versions current" in r.stdout, r.stderr
-    assert cli(hq, "site", "assign", "b", "base").returncode == 0
-    bad = cli(hq, "site", "assign", "a", "base", "--versions", "latest")
+    assert cli(hq.home, "site", "assign", "b", "base").returncode == 0
+    bad = cli(hq.home, "site", "assign", "a", "base", "--versions", "latest")
     assert bad.returncode != 0 and "--versions 'latest' is not valid" in bad.stderr
 
     assert a.client().post("/site/sync", {})["versions_added"] == {"base": [2]}
@@ -124,7 +110,7 @@ def test_versions_activation_and_publish_times(trio, qemu, tmp_path):
     assert numbers(a) == [2, 3] and current(a) == 2
     assert states(hq, "a")["base:v3"]["state"] == "verified"
     assert not states(hq, "a")["base:v3"]["current"]
-    listed = cli(hq, "site", "list")
+    listed = cli(hq.home, "site", "list")
     assert listed.returncode == 0 and "when-all-verified" in listed.stdout
     r = b.client().post("/site/sync", {})  # the last site to verify: live at once
     assert r["versions_added"] == {"base": [3]} and r["activated"] == {"base": 3}
@@ -150,7 +136,7 @@ def test_versions_activation_and_publish_times(trio, qemu, tmp_path):
     assert current(a) == 3
     shown = a.client().get("/site")
     assert shown["pending"] == {"base": {"version": 4, "at": at.isoformat()}}
-    status = cli(a, "site", "status")
+    status = cli(a.home, "site", "status")
     assert status.returncode == 0 and "base v4" in status.stdout
     wait_for(lambda: current(a) == 4, timeout=30)
     assert datetime.now(UTC).replace(tzinfo=None) >= at
@@ -167,13 +153,13 @@ def test_scheduled_sync_retries_while_hq_is_down(trio, qemu, tmp_path):
     made = a.client().post("/clones", {"template": "base", "name": "c1", "wait": True})
     assert made["operation"]["status"] == "done"
 
-    r = cli(a, "site", "schedule", "weekly sun 03:30")
+    r = cli(a.home, "site", "schedule", "weekly sun 03:30")
     assert r.returncode == 0, r.stderr
     shown = a.client().get("/site")
     assert shown["schedule"] == "30 3 * * 0"
     due = datetime.fromisoformat(shown["next_sync_at"])
     assert due.weekday() == 6 and (due.hour, due.minute) == (3, 30)
-    assert cli(a, "site", "schedule", "every tuesday").returncode != 0
+    assert cli(a.home, "site", "schedule", "every tuesday").returncode != 0
 
     # the schedule comes due while HQ is down: the sync fails, is retried, and succeeds
     # once HQ is back; meanwhile the site serves what it holds
@@ -225,11 +211,11 @@ def test_two_syncs_at_once_one_runs(trio, tmp_path):
     assert ran[0]["versions_added"] == {"base": [1]}
 
     # revoked at HQ: the site's sync is refused, and says so
-    r = cli(hq, "site", "revoke", "a")
+    r = cli(hq.home, "site", "revoke", "a")
     assert r.returncode == 0 and "token site-a revoked" in r.stdout
-    r = cli(a, "site", "sync")
+    r = cli(a.home, "site", "sync")
     assert r.returncode == 1 and "refused this site's token" in r.stderr
-    assert json.loads(cli(hq, "site", "list", "--json").stdout)[0]["token_revoked"]
+    assert json.loads(cli(hq.home, "site", "list", "--json").stdout)[0]["token_revoked"]
 
 
 def test_local_patches_are_published_upstream(trio, qemu, tmp_path):
@@ -253,7 +239,7 @@ def test_local_patches_are_published_upstream(trio, qemu, tmp_path):
     # a patches base, seals v2 and publishes it: HQ checks it and holds the same v2
     new_version(a, qemu, MiB, os.urandom(256 * 1024))
     v2 = a.client().get("/templates/base/versions")[-1]
-    r = cli(a, "template", "publish", "base", "--json")
+    r = cli(a.home, "template", "publish", "base", "--json")
     assert r.returncode == 0, r.stderr
     sent = json.loads(r.stdout)
     assert sent["version"] == 2 and sent["layers_sent"] == 1
@@ -282,7 +268,7 @@ def test_local_patches_are_published_upstream(trio, qemu, tmp_path):
     assert len(hq.client().get("/templates/base/versions")) == 3
 
     # the right taken back: HQ refuses a's next publish
-    r = cli(hq, "site", "rights", "a", "--no-local-patches")
+    r = cli(hq.home, "site", "rights", "a", "--no-local-patches")
     assert r.returncode == 0 and "may not" in r.stdout
     with pytest.raises(ClientError) as info:
         a.client().post("/templates/base/publish", {"version": 3})
@@ -317,11 +303,11 @@ def test_disk_full_at_a_site(tmp_path, monkeypatch, qemu):
             join(hq, a, "a")
             hq.client().post("/sites/a/templates", {"template": "base"})
             free = os.statvfs(store).f_bfree
-            r = cli(a, "site", "sync")
+            r = cli(a.home, "site", "sync")
             assert r.returncode == 1 and "base: failed: the disk of this site's store is full" in (
                 r.stdout
             )
-            r = cli(a, "site", "status", "--json")
+            r = cli(a.home, "site", "status", "--json")
             shown = json.loads(r.stdout)
             assert "disk of this site's store is full" in shown["last_error"]
             assert "nothing was activated" in shown["last_error"]

@@ -165,6 +165,14 @@ def revoke_site(ctx: Context, name: str, *, actor: str) -> SiteView:
         return _site_view(s, site)
 
 
+def _assignment(s: Any, site: Site, t: Template) -> SiteTemplate | None:
+    return s.scalar(
+        select(SiteTemplate).where(
+            SiteTemplate.site_id == site.id, SiteTemplate.template_id == t.id
+        )
+    )
+
+
 def assign_template(
     ctx: Context,
     site: str,
@@ -184,11 +192,7 @@ def assign_template(
         rules.check_activate(activate)
     with ctx.session() as s:
         row, t = _get_site(s, site), get_template(s, template)
-        held = s.scalar(
-            select(SiteTemplate).where(
-                SiteTemplate.site_id == row.id, SiteTemplate.template_id == t.id
-            )
-        )
+        held = _assignment(s, row, t)
         if held is None:
             held = SiteTemplate(site_id=row.id, template_id=t.id)
             s.add(held)
@@ -214,11 +218,7 @@ def unassign_template(ctx: Context, site: str, template: str, *, actor: str) -> 
     _require_hq(ctx, "assigning templates to sites")
     with ctx.session() as s:
         row, t = _get_site(s, site), get_template(s, template)
-        held = s.scalar(
-            select(SiteTemplate).where(
-                SiteTemplate.site_id == row.id, SiteTemplate.template_id == t.id
-            )
-        )
+        held = _assignment(s, row, t)
         if held is None:
             raise NotFound(f"template {template} is not assigned to site {site}")
         s.delete(held)
