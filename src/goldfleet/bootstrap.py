@@ -16,6 +16,7 @@ from goldfleet.config import Settings
 from goldfleet.db.engine import make_engine, migrate
 from goldfleet.drivers.base import Driver
 from goldfleet.errors import InvalidInput
+from goldfleet.store.edge import EdgeStores
 from goldfleet.store.layers import LayerStore
 from goldfleet.store.qemu import Limits, QemuImg
 from goldfleet.store.volumes import VolumeStore
@@ -41,6 +42,7 @@ class Context:
     _locks_guard: Lock = field(default_factory=Lock)
     runner: object | None = None  # services.operations.Runner, set by bootstrap
     clock: Clock = field(default_factory=Clock)
+    edges: EdgeStores | None = None  # hosts' edge stores (docs/edge.md); None: off
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -76,16 +78,18 @@ def make_driver(settings: Settings, sessions: sessionmaker[Session]) -> Driver:
 
 
 def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:
+    if settings.edge_root is not None and not settings.edge_root.is_absolute():
+        raise InvalidInput(
+            f"edge_root {str(settings.edge_root)!r} is not an absolute path; VMs name their"
+            " layers by absolute path (docs/edge.md)"
+        )
     engine = make_engine(settings.db_url)
     if run_migrations:
         migrate(engine)
     sessions = sessionmaker(engine, expire_on_commit=False)
     qemu = QemuImg()
-    layers = LayerStore(
-        settings.store,
-        qemu,
-        Limits(cpu_seconds=settings.inspect_cpu_seconds, address_space=settings.inspect_memory),
-    )
+    limits = Limits(cpu_seconds=settings.inspect_cpu_seconds, address_space=settings.inspect_memory)
+    layers = LayerStore(settings.store, qemu, limits)
     layers.ensure()
     volumes = VolumeStore(settings.store, qemu, layers)
     volumes.ensure()
@@ -97,6 +101,7 @@ def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:
         layers=layers,
         volumes=volumes,
         driver=make_driver(settings, sessions),
+        edges=EdgeStores(settings.edge_root, qemu, limits) if settings.edge_root else None,
     )
     from goldfleet.services.operations import Runner
 

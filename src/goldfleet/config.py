@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -54,7 +54,15 @@ class Settings(BaseSettings):
     # sites (docs/sites.md)
     role: Literal["hq", "site"] = "hq"
     upstream_url: str = ""  # at a site: HQ's URL (default: the one given to `site join`)
+    # edge stores (docs/edge.md): host H's local copy of layers is the folder edge_root/H,
+    # reached here and on H at that same path; empty: off, clones read the site store
+    edge_root: Path | None = None
     sync_retry_seconds: float = 300.0  # at a site: a failed scheduled sync is retried after this
+
+    @field_validator("edge_root", mode="before")
+    @classmethod
+    def _empty_edge_root_is_off(cls, value: object) -> object:
+        return None if value == "" else value
 
     @classmethod
     def settings_customise_sources(

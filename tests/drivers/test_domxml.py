@@ -22,6 +22,8 @@ from goldfleet.drivers.domxml import (
     from_spec,
     resolve_chain,
 )
+from goldfleet.store.edge import EdgeStores
+from goldfleet.store.qemu import QemuImg
 
 GOLDEN = Path(__file__).parent / "golden"
 REGEN = os.environ.get("GOLDFLEET_REGEN_GOLDEN") == "1"
@@ -66,7 +68,26 @@ KERNEL_BOOT = DomainSpec(
     serial_log="/tmp/serial.log",
 )
 
+# the same clone with edge stores on, on host kvm-01: its volumes stay in the site store, its
+# chain is declared on the host's own copies, laid out as store/edge.py lays them out
+EDGE = EdgeStores(Path("/srv/goldfleet/edge"), QemuImg())
+LINKED_CLONE_EDGE = DomainSpec(
+    name="desk-0001",
+    disks=(
+        DiskSpec(
+            role="system",
+            path="/srv/goldfleet/store/clones/u1/system.qcow2",
+            backing=EDGE.backing("kvm-01", ("sha256:" + "b" * 64, "sha256:" + "a" * 64)),
+        ),
+        DiskSpec(role="temp", path="/srv/goldfleet/store/clones/u1/temp0.qcow2"),
+        DiskSpec(role="data", path="/srv/goldfleet/store/clones/u1/data0.qcow2"),
+    ),
+    memory_mib=4096,
+    vcpus=2,
+)
+
 CASES = {
+    "linked_clone_edge": from_spec(LINKED_CLONE_EDGE, domain_type="kvm"),
     "linked_clone_kvm": from_spec(LINKED_CLONE, domain_type="kvm"),
     "kernel_boot_tcg": from_spec(KERNEL_BOOT, domain_type="qemu"),
     "redefined_keeps_uuid": from_spec(
@@ -127,6 +148,21 @@ def test_backing_chain_is_declared_to_its_end() -> None:
     # a standalone volume says so too: libvirt must not look for a backing file in it
     end = temp.find("backingStore")
     assert end is not None and end.attrib == {} and len(end) == 0
+
+
+def test_an_edge_clone_reads_its_chain_from_its_hosts_copies() -> None:
+    system = _disks(CASES["linked_clone_edge"])[0]
+    assert system.find("source").get("file") == "/srv/goldfleet/store/clones/u1/system.qcow2"
+    chain, node = [], system.find("backingStore")
+    while node is not None and node.get("type") == "file":
+        assert node.find("format").get("type") == "qcow2"
+        chain.append(node.find("source").get("file"))
+        node = node.find("backingStore")
+    assert chain == [
+        f"/srv/goldfleet/edge/kvm-01/layers/{LAYER_TOP}",
+        f"/srv/goldfleet/edge/kvm-01/layers/{LAYER_BASE}",
+    ]
+    assert node is not None and node.attrib == {} and len(node) == 0
 
 
 def test_kernel_boot_serial_log_and_agent_channel() -> None:

@@ -12,7 +12,7 @@ from fastapi.responses import JSONResponse
 
 from goldfleet import __version__
 from goldfleet.api.deps import Reader, authenticate
-from goldfleet.api.routers import admin, bundles, clones, pools, sim, sites, templates
+from goldfleet.api.routers import admin, bundles, clones, hosts, pools, sim, sites, templates
 from goldfleet.bootstrap import Context
 from goldfleet.errors import Forbidden, GoldfleetError
 
@@ -94,4 +94,5 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
     app.include_router(pools.router)
     app.include_router(bundles.router)
     app.include_router(sites.router)
+    app.include_router(hosts.router)
     return app

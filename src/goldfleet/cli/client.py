@@ -76,6 +76,29 @@ class Client:
             return None
         return resp.json()
 
+    def stream_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[Any]:
+        """A request answered with JSON lines (a long action's progress), one at a time."""
+        try:
+            with self.http.stream(method, path, **kwargs) as resp:
+                if resp.status_code >= 400:
+                    resp.read()
+                    try:
+                        message = resp.json().get("message") or resp.text
+                    except ValueError:
+                        message = resp.text or resp.reason_phrase
+                    raise ClientError(message, resp.status_code)
+                for line in resp.iter_lines():
+                    if line.strip():
+                        yield json.loads(line)
+        except httpx.ConnectError:
+            raise ClientError(
+                f"no goldfleet server answers at {self.url}; start one with: goldfleet serve"
+            ) from None
+        except httpx.TimeoutException:
+            raise ClientError(
+                f"the goldfleet server at {self.url} did not answer in time"
+            ) from None
+
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
 

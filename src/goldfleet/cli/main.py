@@ -17,6 +17,7 @@ from goldfleet.cli.bundles import bundle_app, keys_app
 from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
 from goldfleet.cli.common import JsonOpt
 from goldfleet.cli.common import fail as _fail
+from goldfleet.cli.hosts import host_app
 from goldfleet.cli.pools import pool_app
 from goldfleet.cli.sim import sim_app
 from goldfleet.cli.sites import publish as _publish
@@ -48,6 +49,7 @@ app.add_typer(bundle_app, name="bundle")
 app.add_typer(keys_app, name="keys")
 app.add_typer(site_app, name="site")
 template_app.command("publish")(_publish)
+app.add_typer(host_app, name="host")
 
 R = "Rollout policy"
 LogoffOpt = Annotated[

@@ -70,6 +70,7 @@ class Plan:
     discard_data: bool
     backing: tuple[str, ...] = ()  # the target's layer files, top first (linked clones)
     host: str | None = None
+    chain: tuple[str, ...] = ()  # the target's layer digests, top first (linked clones)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,11 +150,13 @@ def _mark(c: Clone, action: CloneAction, target: Version, op_id: int | None, **f
 def load_plans(ctx: Context, s: Session, clone_ids: list[int]) -> list[Plan]:
     plans = []
     chains: dict[str, tuple[str, ...]] = {}
+    digests: dict[str, tuple[str, ...]] = {}
     for c in s.scalars(select(Clone).where(Clone.id.in_(clone_ids)).order_by(Clone.id)):
         target = c.target_version or c.version
         if target.top_layer not in chains:
+            digests[target.top_layer] = tuple(x.digest for x in chain(s, target.top_layer))
             chains[target.top_layer] = tuple(
-                str(ctx.layers.path(layer.digest)) for layer in chain(s, target.top_layer)
+                str(ctx.layers.path(digest)) for digest in digests[target.top_layer]
             )
         plans.append(
             Plan(
@@ -169,17 +172,23 @@ def load_plans(ctx: Context, s: Session, clone_ids: list[int]) -> list[Plan]:
                 discard_data=c.discard_data,
                 backing=chains[target.top_layer] if c.kind == CloneKind.LINKED else (),
                 host=c.host,
+                chain=digests[target.top_layer] if c.kind == CloneKind.LINKED else (),
             )
         )
     return plans
 
 
-def _domain_spec(ctx: Context, plan: Plan) -> DomainSpec:
+def _domain_spec(ctx: Context, plan: Plan, host: str | None = None) -> DomainSpec:
+    """The VM of a clone. With edge stores on, a linked clone's system volume is declared on
+    the layers of its host's edge store (docs/edge.md), so the VM reads its host's disk."""
+    backing = plan.backing
+    if ctx.edges is not None and host is not None and plan.chain:
+        backing = ctx.edges.backing(host, plan.chain)
     disks = tuple(
         DiskSpec(
             role=str(role),
             path=str(path),
-            backing=plan.backing if role == VolumeRole.SYSTEM else (),
+            backing=backing if role == VolumeRole.SYSTEM else (),
         )
         for role, _, path in ctx.volumes.volume_paths(plan.uid, plan.outline)
     )
@@ -216,7 +225,19 @@ def execute(ctx: Context, plan: Plan, logoff: Sequence[str] = ()) -> Outcome:
     power = Power.RUNNING if plan.running else Power.STOPPED
     host = plan.host
     drv = ctx.driver
+    # edge stores: the chain is made complete on the clone's host before anything about the
+    # clone changes, so a host that cannot take it leaves the clone as it was
+    edge = ctx.edges is not None and bool(plan.chain) and plan.action != CloneAction.DELETE
     try:
+        if edge:
+            from goldfleet.services.hosts import place_new, prepare_host
+
+            if host is None:  # not placed at claim (edge stores were off then): its VM may
+                # exist from an interrupted attempt, else it goes where Placer says
+                host = call_driver(ctx, drv.host_of, name=plan.name) or place_new(
+                    ctx, plan.kind, plan.chain
+                )
+            prepare_host(ctx, plan.name, host, plan.chain)
         if logoff:
             # whoever is logged on now: users may have left (or come) since the policy looked
             now_on = call_driver(ctx, drv.sessions, names=[plan.name]).get(plan.name, [])
@@ -232,7 +253,11 @@ def execute(ctx: Context, plan: Plan, logoff: Sequence[str] = ()) -> Outcome:
         if plan.discard_data:
             ctx.volumes.remove_data(plan.uid, plan.outline)
         ctx.volumes.build_clone(plan.uid, plan.kind, plan.top, plan.virtual_size, plan.outline)
-        host = call_driver(ctx, drv.define, spec=_domain_spec(ctx, plan), host=plan.host)
+        placed = call_driver(ctx, drv.define, spec=_domain_spec(ctx, plan, host), host=host)
+        if edge and placed != host:  # the VM already lived elsewhere and stays there
+            prepare_host(ctx, plan.name, placed, plan.chain)
+            call_driver(ctx, drv.define, spec=_domain_spec(ctx, plan, placed), host=placed)
+        host = placed
         if plan.running:
             call_driver(ctx, drv.start, name=plan.name)
             power = Power.RUNNING

@@ -378,6 +378,7 @@ class Runner:
             self._rotation[op.id] = offset + len(waiting) if len(waiting) == SCAN_LIMIT else 0
             rows += waiting
         versions: dict[int, Version] = {}
+        placer = None
         for it, clone in rows:
             if len(out.claims) >= slots:
                 break
@@ -387,6 +388,17 @@ class Runner:
             if clone.status in TRANSITIONAL and it.action != CloneAction.CREATE:
                 it.reason = f"busy: the clone is {clone.status}"
                 continue
+            if clone.host is None and self.ctx.edges is not None:
+                # edge stores: goldfleet places a new clone itself (the driver cannot know
+                # which hosts hold its chain), here, so the per-host limit applies at once
+                from goldfleet.services.hosts import Placer
+
+                placer = placer or Placer(self.ctx, s)
+                try:
+                    chain = placer.chain_of(it.target_version_id)
+                    clone.host = placer.host_for(clone.kind, chain)
+                except GoldfleetError:
+                    pass  # no host fits: executing the clone fails it with the reason
             if per_host[clone.host] >= policy.per_host and clone.host is not None:
                 continue
             step, reason = session_step(policy, users.get(clone.name, []), it.notified_at, now)

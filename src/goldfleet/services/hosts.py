@@ -1,0 +1,365 @@
+"""Hosts and their edge stores: list them, prefetch a version's chain to one, and make sure a
+linked clone is defined only on a host that holds its whole chain (docs/edge.md).
+
+With ``edge_root`` unset (the default) edge stores are off: ``host list`` still lists the
+driver's hosts, ``host prefetch`` is refused, and clone actions take none of these steps.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from goldfleet.bootstrap import Context
+from goldfleet.db.tables import Clone, Layer, Template, Version
+from goldfleet.domain import edge
+from goldfleet.domain.names import NAME_RE
+from goldfleet.errors import Conflict, GoldfleetError
+from goldfleet.services import audit
+from goldfleet.services.common import chain, get_template, get_version
+from goldfleet.store.edge import EdgeStores
+
+log = logging.getLogger("goldfleet.hosts")
+
+PROGRESS_EVERY = 0.25  # seconds between progress lines of a streamed prefetch
+
+
+class HostVersionView(BaseModel):
+    template: str
+    version: int
+    current: bool
+    complete: bool  # every layer of the chain is in the host's edge store
+    missing_layers: int
+    missing_bytes: int
+
+
+class HostView(BaseModel):
+    name: str
+    clones: int  # clones goldfleet placed on the host
+    edge_store: str | None = None  # the folder; None when edge stores are off
+    reachable: bool = False  # the folder exists (the host's disk is mounted there)
+    layers: int = 0  # layers held
+    bytes: int = 0  # bytes held
+    versions: list[HostVersionView] = []
+    note: str | None = None
+
+
+class HostsView(BaseModel):
+    edge_stores: bool
+    edge_root: str | None
+    hosts: list[HostView]
+
+
+class PrefetchView(BaseModel):
+    host: str
+    template: str
+    version: int
+    layers: int  # in the chain
+    copied: list[str]  # digests copied now, parents first
+    bytes_copied: int
+    complete: bool
+
+
+@dataclass(frozen=True)
+class PrefetchPlan:
+    """What a prefetch will do, decided (and refused) before any byte moves."""
+
+    host: str
+    template: str
+    version: int
+    chain: tuple[str, ...]  # top first
+    missing: tuple[str, ...]  # parents first
+    missing_bytes: int
+
+
+def edges_of(ctx: Context) -> EdgeStores:
+    if ctx.edges is None:
+        raise Conflict(
+            "edge stores are off on this server: set edge_root in config.toml (or"
+            " GOLDFLEET_EDGE_ROOT) and restart it; see docs/edge.md"
+        )
+    return ctx.edges
+
+
+def check_host(ctx: Context, host: str) -> str:
+    return edge.check_host(host, ctx.driver.hosts())
+
+
+def _chain(s: Session, top: str) -> tuple[str, ...]:
+    return tuple(layer.digest for layer in chain(s, top))
+
+
+# --- reading --------------------------------------------------------------------------------
+
+
+def host_loads(s: Session) -> Counter[str]:
+    """Clones per host, as goldfleet recorded them."""
+    return Counter(
+        dict(
+            s.execute(
+                select(Clone.host, func.count()).where(Clone.host.is_not(None)).group_by(Clone.host)
+            ).all()
+        )
+    )
+
+
+def list_hosts(ctx: Context) -> HostsView:
+    """Every host of the driver; with edge stores on, what each holds of every version."""
+    hosts = ctx.driver.hosts()
+    with ctx.session() as s:
+        load = host_loads(s)
+        versions = []
+        if ctx.edges is not None:
+            sizes = dict(s.execute(select(Layer.digest, Layer.size)).all())
+            rows = s.execute(
+                select(Template, Version)
+                .join(Version, Version.template_id == Template.id)
+                .order_by(Template.name, Version.number)
+            ).all()
+            versions = [
+                (t.name, v.number, t.current_version_id == v.id, _chain(s, v.top_layer))
+                for t, v in rows
+            ]
+    views = []
+    for host in hosts:
+        view = HostView(name=host, clones=load.get(host, 0))
+        views.append(view)
+        if ctx.edges is None:
+            continue
+        if NAME_RE.fullmatch(host) is None:
+            view.note = "this host's name cannot name a folder: it has no edge store"
+            continue
+        view.edge_store = str(ctx.edges.folder(host))
+        view.reachable = ctx.edges.reachable(host)
+        if not view.reachable:
+            view.note = "not reachable: mount the host's local disk at this folder"
+        held = ctx.edges.held(host)
+        view.layers, view.bytes = len(held), sum(held.values())
+        for template, number, current, digests in versions:
+            missing = ctx.edges.missing(host, digests)
+            view.versions.append(
+                HostVersionView(
+                    template=template,
+                    version=number,
+                    current=current,
+                    complete=not missing,
+                    missing_layers=len(missing),
+                    missing_bytes=sum(sizes.get(d, 0) for d in missing),
+                )
+            )
+    return HostsView(
+        edge_stores=ctx.edges is not None,
+        edge_root=str(ctx.edges.root) if ctx.edges is not None else None,
+        hosts=views,
+    )
+
+
+# --- prefetch -------------------------------------------------------------------------------
+
+
+def plan_prefetch(
+    ctx: Context, host: str, template: str, version: int | None = None
+) -> PrefetchPlan:
+    """Check the request and look at what the host lacks; refusals come before any copy."""
+    edges = edges_of(ctx)
+    host = check_host(ctx, host)
+    with ctx.session() as s:
+        t = get_template(s, template)
+        v = get_version(s, t, version)
+        layers = chain(s, v.top_layer)
+        digests = tuple(layer.digest for layer in layers)
+        sizes = {layer.digest: layer.size for layer in layers}
+        name, number = t.name, v.number
+    if not edges.reachable(host):
+        raise Conflict(
+            f"the edge store of host {host} is not reachable: {edges.folder(host)} does not"
+            " exist; mount the host's local disk there (docs/edge.md)"
+        )
+    missing = tuple(edges.missing(host, digests))
+    return PrefetchPlan(
+        host=host,
+        template=name,
+        version=number,
+        chain=digests,
+        missing=missing,
+        missing_bytes=sum(sizes[d] for d in missing),
+    )
+
+
+def run_prefetch(
+    ctx: Context,
+    plan: PrefetchPlan,
+    *,
+    actor: str,
+    progress: Callable[[int], None] | None = None,
+) -> PrefetchView:
+    """Copy the layers the host lacks, parents first, each checked before it is committed."""
+    copied = edges_of(ctx).ensure(plan.host, plan.chain, ctx.layers, progress)
+    view = PrefetchView(
+        host=plan.host,
+        template=plan.template,
+        version=plan.version,
+        layers=len(plan.chain),
+        copied=[info.digest for info in copied],
+        bytes_copied=sum(info.size for info in copied),
+        complete=True,
+    )
+    with ctx.session() as s:
+        audit.record(
+            s,
+            actor,
+            "host.prefetch",
+            plan.host,
+            version=f"{plan.template}:v{plan.version}",
+            layers_copied=len(copied),
+            bytes_copied=view.bytes_copied,
+        )
+        s.commit()
+    return view
+
+
+def prefetch(
+    ctx: Context,
+    host: str,
+    template: str,
+    version: int | None = None,
+    *,
+    actor: str,
+    progress: Callable[[int], None] | None = None,
+) -> PrefetchView:
+    """``host prefetch HOST TEMPLATE[:VERSION]``: make the version's chain complete there."""
+    return run_prefetch(
+        ctx, plan_prefetch(ctx, host, template, version), actor=actor, progress=progress
+    )
+
+
+def stream_prefetch(ctx: Context, plan: PrefetchPlan, *, actor: str) -> Iterator[bytes]:
+    """The prefetch as JSON lines for an HTTP response: ``start``, ``progress`` (bytes done of
+    the total, a few times a second), then ``done`` with the result or ``error``. The copy runs
+    in its own thread; a client that goes away does not stop it (it completes or fails whole)."""
+    events: queue.Queue[dict] = queue.Queue()
+    done = [0]
+    last = [0.0]
+
+    def progress(n: int) -> None:
+        done[0] += n
+        now = time.monotonic()
+        if now - last[0] >= PROGRESS_EVERY:
+            last[0] = now
+            events.put({"event": "progress", "done": done[0], "total": plan.missing_bytes})
+
+    def run() -> None:
+        try:
+            view = run_prefetch(ctx, plan, actor=actor, progress=progress)
+            events.put({"event": "done", "result": view.model_dump()})
+        except GoldfleetError as exc:
+            events.put(
+                {
+                    "event": "error",
+                    "status": exc.status_code,
+                    "error": type(exc).__name__,
+                    "message": exc.message,
+                }
+            )
+        except Exception as exc:  # the stream must end with a line the client understands
+            log.exception("prefetch to host %s failed", plan.host)
+            events.put(
+                {"event": "error", "status": 500, "error": "StoreError", "message": str(exc)}
+            )
+
+    yield _line(
+        {
+            "event": "start",
+            "host": plan.host,
+            "template": plan.template,
+            "version": plan.version,
+            "layers": len(plan.chain),
+            "missing_layers": len(plan.missing),
+            "missing_bytes": plan.missing_bytes,
+        }
+    )
+    threading.Thread(target=run, daemon=True, name="goldfleet-prefetch").start()
+    while True:
+        event = events.get()
+        yield _line(event)
+        if event["event"] != "progress":
+            return
+
+
+def _line(event: dict) -> bytes:
+    return json.dumps(event, default=str).encode() + b"\n"
+
+
+# --- clones on hosts ------------------------------------------------------------------------
+
+
+class Placer:
+    """Hosts for new clones in one claim pass of the runner (edge stores on): the clone counts
+    are read once, then counted up as clones are placed, so a batch spreads over the hosts."""
+
+    def __init__(self, ctx: Context, s: Session) -> None:
+        self.ctx = ctx
+        self.s = s
+        self.load: Counter[str] | None = None
+        self.chains: dict[int, tuple[str, ...]] = {}
+        self.complete: dict[tuple[str, ...], set[str]] = {}  # chain → hosts holding it
+
+    def chain_of(self, version_id: int) -> tuple[str, ...]:
+        if version_id not in self.chains:
+            self.chains[version_id] = _chain(self.s, self.s.get(Version, version_id).top_layer)
+        return self.chains[version_id]
+
+    def host_for(self, kind: str, digests: Sequence[str]) -> str:
+        """Least-loaded host; for a linked clone, among those that can have an edge store,
+        preferring one that holds the chain (domain.edge.choose_host)."""
+        if self.load is None:
+            self.load = host_loads(self.s)
+        hosts = self.ctx.driver.hosts()
+        complete: set[str] = set()
+        if edge.reads_chain(kind):
+            hosts = [h for h in hosts if NAME_RE.fullmatch(h)]  # the others have no edge store
+            key = tuple(digests)
+            if key not in self.complete:
+                edges = edges_of(self.ctx)
+                self.complete[key] = {h for h in hosts if edges.is_complete(h, digests)}
+            complete = self.complete[key]
+        host = edge.choose_host(hosts, self.load, complete)
+        self.load[host] += 1
+        return host
+
+
+def place_new(ctx: Context, kind: str, digests: Sequence[str]) -> str:
+    """A host for one new clone, outside a claim pass."""
+    with ctx.session() as s:
+        return Placer(ctx, s).host_for(kind, digests)
+
+
+def prepare_host(ctx: Context, clone: str, host: str, digests: Sequence[str]) -> None:
+    """Before a linked clone is (re)defined on ``host``: its chain (top first) is made complete
+    in the host's edge store, copied now where it lacks layers. Raises, naming the host and the
+    layer, when that cannot be done; the caller then changes nothing about the clone."""
+    edges = edges_of(ctx)
+    host = check_host(ctx, host)
+    missing: list[str] = []
+    if not edges.is_complete(host, digests):
+        copied = edges.ensure(host, digests, ctx.layers)
+        if copied:
+            log.info(
+                "copied %d layers (%d bytes) to the edge store of host %s for clone %s",
+                len(copied),
+                sum(i.size for i in copied),
+                host,
+                clone,
+            )
+        missing = edges.missing(host, digests)
+    edge.check_placement(clone, host, missing)

@@ -1,0 +1,211 @@
+"""Edge stores: each host's local copy of the layers its linked clones read (docs/edge.md).
+
+Host H's edge store is the folder ``edge_root/H``, which is H's own disk as this server reaches
+it (a mount), at the same path on H itself. Inside it is a layer store like the site's: layers
+named by digest under ``layers/``, each backed by its parent's file name in the same folder, so
+a chain copied there is complete on its own and a VM on H reads only H's disk.
+
+A layer is copied from the site store into a dot-named work file while it is hashed; it must
+hash to its digest, reference exactly its parent's file name and pass ``qemu-img check`` under
+limits before it is renamed to its digest and made read-only (0444), as a layer arriving from
+another site is. A failure removes the work file; the layers committed before it stay, each
+whole and verified. A layer already there costs a ``stat``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import threading
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from goldfleet.domain.edge import missing_layers
+from goldfleet.domain.names import digest_of_filename, layer_filename
+from goldfleet.errors import BadImage, Conflict, StoreError
+from goldfleet.store.layers import LayerInfo, LayerStore
+from goldfleet.store.qemu import Limits, QemuError, QemuImg
+
+CHUNK = 1 << 20
+WORK_PREFIX = ".edge-"
+STALE_WORK_SECONDS = 3600.0  # a work file untouched this long was left by a killed copy
+
+Progress = Callable[[int], None]  # told the bytes just copied
+
+
+class EdgeStores:
+    """Every host's edge store under ``root``, with a per-host lock (one copy at a time into a
+    host from this server) and a cache of the chains known to be complete on each host, so a
+    rollout over thousands of clones does not look at every layer file once per clone."""
+
+    def __init__(self, root: Path, qemu: QemuImg, limits: Limits | None = None) -> None:
+        self.root = root
+        self.qemu = qemu
+        self.limits = limits or Limits()
+        self._locks: dict[str, threading.Lock] = {}
+        self._guard = threading.Lock()
+        self._complete: set[tuple[str, str]] = set()  # (host, top layer)
+
+    # --- where ----------------------------------------------------------------------------
+
+    def folder(self, host: str) -> Path:
+        """The host's edge store; ``host`` must be a checked name (domain.edge.check_host)."""
+        return self.root / host
+
+    def store(self, host: str) -> LayerStore:
+        return LayerStore(self.folder(host), self.qemu, self.limits)
+
+    def path(self, host: str, digest: str) -> Path:
+        return self.folder(host) / "layers" / layer_filename(digest)
+
+    def backing(self, host: str, chain: Sequence[str]) -> tuple[str, ...]:
+        """The chain (top first) as the host's own copies, for a VM's declared backing chain."""
+        return tuple(str(self.path(host, digest)) for digest in chain)
+
+    def reachable(self, host: str) -> bool:
+        return self.folder(host).is_dir()
+
+    def _lock(self, host: str) -> threading.Lock:
+        with self._guard:
+            return self._locks.setdefault(host, threading.Lock())
+
+    # --- what is there --------------------------------------------------------------------
+
+    def missing(self, host: str, chain: Sequence[str]) -> list[str]:
+        """The layers of ``chain`` (top first) the host lacks, parents first; looks at files."""
+        present = {d for d in chain if self.path(host, d).is_file()}
+        missing = missing_layers(chain, present)
+        key = (host, chain[0]) if chain else None
+        if key is not None:
+            if missing:
+                self._complete.discard(key)
+            else:
+                self._complete.add(key)
+        return missing
+
+    def is_complete(self, host: str, chain: Sequence[str]) -> bool:
+        """Is every layer of ``chain`` on the host? Answered from the cache once known."""
+        if not chain or (host, chain[0]) in self._complete:
+            return True
+        return not self.missing(host, chain)
+
+    def held(self, host: str) -> dict[str, int]:
+        """The sealed layers on the host: digest → bytes."""
+        folder = self.folder(host) / "layers"
+        if not folder.is_dir():
+            return {}
+        held = {}
+        for entry in os.scandir(folder):
+            digest = digest_of_filename(entry.name)
+            if digest is not None and entry.is_file(follow_symlinks=False):
+                held[digest] = entry.stat(follow_symlinks=False).st_size
+        return held
+
+    # --- copying --------------------------------------------------------------------------
+
+    def ensure(
+        self,
+        host: str,
+        chain: Sequence[str],
+        source: LayerStore,
+        progress: Progress | None = None,
+    ) -> list[LayerInfo]:
+        """Make the chain (top first) complete on the host; returns the layers copied."""
+        if self.is_complete(host, chain):
+            return []
+        with self._lock(host):
+            if not self.reachable(host):
+                raise Conflict(
+                    f"the edge store of host {host} is not reachable: {self.folder(host)} does"
+                    " not exist; mount the host's local disk there (docs/edge.md)"
+                )
+            store = self.store(host)
+            store.dir.mkdir(exist_ok=True)
+            self._remove_stale_work(store.dir)
+            parents = {
+                d: (chain[i + 1] if i + 1 < len(chain) else None) for i, d in enumerate(chain)
+            }
+            copied = []
+            for digest in self.missing(host, chain):
+                copied.append(
+                    self.copy_layer(host, source.path(digest), digest, parents[digest], progress)
+                )
+            self._complete.add((host, chain[0]))
+            return copied
+
+    def copy_layer(
+        self,
+        host: str,
+        src: Path,
+        digest: str,
+        parent: str | None,
+        progress: Progress | None = None,
+    ) -> LayerInfo:
+        """Copy one layer of the site store into the host's edge store, checked like a layer
+        from another site. The parent must already be there (qemu-img check opens it)."""
+        store = self.store(host)
+        where = f"edge store of host {host}: layer {digest}"
+        if parent is not None and not store.has(parent):
+            raise Conflict(f"{where} needs its parent {parent} there first; copy parents first")
+        if not src.is_file():
+            raise StoreError(
+                f"{where} cannot be copied: the site store lacks it ({src}); run: goldfleet"
+                " store verify"
+            )
+        work = store.dir / f"{WORK_PREFIX}{secrets.token_hex(8)}.qcow2"
+        try:
+            h = hashlib.sha256()
+            with src.open("rb") as fsrc, work.open("xb") as fdst:
+                while block := fsrc.read(CHUNK):
+                    h.update(block)
+                    fdst.write(block)
+                    if progress is not None:
+                        progress(len(block))
+            got = "sha256:" + h.hexdigest()
+            if got != digest:
+                raise BadImage(
+                    f"{where} refused: the site store's copy hashes to {got}, not its digest (a"
+                    " changed or damaged file); nothing was committed. Check the site store:"
+                    " goldfleet store verify"
+                )
+            self._check_reference(work, where, parent)
+            try:
+                info = store.check_and_hash(work, parent=parent)
+            except BadImage as exc:
+                raise BadImage(f"{where} refused: {exc.message}") from None
+            if info.digest != digest:
+                raise BadImage(f"{where} refused: its bytes changed while it was checked")
+            store.commit_work(work, info)
+            return info
+        finally:
+            work.unlink(missing_ok=True)
+
+    def _check_reference(self, work: Path, where: str, parent: str | None) -> None:
+        """Refuse any backing reference but the parent's file name, before qemu-img check
+        would open the file it names."""
+        try:
+            info = self.qemu.info(work, "qcow2", limits=self.limits)
+        except QemuError as exc:
+            raise BadImage(f"{where} refused: not a readable qcow2 image: {exc.message}") from None
+        expected = layer_filename(parent) if parent else None
+        backing = info.get("backing-filename")
+        if backing != expected or (expected and info.get("backing-filename-format") != "qcow2"):
+            raise BadImage(
+                f"{where} refused: its backing reference is {backing!r}, expected {expected!r}"
+                " (its parent's file name)"
+            )
+
+    @staticmethod
+    def _remove_stale_work(folder: Path) -> None:
+        """Work files of a copy killed mid-way (another server's live copy is never this old:
+        it writes as it goes, and its check is bounded by the inspection limits)."""
+        now = time.time()
+        for entry in os.scandir(folder):
+            if entry.name.startswith(WORK_PREFIX):
+                try:
+                    if now - entry.stat(follow_symlinks=False).st_mtime > STALE_WORK_SECONDS:
+                        os.unlink(entry.path)
+                except FileNotFoundError:
+                    continue

@@ -1,0 +1,335 @@
+"""Edge stores through the service layer, with real qemu-img, a real SQLite database and the sim
+driver: prefetch, its checks, and clones placed on and rebuilt against their host's copies.
+
+Every refusal is checked by what it leaves behind: which layer files the host's edge store holds
+(no work file, nothing half-made) and, for clones, their system volume and recorded version."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from goldfleet.bootstrap import Context, bootstrap
+from goldfleet.config import Settings
+from goldfleet.db.tables import AuditEntry, Clone, SimDomain
+from goldfleet.domain.names import layer_filename
+from goldfleet.errors import BadImage, Conflict, InvalidInput, NotFound, StoreError
+from goldfleet.services import clones, hosts, templates
+from goldfleet.services.home import init_home
+from goldfleet.store.layers import file_digest
+
+MiB = 1 << 20
+H1, H2 = "sim-host-1", "sim-host-2"
+
+
+@pytest.fixture
+def edge_root(tmp_path: Path) -> Path:
+    root = tmp_path / "edge"
+    for host in (H1, H2):
+        (root / host).mkdir(parents=True)  # each host's disk, "mounted" here
+    return root
+
+
+@pytest.fixture
+def ectx(home: Path, edge_root: Path) -> Iterator[Context]:
+    """The service layer with edge stores on, two sim hosts."""
+    init_home(home)
+    c = bootstrap(Settings(home=home, edge_root=edge_root))
+    yield c
+    c.runner.shutdown()  # type: ignore[union-attr]
+    c.engine.dispose()
+
+
+@pytest.fixture
+def base(ectx: Context, tmp_path: Path) -> str:
+    image = tmp_path / "base.raw"
+    with image.open("wb") as f:
+        f.truncate(8 * MiB)
+        f.write(b"\x11" * 4096)
+    templates.import_template(
+        ectx, name="base", image=image, fmt="raw", temp=["16M"], data=["16M"], actor="t"
+    )
+    return "base"
+
+
+def patch(ctx: Context, byte: int, offset: int = MiB) -> list[str]:
+    """One maintenance round on base; returns the new version's chain, top first."""
+    view = templates.enter_maintenance(ctx, "base", actor="t")
+    ctx.qemu.write_pattern(Path(view.overlay_path), offset, 4096, byte)
+    templates.exit_maintenance(ctx, "base", actor="t")
+    return templates.list_versions(ctx, "base")[-1].chain
+
+
+def chain_of(ctx: Context, number: int) -> list[str]:
+    return templates.list_versions(ctx, "base")[number - 1].chain
+
+
+def edge_files(root: Path, host: str) -> set[str]:
+    """Everything in the host's layer folder, work files included."""
+    folder = root / host / "layers"
+    return set(os.listdir(folder)) if folder.is_dir() else set()
+
+
+def names(*digests: str) -> set[str]:
+    return {layer_filename(d) for d in digests}
+
+
+def tamper(path: Path) -> None:
+    """Flip the last byte of a sealed layer file in place (as a disk error or an intruder)."""
+    os.chmod(path, 0o644)
+    with path.open("r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    os.chmod(path, 0o444)
+
+
+# --- prefetch -------------------------------------------------------------------------------
+
+
+def test_prefetch_copies_the_chain_parents_first_checked_and_sealed(ectx, base, edge_root):
+    top, parent = patch(ectx, 0x22)
+    view = hosts.prefetch(ectx, H1, "base", 2, actor="alice")
+    assert view.copied == [parent, top]  # parents first
+    assert view.layers == 2 and view.complete
+    assert view.bytes_copied == sum(ectx.layers.path(d).stat().st_size for d in (top, parent))
+    assert edge_files(edge_root, H1) == names(top, parent)
+    assert edge_files(edge_root, H2) == set()  # only the host asked for
+    for digest in (top, parent):
+        copy = edge_root / H1 / "layers" / layer_filename(digest)
+        assert file_digest(copy) == digest
+        assert stat.S_IMODE(copy.stat().st_mode) == 0o444
+    # the copy is a chain of its own: the top's reference is its parent's name, beside it
+    top_copy = edge_root / H1 / "layers" / layer_filename(top)
+    assert ectx.qemu.info(top_copy, "qcow2")["backing-filename"] == layer_filename(parent)
+    assert ectx.qemu.read(top_copy, 0, 4096) == b"\x11" * 4096  # from the parent's copy
+    assert ectx.qemu.read(top_copy, MiB, 4096) == b"\x22" * 4096  # the patch
+    with ectx.session() as s:
+        entry = s.scalar(select(AuditEntry).where(AuditEntry.action == "host.prefetch"))
+        assert entry.actor == "alice" and entry.target == H1
+        assert entry.detail["version"] == "base:v2" and entry.detail["layers_copied"] == 2
+
+
+def test_a_layer_already_on_the_host_costs_nothing(ectx, base, edge_root):
+    (v1,) = chain_of(ectx, 1)
+    assert hosts.prefetch(ectx, H1, "base", actor="t").copied == [v1]  # current: v1
+    first = (edge_root / H1 / "layers" / layer_filename(v1)).stat()
+    top, _ = patch(ectx, 0x22)
+    again = hosts.prefetch(ectx, H1, "base", 1, actor="t")
+    assert again.copied == [] and again.bytes_copied == 0 and again.complete
+    v2 = hosts.prefetch(ectx, H1, "base", actor="t")  # current is v2 now: only its new layer
+    assert v2.copied == [top]
+    assert hosts.prefetch(ectx, H1, "base", 2, actor="t").copied == []
+    after = (edge_root / H1 / "layers" / layer_filename(v1)).stat()
+    assert (after.st_ino, after.st_mtime_ns) == (first.st_ino, first.st_mtime_ns)
+    listing = hosts.list_hosts(ectx)
+    h1, h2 = listing.hosts
+    assert listing.edge_stores and h1.reachable and h1.layers == 2
+    assert h1.bytes == sum(ectx.layers.path(d).stat().st_size for d in (v1, top))
+    assert [(v.version, v.complete, v.missing_layers) for v in h1.versions] == [
+        (1, True, 0),
+        (2, True, 0),
+    ]
+    assert [(v.version, v.complete, v.missing_layers) for v in h2.versions] == [
+        (1, False, 1),
+        (2, False, 2),
+    ]
+    assert h2.versions[1].missing_bytes == h1.bytes
+
+
+@pytest.mark.parametrize("which", ["base", "top"])
+def test_a_tampered_site_store_layer_is_refused_and_not_committed(ectx, base, edge_root, which):
+    top, parent = patch(ectx, 0x22)
+    bad = parent if which == "base" else top
+    tamper(ectx.layers.path(bad))
+    with pytest.raises(BadImage) as info:
+        hosts.prefetch(ectx, H1, "base", 2, actor="t")
+    assert H1 in info.value.message and bad in info.value.message
+    assert "does not match" in info.value.message or "not its digest" in info.value.message
+    # nothing half-made: no work file, the refused layer absent; a parent copied before it
+    # is whole and verified, and stays
+    expected = set() if which == "base" else names(parent)
+    assert edge_files(edge_root, H1) == expected
+    with ectx.session() as s:
+        assert s.scalar(select(AuditEntry).where(AuditEntry.action == "host.prefetch")) is None
+
+
+def _foreign_layer(ctx: Context, tmp: Path, backing: list[str]) -> str:
+    """A layer file in the site store, named by its digest, made with ``qemu-img create``."""
+    work = tmp / "foreign.qcow2"
+    work.unlink(missing_ok=True)
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-u", *backing, str(work), "8M"],
+        check=True,
+        cwd=ctx.layers.dir,
+    )
+    digest = file_digest(work)
+    os.replace(work, ctx.layers.path(digest))
+    return digest
+
+
+@pytest.mark.parametrize(
+    "reference",
+    [
+        "../layers/{parent}",  # the same file, by another path: not exactly its name
+        "/etc/hostname",  # outside every store
+        None,  # standalone, though it claims a parent
+    ],
+)
+def test_a_wrong_backing_reference_is_refused(ectx, base, edge_root, tmp_path, reference):
+    (parent,) = chain_of(ectx, 1)
+    if reference is None:
+        backing = []
+    else:
+        fmt = "raw" if reference.startswith("/") else "qcow2"
+        backing = ["-b", reference.format(parent=layer_filename(parent)), "-F", fmt]
+    foreign = _foreign_layer(ectx, tmp_path, backing)
+    with pytest.raises(BadImage) as info:
+        ectx.edges.ensure(H1, (foreign, parent), ectx.layers)
+    assert "backing reference" in info.value.message
+    assert H1 in info.value.message and foreign in info.value.message
+    assert edge_files(edge_root, H1) == names(parent)  # the parent, and nothing else
+    assert not ectx.edges.is_complete(H1, (foreign, parent))
+
+
+def test_a_layer_is_not_copied_before_its_parent(ectx, base, edge_root):
+    top, parent = patch(ectx, 0x22)
+    with pytest.raises(Conflict, match="needs its parent"):
+        ectx.edges.copy_layer(H1, ectx.layers.path(top), top, parent)
+    assert edge_files(edge_root, H1) == set()
+
+
+def test_a_parent_missing_from_the_site_store_stops_the_prefetch(ectx, base, edge_root):
+    _, parent = patch(ectx, 0x22)
+    ectx.layers.path(parent).unlink()
+    with pytest.raises(StoreError) as info:
+        hosts.prefetch(ectx, H1, "base", 2, actor="t")
+    assert "site store lacks" in info.value.message and parent in info.value.message
+    assert edge_files(edge_root, H1) == set()
+
+
+def test_refusals_come_before_any_copy(ectx, base, edge_root, home):
+    with pytest.raises(NotFound, match="not one of the driver's hosts"):
+        hosts.prefetch(ectx, "sim-host-9", "base", actor="t")
+    with pytest.raises(NotFound, match="no version v7"):
+        hosts.prefetch(ectx, H1, "base", 7, actor="t")
+    with pytest.raises(InvalidInput):
+        hosts.prefetch(ectx, H1, "../base", actor="t")
+    # a host whose disk is not mounted: refused, and nothing created in its place
+    os.rmdir(edge_root / H2)
+    with pytest.raises(Conflict, match=f"edge store of host {H2} is not reachable"):
+        hosts.prefetch(ectx, H2, "base", actor="t")
+    assert not (edge_root / H2).exists()
+    assert hosts.list_hosts(ectx).hosts[1].reachable is False
+    # edge stores off (the default): refused, saying how to turn them on
+    ctx_off = bootstrap(Settings(home=home))
+    try:
+        with pytest.raises(Conflict, match="edge stores are off"):
+            hosts.prefetch(ctx_off, H1, "base", actor="t")
+        listing = hosts.list_hosts(ctx_off)
+        assert not listing.edge_stores and [h.name for h in listing.hosts] == [H1, H2]
+    finally:
+        ctx_off.engine.dispose()
+
+
+def test_edge_root_empty_is_off_and_relative_is_refused(home):
+    init_home(home)
+    assert Settings(home=home, edge_root="").edge_root is None
+    with pytest.raises(InvalidInput, match="not an absolute path"):
+        bootstrap(Settings(home=home, edge_root="edge"))
+
+
+# --- clones on their hosts' copies ----------------------------------------------------------
+
+
+def vm(ctx: Context, name: str) -> tuple[str, tuple[str, ...]]:
+    """Where the simulated VM is and the backing chain its system disk declares."""
+    with ctx.session() as s:
+        dom = s.get(SimDomain, name)
+        system = next(d for d in dom.disks["disks"] if d["role"] == "system")
+        return dom.host, tuple(system["backing"])
+
+
+def host_of(ctx: Context, name: str) -> str | None:
+    with ctx.session() as s:
+        return s.scalar(select(Clone.host).where(Clone.name == name))
+
+
+def test_new_clones_spread_over_hosts_and_read_their_hosts_copies(ectx, base, edge_root):
+    (v1,) = chain_of(ectx, 1)
+    _, names_ = clones.create_clones(ectx, template="base", count=4, actor="t", wait=True)
+    placed = {}
+    for name in names_:
+        host, backing = vm(ectx, name)
+        assert host_of(ectx, name) == host
+        assert backing == (str(edge_root / host / "layers" / layer_filename(v1)),)
+        placed[host] = placed.get(host, 0) + 1
+    assert placed == {H1: 2, H2: 2}
+    for host in (H1, H2):  # prefetched automatically, checked like any copy
+        assert edge_files(edge_root, host) == names(v1)
+    clones.start_clone(ectx, names_[0], actor="t")  # the sim starts only if those files exist
+
+
+def test_a_rollout_prefetches_the_new_chain_to_each_host_first(ectx, base, edge_root):
+    clones.create_clones(ectx, template="base", count=2, actor="t", wait=True)
+    top, parent = patch(ectx, 0x22)
+    op = clones.recreate(ectx, template="base", actor="t", wait=True)
+    assert op.status == "done" and op.done == 2
+    for name in ("base-001", "base-002"):
+        host, backing = vm(ectx, name)
+        layers = edge_root / host / "layers"
+        assert backing == (str(layers / layer_filename(top)), str(layers / layer_filename(parent)))
+        assert clones.show_clone(ectx, name).version == 2
+    for host in (H1, H2):
+        assert edge_files(edge_root, host) == names(top, parent)
+
+
+def test_a_rollout_that_cannot_complete_the_chain_on_a_host_changes_nothing(ectx, base, edge_root):
+    clones.create_clones(ectx, template="base", name="desk", actor="t", wait=True)
+    host = host_of(ectx, "desk")
+    system = Path(clones.show_clone(ectx, "desk").volumes[0].path)
+    before = (system.stat().st_ino, hashlib.sha256(system.read_bytes()).hexdigest())
+    vm_before = vm(ectx, "desk")
+    top, _ = patch(ectx, 0x22)
+    tamper(ectx.layers.path(top))
+    op = clones.recreate(ectx, template="base", actor="t", wait=True)
+    assert op.status == "failed" and op.failed == 1
+    c = clones.show_clone(ectx, "desk")
+    assert c.status == "failed" and c.version == 1
+    assert host in c.error and top in c.error  # names the host and the layer
+    assert (system.stat().st_ino, hashlib.sha256(system.read_bytes()).hexdigest()) == before
+    assert vm(ectx, "desk") == vm_before  # still defined on the old chain, same host
+    assert layer_filename(top) not in edge_files(edge_root, host)
+
+
+def test_a_new_clone_is_never_defined_on_a_host_that_cannot_take_its_chain(ectx, base, edge_root):
+    os.rmdir(edge_root / H2)  # host 2's disk is not mounted
+    op, _ = clones.create_clones(ectx, template="base", count=4, actor="t", wait=True)
+    assert op.done == 2 and op.failed == 2
+    with ectx.session() as s:
+        doms = {d.name: d.host for d in s.scalars(select(SimDomain))}
+    assert set(doms.values()) == {H1}  # nothing defined on host 2
+    failed = [c for c in clones.list_clones(ectx) if c.status == "failed"]
+    assert len(failed) == 2 and all(H2 in c.error for c in failed)
+    # mount it and retry: the clones are made on host 2, reading host 2's copies
+    (edge_root / H2).mkdir()
+    retry = clones.retry(ectx, all_failed=True, actor="t", wait=True)
+    assert retry.status == "done"
+    for c in failed:
+        assert vm(ectx, c.name)[0] == H2
+    assert edge_files(edge_root, H2) == names(*chain_of(ectx, 1))
+
+
+def test_full_clones_read_no_layer_and_need_no_copy(ectx, base, edge_root):
+    clones.create_clones(ectx, template="base", name="full", full=True, actor="t", wait=True)
+    host, backing = vm(ectx, "full")
+    assert backing == () and host in (H1, H2)
+    assert edge_files(edge_root, H1) == edge_files(edge_root, H2) == set()
