@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -55,9 +56,11 @@ class Client:
     def close(self) -> None:
         self.http.close()
 
-    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+    @contextmanager
+    def _answered(self) -> Iterator[None]:
+        """A server that cannot be reached or does not answer in time, said plainly."""
         try:
-            resp = self.http.request(method, path, **kwargs)
+            yield
         except httpx.ConnectError:
             raise ClientError(
                 f"no goldfleet server answers at {self.url}; start one with: goldfleet serve"
@@ -66,38 +69,32 @@ class Client:
             raise ClientError(
                 f"the goldfleet server at {self.url} did not answer in time"
             ) from None
+
+    @staticmethod
+    def _raise_for(resp: httpx.Response) -> None:
         if resp.status_code >= 400:
+            resp.read()
             try:
                 message = resp.json().get("message") or resp.text
             except ValueError:
                 message = resp.text or resp.reason_phrase
             raise ClientError(message, resp.status_code)
+
+    def request(self, method: str, path: str, **kwargs: Any) -> Any:
+        with self._answered():
+            resp = self.http.request(method, path, **kwargs)
+        self._raise_for(resp)
         if resp.status_code == 204 or not resp.content:
             return None
         return resp.json()
 
     def stream_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[Any]:
         """A request answered with JSON lines (a long action's progress), one at a time."""
-        try:
-            with self.http.stream(method, path, **kwargs) as resp:
-                if resp.status_code >= 400:
-                    resp.read()
-                    try:
-                        message = resp.json().get("message") or resp.text
-                    except ValueError:
-                        message = resp.text or resp.reason_phrase
-                    raise ClientError(message, resp.status_code)
-                for line in resp.iter_lines():
-                    if line.strip():
-                        yield json.loads(line)
-        except httpx.ConnectError:
-            raise ClientError(
-                f"no goldfleet server answers at {self.url}; start one with: goldfleet serve"
-            ) from None
-        except httpx.TimeoutException:
-            raise ClientError(
-                f"the goldfleet server at {self.url} did not answer in time"
-            ) from None
+        with self._answered(), self.http.stream(method, path, **kwargs) as resp:
+            self._raise_for(resp)
+            for line in resp.iter_lines():
+                if line.strip():
+                    yield json.loads(line)
 
     def get(self, path: str, **kw: Any) -> Any:
         return self.request("GET", path, **kw)
