@@ -6,7 +6,10 @@ bytes; v2 changes 32 MiB of it.
 
 - ``full_mb_s``: the site's first sync (a fresh full transfer of v1, checks and sealing
   included), MB (10^6 bytes) of layer per second of the whole sync call; ``curl_mb_s``: a plain
-  ``curl -o`` of the same layer URL with the site token, in the same run.
+  ``curl -o`` of the same layer URL with the site token, in the same run. Beyond curl's work the
+  sync hashes every byte, runs ``qemu-img info``/``check``, fsyncs the layer before sealing it
+  (curl leaves its file in the page cache) and talks to both servers' databases; see "Where the
+  time goes" in docs/sites.md.
 - ``delta_wire_bytes``: every byte (both directions, headers and catalog included) through a
   counting TCP proxy between the site and HQ while the site holding v1 syncs v2.
 - ``identical_layer_bytes``: layer bytes a sync downloads for an identical version (the same

@@ -618,12 +618,15 @@ def install_layers(
     source: str,
     actor: str,
     action: str = "bundle.import",
+    hashed: bool = False,
 ) -> BundleView:
     """Check received work files like outside images, seal them, then add the versions.
 
     ``works`` holds a received, digest-checked work file for every layer of ``m`` marked
     ``included``; the others must already be in the store. Shared by bundle import and site
-    sync: both receive layers from outside. A refusal removes every file this made."""
+    sync: both receive layers from outside. A refusal removes every file this made. ``hashed``:
+    each work file was created, hashed to its digest and fsynced by this process while it
+    received it (site sync), so it is not read again (LayerStore.check_and_hash)."""
     try:
         # qemu-img check opens a layer's parent by its file name, so layers are checked and
         # sealed parents first; a later refusal removes the ones sealed here
@@ -632,8 +635,10 @@ def install_layers(
             if not x.included:
                 continue
             _check_reference(ctx, works[x.digest], x)
-            info = ctx.layers.check_and_hash(works[x.digest], parent=x.parent)
-            if info.digest != x.digest or info.virtual_size != x.virtual_size:
+            info = ctx.layers.check_and_hash(
+                works[x.digest], parent=x.parent, hashed=x.digest if hashed else None
+            )
+            if (info.digest, info.size, info.virtual_size) != (x.digest, x.size, x.virtual_size):
                 raise _refuse(f"layer {x.digest} is not what the manifest declares")
             if info.virtual_size > ctx.settings.max_virtual_size:
                 raise _refuse(f"layer {x.digest} is larger than the configured limit")

@@ -2,8 +2,11 @@
 
 One layer is downloaded into a work file: a dropped connection resumes with HTTP Range, the
 bytes are hashed as they arrive and thrown away (then fetched again) when they do not match the
-digest, and a token bucket caps the rate. What happens to the file afterwards (qemu-img check,
-backing reference, sealing) is the install step's business (services/bundles.py).
+digest, and a token bucket caps the rate. The body is read as it comes off the socket
+(``iter_raw``, no re-chunking), written, hashed, and flushed to disk in the background while more
+arrives, so a download costs little more than the transfer: see "Where the time goes" in
+docs/sites.md. What happens to the file afterwards (qemu-img check, backing reference, sealing)
+is the install step's business (services/bundles.py).
 """
 
 from __future__ import annotations
@@ -11,9 +14,11 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import BinaryIO
 
 import httpx
 
@@ -23,6 +28,7 @@ from goldfleet.services.bundles import LayerEntry
 log = logging.getLogger("goldfleet.transfer")
 
 CHUNK = 1 << 20
+FLUSH_EVERY = 16 << 20  # bytes written between two background flushes (see _Flusher)
 CONNECT_RETRIES = 5  # resumes of one download after a dropped connection
 FETCH_ATTEMPTS = 3  # whole downloads of one layer whose bytes did not match its digest
 
@@ -57,6 +63,48 @@ class TokenBucket:
             time.sleep(-self.tokens / self.rate)
 
 
+class _Flusher:
+    """Writes a download's bytes to disk while more arrive: ``fdatasync`` in a thread each time
+    ``poke`` is called (every FLUSH_EVERY bytes), so the disk works while the network does and the
+    fsync that ends the download finds little left to write. It adds no durability of its own
+    (that fsync does); an error it meets is handed back by ``stop`` (a second fsync on the same
+    file might not report it again)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+        self.error: OSError | None = None
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="layer-flush", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            try:
+                _fdatasync(self.fd)
+            except OSError as exc:
+                self.error = exc
+                return
+
+    def poke(self) -> None:
+        if self.error is not None:
+            raise self.error
+        self._wake.set()
+
+    def stop(self) -> OSError | None:
+        self._stopping = True
+        self._wake.set()
+        self._thread.join()
+        return self.error
+
+
+_fdatasync = getattr(os, "fdatasync", os.fsync)
+
+
 def download(
     http: httpx.Client,
     entry: LayerEntry,
@@ -66,44 +114,85 @@ def download(
 ) -> None:
     """Fetch one layer into ``work``; resume with Range after a drop, re-fetch on a bad hash.
 
-    ``progress(done, wire)`` is told the bytes held so far and the bytes just received."""
+    ``work`` is created here (``O_EXCL``, 0600) and, when this returns, holds exactly the
+    layer's bytes, hashed to ``entry.digest`` while they arrived and fsynced: the install step
+    may take that digest instead of reading the file again (``LayerStore.check_and_hash``,
+    ``hashed``). On an error the caller removes ``work``. ``progress(done, wire)`` is told the
+    bytes held so far and the bytes received since it was last told (about every CHUNK)."""
+    fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        flusher = _Flusher(fd)
+        try:
+            _fetch(http, entry, f, bucket, progress, flusher)
+            f.flush()
+            error = flusher.stop()
+            if error is not None:
+                raise error
+            os.fsync(fd)  # the one fsync of these bytes: the install step does not repeat it
+        finally:
+            flusher.stop()
+
+
+def _fetch(
+    http: httpx.Client,
+    entry: LayerEntry,
+    f: BinaryIO,
+    bucket: TokenBucket,
+    progress: Callable[[int, int], None],
+    flusher: _Flusher,
+) -> None:
     last = ""
     for _attempt in range(FETCH_ATTEMPTS):
         h, done = hashlib.sha256(), 0
-        with work.open("wb") as f:
-            for retry in range(CONNECT_RETRIES + 1):
-                headers = {"Range": f"bytes={done}-"} if done else {}
-                try:
-                    with http.stream("GET", f"/sync/layers/{entry.digest}", headers=headers) as r:
-                        if r.status_code == 401:
-                            raise UpstreamRefused("HQ refused this site's token (revoked?)")
-                        if r.status_code >= 400:
-                            r.read()
-                            raise UpstreamError(
-                                f"HQ answered {r.status_code} for layer {entry.digest}"
-                            )
-                        if done and r.status_code != 206:  # Range ignored: start again
-                            h, done = hashlib.sha256(), 0
-                            f.seek(0)
-                            f.truncate()
-                        for block in r.iter_bytes(CHUNK):
-                            bucket.take(len(block))
-                            if done + len(block) > entry.size:
+        f.seek(0)
+        f.truncate()
+        for retry in range(CONNECT_RETRIES + 1):
+            # identity: the bytes hashed and written are the bytes received (iter_raw)
+            headers = {"Accept-Encoding": "identity"}
+            if done:
+                headers["Range"] = f"bytes={done}-"
+            try:
+                with http.stream("GET", f"/sync/layers/{entry.digest}", headers=headers) as r:
+                    if r.status_code == 401:
+                        raise UpstreamRefused("HQ refused this site's token (revoked?)")
+                    if r.status_code >= 400:
+                        r.read()
+                        raise UpstreamError(f"HQ answered {r.status_code} for layer {entry.digest}")
+                    if r.headers.get("content-encoding", "identity") != "identity":
+                        raise UpstreamError(f"HQ sent layer {entry.digest} encoded")
+                    if done and r.status_code != 206:  # Range ignored: start again
+                        h, done = hashlib.sha256(), 0
+                        f.seek(0)
+                        f.truncate()
+                    unflushed = untold = 0
+                    try:
+                        for block in r.iter_raw():
+                            n = len(block)
+                            bucket.take(n)
+                            if done + n > entry.size:
                                 raise UpstreamError(f"layer {entry.digest} is longer than declared")
                             f.write(block)
                             h.update(block)
-                            done += len(block)
-                            progress(done, len(block))
-                    if done == entry.size:
-                        break
-                except httpx.TransportError as exc:
-                    last = f"connection dropped at {done} of {entry.size} bytes ({exc})"
-                    log.warning("layer %s: %s; resuming", entry.digest, last)
-                    time.sleep(0.2 * (retry + 1))
-            else:
-                raise UpstreamError(f"layer {entry.digest}: {last}")
-            f.flush()
-            os.fsync(f.fileno())
+                            done += n
+                            unflushed += n
+                            untold += n
+                            if unflushed >= FLUSH_EVERY:
+                                flusher.poke()
+                                unflushed = 0
+                            if untold >= CHUNK:
+                                progress(done, untold)
+                                untold = 0
+                    finally:
+                        if untold:
+                            progress(done, untold)
+                if done == entry.size:
+                    break
+            except httpx.TransportError as exc:
+                last = f"connection dropped at {done} of {entry.size} bytes ({exc})"
+                log.warning("layer %s: %s; resuming", entry.digest, last)
+                time.sleep(0.2 * (retry + 1))
+        else:
+            raise UpstreamError(f"layer {entry.digest}: {last}")
         if done == entry.size and "sha256:" + h.hexdigest() == entry.digest:
             return
         last = f"received bytes do not match the digest ({done} of {entry.size} bytes)"

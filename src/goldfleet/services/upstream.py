@@ -545,7 +545,7 @@ def _sync_template(
         result.layers_downloaded += 1
     with bundles._import_lock:
         view = bundles.install_layers(
-            ctx, m, works, [], source="upstream", actor=actor, action="site.sync"
+            ctx, m, works, [], source="upstream", actor=actor, action="site.sync", hashed=True
         )
     result.versions_added[m.template] = view.versions_added
     for key in needs:

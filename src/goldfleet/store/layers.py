@@ -88,19 +88,33 @@ class LayerStore:
         self.commit_work(work, info)
         return info
 
-    def check_and_hash(self, work: Path, *, parent: str | None) -> LayerInfo:
+    def check_and_hash(
+        self, work: Path, *, parent: str | None, hashed: str | None = None
+    ) -> LayerInfo:
         """Check a work file as if it came from outside and compute its digest.
 
         The work file must be a clean qcow2 whose only reference is ``parent``'s file name (an
         admin may have changed a maintenance overlay with any tool). It must also be a plain
         file of its own: a symbolic or hard link would let a "sealed" layer be changed from
-        outside the store. Nothing is changed."""
+        outside the store. Nothing is changed.
+
+        ``hashed``: the digest of the file's bytes, computed by the caller while it wrote them
+        into a work file it created itself in this folder (``O_EXCL``, 0600) and fsynced, as a
+        download from upstream does. That digest is taken instead of reading the whole file
+        again (and the file is not fsynced again); every check above still runs, and the file
+        must still be such a private work file here."""
         st = os.lstat(work)
         if not stat.S_ISREG(st.st_mode) or st.st_nlink != 1:
             raise BadImage(
                 f"cannot seal {work.name}: it is not a plain file of its own (a link?); put the"
                 " image itself there"
             )
+        if hashed is not None and (
+            work.parent != self.dir
+            or stat.S_IMODE(st.st_mode) != 0o600
+            or st.st_uid != os.geteuid()
+        ):
+            raise StoreError(f"{work.name} is not a private work file of the layer store")
         try:
             info = self.qemu.info(work, "qcow2", limits=self.limits)
             report = self.qemu.check(work, "qcow2", limits=self.limits)
@@ -121,10 +135,11 @@ class LayerStore:
                 f"cannot seal {work.name}: qemu-img check found"
                 f" {report.get('corruptions', 0)} corruptions; repair it and try again"
             )
-        with work.open("rb") as f:
-            os.fsync(f.fileno())
+        if hashed is None:
+            with work.open("rb") as f:
+                os.fsync(f.fileno())
         return LayerInfo(
-            digest=file_digest(work),
+            digest=hashed or file_digest(work),
             parent=parent,
             size=work.stat().st_size,
             virtual_size=int(info["virtual-size"]),
