@@ -310,7 +310,7 @@ def test_disk_full_at_a_site(tmp_path, monkeypatch, qemu):
             r = cli(a.home, "site", "status", "--json")
             shown = json.loads(r.stdout)
             assert "disk of this site's store is full" in shown["last_error"]
-            assert "nothing was activated" in shown["last_error"]
+            assert "nothing of them was activated" in shown["last_error"]
             assert a.client().get("/templates") == []
             layers = store / "layers"
             assert not [p for p in layers.iterdir() if p.name.startswith(".")]
@@ -403,9 +403,12 @@ def test_a_hostile_upstream_layer_is_refused(tmp_path, monkeypatch, qemu):
         a.client().post("/site/join", {"url": url, "token": "gf_whatever"})
         r = a.client().post("/site/sync", {})
         assert "backing reference is '/etc/passwd'" in r["failed"]["base"]
-        assert a.client().get("/templates") == []
+        # v1, clean, is kept (whole and verified); v2 never becomes visible, nor current
+        assert r["versions_added"] == {"base": [1]} and r["activated"] == {}
+        assert [v["number"] for v in a.client().get("/templates/base/versions")] == [1]
+        assert a.client().get("/templates/base")["current_version"] is None
         layers = a.home / "store" / "layers"
-        assert [p for p in layers.iterdir() if p.name.endswith(".qcow2")] == []
+        assert [p.name for p in layers.iterdir()] == [f"sha256-{d_base[7:]}.qcow2"]
     finally:
         a.stop()
         upstream.shutdown()

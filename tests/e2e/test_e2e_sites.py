@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sitekit import MiB, layer_path, new_version, setup_site, start_servers
+from sitekit import MiB, cli, layer_path, new_version, setup_site, start_servers
 
 from goldfleet.cli.client import Client, ClientError
 
@@ -208,3 +208,75 @@ def test_sync_resumes_after_a_cut_and_never_uses_flipped_bytes(pair, qemu, tmp_p
         assert not [p for p in layers.iterdir() if p.name.startswith(".")]
     finally:
         proxy.close()
+
+
+def test_a_failed_layer_keeps_the_versions_before_it(pair, qemu, tmp_path):
+    """v3's layer is damaged at HQ: the new site still gets v1 and v2, each whole and verified;
+    v3 is reported failed and, once HQ's file is good again, costs only its own layer."""
+    hq, site = pair
+    setup_site(hq, site, hq.url, tmp_path)
+    new_version(hq, qemu, MiB, os.urandom(MiB))
+    new_version(hq, qemu, 2 * MiB, os.urandom(MiB))
+    v3 = hq.client().get("/templates/base/versions")[-1]
+    damaged = layer_path(hq, v3["top_layer"])
+    good = damaged.read_bytes()
+    os.chmod(damaged, 0o644)
+    with damaged.open("r+b") as f:
+        f.seek(len(good) // 2)
+        f.write(bytes([good[len(good) // 2] ^ 0xFF]))
+
+    r = cli(site.home, "site", "sync")
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert f"base: added v1, v2; then failed: layer {v3['top_layer']}" in r.stdout
+    assert [v["number"] for v in site.client().get("/templates/base/versions")] == [1, 2]
+    assert site.client().get("/templates/base")["current_version"] is None  # v3 is HQ's
+    shown = next(x for x in hq.client().get("/sites") if x["name"] == "branch")["states"]
+    assert shown["base:v1"]["state"] == shown["base:v2"]["state"] == "verified"
+    assert shown["base:v3"]["state"] == "failed" and v3["top_layer"] in shown["base:v3"]["reason"]
+    layers = site.home / "store" / "layers"
+    assert not [p for p in layers.iterdir() if p.name.startswith(".")]
+    assert not layer_path(site, v3["top_layer"]).exists()
+
+    damaged.write_bytes(good)
+    os.chmod(damaged, 0o444)
+    r = site.client().post("/site/sync", {})
+    assert r["failed"] == {} and r["versions_added"] == {"base": [3]}
+    assert r["layers_downloaded"] == 1 and r["activated"] == {"base": 3}
+    assert layer_path(site, v3["top_layer"]).read_bytes() == good
+
+
+def test_the_sites_bandwidth_limit_holds_for_every_sync(pair, qemu, tmp_path):
+    """`site schedule --limit` caps every sync (scheduled or not) that names no limit itself."""
+    hq, site = pair
+    setup_site(hq, site, hq.url, tmp_path)
+
+    r = cli(site.home, "site", "schedule", "--limit", "2MB/s")
+    assert r.returncode == 0 and "syncs only on demand; bandwidth limit 2M/s" in r.stdout
+    for bad, says in (([], "say what to change"), (["--limit", "fast"], "'fast' is not valid")):
+        r = cli(site.home, "site", "schedule", *bad)
+        assert r.returncode != 0 and says in r.stdout + r.stderr
+    shown = site.client().get("/site")
+    assert shown["limit"] == 2 * MiB and shown["schedule"] is None
+
+    v1 = hq.client().get("/templates/base/versions")[0]
+    size1 = layer_path(hq, v1["top_layer"]).stat().st_size
+    started = time.monotonic()
+    r = site.client().post("/site/sync", {})
+    took = time.monotonic() - started
+    assert r["limit"] == 2 * MiB and r["versions_added"] == {"base": [1]}
+    assert took >= (size1 - MiB) / (2 * MiB)  # at most a one-MiB burst beyond the rate
+
+    new_version(hq, qemu, MiB, os.urandom(MiB))
+    r = site.client().post("/site/sync", {"limit": None})  # this sync: no limit
+    assert r["limit"] is None and r["versions_added"] == {"base": [2]}
+
+    # the schedule and the limit change one at a time
+    assert cli(site.home, "site", "schedule", "daily 02:00").returncode == 0
+    shown = site.client().get("/site")
+    assert shown["limit"] == 2 * MiB and shown["schedule"] == "0 2 * * *"
+    r = cli(site.home, "site", "schedule", "--limit", "off")
+    assert r.returncode == 0 and "bandwidth limit none" in r.stdout
+    shown = site.client().get("/site")
+    assert shown["limit"] is None and shown["schedule"] == "0 2 * * *"
+    r = cli(site.home, "site", "status")
+    assert "bandwidth limit" in r.stdout and "none" in r.stdout

@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from goldfleet.domain.sizes import format_size, parse_size
+from goldfleet.domain.sizes import format_size, parse_rate, parse_size
 from goldfleet.errors import InvalidInput
 
 K, M, G, T = 1 << 10, 1 << 20, 1 << 30, 1 << 40
@@ -179,3 +179,17 @@ def test_format_size_is_close(value: int) -> None:
 
 def test_a_fraction_of_a_byte_rounds_up_to_one_sector() -> None:
     assert parse_size("0.0001K") == 512
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("50MB/s", 50 * M), ("50M", 50 * M), ("10 MiB / s", 10 * M), ("1.5G/sec", 3 * G // 2)],
+)
+def test_rates(text, expected):
+    assert parse_rate(text) == expected
+
+
+@pytest.mark.parametrize("text", ["", "fast", "0/s", "-1M/s", "50MB/h", "1P/s"])
+def test_bad_rates_are_refused(text):
+    with pytest.raises(InvalidInput, match="bandwidth"):
+        parse_rate(text)

@@ -12,7 +12,7 @@ from goldfleet.cli import output
 from goldfleet.cli.common import JsonOpt
 from goldfleet.cli.common import call as _call
 from goldfleet.cli.common import fail as _fail
-from goldfleet.domain.sizes import parse_size
+from goldfleet.domain.sizes import parse_rate
 from goldfleet.errors import InvalidInput
 
 site_app = typer.Typer(no_args_is_help=True, help="Sites that pull template versions from HQ.")
@@ -179,6 +179,7 @@ def status(as_json: JsonOpt = False) -> None:
         ["upstream", r["upstream_url"] or "not joined (goldfleet site join URL --token T)"],
         ["site", r["site"] or "-"],
         ["schedule", r["schedule"] or "on demand only"],
+        ["bandwidth limit", _shown_rate(r["limit"])],
         ["next sync", r["next_sync_at"] or "-"],
         ["syncing since", r["syncing_since"] or "-"],
         ["last sync", r["last_sync_at"] or "never"],
@@ -190,37 +191,65 @@ def status(as_json: JsonOpt = False) -> None:
     output.table("site", ["", ""], rows)
 
 
+def _rate(text: str) -> int | None:
+    """--limit RATE|off as the API takes it: bytes a second, or None for no limit."""
+    if text.strip().lower() in ("off", "none"):
+        return None
+    try:
+        return parse_rate(text)
+    except InvalidInput as exc:
+        _fail(exc.message)
+
+
 @site_app.command("schedule")
 def schedule(
     spec: Annotated[
-        str,
+        str | None,
         typer.Argument(
             help="'daily [HH:MM]', 'weekly DAY [HH:MM]', a cron expression (UTC), or 'off'."
         ),
-    ],
+    ] = None,
+    limit: Annotated[
+        str | None,
+        typer.Option(
+            "--limit", help="Bandwidth limit of every sync, e.g. 50MB/s, or 'off' (default)."
+        ),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """At a site: when to sync with HQ (besides `site sync`)."""
-    value = None if spec.strip().lower() in ("off", "none", "") else spec
-    r = _call("POST", "/site/schedule", json={"schedule": value})
+    """At a site: when to sync with HQ (besides `site sync`), and at what bandwidth."""
+    body: dict[str, Any] = {}
+    if spec is not None:
+        body["schedule"] = None if spec.strip().lower() in ("off", "none", "") else spec
+    if limit is not None:
+        body["limit"] = _rate(limit)
+    if not body:
+        _fail("say what to change: a schedule (e.g. 'daily 02:00' or 'off'), --limit, or both")
+    r = _call("POST", "/site/schedule", json=body)
     text = f"sync schedule {r['schedule']} (UTC); next sync {r['next_sync_at']}"
-    _print_site(r, as_json, text if r["schedule"] else "syncs only on demand now")
+    text = text if r["schedule"] else "syncs only on demand"
+    text += f"; bandwidth limit {_shown_rate(r['limit'])}"
+    _print_site(r, as_json, text)
+
+
+def _shown_rate(rate: float | None) -> str:
+    return f"{output.size(int(rate))}/s" if rate else "none"
 
 
 @site_app.command("sync")
 def sync(
     limit: Annotated[
-        str | None, typer.Option("--limit", help="Bandwidth limit, e.g. 50MB/s.")
+        str | None,
+        typer.Option(
+            "--limit",
+            help="Bandwidth limit of this sync, e.g. 50MB/s, or 'off'"
+            " (default: the site's, see site schedule --limit).",
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """At a site: download the layers it lacks and add the versions HQ sends it."""
-    body: dict[str, Any] = {}
-    if limit is not None:
-        try:
-            body["limit"] = parse_size(limit.strip().removesuffix("/s").removesuffix("/S"))
-        except InvalidInput as exc:
-            _fail(exc.message)
+    body: dict[str, Any] = {} if limit is None else {"limit": _rate(limit)}
     r = _call("POST", "/site/sync", json=body)
     if as_json:
         output.emit_json(r)
@@ -233,7 +262,8 @@ def sync(
                 p = r["pending"][name]
                 added += f"; v{p['version']} goes live at {p['at']} UTC"
             if name in r["failed"]:
-                added = f"failed: {r['failed'][name]}"
+                kept = ", ".join(f"v{n}" for n in r["versions_added"].get(name, []))
+                added = (f"added {kept}; then " if kept else "") + f"failed: {r['failed'][name]}"
             if name in r["skipped"]:
                 added = f"waiting: {r['skipped'][name]}"
             output.console.print(f"{name}: {added}", highlight=False)

@@ -247,6 +247,7 @@ class Upstream(Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     schedule: Mapped[str | None] = mapped_column(String(100))  # cron expression, UTC
+    sync_limit: Mapped[int | None] = mapped_column(BigInteger)  # bytes a second; None: no limit
     next_sync_at: Mapped[datetime | None]
     sync_owner: Mapped[str | None] = mapped_column(String(36))  # the server syncing now
     sync_started_at: Mapped[datetime | None]

@@ -10,6 +10,7 @@ from goldfleet.errors import InvalidInput
 _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _LARGEST = 1 << 80  # far beyond any disk; keeps arithmetic exact and bounded
 _SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
+_PER_SECOND_RE = re.compile(r"\s*/\s*s(?:ec)?$", re.IGNORECASE)
 
 
 def parse_size(text: str | int, *, maximum: int | None = None) -> int:
@@ -30,6 +31,16 @@ def parse_size(text: str | int, *, maximum: int | None = None) -> int:
     if maximum is not None and value > maximum:
         raise InvalidInput(f"size {text!r} is above the limit of {format_size(maximum)}")
     return value
+
+
+def parse_rate(text: str) -> int:
+    """A bandwidth as admins write it, into bytes a second: 50MB/s, 10M/s, 1.5G (binary units)."""
+    try:
+        return parse_size(_PER_SECOND_RE.sub("", str(text).strip()), maximum=1 << 50)
+    except InvalidInput:
+        raise InvalidInput(
+            f"bandwidth {text!r} is not valid: write e.g. 50MB/s, 10M/s or 1G/s"
+        ) from None
 
 
 def format_size(value: int) -> str:

@@ -3,9 +3,10 @@ version becomes current here, and publishing a locally sealed version to HQ.
 
 The sync reads HQ's catalog and, per template, downloads the layers this site lacks
 (services/transfer.py: Range resumes, sha256 while receiving, bandwidth limit) into dot-named
-work files, then hands them to the bundle import's install step (the same checks as any layer
-from outside, parents sealed first, versions added in one transaction, everything removed on a
-refusal). A version is added only once its whole chain is verified here; it becomes current
+work files, then hands them, version by version and oldest first, to the bundle import's
+install step (the same checks as any layer from outside, parents sealed first, the version
+added in one transaction, everything that step made removed on a refusal; the versions before
+it stay). A version is added only once its whole chain is verified here; it becomes current
 when HQ says so (at once, at the assignment's publish time, or once every site verified it).
 One sync runs at a time on a site, across all its servers (a claim in the database, held by a
 live server), and never while the site applies the same template.
@@ -69,6 +70,7 @@ class SyncResult(BaseModel):
     bytes_downloaded: int  # body bytes received from HQ, retries and re-fetches included
     failed: dict[str, str]  # template -> reason
     skipped: dict[str, str]  # template -> why it waits (being applied, in maintenance)
+    limit: float | None = None  # the bandwidth limit it ran under, bytes a second
 
 
 class UpstreamView(BaseModel):
@@ -77,6 +79,7 @@ class UpstreamView(BaseModel):
     upstream_url: str | None
     site: str | None
     schedule: str | None  # cron expression, UTC
+    limit: int | None  # bytes a second of every sync, unless a sync names its own; None: none
     next_sync_at: datetime | None
     syncing_since: datetime | None
     last_sync_at: datetime | None
@@ -207,6 +210,7 @@ def status(ctx: Context) -> UpstreamView:
             upstream_url=ctx.settings.upstream_url or stored.get("url"),
             site=stored.get("site"),
             schedule=link.schedule,
+            limit=link.sync_limit,
             next_sync_at=link.next_sync_at,
             syncing_since=link.sync_started_at if link.sync_owner else None,
             last_sync_at=link.last_sync_at,
@@ -217,16 +221,29 @@ def status(ctx: Context) -> UpstreamView:
         )
 
 
-def set_schedule(ctx: Context, spec: str | None, *, actor: str) -> UpstreamView:
-    """Sync on ``spec`` (``daily [HH:MM]``, ``weekly DAY [HH:MM]`` or cron, UTC); None: only on
-    demand."""
+_KEEP: Any = object()  # set_schedule: leave this setting as it is
+
+
+def set_schedule(
+    ctx: Context, schedule: str | None = _KEEP, *, limit: int | None = _KEEP, actor: str
+) -> UpstreamView:
+    """Sync on ``schedule`` (``daily [HH:MM]``, ``weekly DAY [HH:MM]`` or cron, UTC; None: only on
+    demand) and/or cap every sync at ``limit`` bytes a second (None: no cap)."""
     _require_site(ctx, "a sync schedule")
-    cron = None if spec is None else rules.parse_schedule(spec)
+    if schedule is _KEEP and limit is _KEEP:
+        raise InvalidInput("say what to change: a schedule, a bandwidth limit, or both")
+    if limit is not _KEEP and limit is not None and limit <= 0:
+        raise InvalidInput("a bandwidth limit must be larger than zero (or none)")
+    cron = None if schedule is _KEEP or schedule is None else rules.parse_schedule(schedule)
     with ctx.session() as s:
         link = _link(s)
-        link.schedule = cron
-        link.next_sync_at = None if cron is None else rules.next_sync(cron, ctx.clock.now())
-        audit.record(s, actor, "site.schedule", "upstream", schedule=cron)
+        changed: dict[str, Any] = {}
+        if schedule is not _KEEP:
+            link.schedule = changed["schedule"] = cron
+            link.next_sync_at = None if cron is None else rules.next_sync(cron, ctx.clock.now())
+        if limit is not _KEEP:
+            link.sync_limit = changed["limit"] = limit
+        audit.record(s, actor, "site.schedule", "upstream", **changed)
         s.commit()
     return status(ctx)
 
@@ -297,9 +314,13 @@ def _finish(ctx: Context, me: str, problem: str | None) -> None:
         s.commit()
 
 
-def sync(ctx: Context, *, limit: float | None = None, actor: str) -> SyncResult:
-    """Pull every assigned template's versions from HQ; one sync at a time."""
+def sync(ctx: Context, *, limit: float | None = _KEEP, actor: str) -> SyncResult:
+    """Pull every assigned template's versions from HQ; one sync at a time. ``limit``: bytes a
+    second, None for none; by default the site's own limit (:func:`set_schedule`)."""
     url, token = _upstream(ctx)
+    if limit is _KEEP:
+        with ctx.session() as s:
+            limit = _link(s).sync_limit
     if not _sync_lock.acquire(blocking=False):
         raise Conflict("a sync is already running on this site; wait for it to finish")
     try:
@@ -308,6 +329,7 @@ def sync(ctx: Context, *, limit: float | None = None, actor: str) -> SyncResult:
         try:
             with _http(url, token) as http:
                 result = _sync(ctx, http, TokenBucket(limit), actor)
+                result.limit = limit
             problem = "; ".join(
                 [f"{k}: {v}" for k, v in {**result.failed, **result.skipped}.items()]
             )
@@ -398,8 +420,9 @@ def _reason(exc: BaseException) -> str:
         return exc.message
     if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
         return (
-            "the disk of this site's store is full; nothing was activated and the partial"
-            " files were removed; free space and sync again"
+            "the disk of this site's store is full; the versions it could not hold were not"
+            " added (nothing of them was activated) and their partial files were removed; free"
+            " space and sync again"
         )
     return f"{type(exc).__name__}: {exc}"
 
@@ -455,7 +478,7 @@ def _sync(ctx: Context, http: httpx.Client, bucket: TokenBucket, actor: str) -> 
         except GoldfleetError as exc:
             log.warning("could not read HQ's catalog again: %s", exc.message)
     for entry in answer["templates"]:
-        if entry["template"] not in result.failed and entry["template"] not in result.skipped:
+        if entry["template"] not in result.skipped:  # a failed one may have added versions
             _activate(ctx, entry, result, actor)
     _mark_current(ctx, reporter)
     reporter.send(force=True)
@@ -511,14 +534,8 @@ def _sync_template(
     sizes = {x.digest: x.size for x in m.layers if x.included}
     needs: dict[str, list[str]] = {}  # version key -> layers of its chain this site lacks
     for v in m.versions:
-        digest: str | None = v.top_layer
-        lacking = []
-        while digest is not None:
-            if digest in sizes:
-                lacking.append(digest)
-            digest = parents[digest]
         key = f"{m.template}:v{v.number}"
-        needs[key] = lacking
+        needs[key] = lacking = [d for d in _chain_of(v.top_layer, parents) if d in sizes]
         total = sum(sizes[d] for d in lacking)
         state = "pending" if lacking else "verified"
         reporter.states[key] = VersionState(state=state, done=0, total=total)
@@ -535,23 +552,53 @@ def _sync_template(
                 st.state, st.done = "transferring", sum(done.get(d, 0) for d in lacking)
         reporter.send()
 
-    for x in m.layers:
-        if not x.included:
-            continue
-        works[x.digest] = ctx.layers.dir / f".import-sync-{secrets.token_hex(8)}.qcow2"
-        transfer.download(
-            http, x, works[x.digest], bucket, lambda h, w, d=x.digest: progress(d, h, w)
+    # version by version, oldest first: each is added as soon as its whole chain is verified,
+    # so a failure later (a refused layer, a full disk, HQ gone) keeps the versions before it
+    by_digest = {x.digest: x for x in m.layers}
+    fetched: set[str] = set()
+    added = result.versions_added.setdefault(m.template, [])
+    for v in sorted(m.versions, key=lambda v: v.number):
+        key = f"{m.template}:v{v.number}"
+        todo = [d for d in reversed(needs[key]) if d not in fetched]  # parents first
+        for digest in todo:
+            works[digest] = ctx.layers.dir / f".import-sync-{secrets.token_hex(8)}.qcow2"
+            transfer.download(
+                http,
+                by_digest[digest],
+                works[digest],
+                bucket,
+                lambda h, w, d=digest: progress(d, h, w),
+            )
+            result.layers_downloaded += 1
+        in_chain = set(_chain_of(v.top_layer, parents))
+        one = m.model_copy(
+            update={
+                "versions": [v],
+                "layers": [
+                    x.model_copy(update={"included": x.digest in todo})
+                    for x in m.layers
+                    if x.digest in in_chain
+                ],
+            }
         )
-        result.layers_downloaded += 1
-    with bundles._import_lock:
-        view = bundles.install_layers(
-            ctx, m, works, [], source="upstream", actor=actor, action="site.sync", hashed=True
-        )
-    result.versions_added[m.template] = view.versions_added
-    for key in needs:
-        reporter.states[key] = VersionState(
-            state="verified", done=reporter.states[key].total, total=reporter.states[key].total
-        )
+        with bundles._import_lock:
+            view = bundles.install_layers(
+                ctx, one, works, [], source="upstream", actor=actor, action="site.sync", hashed=True
+            )
+        fetched.update(todo)
+        added.extend(view.versions_added)
+        total = reporter.states[key].total
+        reporter.states[key] = VersionState(state="verified", done=total, total=total)
+        reporter.send()
+
+
+def _chain_of(top: str | None, parents: dict[str, str | None]) -> list[str]:
+    """The layers of a chain, top first."""
+    out = []
+    while top is not None:
+        out.append(top)
+        top = parents[top]
+    return out
 
 
 # --- which version is current here --------------------------------------------------------

@@ -41,11 +41,19 @@ class SiteJoin(BaseModel):
 
 
 class SyncRequest(BaseModel):
-    limit: float | None = Field(default=None, gt=0)  # bytes a second
+    # bytes a second; null: no limit; left out: the site's own limit (POST /site/schedule)
+    limit: float | None = Field(default=None, gt=0)
 
 
 class ScheduleRequest(BaseModel):
-    schedule: str | None  # daily [HH:MM] | weekly DAY [HH:MM] | cron; None: on demand only
+    # each left out stays as it is
+    schedule: str | None = None  # daily [HH:MM] | weekly DAY [HH:MM] | cron; null: on demand
+    limit: int | None = Field(default=None, gt=0)  # bytes a second of every sync; null: none
+
+
+def _given(body: BaseModel) -> dict[str, object]:
+    """The fields the caller sent (null included); the others keep their setting."""
+    return {k: getattr(body, k) for k in body.model_fields_set}
 
 
 class PublishRequest(BaseModel):
@@ -115,12 +123,12 @@ def join(body: SiteJoin, ctx: Ctx, caller: Writer) -> dict[str, str]:
 
 @router.post("/site/sync")
 async def sync(body: SyncRequest, ctx: Ctx, caller: Writer) -> upstream.SyncResult:
-    return await run_in_threadpool(upstream.sync, ctx, limit=body.limit, actor=caller.name)
+    return await run_in_threadpool(upstream.sync, ctx, **_given(body), actor=caller.name)
 
 
 @router.post("/site/schedule")
 def schedule(body: ScheduleRequest, ctx: Ctx, caller: Writer) -> upstream.UpstreamView:
-    return upstream.set_schedule(ctx, body.schedule, actor=caller.name)
+    return upstream.set_schedule(ctx, **_given(body), actor=caller.name)
 
 
 @router.post("/templates/{name}/publish")
