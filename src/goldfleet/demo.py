@@ -4,7 +4,8 @@ It builds a small disk image itself, imports it as a template, makes linked and 
 writes distinct data into every data volume and scribbles on every system volume, patches the
 template in maintenance mode, recreates the linked clones, and then proves by reading through
 qemu (qemu-io) that every linked clone shows the patch and none of its scribble, that every
-data volume still holds its own bytes, and that the full clones are unchanged.
+data volume still holds its own bytes, and that the full clones are unchanged. A second server,
+a linked site, pulls v1 from it over HTTP and then only v2's new layer.
 """
 
 from __future__ import annotations
@@ -39,8 +40,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(home: Path, port: int) -> subprocess.Popen:
-    env = {**os.environ, "GOLDFLEET_HOME": str(home)}
+def start_server(home: Path, port: int, role: str = "hq") -> subprocess.Popen:
+    env = {**os.environ, "GOLDFLEET_HOME": str(home), "GOLDFLEET_ROLE": role}
     proc = subprocess.Popen(
         [sys.executable, "-m", "goldfleet", "serve", "--port", str(port)],
         env=env,
@@ -62,9 +63,12 @@ def start_server(home: Path, port: int) -> subprocess.Popen:
 
 
 def make_image(path: Path) -> None:
-    """A 64 MiB raw disk whose checked regions hold BASE_BYTE."""
+    """A 64 MiB raw disk holding 16 MiB of "installed system" from 8 MiB on (random bytes),
+    whose checked regions hold BASE_BYTE."""
     with path.open("wb") as f:
         f.truncate(64 * MiB)
+        f.seek(8 * MiB)
+        f.write(os.urandom(16 * MiB))
         for offset in (0, SCRIBBLE_AT, PATCH_AT):
             f.seek(offset)
             f.write(bytes([BASE_BYTE]) * PROBE)
@@ -80,7 +84,7 @@ def run_demo(*, keep: bool = False, linked: int = 20, full: int = 2) -> int:
     work = Path(tempfile.mkdtemp(prefix="goldfleet-demo-"))
     home = work / "home"
     qemu = QemuImg()
-    proc = None
+    proc = site_proc = None
     failures: list[str] = []
     try:
         port = free_port()
@@ -101,6 +105,24 @@ def run_demo(*, keep: bool = False, linked: int = 20, full: int = 2) -> int:
         )
         timings["import template"] = time.monotonic() - t
         console.print("imported template desktop (v1): system 64M, temp 1G, data 2G")
+
+        t = time.monotonic()
+        site_port = free_port()
+        site_proc = start_server(work / "site", site_port, role="site")
+        site = Client(
+            f"http://127.0.0.1:{site_port}", (work / "site" / "admin.token").read_text().strip()
+        )
+        joined = client.post("/sites", {"name": "branch"})
+        client.post("/sites/branch/templates", {"template": "desktop"})
+        site.post("/site/join", {"url": f"http://127.0.0.1:{port}", "token": joined["token"]})
+        first = site.post("/site/sync", {})
+        timings["site branch: join, pull v1"] = time.monotonic() - t
+        if first["versions_added"] != {"desktop": [1]} or first["failed"]:
+            failures.append(f"the site's first sync did not add v1: {first}")
+        console.print(
+            f"site branch (a second server) joined and pulled v1: {first['layers_downloaded']}"
+            f" layer, {first['bytes_downloaded'] / MiB:.1f} MiB over HTTP, verified"
+        )
 
         t = time.monotonic()
         for count, is_full in ((linked, False), (full, True)):
@@ -135,6 +157,20 @@ def run_demo(*, keep: bool = False, linked: int = 20, full: int = 2) -> int:
         if op["status"] != "done":
             failures.append(f"recreate operation ended {op['status']}: {op.get('error')}")
         console.print(f"patched template desktop → v{r['version']}; recreated {op['done']} clones")
+
+        t = time.monotonic()
+        delta = site.post("/site/sync", {})
+        timings["site branch: pull v2"] = time.monotonic() - t
+        state = client.get("/sites")[0]["states"].get("desktop:v2", {})
+        if delta["versions_added"] != {"desktop": [2]} or delta["layers_downloaded"] != 1:
+            failures.append(f"the site's second sync did not add only v2's layer: {delta}")
+        elif not (state.get("state") == "verified" and state.get("current")):
+            failures.append(f"HQ does not see v2 verified and current at the site: {state}")
+        console.print(
+            f"site branch pulled v2 as its new layer only: {delta['bytes_downloaded'] / MiB:.2f}"
+            f" MiB ({delta['bytes_downloaded'] / max(first['bytes_downloaded'], 1):.1%} of v1);"
+            " HQ sees it verified and current there"
+        )
 
         t = time.monotonic()
         table = Table(title="what each clone shows, read through qemu")
@@ -178,12 +214,13 @@ def run_demo(*, keep: bool = False, linked: int = 20, full: int = 2) -> int:
     except (ClientError, RuntimeError, OSError) as exc:
         failures.append(str(getattr(exc, "message", exc)))
     finally:
-        if proc is not None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        for running in (site_proc, proc):
+            if running is not None:
+                running.terminate()
+                try:
+                    running.wait(10)
+                except subprocess.TimeoutExpired:
+                    running.kill()
         if keep:
             console.print(f"kept the demo home at {home}")
         else:
@@ -201,6 +238,6 @@ def run_demo(*, keep: bool = False, linked: int = 20, full: int = 2) -> int:
         return 1
     console.print(
         "[green]all checks passed[/green]: linked clones show the patch, user data is intact,"
-        " full clones are unchanged"
+        " full clones are unchanged, the site pulled only the new layer"
     )
     return 0
