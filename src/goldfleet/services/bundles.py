@@ -547,6 +547,8 @@ def _receive_layer(ctx: Context, tar: tarfile.TarFile, x: LayerEntry, work: Path
             h.update(block)
             f.write(block)
             received += len(block)
+        f.flush()
+        os.fsync(f.fileno())  # the install step takes this digest and neither rereads nor syncs
     if "sha256:" + h.hexdigest() != x.digest:
         raise _refuse(
             f"layer {x.digest} does not match its digest (its bytes were changed after signing)"
@@ -606,7 +608,11 @@ def _import(
     except BaseException:
         _discard(ctx, works, committed)
         raise
-    return install_layers(ctx, m, works, committed, source=signer, actor=actor, action=action)
+    # each work file was made here (O_EXCL, 0600), hashed to its digest while written and
+    # fsynced: the install step need not read it again
+    return install_layers(
+        ctx, m, works, committed, source=signer, actor=actor, action=action, hashed=True
+    )
 
 
 def install_layers(
