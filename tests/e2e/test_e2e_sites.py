@@ -261,10 +261,23 @@ def test_the_sites_bandwidth_limit_holds_for_every_sync(pair, qemu, tmp_path):
     v1 = hq.client().get("/templates/base/versions")[0]
     size1 = layer_path(hq, v1["top_layer"]).stat().st_size
     started = time.monotonic()
-    r = site.client().post("/site/sync", {})
+    events = list(site.client().stream_lines("POST", "/site/sync", json={"progress": True}))
     took = time.monotonic() - started
+    r = events[-1]["result"]
     assert r["limit"] == 2 * MiB and r["versions_added"] == {"base": [1]}
     assert took >= (size1 - MiB) / (2 * MiB)  # at most a one-MiB burst beyond the rate
+    # the streamed answer: start, the bytes received of those to fetch, then the result
+    assert events[0] == {"event": "start", "action": "site sync"}
+    assert events[-1]["event"] == "done"
+    moved = [e for e in events[1:-1] if e["event"] == "progress"]
+    assert len(moved) >= 2 and len(moved) == len(events) - 2
+    assert all(e["total"] == size1 for e in moved)
+    assert [e["done"] for e in moved] == sorted(e["done"] for e in moved)
+    assert 0 < moved[0]["done"] < size1
+
+    # a streamed refusal still ends with exit code 1 and the reason
+    r = cli(hq.home, "site", "sync")
+    assert r.returncode == 1 and "this server runs as hq" in r.stderr
 
     new_version(hq, qemu, MiB, os.urandom(MiB))
     r = site.client().post("/site/sync", {"limit": None})  # this sync: no limit

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 
 from goldfleet.cli import output
-from goldfleet.cli.common import JsonOpt
+from goldfleet.cli.common import JsonOpt, follow
 from goldfleet.cli.common import call as _call
 from goldfleet.cli.common import fail as _fail
 from goldfleet.domain.sizes import parse_rate
@@ -250,10 +250,11 @@ def sync(
 ) -> None:
     """At a site: download the layers it lacks and add the versions HQ sends it."""
     body: dict[str, Any] = {} if limit is None else {"limit": _rate(limit)}
-    r = _call("POST", "/site/sync", json=body)
     if as_json:
+        r = _call("POST", "/site/sync", json=body)
         output.emit_json(r)
     else:
+        r = follow("/site/sync", {**body, "progress": True}, lambda _: "sync ← HQ", "sync")
         for name in r["templates"]:
             added = ", ".join(f"v{n}" for n in r["versions_added"].get(name, [])) or "up to date"
             if name in r["activated"]:

@@ -45,7 +45,7 @@ from goldfleet.domain import sites as rules
 from goldfleet.domain.model import TemplateStatus
 from goldfleet.domain.rollout import ACTIVE
 from goldfleet.errors import Conflict, Forbidden, GoldfleetError, InvalidInput, NotFound
-from goldfleet.services import audit, bundles, transfer
+from goldfleet.services import audit, bundles, streams, transfer
 from goldfleet.services.common import chain, get_template, get_version
 from goldfleet.services.sites import LOCAL_PATCHES, SyncReport, VersionState
 from goldfleet.services.transfer import TokenBucket, UpstreamError, UpstreamRefused
@@ -314,9 +314,16 @@ def _finish(ctx: Context, me: str, problem: str | None) -> None:
         s.commit()
 
 
-def sync(ctx: Context, *, limit: float | None = _KEEP, actor: str) -> SyncResult:
+def sync(
+    ctx: Context,
+    *,
+    limit: float | None = _KEEP,
+    actor: str,
+    progress: streams.Report | None = None,
+) -> SyncResult:
     """Pull every assigned template's versions from HQ; one sync at a time. ``limit``: bytes a
-    second, None for none; by default the site's own limit (:func:`set_schedule`)."""
+    second, None for none; by default the site's own limit (:func:`set_schedule`).
+    ``progress`` is told the layer bytes received so far and the bytes this sync must fetch."""
     url, token = _upstream(ctx)
     if limit is _KEEP:
         with ctx.session() as s:
@@ -328,7 +335,7 @@ def sync(ctx: Context, *, limit: float | None = _KEEP, actor: str) -> SyncResult
         problem: str | None = "the sync stopped unexpectedly"
         try:
             with _http(url, token) as http:
-                result = _sync(ctx, http, TokenBucket(limit), actor)
+                result = _sync(ctx, http, TokenBucket(limit), actor, progress)
                 result.limit = limit
             problem = "; ".join(
                 [f"{k}: {v}" for k, v in {**result.failed, **result.skipped}.items()]
@@ -373,12 +380,22 @@ def _background_sync(ctx: Context) -> None:
 
 
 class _Reporter:
-    """Per-version states, sent to HQ at most once a second (HQ down: kept for the next one)."""
+    """Per-version states, sent to HQ at most once a second (HQ down: kept for the next one);
+    the bytes received of the layers this sync must fetch, told to ``progress``."""
 
-    def __init__(self, http: httpx.Client) -> None:
+    def __init__(self, http: httpx.Client, progress: streams.Report | None) -> None:
         self.http = http
         self.states: dict[str, VersionState] = {}
         self.sent_at = 0.0
+        self.progress = progress
+        self.total = 0  # bytes of the layers this sync must fetch
+        self.received: dict[str, int] = {}  # digest -> bytes held so far
+
+    def moved(self, digest: str, held: int) -> None:
+        self.received[digest] = held
+        if self.progress is not None:
+            done = sum(self.received.values())
+            self.progress(done, max(done, self.total))
 
     def send(self, force: bool = False) -> None:
         if not force and time.monotonic() - self.sent_at < REPORT_SECONDS:
@@ -432,12 +449,21 @@ def _held(ctx: Context, digests: list[str]) -> set[str]:
         return {d for d in digests if s.get(Layer, d) is not None and ctx.layers.has(d)}
 
 
-def _sync(ctx: Context, http: httpx.Client, bucket: TokenBucket, actor: str) -> SyncResult:
+def _sync(
+    ctx: Context,
+    http: httpx.Client,
+    bucket: TokenBucket,
+    actor: str,
+    progress: streams.Report | None,
+) -> SyncResult:
     answer = _call(http, "GET", "/sync/catalog")
     with ctx.session() as s:
         _remember(s, answer)
         s.commit()
-    reporter = _Reporter(http)
+    reporter = _Reporter(http, progress)
+    lacking = {x["digest"]: x["size"] for e in answer["templates"] for x in e["layers"]}
+    held = _held(ctx, list(lacking))
+    reporter.total = sum(size for digest, size in lacking.items() if digest not in held)
     result = SyncResult(
         templates=[],
         versions_added={},
@@ -545,6 +571,7 @@ def _sync_template(
 
     def progress(digest: str, held: int, wire: int) -> None:
         done[digest] = held
+        reporter.moved(digest, held)
         result.bytes_downloaded += wire
         for key, lacking in needs.items():
             if digest in lacking:

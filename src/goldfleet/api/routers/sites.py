@@ -7,14 +7,14 @@ from datetime import datetime
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse
+from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from goldfleet.api.deps import Ctx, Reader, SiteCaller, Writer
 from goldfleet.api.uploads import received_body
 from goldfleet.domain.names import check_name
 from goldfleet.domain.rollout import parse_time
-from goldfleet.services import bundles, sites, upstream
+from goldfleet.services import bundles, sites, streams, upstream
 
 router = APIRouter(tags=["sites"])
 
@@ -43,6 +43,7 @@ class SiteJoin(BaseModel):
 class SyncRequest(BaseModel):
     # bytes a second; null: no limit; left out: the site's own limit (POST /site/schedule)
     limit: float | None = Field(default=None, gt=0)
+    progress: bool = False  # answer with JSON lines (start, progress…, done or error)
 
 
 class ScheduleRequest(BaseModel):
@@ -51,9 +52,9 @@ class ScheduleRequest(BaseModel):
     limit: int | None = Field(default=None, gt=0)  # bytes a second of every sync; null: none
 
 
-def _given(body: BaseModel) -> dict[str, object]:
-    """The fields the caller sent (null included); the others keep their setting."""
-    return {k: getattr(body, k) for k in body.model_fields_set}
+def _given(body: BaseModel, *settings: str) -> dict[str, object]:
+    """Of ``settings``, the ones the caller sent (null included); the others keep theirs."""
+    return {k: getattr(body, k) for k in settings if k in body.model_fields_set}
 
 
 class PublishRequest(BaseModel):
@@ -121,14 +122,28 @@ def join(body: SiteJoin, ctx: Ctx, caller: Writer) -> dict[str, str]:
     return upstream.join(ctx, body.url, body.token, actor=caller.name)
 
 
-@router.post("/site/sync")
-async def sync(body: SyncRequest, ctx: Ctx, caller: Writer) -> upstream.SyncResult:
-    return await run_in_threadpool(upstream.sync, ctx, **_given(body), actor=caller.name)
+@router.post("/site/sync", response_model=None)
+async def sync(
+    body: SyncRequest, ctx: Ctx, caller: Writer
+) -> upstream.SyncResult | StreamingResponse:
+    """Pull from HQ what this site lacks; with ``progress`` the answer is JSON lines whose
+    ``progress`` counts the layer bytes received of those the sync must fetch."""
+    given = _given(body, "limit")
+    if body.progress:
+        return StreamingResponse(
+            streams.stream(
+                {"action": "site sync"},
+                lambda report: upstream.sync(ctx, **given, actor=caller.name, progress=report),
+                what="site sync",
+            ),
+            media_type="application/x-ndjson",
+        )
+    return await run_in_threadpool(upstream.sync, ctx, **given, actor=caller.name)
 
 
 @router.post("/site/schedule")
 def schedule(body: ScheduleRequest, ctx: Ctx, caller: Writer) -> upstream.UpstreamView:
-    return upstream.set_schedule(ctx, **_given(body), actor=caller.name)
+    return upstream.set_schedule(ctx, **_given(body, "schedule", "limit"), actor=caller.name)
 
 
 @router.post("/templates/{name}/publish")
