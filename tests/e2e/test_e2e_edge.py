@@ -197,3 +197,79 @@ def test_a_clone_is_never_placed_on_a_host_whose_chain_is_incomplete(fleet, base
         assert fleet.state(fleet.volumes(n)["system"]) == before[n]
         assert vms(fleet)[n] == declared[n]
     assert layer_name(top) not in held(edge_root, H1)
+
+
+def test_host_prune_by_cli_and_api(fleet, base, edge_root):
+    (b,) = chain(fleet, 1)
+    (desk,) = fleet.create(count=1)  # on v1, host 1
+    assert vms(fleet)[desk][0] == H1
+    fleet.update(byte=0x22)
+    top, _ = chain(fleet, 2)
+    for host in (H1, H2):
+        assert fleet.cli("host", "prefetch", host, "base").returncode == 0
+        assert held(edge_root, host) == {layer_name(top), layer_name(b)}
+    before = {h["name"]: h for h in fleet.cli_json("host", "list")["hosts"]}
+
+    # a dry run, and the default (the current version kept), remove nothing
+    proc = fleet.cli("host", "prune", H2, "--dry-run", "--no-keep-current")
+    assert proc.returncode == 0, proc.stderr
+    assert "dry run: nothing was removed" in proc.stdout
+    r = fleet.cli_json("host", "prune", H2)
+    assert r["hosts"] == [{"host": H2, "removed": [], "bytes_freed": 0, "kept": 2, "note": None}]
+    assert held(edge_root, H2) == {layer_name(top), layer_name(b)}
+
+    # without the current version: host 2 (no clone) loses everything, host 1 keeps what its
+    # clone on v1 reads
+    proc = fleet.cli("host", "prune", "--all", "--no-keep-current")
+    assert proc.returncode == 0, proc.stderr
+    freed = fleet.layer_file(top).stat().st_size + fleet.layer_file(b).stat().st_size
+    assert "freed" in proc.stdout and H1 in proc.stdout and H2 in proc.stdout
+    assert held(edge_root, H2) == set()
+    assert held(edge_root, H1) == {layer_name(b)}
+    after = {h["name"]: h for h in fleet.cli_json("host", "list")["hosts"]}
+    assert (after[H2]["layers"], after[H2]["bytes"]) == (0, 0)
+    assert before[H2]["bytes"] == freed
+    assert after[H1]["bytes"] == before[H1]["bytes"] - fleet.layer_file(top).stat().st_size
+    assert after[H1]["versions"][1]["complete"] is False  # v2 must be copied again
+
+    # a prefetch copies it again; the clone rebuilt onto v2 reads its host's new copies
+    r = fleet.cli_json("host", "prefetch", H2, "base")
+    assert r["copied"] == [b, top]
+    op = fleet.client.post("/clones/recreate", {"template": "base", "wait": True})
+    assert op["status"] == "done", op
+    assert vms(fleet)[desk] == (H1, on_edge(edge_root, H1, [top, b]))
+    fleet.client.post(f"/clones/{desk}/start")
+    assert fleet.show(desk)["power"] == "running"
+
+    # the API: one host or all, admin tokens only; refusals
+    r = fleet.client.post(f"/hosts/{H2}/prune", {"keep_current": False, "dry_run": True})
+    assert r["dry_run"] and r["hosts"][0]["removed"] == [top, b]
+    assert [h["host"] for h in fleet.client.post("/hosts/prune")["hosts"]] == [H1, H2]
+    made = fleet.client.post("/tokens", {"name": "dashboard", "role": "reader"})
+    reader = fleet.server.client(made["token"])
+    fleet.error(403, reader.post, "/hosts/prune", {})
+    fleet.error(403, reader.post, f"/hosts/{H1}/prune", {"dry_run": True})
+    assert "not one of the driver's hosts" in fleet.error(
+        404, fleet.client.post, "/hosts/sim-host-9/prune", {}
+    )
+    fleet.error(422, fleet.client.post, f"/hosts/{H1}/prune", {"keep": False})
+    for args in ((), (H1, "--all")):
+        proc = fleet.cli("host", "prune", *args)
+        assert proc.returncode == 1 and "give a HOST or --all" in proc.stderr
+    assert held(edge_root, H2) == {layer_name(top), layer_name(b)}  # refusals removed nothing
+
+    # the audit log: every prune but the dry runs; the rollout's copy into host 1, by its
+    # operation
+    audit = fleet.client.get("/audit")
+    prunes = [e for e in audit if e["action"] == "host.prune"]
+    assert sorted(e["target"] for e in prunes) == [H1, H1, H2, H2, H2]
+    removed = [(e["target"], e["detail"]["layers"], e["detail"]["bytes"]) for e in prunes]
+    assert (H2, 2, freed) in removed and all(e["actor"] == "admin" for e in prunes)
+    copies = [e for e in audit if e["action"] == "host.prefetch" and e["actor"] == f"op:{op['id']}"]
+    assert [(e["target"], e["detail"]["layers_copied"]) for e in copies] == [(H1, 1)]
+
+
+def test_host_prune_is_refused_with_edge_stores_off(fleet):
+    assert "edge stores are off" in fleet.error(409, fleet.client.post, "/hosts/prune", {})
+    proc = fleet.cli("host", "prune", H1)
+    assert proc.returncode == 1 and "edge stores are off" in proc.stderr

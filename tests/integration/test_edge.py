@@ -21,8 +21,10 @@ from goldfleet.config import Settings
 from goldfleet.db.tables import AuditEntry, Clone, SimDomain
 from goldfleet.domain.names import layer_filename
 from goldfleet.errors import BadImage, Conflict, InvalidInput, NotFound, StoreError
-from goldfleet.services import clones, hosts, templates
+from goldfleet.services import audit, clones, hosts, templates
 from goldfleet.services.home import init_home
+from goldfleet.services.views import AuditView
+from goldfleet.store.edge import EdgeStores
 from goldfleet.store.layers import file_digest
 
 MiB = 1 << 20
@@ -79,6 +81,11 @@ def edge_files(root: Path, host: str) -> set[str]:
 
 def names(*digests: str) -> set[str]:
     return {layer_filename(d) for d in digests}
+
+
+def audit_of(ctx: Context, action: str) -> list[AuditView]:
+    """The audit entries of one action, oldest first."""
+    return [e for e in reversed(audit.list_audit(ctx)) if e.action == action]
 
 
 def tamper(path: Path) -> None:
@@ -290,6 +297,11 @@ def test_a_rollout_prefetches_the_new_chain_to_each_host_first(ectx, base, edge_
         assert clones.show_clone(ectx, name).version == 2
     for host in (H1, H2):
         assert edge_files(edge_root, host) == names(top, parent)
+    # the copies the rollout made are in the audit log, by the operation
+    by_op = [e for e in audit_of(ectx, "host.prefetch") if e.actor == f"op:{op.id}"]
+    assert {e.target for e in by_op} == {H1, H2}
+    assert all(e.detail["version"] == "base:v2" for e in by_op)
+    assert sum(e.detail["layers_copied"] for e in by_op) == 2  # the new top, once per host
 
 
 def test_a_rollout_that_cannot_complete_the_chain_on_a_host_changes_nothing(ectx, base, edge_root):
@@ -333,3 +345,135 @@ def test_full_clones_read_no_layer_and_need_no_copy(ectx, base, edge_root):
     host, backing = vm(ectx, "full")
     assert backing == () and host in (H1, H2)
     assert edge_files(edge_root, H1) == edge_files(edge_root, H2) == set()
+
+
+# --- prune ----------------------------------------------------------------------------------
+
+
+def test_a_prune_after_a_rollout_removes_the_old_top_and_keeps_shared_parents(
+    ectx, base, edge_root
+):
+    """base:v2 = (t2, b) and alt:v1 = (a1, b) share b. One host's clone moves from base:v2 to
+    alt:v1 while base's current becomes a flattened v3: t2 goes from that host, b stays; the
+    other host keeps t2 for its clone still on base:v2."""
+    (b,) = chain_of(ectx, 1)
+    clones.create_clones(ectx, template="base", name="seed", actor="t", wait=True)
+    t2, _ = patch(ectx, 0x22)
+    templates.create_from_clone(ectx, name="alt", clone="seed", actor="t")
+    a1, _ = templates.list_versions(ectx, "alt")[0].chain
+    clones.delete_clone(ectx, "seed", actor="t")
+    _, made = clones.create_clones(ectx, template="base", count=2, actor="t", wait=True)
+    moved, stays = sorted(made, key=lambda n: host_of(ectx, n))
+    assert (host_of(ectx, moved), host_of(ectx, stays)) == (H1, H2)
+    templates.flatten_template(ectx, "base", actor="t")  # current: v3, one new base layer
+    clones.rebase_clone(ectx, moved, to="alt:v1", actor="t")
+    assert names(t2, b, a1) <= edge_files(edge_root, H1)
+
+    view = hosts.prune(ectx, None, actor="alice")
+    h1, h2 = view.hosts
+    assert (h1.host, h1.removed, h1.kept) == (H1, [t2], len(edge_files(edge_root, H1)))
+    assert h1.bytes_freed == ectx.layers.path(t2).stat().st_size
+    assert edge_files(edge_root, H1) == names(a1, b)  # the shared parent stays
+    assert (h2.removed, h2.bytes_freed) == ([], 0)  # its clone is still on base:v2
+    assert names(t2, b) <= edge_files(edge_root, H2)
+    for name in made:  # both VMs still start on their hosts' copies
+        clones.start_clone(ectx, name, actor="t")
+    entries = {e.target: e for e in audit_of(ectx, "host.prune")}
+    assert entries[H1].actor == "alice"
+    assert (entries[H1].detail["layers"], entries[H1].detail["bytes"]) == (1, h1.bytes_freed)
+    assert entries[H2].detail["layers"] == 0
+
+
+def test_a_dry_run_removes_nothing_and_is_not_audited(ectx, base, edge_root):
+    (b,) = chain_of(ectx, 1)
+    hosts.prefetch(ectx, H1, "base", actor="t")
+    view = hosts.prune(ectx, H1, keep_current=False, dry_run=True, actor="t")
+    assert view.dry_run and [h.removed for h in view.hosts] == [[b]]
+    assert view.hosts[0].kept == 0
+    assert edge_files(edge_root, H1) == names(b)
+    assert audit_of(ectx, "host.prune") == []
+
+
+def test_without_keep_current_a_host_with_no_clones_loses_the_current_version(
+    ectx, base, edge_root
+):
+    top, parent = patch(ectx, 0x22)
+    for host in (H1, H2):
+        hosts.prefetch(ectx, host, "base", actor="t")
+    clones.create_clones(ectx, template="base", name="desk", actor="t", wait=True)
+    busy = host_of(ectx, "desk")
+    idle = H2 if busy == H1 else H1
+    assert hosts.prune(ectx, idle, actor="t").hosts[0].removed == []  # current kept
+    gone = hosts.prune(ectx, idle, keep_current=False, actor="t").hosts[0]
+    assert gone.removed == [top, parent]  # children before parents
+    assert edge_files(edge_root, idle) == set()
+    # the host with a clone keeps what it reads
+    assert hosts.prune(ectx, busy, keep_current=False, actor="t").hosts[0].removed == []
+    assert edge_files(edge_root, busy) == names(top, parent)
+    # nothing remembers the removed chain: a prefetch copies it again
+    assert not ectx.edges.is_complete(idle, (top, parent))
+    assert hosts.prefetch(ectx, idle, "base", actor="t").copied == [parent, top]
+
+
+def test_a_prune_keeps_live_work_files_and_is_never_taken_for_a_complete_chain(
+    ectx, base, edge_root
+):
+    """Work files of a live copy stay, stale ones go. While a prune runs, a clone action
+    asking whether its chain is complete hears "no" (and so waits for the lock in ensure);
+    after it, the chains it removed are not remembered as complete."""
+    (b,) = chain_of(ectx, 1)
+    hosts.prefetch(ectx, H1, "base", actor="t")
+    assert ectx.edges.is_complete(H1, (b,))
+    layers = edge_root / H1 / "layers"
+    live, stale = layers / ".edge-live.qcow2", layers / ".edge-stale.qcow2"
+    live.write_bytes(b"x")
+    stale.write_bytes(b"x")
+    os.utime(stale, (1, 1))
+    asked = []
+
+    def keep():
+        asked.append(ectx.edges.is_complete(H1, (b,)))
+        return hosts.keep_on(ectx, H1, keep_current=False)
+
+    assert ectx.edges.prune(H1, keep) == [(b, ectx.layers.path(b).stat().st_size)]
+    assert asked == [False]
+    assert edge_files(edge_root, H1) == {live.name}
+    assert not ectx.edges.is_complete(H1, (b,))
+    assert [info.digest for info in ectx.edges.ensure(H1, (b,), ectx.layers)] == [b]
+
+
+def test_a_chain_pruned_by_another_server_is_copied_back(ectx, base, edge_root):
+    """Each server remembers complete chains; another server's prune (its own EdgeStores on
+    the same folders) removes the top layer first, and that is noticed by one stat."""
+    (b,) = chain_of(ectx, 1)
+    hosts.prefetch(ectx, H1, "base", actor="t")
+    assert ectx.edges.is_complete(H1, (b,))
+    other = EdgeStores(edge_root, ectx.qemu)
+    nothing = hosts.keep_on(ectx, H2, keep_current=False)  # no clone anywhere: keeps none
+    assert [d for d, _ in other.prune(H1, lambda: nothing)] == [b]
+    assert not ectx.edges.is_complete(H1, (b,))
+    assert [info.digest for info in ectx.edges.ensure(H1, (b,), ectx.layers)] == [b]
+    assert edge_files(edge_root, H1) == names(b)
+
+
+def test_prune_refusals_come_before_any_removal(ectx, base, edge_root, home):
+    (b,) = chain_of(ectx, 1)
+    for host in (H1, H2):
+        hosts.prefetch(ectx, host, "base", actor="t")
+    with pytest.raises(NotFound, match="not one of the driver's hosts"):
+        hosts.prune(ectx, "sim-host-9", keep_current=False, actor="t")
+    # one host not reachable: refused; with every host, reported and skipped
+    (edge_root / H2).rename(edge_root / "unmounted")
+    with pytest.raises(Conflict, match=f"edge store of host {H2} is not reachable"):
+        hosts.prune(ectx, H2, keep_current=False, actor="t")
+    view = hosts.prune(ectx, None, keep_current=False, actor="t")
+    assert [(h.host, h.removed) for h in view.hosts] == [(H1, [b]), (H2, [])]
+    assert "not reachable" in view.hosts[1].note
+    assert not (edge_root / H2).exists()
+    assert [e.target for e in audit_of(ectx, "host.prune")] == [H1]
+    ctx_off = bootstrap(Settings(home=home))
+    try:
+        with pytest.raises(Conflict, match="edge stores are off"):
+            hosts.prune(ctx_off, None, actor="t")
+    finally:
+        ctx_off.engine.dispose()

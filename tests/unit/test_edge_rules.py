@@ -92,3 +92,72 @@ def test_a_host_name_that_is_not_a_safe_name_never_becomes_a_folder(host: str) -
 
 def test_a_known_host_with_a_safe_name_is_accepted() -> None:
     assert edge.check_host("kvm-02", HOSTS) == "kvm-02"
+
+
+# --- prune ----------------------------------------------------------------------------------
+
+V1_TOP = "sha256:" + "d" * 64  # v1 = (V1_TOP, BASE); v2 = (TOP, MID, BASE), as in CHAIN
+OTHER = "sha256:" + "e" * 64  # another template's base layer
+GONE = "sha256:" + "f" * 64  # a layer whose version was deleted: not in the catalog
+PARENTS = {BASE: None, MID: BASE, TOP: MID, V1_TOP: BASE, OTHER: None}
+TOPS = {1: V1_TOP, 2: TOP, 3: OTHER}  # version id → top layer
+
+
+def placed(host: str | None, version: int, *targets: int, kind: str = CloneKind.LINKED):
+    return edge.PlacedClone(kind=kind, host=host, version=version, targets=targets)
+
+
+def kept_versions(clones, current=(), keep_current=True, host="kvm-01") -> set[int]:
+    return edge.versions_to_keep(host, clones, current, keep_current=keep_current)
+
+
+def test_a_host_keeps_the_versions_of_its_linked_clones_now_and_after_their_actions() -> None:
+    assert kept_versions([placed("kvm-01", 1)]) == {1}
+    assert kept_versions([placed("kvm-01", 1, 2)]) == {1, 2}  # a rebuild onto v2 under way
+    assert kept_versions([placed("kvm-02", 1, 2)]) == set()  # another host's clone
+    assert kept_versions([placed("kvm-01", 1, kind=CloneKind.FULL)]) == set()  # reads no layer
+    # not placed yet: it may come here, on the version it is about to get
+    assert kept_versions([placed(None, 1, 2)]) == {2}
+    assert kept_versions([placed(None, 1)]) == set()  # reads the site store
+
+
+def test_current_versions_are_kept_unless_asked_not_to() -> None:
+    assert kept_versions([], current=[2, 3]) == {2, 3}
+    assert kept_versions([], current=[2, 3], keep_current=False) == set()
+    assert kept_versions([placed("kvm-01", 1)], current=[2], keep_current=False) == {1}
+
+
+def test_a_prune_after_a_rollout_removes_the_old_top_and_keeps_shared_parents() -> None:
+    held = {V1_TOP, BASE, MID, TOP}
+    keep = edge.keep_chains([TOPS[2]], PARENTS)
+    assert keep.layers == {TOP, MID, BASE}
+    assert edge.removable_layers(held, keep) == [V1_TOP]
+    # a clone still on v1 keeps it
+    keep = edge.keep_chains([TOPS[1], TOPS[2]], PARENTS)
+    assert edge.removable_layers(held, keep) == []
+
+
+def test_layers_go_children_before_parents_unknown_ones_first() -> None:
+    held = {BASE, MID, TOP, V1_TOP, OTHER, GONE}
+    removed = edge.removable_layers(held, edge.keep_chains([], PARENTS))
+    assert set(removed) == held
+    assert removed[0] == GONE
+    for child, parent in PARENTS.items():
+        if parent is not None:
+            assert removed.index(child) < removed.index(parent)
+
+
+@given(
+    st.sets(st.sampled_from([BASE, MID, TOP, V1_TOP, OTHER, GONE])),
+    st.sets(st.sampled_from(sorted(TOPS))),
+)
+def test_no_kept_layer_ever_loses_its_parent(held: set[str], versions: set[int]) -> None:
+    keep = edge.keep_chains([TOPS[v] for v in versions], PARENTS)
+    removed = edge.removable_layers(held, keep)
+    assert set(removed) == held - keep.layers
+    assert not {PARENTS.get(d) for d in keep.layers} & set(removed)
+    for v in versions:  # every kept chain is whole in what stays
+        digest: str | None = TOPS[v]
+        while digest is not None:
+            assert digest in keep.layers
+            digest = PARENTS[digest]

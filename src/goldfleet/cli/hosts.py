@@ -6,18 +6,9 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
 
 from goldfleet.cli import output
-from goldfleet.cli.client import Client, ClientError
-from goldfleet.cli.common import JsonOpt
+from goldfleet.cli.common import JsonOpt, follow
 from goldfleet.cli.common import call as _call
 from goldfleet.cli.common import fail as _fail
 from goldfleet.domain.names import parse_version_ref
@@ -81,7 +72,12 @@ def prefetch(
     if as_json:
         output.emit_json(_call("POST", f"/hosts/{host}/prefetch", json=body))
         return
-    result = _follow(host, {**body, "progress": True})
+    result = follow(
+        f"/hosts/{host}/prefetch",
+        {**body, "progress": True},
+        lambda start: f"{host} ← {start['template']}:v{start['version']}",
+        "prefetch",
+    )
     label = f"{result['template']}:v{result['version']}"
     if result["copied"]:
         output.console.print(
@@ -95,35 +91,50 @@ def prefetch(
         )
 
 
-def _follow(host: str, body: dict[str, Any]) -> dict[str, Any]:
-    """Run a streamed prefetch with a progress bar of bytes; returns its result."""
-    client = Client.from_home()
-    progress = Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
-        TimeElapsedColumn(),
-        console=output.err_console,
-    )
-    try:
-        with progress:
-            task = None
-            for event in client.stream_lines("POST", f"/hosts/{host}/prefetch", json=body):
-                kind = event.get("event")
-                if kind == "start":
-                    label = f"{host} ← {event['template']}:v{event['version']}"
-                    task = progress.add_task(label, total=event["missing_bytes"] or 1)
-                    if not event["missing_layers"]:
-                        progress.update(task, completed=1)
-                elif kind == "progress" and task is not None:
-                    progress.update(task, completed=event["done"])
-                elif kind == "done":
-                    if task is not None:
-                        progress.update(task, completed=progress.tasks[0].total)
-                    return event["result"]
-                elif kind == "error":
-                    raise ClientError(event["message"], event.get("status", 500))
-    except ClientError as exc:
-        _fail(exc.message)
-    _fail("the server ended the prefetch without a result; see: goldfleet host list")
+@host_app.command("prune")
+def prune(
+    host: Annotated[str | None, typer.Argument(metavar="HOST", help="One host.")] = None,
+    all_hosts: Annotated[
+        bool, typer.Option("--all", help="Every host; those not reachable are skipped.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Show what would be removed; remove nothing.")
+    ] = False,
+    keep_current: Annotated[
+        bool,
+        typer.Option(
+            "--keep-current/--no-keep-current",
+            help="Keep every template's current version, so the next clone needs no copy.",
+        ),
+    ] = True,
+    as_json: JsonOpt = False,
+) -> None:
+    """Remove from edge stores the layers no clone placed there needs any more."""
+    if (host is None) == (not all_hosts):
+        _fail("give a HOST or --all (not both); see: goldfleet host list")
+    path = "/hosts/prune" if host is None else f"/hosts/{host}/prune"
+    r = _call("POST", path, json={"keep_current": keep_current, "dry_run": dry_run})
+    if as_json:
+        output.emit_json(r)
+        return
+    rows = [
+        [
+            h["host"],
+            len(h["removed"]),
+            output.size(h["bytes_freed"]) or "0",
+            h["kept"],
+            h["note"] or "",
+        ]
+        for h in r["hosts"]
+    ]
+    removed = "to remove" if dry_run else "removed"
+    freed = "would free" if dry_run else "freed"
+    output.table(None, ["host", f"layers {removed}", freed, "layers kept", "note"], rows)
+    total = sum(h["bytes_freed"] for h in r["hosts"])
+    if dry_run:
+        output.console.print(
+            f"dry run: nothing was removed; a prune would free {output.size(total) or '0'}",
+            highlight=False,
+        )
+    else:
+        output.console.print(f"freed {output.size(total) or '0'}", highlight=False)

@@ -1,4 +1,5 @@
-"""Edge stores: which layers a host lacks, where a new clone goes, and when it may not go there.
+"""Edge stores: which layers a host lacks, where a new clone goes, when it may not go there,
+and which layers a prune may remove.
 
 An edge store is a host's local copy of the layers its clones read (docs/edge.md). A linked
 clone reads its version's whole chain, so it may run on a host only once every layer of that
@@ -7,7 +8,9 @@ chain is there; a full clone's system volume is a standalone copy and reads no l
 
 from __future__ import annotations
 
-from collections.abc import Container, Mapping, Sequence
+import math
+from collections.abc import Container, Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from goldfleet.domain.model import CloneKind
 from goldfleet.domain.names import check_name
@@ -58,3 +61,70 @@ def check_placement(clone: str, host: str, missing: Sequence[str]) -> None:
             f" {len(missing)} layer(s) of the chain, first {missing[0]}; run: goldfleet host"
             f" prefetch {host} TEMPLATE:VERSION"
         )
+
+
+# --- prune ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PlacedClone:
+    """A clone as a prune sees it: where it runs, and the versions it reads or is about to."""
+
+    kind: str
+    host: str | None  # None: not placed yet
+    version: int  # the version it is on (an id)
+    targets: tuple[int, ...] = ()  # of its action under way and its queued or running items
+
+
+def versions_to_keep(
+    host: str, clones: Iterable[PlacedClone], current: Iterable[int], *, keep_current: bool
+) -> set[int]:
+    """The versions whose chains must stay on ``host``: those of its linked clones, now and
+    after their pending actions, and (``keep_current``) every template's current version, so
+    that the next rollout or new clone does not copy them again. A linked clone not placed yet
+    may land on any host, so its targets stay on every one."""
+    keep = set(current) if keep_current else set()
+    for c in clones:
+        if not reads_chain(c.kind):
+            continue
+        if c.host == host:
+            keep.add(c.version)
+            keep.update(c.targets)
+        elif c.host is None:
+            keep.update(c.targets)
+    return keep
+
+
+@dataclass(frozen=True, slots=True)
+class Keep:
+    """What a prune of one host must keep: whole chains (every kept layer's parent is kept)."""
+
+    layers: frozenset[str]
+    parents: Mapping[str, str | None]  # the catalog: every layer's parent
+
+
+def keep_chains(tops: Iterable[str], parents: Mapping[str, str | None]) -> Keep:
+    """Each top layer and all its parents."""
+    layers: set[str] = set()
+    for top in tops:
+        digest: str | None = top
+        while digest is not None and digest not in layers:
+            layers.add(digest)
+            digest = parents.get(digest)
+    return Keep(frozenset(layers), parents)
+
+
+def removable_layers(held: Iterable[str], keep: Keep) -> list[str]:
+    """The held layers a prune removes: all but the kept ones, children before parents, so
+    that a prune stopped half-way leaves only whole chains. Layers the catalog no longer has
+    (their versions were deleted) come first: no catalog layer has them as parent."""
+
+    def depth(digest: str | None) -> float:
+        n = 0
+        while digest is not None:
+            if digest not in keep.parents:
+                return math.inf
+            digest, n = keep.parents[digest], n + 1
+        return n
+
+    return sorted((d for d in held if d not in keep.layers), key=lambda d: (-depth(d), d))

@@ -79,6 +79,7 @@ class Outcome:
     error: str | None
     power: str
     host: str | None = None
+    copied: tuple[tuple[str, int, int], ...] = ()  # into edge stores: (host, layers, bytes)
 
 
 # --- views --------------------------------------------------------------------------------
@@ -228,16 +229,24 @@ def execute(ctx: Context, plan: Plan, logoff: Sequence[str] = ()) -> Outcome:
     # edge stores: the chain is made complete on the clone's host before anything about the
     # clone changes, so a host that cannot take it leaves the clone as it was
     edge = ctx.edges is not None and bool(plan.chain) and plan.action != CloneAction.DELETE
+    copied: list[tuple[str, int, int]] = []
+
+    def prepare(on: str) -> None:
+        from goldfleet.services.hosts import prepare_host
+
+        if infos := prepare_host(ctx, plan.name, on, plan.chain):
+            copied.append((on, len(infos), sum(i.size for i in infos)))
+
     try:
         if edge:
-            from goldfleet.services.hosts import place_new, prepare_host
+            from goldfleet.services.hosts import place_new
 
             if host is None:  # not placed at claim (edge stores were off then): its VM may
                 # exist from an interrupted attempt, else it goes where Placer says
                 host = call_driver(ctx, drv.host_of, name=plan.name) or place_new(
                     ctx, plan.kind, plan.chain
                 )
-            prepare_host(ctx, plan.name, host, plan.chain)
+            prepare(host)
         if logoff:
             # whoever is logged on now: users may have left (or come) since the policy looked
             now_on = call_driver(ctx, drv.sessions, names=[plan.name]).get(plan.name, [])
@@ -255,18 +264,18 @@ def execute(ctx: Context, plan: Plan, logoff: Sequence[str] = ()) -> Outcome:
         ctx.volumes.build_clone(plan.uid, plan.kind, plan.top, plan.virtual_size, plan.outline)
         placed = call_driver(ctx, drv.define, spec=_domain_spec(ctx, plan, host), host=host)
         if edge and placed != host:  # the VM already lived elsewhere and stays there
-            prepare_host(ctx, plan.name, placed, plan.chain)
+            prepare(placed)
             call_driver(ctx, drv.define, spec=_domain_spec(ctx, plan, placed), host=placed)
         host = placed
         if plan.running:
             call_driver(ctx, drv.start, name=plan.name)
             power = Power.RUNNING
-        return Outcome(plan.clone_id, None, power, host)
+        return Outcome(plan.clone_id, None, power, host, tuple(copied))
     except GoldfleetError as exc:
-        return Outcome(plan.clone_id, f"{plan.action} failed: {exc.message}", power, host)
+        error = f"{plan.action} failed: {exc.message}"
     except Exception as exc:  # one clone's failure must never stop the others
         error = f"{plan.action} failed: {type(exc).__name__}: {exc}"
-        return Outcome(plan.clone_id, error, power, host)
+    return Outcome(plan.clone_id, error, power, host, tuple(copied))
 
 
 def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
@@ -284,6 +293,7 @@ def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
         c = clones.get(out.clone_id)
         if c is None:
             continue
+        _audit_copies(s, c, out.copied)
         c.power = out.power
         if out.host is not None:
             c.host = out.host
@@ -301,6 +311,25 @@ def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
         c.status, c.action, c.target_version_id = CloneStatus.READY, None, None
         c.error, c.discard_data = None, False
     return done, failed
+
+
+def _audit_copies(s: Session, c: Clone, copied: Sequence[tuple[str, int, int]]) -> None:
+    """Layers a clone action copied into edge stores, by the operation it was part of (or by
+    goldfleet for a single action): the same entry as ``host prefetch``."""
+    if not copied:
+        return
+    version = c.target_version or c.version
+    for host, layers, size in copied:
+        audit.record(
+            s,
+            f"op:{c.operation_id}" if c.operation_id is not None else "goldfleet",
+            "host.prefetch",
+            host,
+            version=f"{version.template.name}:v{version.number}",
+            clone=c.name,
+            layers_copied=layers,
+            bytes_copied=size,
+        )
 
 
 def _run_one(ctx: Context, clone_id: int) -> CloneView:

@@ -1,37 +1,36 @@
-"""Hosts and their edge stores: list them, prefetch a version's chain to one, and make sure a
-linked clone is defined only on a host that holds its whole chain (docs/edge.md).
+"""Hosts and their edge stores: list them, prefetch a version's chain to one, prune the layers
+no clone needs any more, and make sure a linked clone is defined only on a host that holds its
+whole chain (docs/edge.md).
 
 With ``edge_root`` unset (the default) edge stores are off: ``host list`` still lists the
-driver's hosts, ``host prefetch`` is refused, and clone actions take none of these steps.
+driver's hosts, ``host prefetch`` and ``host prune`` are refused, and clone actions take none
+of these steps.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import queue
-import threading
-import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel
-from sqlalchemy import func, select
+from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from goldfleet.bootstrap import Context
-from goldfleet.db.tables import Clone, Layer, Template, Version
+from goldfleet.db.tables import Clone, Layer, OperationItem, Template, Version
 from goldfleet.domain import edge
+from goldfleet.domain.model import CloneKind
 from goldfleet.domain.names import NAME_RE
-from goldfleet.errors import Conflict, GoldfleetError
-from goldfleet.services import audit
+from goldfleet.domain.rollout import ItemState
+from goldfleet.errors import Conflict
+from goldfleet.services import audit, streams
 from goldfleet.services.common import chain, get_template, get_version
 from goldfleet.store.edge import EdgeStores
+from goldfleet.store.layers import LayerInfo
 
 log = logging.getLogger("goldfleet.hosts")
-
-PROGRESS_EVERY = 0.25  # seconds between progress lines of a streamed prefetch
 
 
 class HostVersionView(BaseModel):
@@ -68,6 +67,20 @@ class PrefetchView(BaseModel):
     copied: list[str]  # digests copied now, parents first
     bytes_copied: int
     complete: bool
+
+
+class HostPruneView(BaseModel):
+    host: str
+    removed: list[str] = []  # digests removed (or, in a dry run, to remove), children first
+    bytes_freed: int = 0
+    kept: int = 0  # layers the host still holds
+    note: str | None = None  # why the host was skipped
+
+
+class PruneView(BaseModel):
+    dry_run: bool
+    keep_current: bool
+    hosts: list[HostPruneView]
 
 
 @dataclass(frozen=True)
@@ -180,11 +193,7 @@ def plan_prefetch(
         digests = tuple(layer.digest for layer in layers)
         sizes = {layer.digest: layer.size for layer in layers}
         name, number = t.name, v.number
-    if not edges.reachable(host):
-        raise Conflict(
-            f"the edge store of host {host} is not reachable: {edges.folder(host)} does not"
-            " exist; mount the host's local disk there (docs/edge.md)"
-        )
+    edges.check_reachable(host)
     missing = tuple(edges.missing(host, digests))
     return PrefetchPlan(
         host=host,
@@ -244,60 +253,123 @@ def prefetch(
 
 
 def stream_prefetch(ctx: Context, plan: PrefetchPlan, *, actor: str) -> Iterator[bytes]:
-    """The prefetch as JSON lines for an HTTP response: ``start``, ``progress`` (bytes done of
-    the total, a few times a second), then ``done`` with the result or ``error``. The copy runs
-    in its own thread; a client that goes away does not stop it (it completes or fails whole)."""
-    events: queue.Queue[dict] = queue.Queue()
-    done = [0]
-    last = [0.0]
+    """The prefetch as JSON lines for an HTTP response (services/streams.py): ``start`` with
+    the layers and bytes missing, ``progress`` in bytes copied of those, then ``done`` with the
+    result or ``error``."""
 
-    def progress(n: int) -> None:
-        done[0] += n
-        now = time.monotonic()
-        if now - last[0] >= PROGRESS_EVERY:
-            last[0] = now
-            events.put({"event": "progress", "done": done[0], "total": plan.missing_bytes})
+    def work(report: streams.Report) -> PrefetchView:
+        done = [0]
 
-    def run() -> None:
+        def progress(n: int) -> None:
+            done[0] += n
+            report(done[0], plan.missing_bytes)
+
+        return run_prefetch(ctx, plan, actor=actor, progress=progress)
+
+    start = {
+        "host": plan.host,
+        "template": plan.template,
+        "version": plan.version,
+        "layers": len(plan.chain),
+        "missing_layers": len(plan.missing),
+        "missing_bytes": plan.missing_bytes,
+        "total": plan.missing_bytes,
+    }
+    return streams.stream(start, work, what=f"prefetch to host {plan.host}")
+
+
+# --- prune ---------------------------------------------------------------------------------
+
+
+def keep_on(ctx: Context, host: str, keep_current: bool) -> edge.Keep:
+    """The chains that must stay on ``host``, read from the database now
+    (domain.edge.versions_to_keep): its linked clones' versions, the targets of their actions
+    and queued or running items, those of clones not placed yet, and the current versions."""
+    with ctx.session() as s:
+        here = or_(Clone.host == host, Clone.host.is_(None))
+        linked = (Clone.kind == CloneKind.LINKED) & here
+        targets: dict[int, set[int]] = {}
+        for clone_id, version_id in s.execute(
+            select(OperationItem.clone_id, OperationItem.target_version_id)
+            .join(Clone, OperationItem.clone_id == Clone.id)
+            .where(OperationItem.state.in_([ItemState.QUEUED, ItemState.RUNNING]), linked)
+        ):
+            if version_id is not None:
+                targets.setdefault(clone_id, set()).add(version_id)
+        placed = [
+            edge.PlacedClone(
+                kind=kind,
+                host=where,
+                version=version_id,
+                targets=tuple(targets.get(clone_id, set()) | ({target} if target else set())),
+            )
+            for clone_id, kind, where, version_id, target in s.execute(
+                select(
+                    Clone.id, Clone.kind, Clone.host, Clone.version_id, Clone.target_version_id
+                ).where(linked)
+            )
+        ]
+        current = s.scalars(
+            select(Template.current_version_id).where(Template.current_version_id.is_not(None))
+        )
+        versions = edge.versions_to_keep(host, placed, current, keep_current=keep_current)
+        tops = dict(s.execute(select(Version.id, Version.top_layer)).all())
+        parents = dict(s.execute(select(Layer.digest, Layer.parent)).all())
+    return edge.keep_chains((tops[v] for v in versions if v in tops), parents)
+
+
+def prune(
+    ctx: Context,
+    host: str | None,
+    *,
+    keep_current: bool = True,
+    dry_run: bool = False,
+    actor: str,
+) -> PruneView:
+    """``host prune HOST|--all``: remove from edge stores the layers no clone needs any more.
+
+    One host is refused like a prefetch (unknown 404, not reachable 409); with every host
+    (``host`` None) those not reachable are reported with a note and skipped. The chains to
+    keep are read again once the host's lock is held (EdgeStores.prune)."""
+    edges = edges_of(ctx)
+    if host is not None:
+        names = [check_host(ctx, host)]
+        edges.check_reachable(names[0])
+    else:
+        names = ctx.driver.hosts()
+    views = []
+    for name in names:
+        view = HostPruneView(host=name)
+        views.append(view)
+        if NAME_RE.fullmatch(name) is None:
+            view.note = "this host's name cannot name a folder: it has no edge store"
+            continue
         try:
-            view = run_prefetch(ctx, plan, actor=actor, progress=progress)
-            events.put({"event": "done", "result": view.model_dump()})
-        except GoldfleetError as exc:
-            events.put(
-                {
-                    "event": "error",
-                    "status": exc.status_code,
-                    "error": type(exc).__name__,
-                    "message": exc.message,
-                }
+            removed = edges.prune(
+                name, lambda name=name: keep_on(ctx, name, keep_current), dry_run=dry_run
             )
-        except Exception as exc:  # the stream must end with a line the client understands
-            log.exception("prefetch to host %s failed", plan.host)
-            events.put(
-                {"event": "error", "status": 500, "error": "StoreError", "message": str(exc)}
+        except Conflict as exc:
+            if host is not None:
+                raise
+            view.note = f"skipped: {exc.message}"
+            continue
+        view.removed = [digest for digest, _ in removed]
+        view.bytes_freed = sum(size for _, size in removed)
+        view.kept = len(edges.held(name)) - (len(removed) if dry_run else 0)
+        if dry_run:
+            continue
+        with ctx.session() as s:
+            audit.record(
+                s,
+                actor,
+                "host.prune",
+                name,
+                layers=len(removed),
+                bytes=view.bytes_freed,
+                keep_current=keep_current,
             )
-
-    yield _line(
-        {
-            "event": "start",
-            "host": plan.host,
-            "template": plan.template,
-            "version": plan.version,
-            "layers": len(plan.chain),
-            "missing_layers": len(plan.missing),
-            "missing_bytes": plan.missing_bytes,
-        }
-    )
-    threading.Thread(target=run, daemon=True, name="goldfleet-prefetch").start()
-    while True:
-        event = events.get()
-        yield _line(event)
-        if event["event"] != "progress":
-            return
-
-
-def _line(event: dict) -> bytes:
-    return json.dumps(event, default=str).encode() + b"\n"
+            s.commit()
+    return PruneView(dry_run=dry_run, keep_current=keep_current, hosts=views)
 
 
 # --- clones on hosts ------------------------------------------------------------------------
@@ -344,13 +416,15 @@ def place_new(ctx: Context, kind: str, digests: Sequence[str]) -> str:
         return Placer(ctx, s).host_for(kind, digests)
 
 
-def prepare_host(ctx: Context, clone: str, host: str, digests: Sequence[str]) -> None:
+def prepare_host(ctx: Context, clone: str, host: str, digests: Sequence[str]) -> list[LayerInfo]:
     """Before a linked clone is (re)defined on ``host``: its chain (top first) is made complete
-    in the host's edge store, copied now where it lacks layers. Raises, naming the host and the
-    layer, when that cannot be done; the caller then changes nothing about the clone."""
+    in the host's edge store, copied now where it lacks layers; returns the layers copied (the
+    caller's record puts them in the audit log). Raises, naming the host and the layer, when
+    that cannot be done; the caller then changes nothing about the clone."""
     edges = edges_of(ctx)
     host = check_host(ctx, host)
     missing: list[str] = []
+    copied: list[LayerInfo] = []
     if not edges.is_complete(host, digests):
         copied = edges.ensure(host, digests, ctx.layers)
         if copied:
@@ -363,3 +437,4 @@ def prepare_host(ctx: Context, clone: str, host: str, digests: Sequence[str]) ->
             )
         missing = edges.missing(host, digests)
     edge.check_placement(clone, host, missing)
+    return copied

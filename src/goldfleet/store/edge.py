@@ -10,6 +10,9 @@ hash to its digest, reference exactly its parent's file name and pass ``qemu-img
 limits before it is renamed to its digest and made read-only (0444), as a layer arriving from
 another site is. A failure removes the work file; the layers committed before it stay, each
 whole and verified. A layer already there costs a ``stat``.
+
+A prune removes the layers no clone needs any more, children before parents, under the same
+per-host lock as copies, so a copy and a prune into one host never interleave.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from goldfleet.domain.edge import missing_layers
+from goldfleet.domain.edge import Keep, missing_layers, removable_layers
 from goldfleet.domain.names import digest_of_filename, layer_filename
 from goldfleet.errors import BadImage, Conflict, StoreError
+from goldfleet.store.files import fsync_dir
 from goldfleet.store.layers import LayerInfo, LayerStore
 from goldfleet.store.qemu import Limits, QemuError, QemuImg
 
@@ -47,6 +51,7 @@ class EdgeStores:
         self._locks: dict[str, threading.Lock] = {}
         self._guard = threading.Lock()
         self._complete: set[tuple[str, str]] = set()  # (host, top layer)
+        self._pruning: set[str] = set()  # hosts being pruned: their chains are not cached
 
     # --- where ----------------------------------------------------------------------------
 
@@ -67,6 +72,13 @@ class EdgeStores:
     def reachable(self, host: str) -> bool:
         return self.folder(host).is_dir()
 
+    def check_reachable(self, host: str) -> None:
+        if not self.reachable(host):
+            raise Conflict(
+                f"the edge store of host {host} is not reachable: {self.folder(host)} does not"
+                " exist; mount the host's local disk there (docs/edge.md)"
+            )
+
     def _lock(self, host: str) -> threading.Lock:
         with self._guard:
             return self._locks.setdefault(host, threading.Lock())
@@ -79,15 +91,22 @@ class EdgeStores:
         missing = missing_layers(chain, present)
         key = (host, chain[0]) if chain else None
         if key is not None:
-            if missing:
+            if missing or host in self._pruning:
                 self._complete.discard(key)
             else:
                 self._complete.add(key)
         return missing
 
     def is_complete(self, host: str, chain: Sequence[str]) -> bool:
-        """Is every layer of ``chain`` on the host? Answered from the cache once known."""
-        if not chain or (host, chain[0]) in self._complete:
+        """Is every layer of ``chain`` on the host? Answered from the cache once known, and
+        the top layer's file still there (one ``stat``: a prune, by any server, removes a
+        chain's children before its parents, so a top layer present means a whole chain);
+        "no" while this server prunes the host, so that its caller waits in ``ensure``."""
+        if not chain:
+            return True
+        if host in self._pruning:
+            return False
+        if (host, chain[0]) in self._complete and self.path(host, chain[0]).is_file():
             return True
         return not self.missing(host, chain)
 
@@ -116,11 +135,7 @@ class EdgeStores:
         if self.is_complete(host, chain):
             return []
         with self._lock(host):
-            if not self.reachable(host):
-                raise Conflict(
-                    f"the edge store of host {host} is not reachable: {self.folder(host)} does"
-                    " not exist; mount the host's local disk there (docs/edge.md)"
-                )
+            self.check_reachable(host)
             store = self.store(host)
             store.dir.mkdir(exist_ok=True)
             self._remove_stale_work(store.dir)
@@ -196,6 +211,55 @@ class EdgeStores:
                 f"{where} refused: its backing reference is {backing!r}, expected {expected!r}"
                 " (its parent's file name)"
             )
+
+    # --- pruning --------------------------------------------------------------------------
+
+    def prune(
+        self, host: str, keep: Callable[[], Keep], *, dry_run: bool = False
+    ) -> list[tuple[str, int]]:
+        """Remove the host's layers that ``keep`` does not name, children before parents;
+        returns the layers removed (or, with ``dry_run``, that would be) and their bytes.
+
+        ``keep`` is asked once the host's lock is held, so a clone claimed for this host
+        before then keeps its chain, and one claimed after waits in ``ensure`` and copies back
+        whatever it needs. Work files of live copies are never touched; stale ones go."""
+        with self._lock(host):
+            self.check_reachable(host)
+            if not dry_run:
+                self._pruning.add(host)
+                self._forget(host)
+            try:
+                wanted = keep()
+                held = self.held(host)
+                remove = removable_layers(held, wanted)
+                assert not {wanted.parents.get(d) for d in wanted.layers} & set(remove), (
+                    f"a prune of host {host} would remove a kept layer's parent"
+                )
+                if dry_run:
+                    return [(digest, held[digest]) for digest in remove]
+                folder = self.folder(host) / "layers"
+                if folder.is_dir():
+                    self._remove_stale_work(folder)
+                removed = []
+                for digest in remove:
+                    try:
+                        self.path(host, digest).unlink()  # 0444 in a folder we own: allowed
+                    except FileNotFoundError:
+                        continue  # another server pruned it
+                    removed.append((digest, held[digest]))
+                if removed:
+                    fsync_dir(folder)
+                return removed
+            finally:
+                if not dry_run:
+                    self._forget(host)  # chains looked at during the prune
+                    self._pruning.discard(host)
+
+    def _forget(self, host: str) -> None:
+        """Drop the host's cached complete chains (a copy of the set: others add to it)."""
+        for key in list(self._complete):
+            if key[0] == host:
+                self._complete.discard(key)
 
     @staticmethod
     def _remove_stale_work(folder: Path) -> None:

@@ -1,4 +1,5 @@
-"""Hosts and their edge stores (docs/edge.md). Reader tokens list, admin tokens prefetch."""
+"""Hosts and their edge stores (docs/edge.md). Reader tokens list, admin tokens prefetch and
+prune."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from pydantic import BaseModel, ConfigDict
 
 from goldfleet.api.deps import Ctx, Reader, Writer
 from goldfleet.services import hosts
-from goldfleet.services.hosts import HostsView, PrefetchView
+from goldfleet.services.hosts import HostsView, PrefetchView, PruneView
 
 router = APIRouter(prefix="/hosts", tags=["hosts"])
 
@@ -19,6 +20,13 @@ class PrefetchRequest(BaseModel):
     template: str
     version: int | None = None  # None: the current version
     progress: bool = False  # answer with JSON lines (start, progress…, done or error)
+
+
+class PruneRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    keep_current: bool = True  # keep every template's current version too
+    dry_run: bool = False  # say what would go, remove nothing
 
 
 @router.get("")
@@ -39,3 +47,20 @@ def prefetch(
             media_type="application/x-ndjson",
         )
     return hosts.run_prefetch(ctx, plan, actor=caller.name)
+
+
+@router.post("/prune")
+def prune_all(ctx: Ctx, caller: Writer, body: PruneRequest | None = None) -> PruneView:
+    """Every host's edge store; hosts not reachable are reported with a note and skipped."""
+    return _prune(ctx, None, body or PruneRequest(), caller.name)
+
+
+@router.post("/{host}/prune")
+def prune(host: str, ctx: Ctx, caller: Writer, body: PruneRequest | None = None) -> PruneView:
+    """Remove the layers no clone on the host needs (and, unless told, no current version);
+    refusals (edge stores off, unknown host, folder not mounted) come before any removal."""
+    return _prune(ctx, host, body or PruneRequest(), caller.name)
+
+
+def _prune(ctx: Ctx, host: str | None, body: PruneRequest, actor: str) -> PruneView:
+    return hosts.prune(ctx, host, keep_current=body.keep_current, dry_run=body.dry_run, actor=actor)
