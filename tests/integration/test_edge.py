@@ -323,21 +323,58 @@ def test_a_rollout_that_cannot_complete_the_chain_on_a_host_changes_nothing(ectx
 
 
 def test_a_new_clone_is_never_defined_on_a_host_that_cannot_take_its_chain(ectx, base, edge_root):
-    os.rmdir(edge_root / H2)  # host 2's disk is not mounted
+    # host 2 is mounted, but its edge store cannot take layers ("layers" is not a folder)
+    (edge_root / H2 / "layers").write_bytes(b"")
     op, _ = clones.create_clones(ectx, template="base", count=4, actor="t", wait=True)
     assert op.done == 2 and op.failed == 2
     with ectx.session() as s:
         doms = {d.name: d.host for d in s.scalars(select(SimDomain))}
     assert set(doms.values()) == {H1}  # nothing defined on host 2
     failed = [c for c in clones.list_clones(ectx) if c.status == "failed"]
-    assert len(failed) == 2 and all(H2 in c.error for c in failed)
-    # mount it and retry: the clones are made on host 2, reading host 2's copies
-    (edge_root / H2).mkdir()
+    assert len(failed) == 2
+    for c in failed:
+        assert f"the edge store of host {H2} cannot take layers" in c.error
+    # host 2 fixed: the retry makes them there, reading host 2's copies
+    (edge_root / H2 / "layers").unlink()
     retry = clones.retry(ectx, all_failed=True, actor="t", wait=True)
     assert retry.status == "done"
     for c in failed:
         assert vm(ectx, c.name)[0] == H2
     assert edge_files(edge_root, H2) == names(*chain_of(ectx, 1))
+
+
+def test_new_clones_skip_a_host_whose_edge_store_is_not_reachable(ectx, base, edge_root):
+    def defined(name: str) -> bool:
+        with ectx.session() as s:
+            return s.get(SimDomain, name) is not None
+
+    def error_of(name: str) -> str:
+        return next(c.error for c in clones.list_clones(ectx) if c.name == name) or ""
+
+    os.rmdir(edge_root / H2)  # host 2's disk is not mounted
+    op, _ = clones.create_clones(ectx, template="base", count=4, actor="t", wait=True)
+    assert op.done == 4 and op.failed == 0
+    assert {vm(ectx, f"base-{i:03d}")[0] for i in range(1, 5)} == {H1}
+
+    # host 1's edge store breaks: the next clone is placed there and fails, nothing defined
+    os.rename(edge_root / H1 / "layers", edge_root / "h1-layers")
+    (edge_root / H1 / "layers").write_bytes(b"")
+    op, _ = clones.create_clones(ectx, template="base", name="late", actor="t", wait=True)
+    assert op.failed == 1 and host_of(ectx, "late") == H1 and not defined("late")
+    assert f"the edge store of host {H1} cannot take layers" in error_of("late")
+
+    # host 1 goes away, host 2 comes: the retry places the clone again, on host 2
+    os.rename(edge_root / H1, edge_root / "h1-away")
+    (edge_root / H2).mkdir()
+    retry = clones.retry(ectx, name="late", actor="t", wait=True)
+    assert retry.status == "done" and vm(ectx, "late")[0] == H2
+
+    # no host reachable: refused with the reason, nothing defined
+    os.rename(edge_root / H2, edge_root / "h2-away")
+    op, _ = clones.create_clones(ectx, template="base", name="none", actor="t", wait=True)
+    assert op.failed == 1 and not defined("none")
+    assert "no host can take the clone" in error_of("none")
+    assert "not reachable" in error_of("none")
 
 
 def test_full_clones_read_no_layer_and_need_no_copy(ectx, base, edge_root):

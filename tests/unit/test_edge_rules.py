@@ -62,6 +62,17 @@ def test_no_host_no_placement() -> None:
         edge.choose_host([], {}, set())
 
 
+def test_a_host_whose_edge_store_is_not_reachable_takes_no_new_clone() -> None:
+    load: dict[str, int] = {}
+    for _ in range(6):
+        host = edge.choose_host(HOSTS, load, set(), unreachable={"kvm-02"})
+        load[host] = load.get(host, 0) + 1
+    assert load == {"kvm-01": 3, "kvm-03": 3}
+    with pytest.raises(Conflict) as info:
+        edge.choose_host(HOSTS, {}, set(), unreachable=set(HOSTS))
+    assert "not reachable" in info.value.message and "kvm-03" in info.value.message
+
+
 def test_a_clone_is_never_placed_on_a_host_whose_chain_is_incomplete() -> None:
     edge.check_placement("desk-001", "kvm-01", [])
     with pytest.raises(Conflict) as info:

@@ -9,7 +9,7 @@ chain is there; a full clone's system volume is a standalone copy and reads no l
 from __future__ import annotations
 
 import math
-from collections.abc import Container, Iterable, Mapping, Sequence
+from collections.abc import Collection, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from goldfleet.domain.model import CloneKind
@@ -41,16 +41,28 @@ def missing_layers(chain: Sequence[str], present: Container[str]) -> list[str]:
     return [digest for digest in reversed(chain) if digest not in present]
 
 
-def choose_host(hosts: Sequence[str], load: Mapping[str, int], complete: Container[str]) -> str:
+def choose_host(
+    hosts: Sequence[str],
+    load: Mapping[str, int],
+    complete: Container[str],
+    unreachable: Collection[str] = (),
+) -> str:
     """Where a new clone goes: the least-loaded host (fewest clones); among equally loaded
-    hosts, one that already holds the chain; then the driver's order.
+    hosts, one that already holds the chain; then the driver's order. A host whose edge store
+    is not reachable (its disk not mounted) takes no new clone while others can.
 
     Load comes first so that a fleet spreads over every host; a host without the chain costs
     one copy of the layers, once, and then takes its share."""
     if not hosts:
         raise Conflict("the driver has no hosts to place a clone on")
-    order = {h: i for i, h in enumerate(hosts)}
-    return min(hosts, key=lambda h: (load.get(h, 0), h not in complete, order[h]))
+    usable = [h for h in hosts if h not in unreachable]
+    if not usable:
+        raise Conflict(
+            f"no host can take the clone: the edge stores of {', '.join(hosts)} are not"
+            " reachable; mount each host's disk under edge_root (see: goldfleet host list)"
+        )
+    order = {h: i for i, h in enumerate(usable)}
+    return min(usable, key=lambda h: (load.get(h, 0), h not in complete, order[h]))
 
 
 def check_placement(clone: str, host: str, missing: Sequence[str]) -> None:

@@ -669,6 +669,8 @@ def retry(
         else:
             chosen = list(s.scalars(select(Clone).where(Clone.status == CloneStatus.FAILED)))
         _refuse_busy(s, chosen)
+        if ctx.edges is not None:
+            _unplace_undefined(ctx, chosen)
         work = [
             (
                 c,
@@ -683,6 +685,20 @@ def retry(
         s.commit()
         op_id = op.id
     return _launch(ctx, op_id, wait)
+
+
+def _unplace_undefined(ctx: Context, chosen: Sequence[Clone]) -> None:
+    """Edge stores: a new clone whose create failed before its VM was defined (its host could
+    not take its chain) is placed again by the retry, on a host that can take it now."""
+    for c in chosen:
+        if c.action != CloneAction.CREATE or c.host is None:
+            continue
+        try:
+            defined = call_driver(ctx, ctx.driver.host_of, name=c.name)
+        except GoldfleetError:
+            continue  # the driver cannot tell: it stays where it was placed
+        if defined is None:
+            c.host = None
 
 
 def rebase_many(

@@ -385,6 +385,7 @@ class Placer:
         self.load: Counter[str] | None = None
         self.chains: dict[int, tuple[str, ...]] = {}
         self.complete: dict[tuple[str, ...], set[str]] = {}  # chain → hosts holding it
+        self.unreachable: set[str] | None = None  # hosts whose edge store folder is not there
 
     def chain_of(self, version_id: int) -> tuple[str, ...]:
         if version_id not in self.chains:
@@ -392,20 +393,27 @@ class Placer:
         return self.chains[version_id]
 
     def host_for(self, kind: str, digests: Sequence[str]) -> str:
-        """Least-loaded host; for a linked clone, among those that can have an edge store,
-        preferring one that holds the chain (domain.edge.choose_host)."""
+        """Least-loaded host; for a linked clone, among those that can have an edge store and
+        whose edge store is reachable, preferring one that holds the chain
+        (domain.edge.choose_host)."""
         if self.load is None:
             self.load = host_loads(self.s)
         hosts = self.ctx.driver.hosts()
         complete: set[str] = set()
+        unreachable: set[str] = set()
         if edge.reads_chain(kind):
             hosts = [h for h in hosts if NAME_RE.fullmatch(h)]  # the others have no edge store
+            edges = edges_of(self.ctx)
+            if self.unreachable is None:
+                self.unreachable = {h for h in hosts if not edges.reachable(h)}
+            unreachable = self.unreachable
             key = tuple(digests)
             if key not in self.complete:
-                edges = edges_of(self.ctx)
-                self.complete[key] = {h for h in hosts if edges.is_complete(h, digests)}
+                self.complete[key] = {
+                    h for h in hosts if h not in unreachable and edges.is_complete(h, digests)
+                }
             complete = self.complete[key]
-        host = edge.choose_host(hosts, self.load, complete)
+        host = edge.choose_host(hosts, self.load, complete, unreachable)
         self.load[host] += 1
         return host
 

@@ -17,6 +17,7 @@ per-host lock as copies, so a copy and a prune into one host never interleave.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import secrets
@@ -137,16 +138,26 @@ class EdgeStores:
         with self._lock(host):
             self.check_reachable(host)
             store = self.store(host)
-            store.dir.mkdir(exist_ok=True)
-            self._remove_stale_work(store.dir)
             parents = {
                 d: (chain[i + 1] if i + 1 < len(chain) else None) for i, d in enumerate(chain)
             }
-            copied = []
-            for digest in self.missing(host, chain):
-                copied.append(
-                    self.copy_layer(host, source.path(digest), digest, parents[digest], progress)
-                )
+            copied: list[LayerInfo] = []
+            try:
+                store.dir.mkdir(exist_ok=True)
+                self._remove_stale_work(store.dir)
+                for digest in self.missing(host, chain):
+                    copied.append(
+                        self.copy_layer(
+                            host, source.path(digest), digest, parents[digest], progress
+                        )
+                    )
+            except OSError as exc:  # the host's disk: full, read-only, gone, not a folder…
+                done = f"; the {len(copied)} layer(s) copied before stay" if copied else ""
+                why = "its disk is full" if exc.errno == errno.ENOSPC else exc.strerror or exc
+                raise StoreError(
+                    f"the edge store of host {host} cannot take layers: {why}"
+                    f" ({exc.filename or self.folder(host)}){done}"
+                ) from None
             self._complete.add((host, chain[0]))
             return copied
 
