@@ -38,11 +38,16 @@ The last line printed is one line of JSON with total_s, bare_s, ratio, per_clone
 (and a few more figures).
 
     .venv/bin/python bench/rollout.py [--clones 2000] [--json-only] [--profile] [--sim-hosts K]
+                                      [--edge]
 
 ``--profile`` runs the recreate a fourth time under cProfile (runner thread and worker threads)
 and prints where the time goes; it changes none of the figures. ``--sim-hosts K`` simulates K
 hosts instead of the server's default 2: the per-host limit (4 clones rebuilt at once per host)
 times the hosts caps each pass, so with 2 hosts a pass claims 8 clones, not ``batch_size`` (25).
+``--edge`` turns edge stores on (docs/edge.md: a folder per host under the work dir): new
+clones are placed by goldfleet, and each recreate first copies the new version's layer to each
+host (checked: hash, backing reference, ``qemu-img check``) and looks at the top layer's file
+once per clone; the JSON then says ``"edge_stores": true``.
 """
 
 from __future__ import annotations
@@ -105,6 +110,7 @@ def log_tail(path: Path, chars: int = 2000) -> str:
 
 
 SIM_HOSTS: list[str] = []  # empty: the server's default sim hosts (--sim-hosts)
+EDGE: dict[str, Path] = {}  # "root": the edge stores' root with --edge
 
 
 def server_env(home: Path) -> dict[str, str]:
@@ -113,6 +119,8 @@ def server_env(home: Path) -> dict[str, str]:
     env.update({"GOLDFLEET_HOME": str(home), "GOLDFLEET_DRIVER": "sim", "GOLDFLEET_SIM_PLAN": ""})
     if SIM_HOSTS:
         env["GOLDFLEET_SIM_HOSTS"] = json.dumps(SIM_HOSTS)
+    if EDGE:
+        env["GOLDFLEET_EDGE_ROOT"] = str(EDGE["root"])
     return env
 
 
@@ -524,8 +532,20 @@ def run(n: int, say: Callable[[str], None], profile: bool = False) -> dict[str, 
     work = Path(tempfile.mkdtemp(prefix="goldfleet-bench-"))
     home = work / "home"
     try:
+        if EDGE:
+            EDGE["root"] = work / "edge"
+            for host in SIM_HOSTS or ["sim-host-1", "sim-host-2"]:
+                (EDGE["root"] / host).mkdir(parents=True)
         say(f"goldfleet rollout benchmark: recreate {n} linked clones; work dir {work}")
         api = api_run(work, home, n, say)
+        if EDGE:
+            held = {
+                h.name: len(list((h / "layers").glob("sha256-*.qcow2")))
+                for h in sorted(EDGE["root"].iterdir())
+            }
+            if not all(held.values()):
+                raise BenchError(f"the edge stores were not used: layers per host {held}")
+            say(f"edge stores: layers held per host after the recreate: {held}")
         say("in-process accounting run: the same recreate once more (v2 → v3) …")
         acc = accounted_run(home, n)
         say(
@@ -545,6 +565,7 @@ def run(n: int, say: Callable[[str], None], profile: bool = False) -> dict[str, 
             "create_s": round(api["create_s"], 4),
             "server_cpu_ms_per_clone": round(1000 * api["cpu_s"] / n, 3),
             "accounting": {k: round(v, 4) for k, v in acc.items()},
+            "edge_stores": bool(EDGE),
         }
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -608,7 +629,12 @@ def main(argv: list[str] | None = None) -> int:
         help="simulated hosts (default: the server's, 2); the per-host limit (4) times the"
         " hosts caps the clones rebuilt at once",
     )
+    parser.add_argument(
+        "--edge", action="store_true", help="with edge stores on (a copy of the layers per host)"
+    )
     args = parser.parse_args(argv)
+    if args.edge:
+        EDGE["root"] = Path()  # set to a folder of the work dir by run()
     if not 1 <= args.clones <= 10_000:
         parser.error("--clones must be between 1 and 10000")
     if args.sim_hosts < 0:
