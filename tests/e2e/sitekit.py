@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +54,19 @@ def start_servers(
         srv.start()
         made.append(srv)
     return made
+
+
+@contextlib.contextmanager
+def running(
+    tmp_path: Path, roles: dict[str, str], env: dict[str, str] | None = None
+) -> Iterator[list[Any]]:
+    """:func:`start_servers`, stopped on leaving."""
+    made = start_servers(tmp_path, roles, env)
+    try:
+        yield made
+    finally:
+        for srv in made:
+            srv.stop()
 
 
 def cli(home: Path, *args: str) -> subprocess.CompletedProcess:

@@ -7,6 +7,7 @@ patched versions published upstream, a full disk at a site, and a hostile upstre
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sqlite3
@@ -186,6 +187,44 @@ def test_scheduled_sync_retries_while_hq_is_down(trio, qemu, tmp_path):
     assert nxt.weekday() == 6 and (nxt.hour, nxt.minute) == (3, 30)
 
 
+def _set_link(site: Any, **values: Any) -> None:
+    """Change the site's link row as a crash would have left it."""
+    db = sqlite3.connect(site.home / "goldfleet.db")
+    sets = ", ".join(f"{k} = ?" for k in values)
+    db.execute(f"UPDATE upstream SET {sets}", tuple(values.values()))
+    db.commit()
+    db.close()
+
+
+def test_a_sync_claim_left_behind_does_not_stop_the_schedule(trio, qemu, tmp_path):
+    """A server killed mid-sync, or a sync that could not release its claim, leaves the claim
+    set; the scheduled sync takes it over (the dead server's, or this server's own)."""
+    hq, a, _ = trio
+    import_base(hq, tmp_path)
+    join(hq, a, "a")
+    hq.client().post("/sites/a/templates", {"template": "base"})
+    assert cli(a.home, "site", "schedule", "daily 03:00").returncode == 0
+    past = (datetime.now(UTC) - timedelta(seconds=5)).replace(tzinfo=None).isoformat(" ")
+    db = sqlite3.connect(a.home / "goldfleet.db")
+    (own,) = db.execute("SELECT id FROM servers").fetchone()
+    db.close()
+
+    def held() -> list[int]:
+        try:
+            return numbers(a)
+        except ClientError:  # not there yet
+            return []
+
+    for owner, version in (("0" * 8 + "-dead-server", 1), (own, 2)):
+        if version == 2:
+            new_version(hq, qemu, MiB, os.urandom(64 * 1024))
+        _set_link(a, sync_owner=owner, sync_started_at=past, next_sync_at=past)
+        wait_for(lambda v=version: held() == list(range(1, v + 1)), timeout=30)
+        done = wait_for(lambda: (s := a.client().get("/site"))["syncing_since"] is None and s)
+        assert done["last_error"] is None and current(a) == version
+        assert datetime.fromisoformat(done["next_sync_at"]).hour == 3
+
+
 def test_two_syncs_at_once_one_runs(trio, tmp_path):
     hq, a, _ = trio
     import_base(hq, tmp_path)
@@ -274,6 +313,26 @@ def test_local_patches_are_published_upstream(trio, qemu, tmp_path):
         a.client().post("/templates/base/publish", {"version": 3})
     assert info.value.status == 403
 
+    # HQ seals v4: a still receives it, though its own v3 is not HQ's (that one is reported)
+    hq_v3 = hq.client().get("/templates/base/versions")[-1]["top_layer"]
+    own_v3 = a.client().get("/templates/base/versions")[-1]["top_layer"]
+    new_version(hq, qemu, 4 * MiB, os.urandom(64 * 1024))
+    r = a.client().post("/site/sync", {})
+    assert r["versions_added"] == {"base": [4]} and r["activated"] == {"base": 4}
+    assert "v3 here is this site's own" in r["failed"]["base"]
+    tops = {v["number"]: v["top_layer"] for v in a.client().get("/templates/base/versions")}
+    assert tops[3] == own_v3 and current(a) == 4
+    shown = states(hq, "a")
+    assert shown["base:v3"]["state"] == "failed" and "own" in shown["base:v3"]["reason"]
+    assert shown["base:v4"]["state"] == "verified" and shown["base:v4"]["current"]
+    # its own v3 deleted, a takes HQ's (whose layer it already holds: no bytes)
+    assert cli(a.home, "template", "delete-version", "base", "v3").returncode == 0
+    r = a.client().post("/site/sync", {})
+    assert r["failed"] == {} and r["versions_added"] == {"base": [3]}
+    assert r["bytes_downloaded"] == 0
+    tops = {v["number"]: v["top_layer"] for v in a.client().get("/templates/base/versions")}
+    assert tops[3] == hq_v3
+
 
 def _mounted_tmpfs(path: Path, size: str) -> bool:
     path.mkdir(parents=True)
@@ -324,15 +383,19 @@ def test_disk_full_at_a_site(tmp_path, monkeypatch, qemu):
 
 
 class _HostileHQ(BaseHTTPRequestHandler):
-    """An upstream whose layer matches its digest but points its backing file elsewhere."""
+    """An upstream that says and sends what a test sets: ``catalog`` (or ``raw`` bytes in its
+    place) and layer ``files``; ``asked`` records the layers requested."""
 
     files: ClassVar[dict[str, bytes]] = {}
     catalog: ClassVar[dict[str, Any]] = {}
+    raw: ClassVar[bytes | None] = None
+    asked: ClassVar[list[str]] = []
 
     def do_GET(self) -> None:
         if self.path == "/sync/catalog":
-            body = json.dumps(self.catalog).encode()
+            body = self.raw if self.raw is not None else json.dumps(self.catalog).encode()
         elif self.path.startswith("/sync/layers/"):
+            self.asked.append(self.path.rsplit("/", 1)[1])
             body = self.files[self.path.rsplit("/", 1)[1]]
         else:
             self.send_error(404)
@@ -350,50 +413,11 @@ class _HostileHQ(BaseHTTPRequestHandler):
         pass
 
 
-def test_a_hostile_upstream_layer_is_refused(tmp_path, monkeypatch, qemu):
-    import hashlib
-
-    base = tmp_path / "base.qcow2"
-    qemu.create(base, size=16 * MiB)
-    evil = tmp_path / "evil.qcow2"
-    qemu.create(evil, size=16 * MiB, backing="/etc/passwd", unsafe=True)
-    base_bytes, evil_bytes = base.read_bytes(), evil.read_bytes()
-    d_base = "sha256:" + hashlib.sha256(base_bytes).hexdigest()
-    d_evil = "sha256:" + hashlib.sha256(evil_bytes).hexdigest()
-    _HostileHQ.files = {d_base: base_bytes, d_evil: evil_bytes}
-    _HostileHQ.catalog = {
-        "site": "a",
-        "rights": {},
-        "templates": [
-            {
-                "template": "base",
-                "kind": "linked",
-                "outline": {"temp": [], "data": []},
-                "current": 2,
-                "hq_current": 2,
-                "activate": "on-verify",
-                "publish_at": None,
-                "versions": [
-                    {"number": 1, "top_layer": d_base, "note": ""},
-                    {"number": 2, "top_layer": d_evil, "note": ""},
-                ],
-                "layers": [
-                    {
-                        "digest": d_base,
-                        "parent": None,
-                        "size": len(base_bytes),
-                        "virtual_size": 16 * MiB,
-                    },
-                    {
-                        "digest": d_evil,
-                        "parent": d_base,
-                        "size": len(evil_bytes),
-                        "virtual_size": 16 * MiB,
-                    },
-                ],
-            }
-        ],
-    }
+@pytest.fixture
+def hostile(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
+    """Site a, joined to a hostile upstream (which first sent an empty catalog)."""
+    _HostileHQ.files, _HostileHQ.raw, _HostileHQ.asked = {}, None, []
+    _HostileHQ.catalog = {"site": "a", "rights": {}, "templates": []}
     upstream = ThreadingHTTPServer(("127.0.0.1", 0), _HostileHQ)
     threading.Thread(target=upstream.serve_forever, daemon=True).start()
     monkeypatch.setenv("GOLDFLEET_HOME", str(tmp_path / "unused"))
@@ -401,17 +425,113 @@ def test_a_hostile_upstream_layer_is_refused(tmp_path, monkeypatch, qemu):
     try:
         url = f"http://127.0.0.1:{upstream.server_address[1]}"
         a.client().post("/site/join", {"url": url, "token": "gf_whatever"})
-        r = a.client().post("/site/sync", {})
-        assert "backing reference is '/etc/passwd'" in r["failed"]["base"]
-        # v1, clean, is kept (whole and verified); v2 never becomes visible, nor current
-        assert r["versions_added"] == {"base": [1]} and r["activated"] == {}
-        assert [v["number"] for v in a.client().get("/templates/base/versions")] == [1]
-        assert a.client().get("/templates/base")["current_version"] is None
-        layers = a.home / "store" / "layers"
-        assert [p.name for p in layers.iterdir()] == [f"sha256-{d_base[7:]}.qcow2"]
+        yield a
     finally:
         a.stop()
         upstream.shutdown()
+
+
+def _entry(versions: list[tuple[int, str]], layers: list[tuple[str, str | None, int, int]]):
+    return {
+        "template": "base",
+        "kind": "linked",
+        "outline": {"temp": [], "data": []},
+        "current": versions[-1][0],
+        "hq_current": versions[-1][0],
+        "activate": "on-verify",
+        "publish_at": None,
+        "versions": [{"number": n, "top_layer": d, "note": ""} for n, d in versions],
+        "layers": [
+            {"digest": d, "parent": p, "size": size, "virtual_size": vsize}
+            for d, p, size, vsize in layers
+        ],
+    }
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+def test_a_hostile_upstream_layer_is_refused(hostile, qemu, tmp_path):
+    a = hostile
+    base = tmp_path / "base.qcow2"
+    qemu.create(base, size=16 * MiB)
+    evil = tmp_path / "evil.qcow2"
+    qemu.create(evil, size=16 * MiB, backing="/etc/passwd", unsafe=True)
+    base_bytes, evil_bytes = base.read_bytes(), evil.read_bytes()
+    d_base, d_evil = _digest(base_bytes), _digest(evil_bytes)
+    _HostileHQ.files = {d_base: base_bytes, d_evil: evil_bytes}
+    entry = _entry(
+        [(1, d_base), (2, d_evil)],
+        [(d_base, None, len(base_bytes), 16 * MiB), (d_evil, d_base, len(evil_bytes), 16 * MiB)],
+    )
+    _HostileHQ.catalog = {"site": "a", "rights": {}, "templates": [entry]}
+    r = a.client().post("/site/sync", {})
+    assert "backing reference is '/etc/passwd'" in r["failed"]["base"]
+    # v1, clean, is kept (whole and verified); v2 never becomes visible, nor current
+    assert r["versions_added"] == {"base": [1]} and r["activated"] == {}
+    assert [v["number"] for v in a.client().get("/templates/base/versions")] == [1]
+    assert a.client().get("/templates/base")["current_version"] is None
+    layers = a.home / "store" / "layers"
+    assert [p.name for p in layers.iterdir()] == [f"sha256-{d_base[7:]}.qcow2"]
+
+
+GOOD = "sha256:" + "a" * 64
+
+
+@pytest.mark.parametrize(
+    ("catalog", "says"),
+    [
+        (  # a name that is no template name
+            {"site": "a", "templates": [{**_entry([(1, GOOD)], []), "template": "../../x"}]},
+            "cannot read (templates.0.template",
+        ),
+        (  # a digest that is a path
+            {"site": "a", "templates": [_entry([(1, "../" + GOOD)], [])]},
+            "cannot read (templates.0.versions.0.top_layer",
+        ),
+        (  # a layer far larger than this site takes (max_virtual_size is 2 TiB by default)
+            {"site": "a", "templates": [_entry([(1, GOOD)], [(GOOD, None, 1 << 20, 1 << 50)])]},
+            "above this site's limit",
+        ),
+        (  # a file far larger than its virtual size
+            {"site": "a", "templates": [_entry([(1, GOOD)], [(GOOD, None, 1 << 40, 1 << 20)])]},
+            "impossible for a qcow2 layer",
+        ),
+        (b'{"site": "a", "pad": "' + b"x" * (65 << 20) + b'"}', "larger than 64 MiB"),
+        (b"[1, 2", "cannot read"),
+    ],
+    ids=["name", "digest", "virtual-size", "file-size", "huge", "not-json"],
+)
+def test_a_hostile_catalog_is_refused_before_any_layer_is_fetched(hostile, catalog, says):
+    a = hostile
+    if isinstance(catalog, bytes):
+        _HostileHQ.raw = catalog
+    else:
+        _HostileHQ.catalog = catalog
+    try:
+        r = a.client().post("/site/sync", {})
+        problem = r["failed"].get("base", "")
+    except ClientError as exc:
+        problem = exc.message
+    assert says in problem
+    assert _HostileHQ.asked == []
+    assert a.client().get("/templates") == []
+    assert says in a.client().get("/site")["last_error"]
+
+
+def test_a_publish_time_with_an_offset_is_taken_as_utc(hostile, qemu, tmp_path):
+    a = hostile
+    base = tmp_path / "base.qcow2"
+    qemu.create(base, size=16 * MiB)
+    data = base.read_bytes()
+    entry = _entry([(1, _digest(data))], [(_digest(data), None, len(data), 16 * MiB)])
+    entry["publish_at"] = "2099-01-01T01:30:00+02:00"
+    _HostileHQ.files = {_digest(data): data}
+    _HostileHQ.catalog = {"site": "a", "rights": {}, "templates": [entry]}
+    r = a.client().post("/site/sync", {})
+    assert r["versions_added"] == {"base": [1]}
+    assert r["pending"] == {"base": {"version": 1, "at": "2098-12-31T23:30:00"}}
 
 
 def test_no_sync_while_the_site_applies_the_template(trio, qemu, tmp_path):

@@ -12,6 +12,9 @@ from goldfleet.errors import InvalidInput
 
 NAME_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,62}")
 DIGEST_RE = re.compile(r"sha256:([0-9a-f]{64})")
+# anchored, for pydantic's ``pattern`` (which searches, it does not match the whole string)
+NAME_PATTERN = rf"^{NAME_RE.pattern}$"
+DIGEST_PATTERN = rf"^{DIGEST_RE.pattern}$"
 LAYER_FILE_RE = re.compile(r"sha256-([0-9a-f]{64})\.qcow2")
 VERSION_RE = re.compile(r"v?([1-9][0-9]{0,8})")
 

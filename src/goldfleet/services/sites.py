@@ -10,37 +10,61 @@ rules (which versions, which becomes current, schedules) are goldfleet.domain.si
 from __future__ import annotations
 
 import logging
+import re
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 
 from goldfleet.bootstrap import Context
-from goldfleet.db.tables import Layer, Site, SiteTemplate, Template, Token, utcnow
+from goldfleet.db.tables import Layer, Site, SiteTemplate, Template, Token, Version, utcnow
 from goldfleet.domain import sites as rules
 from goldfleet.domain.model import Outline
-from goldfleet.domain.names import DIGEST_RE, check_name
-from goldfleet.errors import Conflict, Forbidden, InvalidInput, NotFound
+from goldfleet.domain.names import DIGEST_RE, NAME_RE, check_name
+from goldfleet.errors import (
+    Conflict,
+    Forbidden,
+    GoldfleetError,
+    InvalidInput,
+    NotFound,
+    StoreError,
+)
 from goldfleet.services import audit, auth, bundles
 from goldfleet.services.common import chain, get_template
 
 log = logging.getLogger("goldfleet.sites")
 
 LOCAL_PATCHES = "local-patches"
+MAX_REASON = 2000  # characters of a reported reason kept
+MAX_STATES = 10_000  # version states in one report
+STATE_KEY_RE = re.compile(rf"{NAME_RE.pattern}:v[1-9][0-9]{{0,8}}")
 
 
 class VersionState(BaseModel):
     state: str = Field(pattern="^(pending|transferring|verified|failed)$")
     done: int = Field(default=0, ge=0)
     total: int = Field(default=0, ge=0)
-    reason: str = Field(default="", max_length=2000)
+    reason: str = ""  # cut to MAX_REASON characters
     current: bool = False  # the site's current version of the template
+
+    @field_validator("reason", mode="before")
+    @classmethod
+    def _cut(cls, value: object) -> object:
+        return value[:MAX_REASON] if isinstance(value, str) else value
 
 
 class SyncReport(BaseModel):
-    states: dict[str, VersionState]  # "template:vN" -> state
+    states: dict[str, VersionState] = Field(max_length=MAX_STATES)  # "template:vN" -> state
+
+    @field_validator("states")
+    @classmethod
+    def _keys(cls, states: dict[str, VersionState]) -> dict[str, VersionState]:
+        bad = next((k for k in states if not STATE_KEY_RE.fullmatch(k)), None)
+        if bad is not None:
+            raise ValueError(f"{bad[:80]!r} is not TEMPLATE:vN")
+        return states
 
 
 class AssignmentView(BaseModel):
@@ -255,15 +279,21 @@ def _verified_everywhere(s: Any, t: Template) -> dict[str, set[int]]:
     return out
 
 
+def _chains(s: Any, versions: list[Version]) -> dict[str, Layer]:
+    """Every layer of the chains of ``versions``, by digest."""
+    layers: dict[str, Layer] = {}
+    for v in versions:
+        for x in chain(s, v.top_layer):
+            layers[x.digest] = x
+    return layers
+
+
 def _catalog_entry(s: Any, a: SiteTemplate, t: Template) -> dict[str, Any]:
     current = t.current_version.number if t.current_version else None
     chosen = rules.select_versions([v.number for v in t.versions], current, a.versions)
     versions = [v for v in sorted(t.versions, key=lambda v: v.number) if v.number in chosen]
     verified = _verified_everywhere(s, t) if t.activate != "on-verify" else {}
-    layers: dict[str, Layer] = {}
-    for v in versions:
-        for x in chain(s, v.top_layer):
-            layers[x.digest] = x
+    layers = _chains(s, versions)
     return {
         "template": t.name,
         "kind": t.kind,
@@ -306,19 +336,36 @@ def layer_file(ctx: Context, token_name: str, digest: str) -> Path:
         raise InvalidInput(f"{digest!r} is not a layer digest")
     with ctx.session() as s:
         site = _site_of(s, token_name)
-        for _, t in _assignments(s, site):
-            for v in t.versions:
-                if any(x.digest == digest for x in chain(s, v.top_layer)):
-                    return ctx.layers.path(digest)
-    raise NotFound(f"layer {digest} is not in a template assigned to this site")
+        if not any(digest in _chains(s, t.versions) for _, t in _assignments(s, site)):
+            raise NotFound(f"layer {digest} is not in a template assigned to this site")
+        site_name = site.name
+    path = ctx.layers.path(digest)
+    if not path.is_file():
+        message = (
+            f"layer {digest} is in HQ's catalog but its file is missing from HQ's store; an"
+            " admin at HQ should run: goldfleet store verify"
+        )
+        log.error("site %s asked for a layer: %s", site_name, message)
+        raise StoreError(message)
+    return path
 
 
 def record_report(ctx: Context, token_name: str, report: SyncReport) -> None:
+    """Keep the states the site reports of versions HQ has of the templates assigned to it;
+    the others (and those of versions gone since) are dropped."""
     with ctx.session() as s:
         site = _site_of(s, token_name)
-        states = dict(site.states or {})
-        states.update({k: v.model_dump() for k, v in report.states.items()})
-        site.states = states
+        known = {f"{t.name}:v{v.number}" for _, t in _assignments(s, site) for v in t.versions}
+        dropped = sorted(set(report.states) - known)
+        if dropped:
+            log.warning(
+                "site %s reported %d states of versions it was not given (ignored): %s",
+                site.name,
+                len(dropped),
+                ", ".join(dropped[:5]),
+            )
+        states = {**(site.states or {}), **{k: v.model_dump() for k, v in report.states.items()}}
+        site.states = {k: v for k, v in states.items() if k in known}
         site.last_contact = utcnow()
         s.commit()
 
@@ -343,35 +390,84 @@ def _publisher(s: Any, token_name: str, template: str) -> tuple[Site, Template]:
 
 
 def publish_plan(ctx: Context, token_name: str, template: str, digests: list[str]) -> PublishPlan:
-    """Which of ``digests`` HQ holds, and HQ's versions of ``template``."""
+    """Which of ``digests`` HQ holds in the chains of ``template``'s versions (a site learns
+    nothing of other layers), and HQ's versions of ``template``."""
     if len(digests) > 10_000 or not all(DIGEST_RE.fullmatch(d) for d in digests):
         raise InvalidInput("the digests asked about are not layer digests")
     with ctx.session() as s:
         _, t = _publisher(s, token_name, template)
-        held = [d for d in digests if s.get(Layer, d) is not None and ctx.layers.has(d)]
+        ours = _chains(s, t.versions)
+        held = [d for d in digests if d in ours and ctx.layers.has(d)]
         return PublishPlan(
             template=t.name, held_layers=held, versions={v.number: v.top_layer for v in t.versions}
         )
 
 
+def _refused(error: type[GoldfleetError], message: str) -> GoldfleetError:
+    return error(f"publish refused: {message}; nothing was imported")
+
+
+def _check_publish(s: Any, t: Template, m: bundles.Manifest) -> None:
+    """A site publishes one new version of ``t``, numbered above HQ's newest, built only on
+    layers of ``t``'s versions here, every layer HQ holds declared with HQ's parent."""
+    if len(m.versions) != 1:
+        raise _refused(
+            InvalidInput,
+            f"a site publishes exactly one version at a time; the bundle holds {len(m.versions)}",
+        )
+    number, top = m.versions[0].number, m.versions[0].top_layer
+    newest = max((v.number for v in t.versions), default=0)
+    if number <= newest:
+        raise _refused(
+            Conflict,
+            f"v{number} of template {t.name} is not above v{newest}, HQ's newest; sync first and"
+            " patch the newest version HQ distributes",
+        )
+    parents = {x.digest: x.parent for x in m.layers}
+    in_chain: set[str] = set()
+    digest: str | None = top
+    while digest is not None:
+        in_chain.add(digest)
+        digest = parents[digest]
+    if in_chain != set(parents):
+        raise _refused(InvalidInput, f"it lists layers outside the chain of its v{number}")
+    ours = _chains(s, t.versions)
+    for x in m.layers:
+        if not x.included and x.digest not in ours:
+            raise _refused(
+                Forbidden,
+                f"layer {x.digest} is not in a version of template {t.name} at HQ, and the"
+                " bundle does not carry it; a site builds only on HQ's versions of its template",
+            )
+        held = s.get(Layer, x.digest)
+        if held is not None and held.parent != x.parent:
+            raise _refused(
+                InvalidInput,
+                f"the bundle declares parent {x.parent} for layer {x.digest}; HQ records"
+                f" {held.parent}",
+            )
+
+
 def receive_publish(ctx: Context, token_name: str, template: str, file: Path) -> bundles.BundleView:
     """Import the bundle a site sent of its new version: same checks as any bundle from
     outside, but trusted by the site's token instead of a trusted key; it may not change the
-    template's kind or outline."""
+    template's kind or outline, and holds one version above HQ's newest whose chain reuses
+    only layers of the template's versions here (:func:`_check_publish`)."""
     with ctx.session() as s:
         site, t = _publisher(s, token_name, template)
         site_name, kind, outline = site.name, t.kind, t.outline
 
     def check(m: bundles.Manifest) -> None:
         if m.template != template:
-            raise InvalidInput(
-                f"publish refused: the bundle holds template {m.template}, not {template}"
-            )
+            raise _refused(InvalidInput, f"the bundle holds template {m.template}, not {template}")
         if m.kind != kind or Outline.from_json(m.outline) != Outline.from_json(outline):
-            raise Conflict(
-                f"publish refused: it changes the clone kind or outline of template {template};"
-                " only HQ changes those"
+            raise _refused(
+                Conflict,
+                f"it changes the clone kind or outline of template {template}; only HQ changes"
+                " those",
             )
+        with ctx.session() as s:
+            _check_publish(s, get_template(s, template), m)
 
     view = bundles.import_bundle(
         ctx, file, actor=token_name, signer=f"site {site_name}", check=check, action="site.publish"

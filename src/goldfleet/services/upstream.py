@@ -22,14 +22,14 @@ import secrets
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import httpx
-from pydantic import BaseModel
-from sqlalchemy import or_, select, update
-from sqlalchemy.exc import IntegrityError
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from sqlalchemy import false, or_, select, update
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from goldfleet.bootstrap import Context
 from goldfleet.db.tables import (
@@ -43,6 +43,7 @@ from goldfleet.db.tables import (
 )
 from goldfleet.domain import sites as rules
 from goldfleet.domain.model import TemplateStatus
+from goldfleet.domain.names import DIGEST_PATTERN, NAME_PATTERN
 from goldfleet.domain.rollout import ACTIVE
 from goldfleet.errors import Conflict, Forbidden, GoldfleetError, InvalidInput, NotFound
 from goldfleet.services import audit, bundles, streams, transfer
@@ -55,6 +56,8 @@ log = logging.getLogger("goldfleet.upstream")
 SITE_TOKEN_FILE = "site.token"
 UPSTREAM_FILE = "upstream.json"
 REPORT_SECONDS = 1.0
+FINISH_ATTEMPTS = 3
+MAX_CATALOG = 64 << 20  # bytes of HQ's catalog this site reads at most
 LINK_ID = 1
 _PROCESS_ID = str(uuid.uuid4())  # owner of syncs started where no runner is registered
 
@@ -87,6 +90,44 @@ class UpstreamView(BaseModel):
     rights: dict[str, bool]
     templates: list[str]  # the templates HQ sends this site
     pending: dict[str, dict[str, Any]]
+
+
+class _CatalogLayer(BaseModel):
+    digest: str = Field(pattern=DIGEST_PATTERN)
+    parent: str | None = Field(pattern=DIGEST_PATTERN)
+    size: int = Field(ge=0)
+    virtual_size: int = Field(ge=0)
+
+
+class _CatalogVersion(BaseModel):
+    number: int = Field(ge=1)
+    top_layer: str = Field(pattern=DIGEST_PATTERN)
+    note: str = Field(default="", max_length=10_000)
+
+
+class _CatalogEntry(BaseModel):
+    template: str = Field(pattern=NAME_PATTERN)
+    kind: str
+    outline: dict[str, list[int]]
+    current: int | None
+    hq_current: int | None = None
+    activate: str = "on-verify"
+    publish_at: datetime | None = None  # UTC; an offset is converted
+    versions: list[_CatalogVersion] = Field(max_length=100_000)
+    layers: list[_CatalogLayer] = Field(max_length=100_000)
+
+    @field_validator("publish_at")
+    @classmethod
+    def _utc(cls, at: datetime | None) -> datetime | None:
+        return at if at is None or at.tzinfo is None else at.astimezone(UTC).replace(tzinfo=None)
+
+
+class _Catalog(BaseModel):
+    """What HQ says this site receives: checked before anything is done with it."""
+
+    site: str
+    rights: dict[str, bool] = {}
+    templates: list[_CatalogEntry] = Field(max_length=10_000)
 
 
 class PublishResult(BaseModel):
@@ -161,6 +202,34 @@ def _call(http: httpx.Client, method: str, path: str, **kw: Any) -> Any:
     return _answer(http, r, path)
 
 
+def _catalog(http: httpx.Client) -> dict[str, Any]:
+    """HQ's catalog for this site, read up to MAX_CATALOG bytes and checked field by field."""
+    try:
+        with http.stream("GET", "/sync/catalog") as r:
+            if r.status_code >= 400:
+                r.read()
+                return _answer(http, r, "/sync/catalog")
+            body = bytearray()
+            for chunk in r.iter_bytes():
+                body += chunk
+                if len(body) > MAX_CATALOG:
+                    raise UpstreamError(
+                        f"HQ at {http.base_url} sent a catalog larger than"
+                        f" {MAX_CATALOG >> 20} MiB; refused"
+                    )
+    except httpx.HTTPError as exc:
+        raise UpstreamError(f"HQ at {http.base_url} cannot be reached: {exc}") from None
+    try:
+        return _Catalog.model_validate_json(bytes(body)).model_dump(mode="json")
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"])
+        raise UpstreamError(
+            f"HQ at {http.base_url} sent a catalog this site cannot read ({where}:"
+            f" {first['msg']}); nothing was changed"
+        ) from None
+
+
 def _link(s: Any) -> Upstream:
     link = s.get(Upstream, LINK_ID)
     if link is None:
@@ -180,7 +249,7 @@ def join(ctx: Context, url: str, token: str, *, actor: str) -> dict[str, str]:
         raise InvalidInput(f"{url!r} is not an http(s) URL")
     url = url.rstrip("/")
     with _http(url, token) as http:
-        answer = _call(http, "GET", "/sync/catalog")
+        answer = _catalog(http)
     _write_private(ctx.settings.home / SITE_TOKEN_FILE, token + "\n")
     _write_private(
         ctx.settings.home / UPSTREAM_FILE, json.dumps({"url": url, "site": answer["site"]})
@@ -271,19 +340,28 @@ def _me(ctx: Context) -> str:
     return getattr(ctx.runner, "server_id", None) or _PROCESS_ID
 
 
-def _claim(ctx: Context) -> str:
-    """Take the site's sync claim, or refuse: a claim held by a live server is its own."""
-    me, now = _me(ctx), ctx.clock.now()
+def _claimable(ctx: Context, now: datetime) -> Any:
+    """The site's sync claim may be taken: nobody holds it, its holder is no live server, or
+    it is this server's own, left by a sync that ended without releasing it (a sync of this
+    process holds ``_sync_lock``, so one that does not is over)."""
     alive = select(Server.id).where(
         Server.heartbeat_at >= now - timedelta(seconds=ctx.settings.lease_seconds)
     )
+    mine = Upstream.sync_owner == _me(ctx) if not _sync_lock.locked() else false()
+    return or_(Upstream.sync_owner.is_(None), Upstream.sync_owner.not_in(alive), mine)
+
+
+def _claim(ctx: Context) -> str:
+    """Take the site's sync claim, or refuse: a claim held by a live server is its own. The
+    caller holds ``_sync_lock``: a claim this process still holds is then left over."""
+    me, now = _me(ctx), ctx.clock.now()
     with ctx.session() as s:
         _link(s)
         taken = s.execute(
             update(Upstream)
             .where(
                 Upstream.id == LINK_ID,
-                or_(Upstream.sync_owner.is_(None), Upstream.sync_owner.not_in(alive)),
+                or_(_claimable(ctx, now), Upstream.sync_owner == me),
             )
             .values(sync_owner=me, sync_started_at=now)
         ).rowcount
@@ -298,20 +376,29 @@ def _claim(ctx: Context) -> str:
 
 
 def _finish(ctx: Context, me: str, problem: str | None) -> None:
-    """Release the claim; plan the next sync: a retry after a problem, else the schedule."""
-    now = ctx.clock.now()
-    with ctx.session() as s:
-        link = _link(s)
-        if link.sync_owner == me:
-            link.sync_owner = None
-        link.last_sync_at, link.last_error = now, problem
-        if problem:
-            link.next_sync_at = now + timedelta(seconds=ctx.settings.sync_retry_seconds)
-        elif link.schedule:
-            link.next_sync_at = rules.next_sync(link.schedule, now)
-        else:
-            link.next_sync_at = None
-        s.commit()
+    """Release the claim; plan the next sync: a retry after a problem, else the schedule.
+    Tried a few times (a busy database); a claim still not released is taken over by this
+    server's next sync or scheduled tick (:func:`_claimable`)."""
+    for attempt in range(FINISH_ATTEMPTS):
+        try:
+            now = ctx.clock.now()
+            with ctx.session() as s:
+                link = _link(s)
+                if link.sync_owner == me:
+                    link.sync_owner = None
+                link.last_sync_at, link.last_error = now, problem
+                if problem:
+                    link.next_sync_at = now + timedelta(seconds=ctx.settings.sync_retry_seconds)
+                elif link.schedule:
+                    link.next_sync_at = rules.next_sync(link.schedule, now)
+                else:
+                    link.next_sync_at = None
+                s.commit()
+            return
+        except SQLAlchemyError as exc:
+            log.warning("could not release the sync claim (attempt %d): %s", attempt + 1, exc)
+            time.sleep(0.5 * (attempt + 1))
+    log.error("the sync claim was not released; the next sync of this server takes it over")
 
 
 def sync(
@@ -355,11 +442,17 @@ def site_tick(ctx: Context) -> None:
     if ctx.settings.role != "site":
         return
     activate_due(ctx)
+    now = ctx.clock.now()
     with ctx.session() as s:
-        link = s.get(Upstream, LINK_ID)
-        due = link is not None and link.next_sync_at is not None
-        due = due and link.next_sync_at <= ctx.clock.now() and link.sync_owner is None
-    if not due or _sync_lock.locked():
+        due = s.scalar(
+            select(Upstream.id).where(
+                Upstream.id == LINK_ID,
+                Upstream.next_sync_at.is_not(None),
+                Upstream.next_sync_at <= now,
+                _claimable(ctx, now),
+            )
+        )
+    if due is None or _sync_lock.locked():
         return
     if not (ctx.settings.home / SITE_TOKEN_FILE).exists():
         return
@@ -456,7 +549,7 @@ def _sync(
     actor: str,
     progress: streams.Report | None,
 ) -> SyncResult:
-    answer = _call(http, "GET", "/sync/catalog")
+    answer = _catalog(http)
     with ctx.session() as s:
         _remember(s, answer)
         s.commit()
@@ -500,7 +593,7 @@ def _sync(
         reporter.send(force=True)
     if any(result.versions_added.values()):
         try:  # HQ now knows what this site verified: the version to make current may be newer
-            answer = _call(http, "GET", "/sync/catalog")
+            answer = _catalog(http)
         except GoldfleetError as exc:
             log.warning("could not read HQ's catalog again: %s", exc.message)
     for entry in answer["templates"]:
@@ -556,6 +649,14 @@ def _sync_template(
     actor: str,
 ) -> None:
     m = _manifest(entry, _held(ctx, [x["digest"] for x in entry["layers"]]))
+    _check_sizes(ctx, m)
+    conflicts = _conflicts(ctx, m)
+    if conflicts:  # this site's own vN differs from HQ's: the other versions still come
+        m = m.model_copy(update={"versions": [v for v in m.versions if v.number not in conflicts]})
+        for number, reason in conflicts.items():
+            reporter.states[f"{m.template}:v{number}"] = VersionState(
+                state="failed", done=0, total=0, reason=reason
+            )
     parents = {x.digest: x.parent for x in m.layers}
     sizes = {x.digest: x.size for x in m.layers if x.included}
     needs: dict[str, list[str]] = {}  # version key -> layers of its chain this site lacks
@@ -617,6 +718,39 @@ def _sync_template(
         total = reporter.states[key].total
         reporter.states[key] = VersionState(state="verified", done=total, total=total)
         reporter.send()
+    if conflicts:
+        result.failed[m.template] = "; ".join(conflicts.values())
+
+
+def _check_sizes(ctx: Context, m: bundles.Manifest) -> None:
+    """Refuse, before any byte is fetched, a layer larger than this site takes: its virtual
+    size above ``max_virtual_size``, or its file far larger than its virtual size (a qcow2
+    layer's metadata is a few percent of it)."""
+    limit = ctx.settings.max_virtual_size
+    for x in m.layers:
+        if x.included and (x.virtual_size > limit or x.size > 2 * x.virtual_size + (64 << 20)):
+            raise InvalidInput(
+                f"HQ declares layer {x.digest} of {x.size} bytes, virtual size"
+                f" {x.virtual_size}: above this site's limit (max_virtual_size {limit}) or"
+                " impossible for a qcow2 layer; not fetched"
+            )
+
+
+def _conflicts(ctx: Context, m: bundles.Manifest) -> dict[int, str]:
+    """HQ's versions whose number this site holds with another top layer (a version sealed
+    here and not published): those are not added; the others are."""
+    with ctx.session() as s:
+        t = s.scalar(select(Template).where(Template.name == m.template))
+        held = {v.number: v.top_layer for v in t.versions} if t is not None else {}
+    return {
+        v.number: (
+            f"v{v.number} here is this site's own (layer {held[v.number]}), HQ's v{v.number} is"
+            f" another (layer {v.top_layer}); HQ's is not added here. Delete this site's"
+            f" (goldfleet template delete-version {m.template} v{v.number}) to take HQ's"
+        )
+        for v in m.versions
+        if v.number in held and held[v.number] != v.top_layer
+    }
 
 
 def _chain_of(top: str | None, parents: dict[str, str | None]) -> list[str]:
@@ -658,7 +792,10 @@ def _activate(ctx: Context, entry: dict[str, Any], result: SyncResult, actor: st
         if target <= current or all(v.number != target for v in t.versions):
             if name in pending and pending[name]["version"] <= current:
                 del pending[name]
-        elif at is not None and at > now:
+        elif (at is not None and at > now) or t.status != TemplateStatus.READY:
+            # at its publish time; a template put in maintenance during the sync: once that
+            # ends (activate_due)
+            at = at if at is not None and at > now else now
             pending[name] = {"version": target, "at": at.isoformat()}
             result.pending[name] = pending[name]
         elif _make_current(ctx, s, t, target, actor):
