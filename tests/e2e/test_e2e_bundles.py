@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sitekit import cli, make_raw, start_servers
+from sitekit import MiB, cli, layer_path, make_raw, start_servers
 
 
 @pytest.fixture
@@ -48,3 +49,21 @@ def test_bundle_from_server_a_imports_on_server_b(servers, tmp_path):
     shown = json.loads(cli(b.home, "keys", "show", "--json").stdout)
     assert [k["name"] for k in shown["trusted"]] == ["hq"]
     assert cli(b.home, "keys", "untrust", "hq").returncode == 0
+
+
+def test_an_export_cut_short_by_the_server_fails_and_leaves_no_file(servers, tmp_path):
+    a, _b = servers
+    image = tmp_path / "base.raw"
+    image.write_bytes(os.urandom(4 * MiB))
+    a.client().upload("/templates/import", image, {"name": "base", "format": "raw"})
+    top = a.client().get("/templates/base/versions")[0]["top_layer"]
+    layer = layer_path(a, top)
+    layer.chmod(0o644)  # sealed layers are 0444: a disk fault, simulated
+    with layer.open("r+b") as f:
+        f.truncate(layer.stat().st_size // 2)
+    bundle = tmp_path / "base.bundle"
+
+    out = cli(a.home, "bundle", "export", "base", "-o", str(bundle))
+    assert out.returncode == 1, out.stdout
+    assert "cut off" in out.stderr and "not written" in out.stderr, out.stderr
+    assert list(tmp_path.glob("*.bundle*")) == []

@@ -11,6 +11,9 @@ import json
 import os
 import subprocess
 import tarfile
+import threading
+import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -19,7 +22,7 @@ from sqlalchemy import func, select
 
 from goldfleet.bootstrap import Context, bootstrap
 from goldfleet.db.tables import AuditEntry, Layer, Template, Version
-from goldfleet.errors import Conflict, InvalidInput
+from goldfleet.errors import Conflict, InvalidInput, StoreError
 from goldfleet.services import bundles, clones, templates
 from goldfleet.services.home import init_home
 
@@ -260,3 +263,121 @@ def test_layer_with_a_backing_reference_elsewhere_is_refused(
         ],
     )
     refused(receiver, path, InvalidInput, "backing reference is 'elsewhere.qcow2'")
+
+
+# --- export as a stream -------------------------------------------------------------------
+
+
+def test_a_stream_whose_layer_is_gone_raises_instead_of_ending(sender):
+    plan = bundles.plan_export(sender, "base", None, False)
+    _name, path, _size = plan.layers[0]
+    path.unlink()
+    with pytest.raises(StoreError, match="the bundle could not be written"):
+        b"".join(bundles.stream_bundle(plan))
+
+
+def test_a_stream_closed_early_lets_its_writer_thread_end(sender, tmp_path):
+    image = tmp_path / "big.raw"
+    image.write_bytes(os.urandom(4 * MiB))
+    templates.import_template(sender, name="big", image=image, fmt="raw", actor="t")
+    # far more than the stream's queue holds: the writer waits on it when the consumer goes
+    plan = bundles.plan_export(sender, "big", None, False)
+    before = set(threading.enumerate())
+    chunks = bundles.stream_bundle(plan)
+    next(chunks)
+    writers = [t for t in set(threading.enumerate()) - before if t.is_alive()]
+    assert writers
+    time.sleep(0.2)
+    chunks.close()  # the client went away
+    for t in writers:
+        t.join(5)
+        assert not t.is_alive()
+
+
+# --- tar headers that would be read whole before the signature ----------------------------
+
+
+def header(name: str, kind: bytes, size: int, fmt: int = tarfile.USTAR_FORMAT) -> bytes:
+    """One tar header block (no body), as a hostile writer would put it."""
+    info = tarfile.TarInfo(name)
+    info.type, info.size = kind, size
+    return info.tobuf(fmt, "utf-8", "surrogateescape")
+
+
+def test_a_huge_pax_header_is_refused_before_it_is_read(receiver, tmp_path):
+    path = tmp_path / "huge-pax"
+    # declares 512 MiB of pax records; the file holds 8 MiB
+    path.write_bytes(header("PaxHeader/manifest.json", tarfile.XHDTYPE, 512 * MiB) + bytes(8 * MiB))
+    tracemalloc.start()
+    try:
+        refused(receiver, path, InvalidInput, "pax header of 536870912 bytes")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * MiB  # the declared body was never read (nor the 8 MiB that are there)
+
+
+@pytest.mark.parametrize(
+    ("kind", "size", "match"),
+    [
+        (tarfile.XGLTYPE, 1 << 30, "pax header of 1073741824 bytes"),
+        (tarfile.GNUTYPE_LONGNAME, 1 << 30, "long-name header of 1073741824 bytes"),
+        (tarfile.GNUTYPE_LONGLINK, 1 << 30, "long-name header of 1073741824 bytes"),
+        (tarfile.GNUTYPE_SPARSE, 4096, "sparse"),
+    ],
+)
+def test_other_headers_read_whole_are_refused(receiver, tmp_path, kind, size, match):
+    path = tmp_path / "hostile"
+    path.write_bytes(header("manifest.json", kind, size, tarfile.GNU_FORMAT) + b"\0" * 4096)
+    refused(receiver, path, InvalidInput, match)
+
+
+def test_a_pax_header_that_makes_a_sparse_member_is_refused(receiver, tmp_path):
+    path = tmp_path / "pax-sparse"
+    records = tarfile.TarInfo._create_pax_generic_header(  # a small, valid pax header
+        {"GNU.sparse.major": "1", "GNU.sparse.minor": "0"}, tarfile.XHDTYPE, "utf-8"
+    )
+    # after the pax header and the member's own: the sparse map, declaring 10**12 entries
+    path.write_bytes(records + header("manifest.json", tarfile.REGTYPE, 0) + b"1000000000000\n")
+    refused(receiver, path, InvalidInput, "sparse")
+
+
+def test_a_member_larger_than_8_gib_is_read_with_its_pax_size(receiver, tmp_path):
+    """goldfleet writes a size of 8 GiB or more in a pax header (a layer may be that large):
+    such a header passes, and the member has its full size."""
+    path = tmp_path / "large"
+    path.write_bytes(bundles._tar_info("manifest.json", 9 << 30).tobuf(tarfile.PAX_FORMAT))
+    assert path.read_bytes()[156:157] == tarfile.XHDTYPE
+    refused(receiver, path, InvalidInput, f"manifest.json is {9 << 30} bytes")
+
+
+def test_an_extended_header_following_another_is_refused(receiver, tmp_path):
+    path = tmp_path / "chained"
+    small = header("PaxHeader/manifest.json", tarfile.XHDTYPE, 512)
+    path.write_bytes((small + bytes(512)) * 2 + header("manifest.json", tarfile.REGTYPE, 0))
+    refused(receiver, path, InvalidInput, "follows another extended header")
+
+
+def test_a_manifest_digest_must_be_only_a_digest():
+    """pydantic's ``pattern`` searches; the manifest's digests are anchored."""
+    body = {
+        "format": bundles.FORMAT,
+        "template": "base",
+        "kind": "linked",
+        "outline": {"temp": [], "data": []},
+        "current": 1,
+        "since": None,
+        "policy_only": False,
+        "versions": [{"number": 1, "top_layer": "../sha256:" + "a" * 64, "note": ""}],
+        "layers": [
+            {
+                "digest": "../sha256:" + "a" * 64,
+                "parent": None,
+                "size": 1,
+                "virtual_size": 1,
+                "included": True,
+            }
+        ],
+    }
+    with pytest.raises(InvalidInput, match="manifest is not valid"):
+        bundles._parse_manifest(json.dumps(body).encode())

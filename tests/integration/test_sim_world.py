@@ -121,3 +121,13 @@ def test_api_needs_an_admin_token(ctx: Context, api: TestClient) -> None:
     headers = {"Authorization": f"Bearer {reader}"}
     assert anonymous.get("/sim/vms", headers=headers).status_code == 403
     assert anonymous.post("/sim/vms/x/guest-shutdown", headers=headers).status_code == 403
+
+
+def test_websockets_are_refused_before_anything(api: TestClient) -> None:
+    """goldfleet serves no websocket: the auth layer closes one at once, token or not."""
+    from starlette.websockets import WebSocketDisconnect
+
+    for path in ("/templates", "/health", "/sync/catalog"):
+        with pytest.raises(WebSocketDisconnect) as info, api.websocket_connect(path):
+            pass
+        assert info.value.code == 1008

@@ -3,11 +3,14 @@ step's use of the digest computed while receiving (LayerStore.check_and_hash ``h
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
+import http.server
 import os
 import stat
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,6 +50,8 @@ class Upstream:
         if fault == "gzip":
             headers["content-encoding"] = "gzip"
         status = 206 if start else 200
+        if start:
+            headers["content-range"] = f"bytes {start}-{len(DATA) - 1}/{len(DATA)}"
 
         def stream() -> Iterator[bytes]:
             for at in range(0, len(body), 64 * 1024):
@@ -57,10 +62,68 @@ class Upstream:
         return httpx.Response(status, headers=headers, content=stream())
 
 
-def fetch(upstream: Upstream, work: Path) -> list[int]:
+class MisbehavingHQ:
+    """A real HTTP server on loopback serving DATA with Range (HTTP/1.0: one connection per
+    request); ``faults`` says what each successive request gets wrong."""
+
+    def __init__(self) -> None:
+        self.faults: list[str] = []
+        self.ranges: list[str | None] = []
+        answer = self.answer
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                answer(self)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        threading.Thread(target=self.server.serve_forever, args=(0.05,), daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_port}"
+
+    def answer(self, req: http.server.BaseHTTPRequestHandler) -> None:
+        rng = req.headers.get("Range")
+        self.ranges.append(rng)
+        fault = self.faults.pop(0) if self.faults else ""
+        start = int(rng.removeprefix("bytes=").removesuffix("-")) if rng else 0
+        if fault == "redirect":
+            req.send_response(302)
+            req.send_header("Location", "/elsewhere")
+            req.send_header("Content-Length", "0")
+            req.end_headers()
+            return
+        if fault == "elsewhere":  # the bytes from another offset than asked, labelled as such
+            start += 1000
+        body = DATA[start:]
+        if fault == "short":  # half of it, then a clean close (no Content-Length)
+            body = body[: len(body) // 2]
+        req.send_response(206 if rng or fault == "no-range" else 200)
+        if rng and fault != "no-range":
+            req.send_header("Content-Range", f"bytes {start}-{len(DATA) - 1}/{len(DATA)}")
+        if fault != "short":
+            req.send_header("Content-Length", str(len(body)))
+        req.end_headers()
+        with contextlib.suppress(ConnectionError):  # the download drops a misplaced answer
+            req.wfile.write(body)
+
+
+@pytest.fixture
+def hq(monkeypatch: pytest.MonkeyPatch) -> Iterator[MisbehavingHQ]:
+    monkeypatch.setattr(transfer, "RETRY_PAUSE", 0, raising=False)
+    server = MisbehavingHQ()
+    yield server
+    server.server.shutdown()
+    server.server.server_close()
+
+
+def fetch(upstream: Upstream | MisbehavingHQ, work: Path) -> list[int]:
     wire: list[int] = []
-    http = httpx.Client(base_url="http://hq.test", transport=httpx.MockTransport(upstream))
-    with http:
+    if isinstance(upstream, MisbehavingHQ):
+        client = httpx.Client(base_url=upstream.url)
+    else:
+        client = httpx.Client(base_url="http://hq.test", transport=httpx.MockTransport(upstream))
+    with client as http:
         transfer.download(http, ENTRY, work, TokenBucket(None), lambda done, n: wire.append(n))
     return wire
 
@@ -144,3 +207,44 @@ def test_the_install_step_takes_the_received_digest_only_for_a_private_work_file
         layers.check_and_hash(other, parent=None, hashed=digest)
     with pytest.raises(BadImage):
         layers.check_and_hash(other, parent="sha256:" + "0" * 64, hashed=digest)
+
+
+# --- a real HQ that misbehaves ------------------------------------------------------------
+
+HALF = len(DATA) // 2
+
+
+def test_a_body_that_ends_early_is_resumed_and_then_named(hq, tmp_path):
+    hq.faults = ["short"]
+    assert sum(fetch(hq, tmp_path / "a")) == len(DATA)
+    assert (tmp_path / "a").read_bytes() == DATA
+    assert hq.ranges == [None, f"bytes={HALF}-"]
+
+    hq.faults = ["short"] * (transfer.CONNECT_RETRIES + 1)
+    with pytest.raises(
+        UpstreamError, match=f"HQ closed the connection after [0-9]+ of {len(DATA)}"
+    ):
+        fetch(hq, tmp_path / "b")
+
+
+def test_a_redirect_is_refused_with_its_reason(hq, tmp_path):
+    hq.faults = ["redirect"]
+    with pytest.raises(UpstreamError, match=r"answered 302 .*redirects are not followed"):
+        fetch(hq, tmp_path / "a")
+    assert hq.ranges == [None]
+
+
+@pytest.mark.parametrize("fault", ["elsewhere", "no-range"])
+def test_a_partial_answer_from_another_byte_is_not_appended(hq, tmp_path, fault):
+    hq.faults = ["short", fault]
+    wire = fetch(hq, tmp_path / "a")
+    assert (tmp_path / "a").read_bytes() == DATA
+    # the misplaced body is not taken: the layer is asked for again, whole
+    assert hq.ranges == [None, f"bytes={HALF}-", None]
+    assert sum(wire) == HALF + len(DATA)
+
+
+def test_partial_answers_without_a_content_range_are_named(hq, tmp_path):
+    hq.faults = ["no-range"] * (transfer.CONNECT_RETRIES + 1)
+    with pytest.raises(UpstreamError, match="206 with no Content-Range to a request from byte 0"):
+        fetch(hq, tmp_path / "a")

@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from goldfleet import __version__
 from goldfleet.api.deps import Reader, authenticate
@@ -17,6 +18,45 @@ from goldfleet.bootstrap import Context
 from goldfleet.errors import Forbidden, GoldfleetError
 
 log = logging.getLogger("goldfleet.api")
+
+
+def error_response(exc: GoldfleetError) -> JSONResponse:
+    headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
+    return JSONResponse(
+        {"error": type(exc).__name__, "message": exc.message},
+        status_code=exc.status_code,
+        headers=headers,
+    )
+
+
+class RequireToken:
+    """Authenticate before anything else (body parsing included); only /health is open.
+
+    Plain ASGI, not ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware ends a streamed
+    response normally when its body fails half way (a bundle whose layer cannot be read), so a
+    client would take the truncated body for a whole one. Here the failure aborts the response:
+    the server closes the connection before the body's end."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "websocket":  # goldfleet serves none: refused before anything
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] == "http":
+            request = Request(scope, receive)
+            if request.url.path != "/health":
+                try:
+                    request.state.caller = caller = await authenticate(request)
+                    if caller.role == "site" and not request.url.path.startswith("/sync/"):
+                        raise Forbidden(
+                            f"token {caller.name} is a site token: it may only read /sync/"
+                        )
+                except GoldfleetError as exc:
+                    await error_response(exc)(scope, receive, send)
+                    return
+        await self.app(scope, receive, send)
 
 
 def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
@@ -42,27 +82,7 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
     )
     app.state.ctx = ctx
 
-    def error_response(exc: GoldfleetError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status_code == 401 else None
-        return JSONResponse(
-            {"error": type(exc).__name__, "message": exc.message},
-            status_code=exc.status_code,
-            headers=headers,
-        )
-
-    @app.middleware("http")
-    async def require_token(request: Request, call_next):  # type: ignore[no-untyped-def]
-        """Authenticate before anything else (body parsing included); only /health is open."""
-        if request.url.path != "/health":
-            try:
-                request.state.caller = caller = await authenticate(request)
-            except GoldfleetError as exc:
-                return error_response(exc)
-            if caller.role == "site" and not request.url.path.startswith("/sync/"):
-                return error_response(
-                    Forbidden(f"token {caller.name} is a site token: it may only read /sync/")
-                )
-        return await call_next(request)
+    app.add_middleware(RequireToken)
 
     @app.exception_handler(GoldfleetError)
     async def goldfleet_error(request: Request, exc: GoldfleetError) -> JSONResponse:

@@ -45,7 +45,7 @@ def export(
             _fail(exc.message)
     client = Client.from_home()
     work = out.with_name(f".{out.name}.part")
-    written = 0
+    written, receiving = 0, False
     try:
         with client.http.stream("GET", f"/templates/{template}/bundle", params=params) as resp:
             if resp.status_code >= 400:
@@ -55,13 +55,20 @@ def export(
                 except ValueError:
                     message = resp.text
                 _fail(message)
+            receiving = True
             with work.open("wb") as f:
                 for block in resp.iter_bytes(1 << 20):
                     f.write(block)
                     written += len(block)
-        os.replace(work, out)
+        os.replace(work, out)  # only a body that ended as HTTP says it should
     except httpx.HTTPError as exc:
-        _fail(f"the download from {client.url} failed: {exc}")
+        if not receiving:
+            _fail(f"the download from {client.url} failed: {exc}")
+        # the server aborts the response when it cannot write the whole bundle
+        _fail(
+            f"the bundle download from {client.url} was cut off after {written} bytes ({exc});"
+            f" {out} was not written (the server's log says why)"
+        )
     finally:
         work.unlink(missing_ok=True)
     result = {"template": template, "file": str(out), "bytes": written}

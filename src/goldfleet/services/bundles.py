@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import queue
 import secrets
@@ -28,7 +30,7 @@ import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, cast
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -44,8 +46,15 @@ from goldfleet.bootstrap import Context
 from goldfleet.db.tables import Clone, Layer, Template, Version
 from goldfleet.domain import rules
 from goldfleet.domain.model import CloneKind, Outline
-from goldfleet.domain.names import DIGEST_RE, check_name, layer_filename
-from goldfleet.errors import BadImage, Conflict, GoldfleetError, InvalidInput, NotFound
+from goldfleet.domain.names import DIGEST_PATTERN, check_name, layer_filename
+from goldfleet.errors import (
+    BadImage,
+    Conflict,
+    GoldfleetError,
+    InvalidInput,
+    NotFound,
+    StoreError,
+)
 from goldfleet.services import audit
 from goldfleet.services.common import chain, get_template
 from goldfleet.services.templates import _add_layer, used_layers
@@ -59,7 +68,13 @@ KEY_FILE = "bundle-signing.key"
 TRUSTED_FILE = "trusted-keys.json"
 MAX_MANIFEST = 4 << 20
 MAX_SIGNATURE = 4096
+# a pax or GNU long-name header's body, read whole and searched by tarfile: goldfleet writes
+# pax headers only for sizes of 8 GiB or more (under 512 bytes); tarfile's search of a pax body
+# takes time quadratic in its length (seconds at 64 KiB)
+MAX_TAR_HEADER = 4096
 CHUNK = 1 << 20
+
+log = logging.getLogger("goldfleet.bundles")
 
 _import_lock = threading.Lock()  # one import at a time: a refusal removes only its own files
 
@@ -193,8 +208,8 @@ class _Strict(BaseModel):
 
 
 class LayerEntry(_Strict):
-    digest: str = Field(pattern=DIGEST_RE.pattern)
-    parent: str | None = Field(pattern=DIGEST_RE.pattern)
+    digest: str = Field(pattern=DIGEST_PATTERN)
+    parent: str | None = Field(pattern=DIGEST_PATTERN)
     size: int = Field(ge=0)
     virtual_size: int = Field(ge=0)
     included: bool
@@ -202,7 +217,7 @@ class LayerEntry(_Strict):
 
 class VersionEntry(_Strict):
     number: int = Field(ge=1)
-    top_layer: str = Field(pattern=DIGEST_RE.pattern)
+    top_layer: str = Field(pattern=DIGEST_PATTERN)
     note: str = Field(max_length=10_000)
 
 
@@ -337,8 +352,11 @@ def write_bundle(plan: ExportPlan, out: IO[bytes]) -> None:
         for name, data in ((MANIFEST, plan.manifest), (SIGNATURE, plan.signature)):
             tar.addfile(_tar_info(name, len(data)), _BytesReader(data))
         for name, path, size in plan.layers:
-            with path.open("rb") as f:
-                tar.addfile(_tar_info(name, size), f)
+            try:
+                with path.open("rb") as f:
+                    tar.addfile(_tar_info(name, size), f)
+            except OSError as exc:  # a layer file gone or shorter than its size, a full disk
+                raise StoreError(f"the bundle could not be written at {name}: {exc}") from exc
 
 
 class _BytesReader:
@@ -359,12 +377,28 @@ def export_bundle(
     return plan
 
 
+class _Gone(Exception):
+    """The consumer of a bundle stream went away."""
+
+
+def _put(q: queue.Queue[object], item: object, gone: threading.Event) -> None:
+    """Put ``item`` on the bounded queue ``q``, waiting while it is full; give up (``_Gone``)
+    once ``gone`` is set, so a writer is never left blocked on a queue nobody reads."""
+    while not gone.is_set():
+        try:
+            q.put(item, timeout=0.1)
+            return
+        except queue.Full:
+            pass
+    raise _Gone
+
+
 class _QueueWriter:
-    def __init__(self, q: queue.Queue) -> None:
-        self.q = q
+    def __init__(self, q: queue.Queue[object], gone: threading.Event) -> None:
+        self.q, self.gone = q, gone
 
     def write(self, data: bytes) -> int:
-        self.q.put(bytes(data))
+        _put(self.q, bytes(data), self.gone)
         return len(data)
 
     def flush(self) -> None:
@@ -372,19 +406,36 @@ class _QueueWriter:
 
 
 def stream_bundle(plan: ExportPlan) -> Iterator[bytes]:
-    """The bundle as chunks, written by a thread (for an HTTP response)."""
-    q: queue.Queue = queue.Queue(maxsize=16)
+    """The bundle as chunks, written by a thread (for an HTTP response or request body).
+
+    A failure of the writer (a layer file gone or short) is raised here after the chunks before
+    it, so the body ends incomplete (an HTTP response is aborted) rather than as a shorter tar
+    that looks whole. When the consumer stops early (closes this generator, or drops it), the
+    writer gives up and closes its layer file."""
+    q: queue.Queue[object] = queue.Queue(maxsize=16)
+    gone = threading.Event()
     done = object()
 
     def run() -> None:
+        outcome: object = done
         try:
-            write_bundle(plan, _QueueWriter(q))  # type: ignore[arg-type]
-        finally:
-            q.put(done)
+            write_bundle(plan, _QueueWriter(q, gone))  # type: ignore[arg-type]
+        except _Gone:
+            return
+        except BaseException as exc:
+            outcome = exc
+        with contextlib.suppress(_Gone):  # nobody is reading any more
+            _put(q, outcome, gone)
 
-    threading.Thread(target=run, daemon=True).start()
-    while (chunk := q.get()) is not done:
-        yield chunk
+    threading.Thread(target=run, daemon=True, name="bundle-writer").start()
+    try:
+        while (item := q.get()) is not done:
+            if isinstance(item, BaseException):
+                log.error("a bundle stream was aborted: %s", item)
+                raise item
+            yield cast(bytes, item)
+    finally:
+        gone.set()
 
 
 # --- import -------------------------------------------------------------------------------
@@ -392,6 +443,54 @@ def stream_bundle(plan: ExportPlan) -> Iterator[bytes]:
 
 def _refuse(message: str) -> InvalidInput:
     return InvalidInput(f"bundle refused: {message}; nothing was imported")
+
+
+_LONG_NAME = (tarfile.GNUTYPE_LONGNAME, tarfile.GNUTYPE_LONGLINK)
+_PAX = (tarfile.XHDTYPE, tarfile.XGLTYPE, tarfile.SOLARIS_XHDTYPE)
+
+
+class _CheckedHeader(tarfile.TarInfo):
+    """A member header as an import reads it: tarfile reads the body of a pax or GNU long-name
+    header whole into memory (and a sparse map as long as it declares) before the member it
+    describes, so before the signature is checked. Those are refused from their declared size,
+    before any of it is read: larger than MAX_TAR_HEADER, one extended header following another,
+    and sparse members (goldfleet writes none of these). ``_proc_member`` is the hook tarfile
+    names for subclasses; tests/integration/test_bundles.py checks each refusal."""
+
+    def _proc_member(self, tar: tarfile.TarFile) -> tarfile.TarInfo:
+        if self.type == tarfile.GNUTYPE_SPARSE:
+            raise _sparse(self)
+        if self.type not in _LONG_NAME + _PAX:
+            return super()._proc_member(tar)  # type: ignore[misc]
+        kind = "long-name" if self.type in _LONG_NAME else "pax"
+        if self.size > MAX_TAR_HEADER:
+            raise _refuse(
+                f"it has a {kind} header of {self.size} bytes at byte {self.offset}, more than"
+                f" {MAX_TAR_HEADER}"
+            )
+        if getattr(tar, "_goldfleet_extended", False):
+            raise _refuse(f"a {kind} header at byte {self.offset} follows another extended header")
+        tar._goldfleet_extended = True  # type: ignore[attr-defined]
+        try:
+            return super()._proc_member(tar)  # type: ignore[misc]
+        finally:
+            tar._goldfleet_extended = False  # type: ignore[attr-defined]
+
+    # called by tarfile for a pax header that makes the next member sparse, before its map
+    def _proc_gnusparse_00(self, member: tarfile.TarInfo, *_: object) -> None:
+        raise _sparse(member)
+
+    _proc_gnusparse_01 = _proc_gnusparse_10 = _proc_gnusparse_00
+
+
+def _sparse(member: tarfile.TarInfo) -> InvalidInput:
+    return _refuse(f"member {member.name!r} is a sparse file")
+
+
+def _open_tar(raw: IO[bytes]) -> tarfile.TarFile:
+    """Read ``raw`` as a tar stream, member by member, refusing headers tarfile would read
+    whole (_CheckedHeader)."""
+    return tarfile.open(fileobj=raw, mode="r|", tarinfo=_CheckedHeader)
 
 
 def _next_member(tar: tarfile.TarFile, expected: str) -> tarfile.TarInfo:
@@ -582,7 +681,7 @@ def _import(
     works: dict[str, Path] = {}
     committed: list[str] = []  # layers this import sealed that were not in the store before
     try:
-        with file.open("rb") as raw, tarfile.open(fileobj=raw, mode="r|") as tar:
+        with file.open("rb") as raw, _open_tar(raw) as tar:
             manifest = _read_small(tar, _next_member(tar, MANIFEST), MAX_MANIFEST)
             signature = _read_small(tar, _next_member(tar, SIGNATURE), MAX_SIGNATURE)
             signer = _verify(ctx, manifest, signature, trusted_as)

@@ -14,11 +14,12 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import httpx
 
@@ -31,6 +32,7 @@ CHUNK = 1 << 20
 FLUSH_EVERY = 16 << 20  # bytes written between two background flushes (see _Flusher)
 CONNECT_RETRIES = 5  # resumes of one download after a dropped connection
 FETCH_ATTEMPTS = 3  # whole downloads of one layer whose bytes did not match its digest
+RETRY_PAUSE = 0.2  # seconds before the first retry of a download; the n-th waits n times this
 
 
 class UpstreamError(GoldfleetError):
@@ -143,27 +145,30 @@ def _fetch(
 ) -> None:
     last = ""
     for _attempt in range(FETCH_ATTEMPTS):
-        h, done = hashlib.sha256(), 0
-        f.seek(0)
-        f.truncate()
+        h, done = _restart(f)
         for retry in range(CONNECT_RETRIES + 1):
+            if retry:
+                log.warning("layer %s: %s; asking again", entry.digest, last)
+                time.sleep(RETRY_PAUSE * retry)
             # identity: the bytes hashed and written are the bytes received (iter_raw)
             headers = {"Accept-Encoding": "identity"}
             if done:
                 headers["Range"] = f"bytes={done}-"
             try:
                 with http.stream("GET", f"/sync/layers/{entry.digest}", headers=headers) as r:
-                    if r.status_code == 401:
-                        raise UpstreamRefused("HQ refused this site's token (revoked?)")
-                    if r.status_code >= 400:
-                        r.read()
-                        raise UpstreamError(f"HQ answered {r.status_code} for layer {entry.digest}")
-                    if r.headers.get("content-encoding", "identity") != "identity":
-                        raise UpstreamError(f"HQ sent layer {entry.digest} encoded")
-                    if done and r.status_code != 206:  # Range ignored: start again
-                        h, done = hashlib.sha256(), 0
-                        f.seek(0)
-                        f.truncate()
+                    _check_answer(r, entry)
+                    start = _body_start(r)
+                    if start not in (done, 0):
+                        # a 206 from another byte than asked (or without a readable
+                        # Content-Range) cannot be appended: drop what is held and ask for the
+                        # whole layer (no Range), as one more retry
+                        cr = r.headers.get("content-range")
+                        shown = f"Content-Range {cr!r}" if cr else "no Content-Range"
+                        last = f"HQ answered 206 with {shown} to a request from byte {done}"
+                        h, done = _restart(f)
+                        continue
+                    if start != done:  # the whole layer (Range ignored): start again
+                        h, done = _restart(f)
                     unflushed = untold = 0
                     try:
                         for block in r.iter_raw():
@@ -187,14 +192,51 @@ def _fetch(
                             progress(done, untold)
                 if done == entry.size:
                     break
+                last = f"HQ closed the connection after {done} of {entry.size} bytes"
             except httpx.TransportError as exc:
                 last = f"connection dropped at {done} of {entry.size} bytes ({exc})"
-                log.warning("layer %s: %s; resuming", entry.digest, last)
-                time.sleep(0.2 * (retry + 1))
         else:
             raise UpstreamError(f"layer {entry.digest}: {last}")
-        if done == entry.size and "sha256:" + h.hexdigest() == entry.digest:
+        if "sha256:" + h.hexdigest() == entry.digest:
             return
         last = f"received bytes do not match the digest ({done} of {entry.size} bytes)"
         log.warning("layer %s: %s; fetching it again", entry.digest, last)
     raise UpstreamError(f"layer {entry.digest}: {last}, {FETCH_ATTEMPTS} times")
+
+
+def _restart(f: BinaryIO) -> tuple[Any, int]:
+    """Empty the work file: a fresh hash and no byte held."""
+    f.seek(0)
+    f.truncate()
+    return hashlib.sha256(), 0
+
+
+def _check_answer(r: httpx.Response, entry: LayerEntry) -> None:
+    """Refuse any answer but 200 or 206 with the layer's plain bytes, with the reason."""
+    if r.status_code == 401:
+        raise UpstreamRefused("HQ refused this site's token (revoked?)")
+    if r.status_code >= 400:
+        r.read()
+        raise UpstreamError(f"HQ answered {r.status_code} for layer {entry.digest}")
+    if 300 <= r.status_code < 400:
+        raise UpstreamError(
+            f"HQ answered {r.status_code} for layer {entry.digest} (redirects are not followed)"
+        )
+    if r.status_code not in (200, 206):
+        raise UpstreamError(
+            f"HQ answered {r.status_code} for layer {entry.digest}, not its bytes (200 or 206)"
+        )
+    if r.headers.get("content-encoding", "identity") != "identity":
+        raise UpstreamError(f"HQ sent layer {entry.digest} encoded")
+
+
+_CONTENT_RANGE = re.compile(r"bytes (\d+)-\d+/(?:\d+|\*)")
+
+
+def _body_start(r: httpx.Response) -> int | None:
+    """The byte of the layer the body starts at: 0 for a 200, the first byte of a 206's
+    Content-Range (None when it has none or an unreadable one)."""
+    if r.status_code != 206:
+        return 0
+    m = _CONTENT_RANGE.fullmatch(r.headers.get("content-range", "").strip())
+    return int(m.group(1)) if m else None
