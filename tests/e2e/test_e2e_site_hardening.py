@@ -172,3 +172,7 @@ def test_a_layer_file_gone_from_hqs_store_is_named(pair, tmp_path):
     assert "goldfleet store verify" in info.value.message
     log = (hq.home.parent / f"server-{hq.port}.log").read_text()
     assert f"layer {v1['top_layer']}" in log and "goldfleet store verify" in log
+    # the site's sync passes HQ's reason on
+    r = site.client().post("/site/sync", {})
+    assert "HQ answered 500" in r["failed"]["base"]
+    assert "goldfleet store verify" in r["failed"]["base"]

@@ -12,6 +12,7 @@ is the install step's business (services/bundles.py).
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import re
@@ -211,13 +212,32 @@ def _restart(f: BinaryIO) -> tuple[Any, int]:
     return hashlib.sha256(), 0
 
 
+def _said(r: httpx.Response, limit: int = 4096) -> str:
+    """HQ's message in an error answer (its JSON ``message``, else its text), read up to
+    ``limit`` bytes: an error body is never read whole."""
+    body = b""
+    for chunk in r.iter_bytes():
+        body += chunk
+        if len(body) >= limit:
+            break
+    body = body[:limit]
+    try:
+        message = json.loads(body).get("message")
+    except (ValueError, AttributeError):
+        message = None
+    text = message if isinstance(message, str) else body.decode("utf-8", "replace")
+    return " ".join(text.split())[:500]
+
+
 def _check_answer(r: httpx.Response, entry: LayerEntry) -> None:
     """Refuse any answer but 200 or 206 with the layer's plain bytes, with the reason."""
     if r.status_code == 401:
         raise UpstreamRefused("HQ refused this site's token (revoked?)")
     if r.status_code >= 400:
-        r.read()
-        raise UpstreamError(f"HQ answered {r.status_code} for layer {entry.digest}")
+        said = _said(r)
+        raise UpstreamError(
+            f"HQ answered {r.status_code} for layer {entry.digest}" + (f": {said}" if said else "")
+        )
     if 300 <= r.status_code < 400:
         raise UpstreamError(
             f"HQ answered {r.status_code} for layer {entry.digest} (redirects are not followed)"
