@@ -75,3 +75,15 @@ class StoreError(GoldfleetError):
     """qemu-img or the file system failed while goldfleet was working on an image."""
 
     status_code = 500
+
+
+class TooLarge(InvalidInput):
+    """The request body is larger than the endpoint takes; nothing was read."""
+
+    status_code = 413
+
+
+class LengthRequired(InvalidInput):
+    """A request body of unknown length where a bounded one is needed."""
+
+    status_code = 411

@@ -14,6 +14,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from goldfleet import __version__
 from goldfleet.api.deps import Reader, authenticate
 from goldfleet.api.routers import admin, bundles, clones, hosts, pools, sim, sites, templates
+from goldfleet.api.uploads import body_problem
 from goldfleet.bootstrap import Context
 from goldfleet.errors import Forbidden, GoldfleetError
 
@@ -30,7 +31,8 @@ def error_response(exc: GoldfleetError) -> JSONResponse:
 
 
 class RequireToken:
-    """Authenticate before anything else (body parsing included); only /health is open.
+    """Authenticate before anything else (body parsing included); only /health is open. Then
+    refuse a body too large to be parsed in memory (api/uploads.py), before a byte is read.
 
     Plain ASGI, not ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware ends a streamed
     response normally when its body fails half way (a bundle whose layer cannot be read), so a
@@ -53,6 +55,9 @@ class RequireToken:
                         raise Forbidden(
                             f"token {caller.name} is a site token: it may only read /sync/"
                         )
+                    problem = body_problem(request.method, request.url.path, request.headers)
+                    if problem is not None:
+                        raise problem
                 except GoldfleetError as exc:
                     await error_response(exc)(scope, receive, send)
                     return

@@ -1,17 +1,19 @@
-"""A request body saved to a file in the store's incoming folder, removed afterwards."""
+"""Request bodies: an upload saved to a file in the store's incoming folder (removed
+afterwards), and the cap on every other body."""
 
 from __future__ import annotations
 
 import os
+import re
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import Request
 
 from goldfleet.bootstrap import Context
-from goldfleet.errors import InvalidInput
+from goldfleet.errors import GoldfleetError, InvalidInput, LengthRequired, TooLarge
 
 
 @asynccontextmanager
@@ -33,3 +35,29 @@ async def received_body(
     finally:
         if os.path.exists(incoming):
             os.unlink(incoming)
+
+
+# the routes that stream their body into a file (received_body), each under its own limit; every
+# other route's body is parsed in memory and capped at MAX_BODY by the app (api/app.py)
+UPLOAD_ROUTES = re.compile(r"/templates/import|/bundles/import|/sync/publish/[^/]+")
+MAX_BODY = 16 << 20
+
+
+def body_problem(method: str, path: str, headers: Mapping[str, str]) -> GoldfleetError | None:
+    """Why a request's body is refused before it is read, if it is: a body larger than MAX_BODY
+    (413) or one of unknown length (411) on a route that reads its body into memory."""
+    if method == "POST" and UPLOAD_ROUTES.fullmatch(path):
+        return None
+    length = headers.get("content-length")
+    if length is None:
+        if headers.get("transfer-encoding"):
+            return LengthRequired("send the request body with a Content-Length")
+        return None
+    if not length.isdigit():
+        return InvalidInput(f"Content-Length {length[:40]!r} is not a number")
+    if int(length) > MAX_BODY:
+        return TooLarge(
+            f"the request body ({length} bytes) is larger than {MAX_BODY >> 20} MiB, the limit"
+            " of this endpoint"
+        )
+    return None
