@@ -4,6 +4,7 @@ sign them. Talks to the API like every command."""
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -44,19 +45,16 @@ def export(
         except InvalidInput as exc:
             _fail(exc.message)
     client = Client.from_home()
-    work = out.with_name(f".{out.name}.part")
+    work = out.with_name(f".{out.name}.{secrets.token_hex(4)}.part")  # one per export
     written, receiving = 0, False
     try:
         with client.http.stream("GET", f"/templates/{template}/bundle", params=params) as resp:
-            if resp.status_code >= 400:
-                resp.read()
-                try:
-                    message = resp.json().get("message") or resp.text
-                except ValueError:
-                    message = resp.text
-                _fail(message)
+            try:
+                client._raise_for(resp)
+            except ClientError as exc:
+                _fail(exc.message)
             receiving = True
-            with work.open("wb") as f:
+            with work.open("xb") as f:
                 for block in resp.iter_bytes(1 << 20):
                     f.write(block)
                     written += len(block)
