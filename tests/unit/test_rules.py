@@ -339,3 +339,19 @@ def test_recreate_flags(scope: RecreateScope, flags: tuple[bool, bool]) -> None:
 )
 def test_needs_flatten(depth: int, max_depth: int, expected: bool) -> None:
     assert rules.needs_flatten(depth, max_depth) is expected
+
+
+# a catalog of layers: base <- mid <- top, base <- other (a branch), and a lone layer
+PARENTS = {"base": None, "mid": "base", "top": "mid", "other": "base", "lone": None}
+
+
+def test_chain_of_walks_from_the_top_to_the_base() -> None:
+    assert rules.chain_of("top", PARENTS) == ["top", "mid", "base"]
+    assert rules.chain_of("base", PARENTS) == ["base"]
+    assert rules.chain_of(None, PARENTS) == []
+
+
+def test_layers_of_chains_holds_each_top_and_all_its_parents_once() -> None:
+    assert rules.layers_of_chains(["top", "other"], PARENTS) == {"top", "mid", "base", "other"}
+    assert rules.layers_of_chains([], PARENTS) == set()
+    assert "lone" not in rules.layers_of_chains(["top"], PARENTS)

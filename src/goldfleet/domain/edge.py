@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from goldfleet.domain.model import CloneKind
 from goldfleet.domain.names import check_name
+from goldfleet.domain.rules import layers_of_chains
 from goldfleet.errors import Conflict, InvalidInput, NotFound
 
 
@@ -117,13 +118,7 @@ class Keep:
 
 def keep_chains(tops: Iterable[str], parents: Mapping[str, str | None]) -> Keep:
     """Each top layer and all its parents."""
-    layers: set[str] = set()
-    for top in tops:
-        digest: str | None = top
-        while digest is not None and digest not in layers:
-            layers.add(digest)
-            digest = parents.get(digest)
-    return Keep(frozenset(layers), parents)
+    return Keep(frozenset(layers_of_chains(tops, parents)), parents)
 
 
 def removable_layers(held: Iterable[str], keep: Keep) -> list[str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from goldfleet.domain.model import (
     CloneKind,
@@ -125,3 +125,25 @@ def recreate_flags(scope: RecreateScope) -> tuple[bool, bool]:
 def needs_flatten(chain_depth: int, max_depth: int) -> bool:
     """Past the configured depth a chain is merged into a new base layer."""
     return chain_depth > max_depth
+
+
+def chain_of(top: str | None, parents: Mapping[str, str | None]) -> list[str]:
+    """A chain's layers, top first, from each layer's parent (a layer not in ``parents`` ends
+    it)."""
+    layers = []
+    while top is not None:
+        layers.append(top)
+        top = parents.get(top)
+    return layers
+
+
+def layers_of_chains(tops: Iterable[str], parents: Mapping[str, str | None]) -> set[str]:
+    """Every layer of the chains of ``tops``: each top and all its parents (shared parents are
+    walked once)."""
+    layers: set[str] = set()
+    for top in tops:
+        digest: str | None = top
+        while digest is not None and digest not in layers:
+            layers.add(digest)
+            digest = parents.get(digest)
+    return layers

@@ -23,6 +23,7 @@ from goldfleet.db.tables import Layer, Site, SiteTemplate, Template, Token, Vers
 from goldfleet.domain import sites as rules
 from goldfleet.domain.model import Outline
 from goldfleet.domain.names import DIGEST_RE, NAME_RE, check_name
+from goldfleet.domain.rules import chain_of
 from goldfleet.errors import (
     Conflict,
     Forbidden,
@@ -424,12 +425,7 @@ def _check_publish(s: Any, t: Template, m: bundles.Manifest) -> None:
             " patch the newest version HQ distributes",
         )
     parents = {x.digest: x.parent for x in m.layers}
-    in_chain: set[str] = set()
-    digest: str | None = top
-    while digest is not None:
-        in_chain.add(digest)
-        digest = parents[digest]
-    if in_chain != set(parents):
+    if set(chain_of(top, parents)) != set(parents):
         raise _refused(InvalidInput, f"it lists layers outside the chain of its v{number}")
     ours = _chains(s, t.versions)
     for x in m.layers:

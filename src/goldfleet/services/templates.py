@@ -73,14 +73,8 @@ def _maybe_flatten(ctx: Context, s: Session, info: LayerInfo) -> tuple[LayerInfo
 
 def used_layers(s: Session) -> set[str]:
     """Every layer some version's chain needs."""
-    used: set[str] = set()
     parents = {digest: parent for digest, parent in s.execute(select(Layer.digest, Layer.parent))}
-    for top in s.scalars(select(Version.top_layer)):
-        digest: str | None = top
-        while digest is not None and digest not in used:
-            used.add(digest)
-            digest = parents.get(digest)
-    return used
+    return rules.layers_of_chains(s.scalars(select(Version.top_layer)), parents)
 
 
 def _release_layers(ctx: Context, s: Session) -> list[str]:

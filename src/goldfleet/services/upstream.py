@@ -45,6 +45,7 @@ from goldfleet.domain import sites as rules
 from goldfleet.domain.model import TemplateStatus
 from goldfleet.domain.names import DIGEST_PATTERN, NAME_PATTERN
 from goldfleet.domain.rollout import ACTIVE
+from goldfleet.domain.rules import chain_of
 from goldfleet.errors import Conflict, Forbidden, GoldfleetError, InvalidInput, NotFound
 from goldfleet.services import audit, bundles, streams, transfer
 from goldfleet.services.common import chain, get_template, get_version
@@ -662,7 +663,7 @@ def _sync_template(
     needs: dict[str, list[str]] = {}  # version key -> layers of its chain this site lacks
     for v in m.versions:
         key = f"{m.template}:v{v.number}"
-        needs[key] = lacking = [d for d in _chain_of(v.top_layer, parents) if d in sizes]
+        needs[key] = lacking = [d for d in chain_of(v.top_layer, parents) if d in sizes]
         total = sum(sizes[d] for d in lacking)
         state = "pending" if lacking else "verified"
         reporter.states[key] = VersionState(state=state, done=0, total=total)
@@ -698,7 +699,7 @@ def _sync_template(
                 lambda h, w, d=digest: progress(d, h, w),
             )
             result.layers_downloaded += 1
-        in_chain = set(_chain_of(v.top_layer, parents))
+        in_chain = set(chain_of(v.top_layer, parents))
         one = m.model_copy(
             update={
                 "versions": [v],
@@ -751,15 +752,6 @@ def _conflicts(ctx: Context, m: bundles.Manifest) -> dict[int, str]:
         for v in m.versions
         if v.number in held and held[v.number] != v.top_layer
     }
-
-
-def _chain_of(top: str | None, parents: dict[str, str | None]) -> list[str]:
-    """The layers of a chain, top first."""
-    out = []
-    while top is not None:
-        out.append(top)
-        top = parents[top]
-    return out
 
 
 # --- which version is current here --------------------------------------------------------
