@@ -341,14 +341,14 @@ def _me(ctx: Context) -> str:
     return getattr(ctx.runner, "server_id", None) or _PROCESS_ID
 
 
-def _claimable(ctx: Context, now: datetime) -> Any:
+def _claimable(ctx: Context, now: datetime, *, own_is_stale: bool) -> Any:
     """The site's sync claim may be taken: nobody holds it, its holder is no live server, or
-    it is this server's own, left by a sync that ended without releasing it (a sync of this
-    process holds ``_sync_lock``, so one that does not is over)."""
+    (``own_is_stale``: no sync of this process runs) it is this server's own, left by a sync
+    that ended without releasing it."""
     alive = select(Server.id).where(
         Server.heartbeat_at >= now - timedelta(seconds=ctx.settings.lease_seconds)
     )
-    mine = Upstream.sync_owner == _me(ctx) if not _sync_lock.locked() else false()
+    mine = Upstream.sync_owner == _me(ctx) if own_is_stale else false()
     return or_(Upstream.sync_owner.is_(None), Upstream.sync_owner.not_in(alive), mine)
 
 
@@ -362,7 +362,7 @@ def _claim(ctx: Context) -> str:
             update(Upstream)
             .where(
                 Upstream.id == LINK_ID,
-                or_(_claimable(ctx, now), Upstream.sync_owner == me),
+                _claimable(ctx, now, own_is_stale=True),
             )
             .values(sync_owner=me, sync_started_at=now)
         ).rowcount
@@ -450,7 +450,7 @@ def site_tick(ctx: Context) -> None:
                 Upstream.id == LINK_ID,
                 Upstream.next_sync_at.is_not(None),
                 Upstream.next_sync_at <= now,
-                _claimable(ctx, now),
+                _claimable(ctx, now, own_is_stale=not _sync_lock.locked()),
             )
         )
     if due is None or _sync_lock.locked():
@@ -555,9 +555,9 @@ def _sync(
         _remember(s, answer)
         s.commit()
     reporter = _Reporter(http, progress)
-    lacking = {x["digest"]: x["size"] for e in answer["templates"] for x in e["layers"]}
-    held = _held(ctx, list(lacking))
-    reporter.total = sum(size for digest, size in lacking.items() if digest not in held)
+    sizes = {x["digest"]: x["size"] for e in answer["templates"] for x in e["layers"]}
+    held = _held(ctx, list(sizes))  # grows as the templates' versions are installed
+    reporter.total = sum(size for digest, size in sizes.items() if digest not in held)
     result = SyncResult(
         templates=[],
         versions_added={},
@@ -577,7 +577,7 @@ def _sync(
             continue
         works: dict[str, Path] = {}
         try:
-            _sync_template(ctx, http, bucket, entry, works, reporter, result, actor)
+            _sync_template(ctx, http, bucket, entry, held, works, reporter, result, actor)
         except (GoldfleetError, OSError) as exc:
             for w in works.values():
                 w.unlink(missing_ok=True)
@@ -644,12 +644,13 @@ def _sync_template(
     http: httpx.Client,
     bucket: TokenBucket,
     entry: dict[str, Any],
+    held: set[str],
     works: dict[str, Path],
     reporter: _Reporter,
     result: SyncResult,
     actor: str,
 ) -> None:
-    m = _manifest(entry, _held(ctx, [x["digest"] for x in entry["layers"]]))
+    m = _manifest(entry, held)
     _check_sizes(ctx, m)
     conflicts = _conflicts(ctx, m)
     if conflicts:  # this site's own vN differs from HQ's: the other versions still come
@@ -669,16 +670,15 @@ def _sync_template(
         reporter.states[key] = VersionState(state=state, done=0, total=total)
     reporter.send(force=True)
     bundles._check_catalog(ctx, m)
-    done: dict[str, int] = {}
 
-    def progress(digest: str, held: int, wire: int) -> None:
-        done[digest] = held
-        reporter.moved(digest, held)
+    def progress(digest: str, so_far: int, wire: int) -> None:
+        reporter.moved(digest, so_far)
         result.bytes_downloaded += wire
         for key, lacking in needs.items():
             if digest in lacking:
                 st = reporter.states[key]
-                st.state, st.done = "transferring", sum(done.get(d, 0) for d in lacking)
+                st.state = "transferring"
+                st.done = sum(reporter.received.get(d, 0) for d in lacking)
         reporter.send()
 
     # version by version, oldest first: each is added as soon as its whole chain is verified,
@@ -715,6 +715,7 @@ def _sync_template(
                 ctx, one, works, [], source="upstream", actor=actor, action="site.sync", hashed=True
             )
         fetched.update(todo)
+        held.update(todo)
         added.extend(view.versions_added)
         total = reporter.states[key].total
         reporter.states[key] = VersionState(state="verified", done=total, total=total)
