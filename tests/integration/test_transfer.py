@@ -110,7 +110,7 @@ class MisbehavingHQ:
 
 @pytest.fixture
 def hq(monkeypatch: pytest.MonkeyPatch) -> Iterator[MisbehavingHQ]:
-    monkeypatch.setattr(transfer, "RETRY_PAUSE", 0, raising=False)
+    monkeypatch.setattr(transfer, "RETRY_PAUSE", 0)
     server = MisbehavingHQ()
     yield server
     server.server.shutdown()

@@ -50,7 +50,7 @@ def export(
     try:
         with client.http.stream("GET", f"/templates/{template}/bundle", params=params) as resp:
             try:
-                client._raise_for(resp)
+                client.raise_for(resp)
             except ClientError as exc:
                 _fail(exc.message)
             receiving = True

@@ -71,7 +71,7 @@ class Client:
             ) from None
 
     @staticmethod
-    def _raise_for(resp: httpx.Response) -> None:
+    def raise_for(resp: httpx.Response) -> None:
         if resp.status_code >= 400:
             resp.read()
             try:
@@ -83,7 +83,7 @@ class Client:
     def request(self, method: str, path: str, **kwargs: Any) -> Any:
         with self._answered():
             resp = self.http.request(method, path, **kwargs)
-        self._raise_for(resp)
+        self.raise_for(resp)
         if resp.status_code == 204 or not resp.content:
             return None
         return resp.json()
@@ -91,7 +91,7 @@ class Client:
     def stream_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[Any]:
         """A request answered with JSON lines (a long action's progress), one at a time."""
         with self._answered(), self.http.stream(method, path, **kwargs) as resp:
-            self._raise_for(resp)
+            self.raise_for(resp)
             for line in resp.iter_lines():
                 if line.strip():
                     yield json.loads(line)

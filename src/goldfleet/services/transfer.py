@@ -212,7 +212,7 @@ def _restart(f: BinaryIO) -> tuple[Any, int]:
     return hashlib.sha256(), 0
 
 
-def _said(r: httpx.Response, limit: int = 4096) -> str:
+def error_message(r: httpx.Response, limit: int = 4096) -> str:
     """HQ's message in an error answer (its JSON ``message``, else its text), read up to
     ``limit`` bytes: an error body is never read whole."""
     body = b""
@@ -234,7 +234,7 @@ def _check_answer(r: httpx.Response, entry: LayerEntry) -> None:
     if r.status_code == 401:
         raise UpstreamRefused("HQ refused this site's token (revoked?)")
     if r.status_code >= 400:
-        said = _said(r)
+        said = error_message(r)
         raise UpstreamError(
             f"HQ answered {r.status_code} for layer {entry.digest}" + (f": {said}" if said else "")
         )

@@ -183,10 +183,7 @@ def _answer(http: httpx.Client, r: httpx.Response, path: str) -> Any:
     """HQ's answer as JSON, or the error HQ gave, as the same kind of error here."""
     if r.status_code < 400:
         return r.json() if r.content else None
-    try:
-        message = r.json().get("message") or r.text
-    except ValueError:
-        message = r.text or r.reason_phrase
+    message = transfer.error_message(r) or r.reason_phrase
     if r.status_code == 401:
         raise UpstreamRefused(f"HQ at {http.base_url} refused this site's token (revoked or wrong)")
     kinds = {403: Forbidden, 404: NotFound, 409: Conflict, 422: InvalidInput}
@@ -208,7 +205,6 @@ def _catalog(http: httpx.Client) -> dict[str, Any]:
     try:
         with http.stream("GET", "/sync/catalog") as r:
             if r.status_code >= 400:
-                r.read()
                 return _answer(http, r, "/sync/catalog")
             body = bytearray()
             for chunk in r.iter_bytes():
