@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
@@ -82,6 +84,14 @@ class Server:
 
     def client(self, token: str | None = "admin") -> Client:
         return Client(self.url, self.token if token == "admin" else token)
+
+    def rows(self, sql: str, *params: Any) -> list[tuple]:
+        """Rows of the server's SQLite database, read-only."""
+        conn = sqlite3.connect(f"file:{self.home / 'goldfleet.db'}?mode=ro", uri=True, timeout=30)
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            conn.close()
 
     def start(self) -> None:
         env = {**os.environ, "GOLDFLEET_HOME": str(self.home), **self.env}

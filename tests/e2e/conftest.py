@@ -10,7 +10,6 @@ import hashlib
 import json
 import os
 import secrets
-import sqlite3
 import subprocess
 import sys
 import time
@@ -196,12 +195,7 @@ class Fleet:
         return FileState.of(path)
 
     def rows(self, sql: str, *params: Any) -> list[tuple]:
-        """Rows of the server's SQLite database, read-only."""
-        conn = sqlite3.connect(f"file:{self.home / 'goldfleet.db'}?mode=ro", uri=True, timeout=30)
-        try:
-            return conn.execute(sql, params).fetchall()
-        finally:
-            conn.close()
+        return self.server.rows(sql, *params)
 
     def clone_uids(self) -> dict[str, str]:
         return dict(self.rows("SELECT uid, name FROM clones"))

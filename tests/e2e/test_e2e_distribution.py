@@ -145,6 +145,20 @@ def test_versions_activation_and_publish_times(trio, qemu, tmp_path):
     assert current(b) == 3  # b has no publish time but has not synced since
 
 
+def _set_link(site: Any, **values: Any) -> None:
+    """Change the site's link row (its schedule, or as a crash left it)."""
+    db = sqlite3.connect(site.home / "goldfleet.db")
+    sets = ", ".join(f"{k} = ?" for k in values)
+    db.execute(f"UPDATE upstream SET {sets}", tuple(values.values()))
+    db.commit()
+    db.close()
+
+
+def _past(seconds: float) -> str:
+    """A time ``seconds`` ago, as the database stores it."""
+    return (datetime.now(UTC) - timedelta(seconds=seconds)).replace(tzinfo=None).isoformat(" ")
+
+
 def test_scheduled_sync_retries_while_hq_is_down(trio, qemu, tmp_path):
     hq, a, _ = trio
     import_base(hq, tmp_path)
@@ -166,11 +180,7 @@ def test_scheduled_sync_retries_while_hq_is_down(trio, qemu, tmp_path):
     # once HQ is back; meanwhile the site serves what it holds
     new_version(hq, qemu, MiB, os.urandom(64 * 1024))
     hq.stop()
-    db = sqlite3.connect(a.home / "goldfleet.db")
-    past = (datetime.now(UTC) - timedelta(seconds=1)).replace(tzinfo=None)
-    db.execute("UPDATE upstream SET next_sync_at = ?", (past.isoformat(" "),))
-    db.commit()
-    db.close()
+    _set_link(a, next_sync_at=_past(1))
     failed = wait_for(lambda: (s := a.client().get("/site"))["last_error"] and s)
     assert "cannot be reached" in failed["last_error"]
     made = a.client().post("/clones", {"template": "base", "name": "c2", "wait": True})
@@ -187,15 +197,6 @@ def test_scheduled_sync_retries_while_hq_is_down(trio, qemu, tmp_path):
     assert nxt.weekday() == 6 and (nxt.hour, nxt.minute) == (3, 30)
 
 
-def _set_link(site: Any, **values: Any) -> None:
-    """Change the site's link row as a crash would have left it."""
-    db = sqlite3.connect(site.home / "goldfleet.db")
-    sets = ", ".join(f"{k} = ?" for k in values)
-    db.execute(f"UPDATE upstream SET {sets}", tuple(values.values()))
-    db.commit()
-    db.close()
-
-
 def test_a_sync_claim_left_behind_does_not_stop_the_schedule(trio, qemu, tmp_path):
     """A server killed mid-sync, or a sync that could not release its claim, leaves the claim
     set; the scheduled sync takes it over (the dead server's, or this server's own)."""
@@ -204,10 +205,8 @@ def test_a_sync_claim_left_behind_does_not_stop_the_schedule(trio, qemu, tmp_pat
     join(hq, a, "a")
     hq.client().post("/sites/a/templates", {"template": "base"})
     assert cli(a.home, "site", "schedule", "daily 03:00").returncode == 0
-    past = (datetime.now(UTC) - timedelta(seconds=5)).replace(tzinfo=None).isoformat(" ")
-    db = sqlite3.connect(a.home / "goldfleet.db")
-    (own,) = db.execute("SELECT id FROM servers").fetchone()
-    db.close()
+    past = _past(5)
+    ((own,),) = a.rows("SELECT id FROM servers")
 
     def held() -> list[int]:
         try:

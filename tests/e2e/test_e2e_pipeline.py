@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -26,13 +25,8 @@ def edge_files(root: Path, host: str) -> set[str]:
 
 def declared(site) -> dict[str, tuple[str, list[str]]]:
     """Each simulated VM at the site: its host and the backing chain its system disk names."""
-    db = sqlite3.connect(site.home / "goldfleet.db")
-    try:
-        rows = db.execute("SELECT name, host, disks FROM sim_domains").fetchall()
-    finally:
-        db.close()
     found = {}
-    for name, host, disks in rows:
+    for name, host, disks in site.rows("SELECT name, host, disks FROM sim_domains"):
         system = next(d for d in json.loads(disks)["disks"] if d["role"] == "system")
         found[name] = (host, system["backing"])
     return found

@@ -3,7 +3,6 @@ delete; reader tokens read only) and through the CLI with ``--json``."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from typing import Any
 
@@ -100,14 +99,9 @@ def test_pool_over_http(server, client: Client, template: str) -> None:
 
 
 def _pool_clone_names(server, pool: str) -> list[tuple[str]]:
-    conn = sqlite3.connect(f"file:{server.home / 'goldfleet.db'}?mode=ro", uri=True, timeout=30)
-    try:
-        return conn.execute(
-            "SELECT c.name FROM clones c JOIN pools p ON p.id = c.pool_id WHERE p.name = ?",
-            (pool,),
-        ).fetchall()
-    finally:
-        conn.close()
+    return server.rows(
+        "SELECT c.name FROM clones c JOIN pools p ON p.id = c.pool_id WHERE p.name = ?", pool
+    )
 
 
 def test_pool_cli_json(fleet, template: str) -> None:
