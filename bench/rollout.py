@@ -406,8 +406,8 @@ def accounted_run(home: Path, n: int) -> dict[str, float]:
     from goldfleet.bootstrap import bootstrap
     from goldfleet.config import Settings
     from goldfleet.domain.model import RecreateScope
-    from goldfleet.services import operations, templates
-    from goldfleet.services.home import recover
+    from goldfleet.home import recover
+    from goldfleet.services import catalog, rollouts
 
     ctx = bootstrap(Settings())
     tl = Timeline()
@@ -420,26 +420,27 @@ def accounted_run(home: Path, n: int) -> dict[str, float]:
                 setattr(ctx.driver, name, tl.wrap("driver", getattr(ctx.driver, name)))
         for name in ("_claim", "_execute", "_finish_if_done", "_notify"):
             setattr(runner, name, tl.wrap(name, getattr(runner, name)))
-        saved = operations.load_plans, operations.record, operations.execute
-        operations.load_plans = tl.wrap("load_plans", operations.load_plans)
-        operations.record = tl.wrap("record", operations.record)
-        operations.execute = tl.wrap("execute_one", operations.execute)
+        work = runner.work  # type: ignore[union-attr]
+        work.load = tl.wrap("load_plans", work.load)  # type: ignore[method-assign]
+        work.record = tl.wrap("record", work.record)  # type: ignore[method-assign]
+        work.execute = tl.wrap("execute_one", work.execute)  # type: ignore[method-assign]
         try:
-            entered = templates.enter_maintenance(ctx, TEMPLATE, actor="bench")
+            entered = catalog.enter_maintenance(ctx, TEMPLATE, actor="bench")
             qemu_io_write(ctx.layers.dir / Path(entered.overlay_path).name, 0x33)
             t0 = time.perf_counter()
-            out = templates.exit_maintenance(
+            out = catalog.exit_maintenance(
                 ctx, TEMPLATE, recreate=RecreateScope.LINKED, actor="bench"
             )
             if out.operation is None or out.operation.total != n:
                 raise BenchError(f"the in-process exit did not recreate {n} clones: {out}")
             runner.wait(out.operation.id)  # type: ignore[union-attr]
             t1 = time.perf_counter()
-            op = operations.show_operation(ctx, out.operation.id)
+            op = rollouts.show_operation(ctx, out.operation.id)
             if op.status != "done" or op.done != n:
                 raise BenchError(f"the in-process recreate ended {op.status}, {op.done} of {n}")
         finally:
-            operations.load_plans, operations.record, operations.execute = saved
+            for name in ("load", "record", "execute"):
+                delattr(work, name)  # back to the class's methods
         wall = t1 - t0
         busy = tl.union("build", "driver", start=t0, end=t1)
         return {
@@ -474,7 +475,7 @@ def profiled_run(home: Path, n: int, say: Callable[[str], None], top: int = 20) 
     from goldfleet.bootstrap import bootstrap
     from goldfleet.config import Settings
     from goldfleet.domain.model import RecreateScope
-    from goldfleet.services import operations, templates
+    from goldfleet.services import catalog
 
     ctx = bootstrap(Settings())
     runner = ctx.runner
@@ -493,17 +494,17 @@ def profiled_run(home: Path, n: int, say: Callable[[str], None], top: int = 20) 
     try:
         for name in ("_claim", "_execute", "_finish_if_done"):
             setattr(runner, name, wrap("runner", getattr(runner, name)))
-        saved = operations.execute
-        operations.execute = wrap("worker", operations.execute)
+        work = runner.work  # type: ignore[union-attr]
+        work.execute = wrap("worker", work.execute)  # type: ignore[method-assign]
         try:
-            entered = templates.enter_maintenance(ctx, TEMPLATE, actor="bench")
+            entered = catalog.enter_maintenance(ctx, TEMPLATE, actor="bench")
             qemu_io_write(ctx.layers.dir / Path(entered.overlay_path).name, 0x44)
-            out = templates.exit_maintenance(
+            out = catalog.exit_maintenance(
                 ctx, TEMPLATE, recreate=RecreateScope.LINKED, actor="bench"
             )
             runner.wait(out.operation.id)  # type: ignore[union-attr]
         finally:
-            operations.execute = saved
+            del work.execute  # back to the class's method
     finally:
         runner.shutdown()  # type: ignore[union-attr]
         ctx.engine.dispose()

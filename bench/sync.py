@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from goldfleet.cli.client import Client, ClientError
-from goldfleet.services.home import init_home
+from goldfleet.home import init_home
 
 MiB = 1 << 20
 GiB = 1 << 30

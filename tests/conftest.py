@@ -17,11 +17,12 @@ from typing import Any
 import pytest
 from sqlalchemy.orm import Session, sessionmaker
 
-from goldfleet.bootstrap import Context, bootstrap
+from goldfleet.bootstrap import bootstrap
 from goldfleet.cli.client import Client, ClientError
+from goldfleet.context import Context
 from goldfleet.db.engine import make_engine, migrate
 from goldfleet.drivers.base import DiskSpec, DomainSpec
-from goldfleet.services.home import init_home
+from goldfleet.home import init_home
 from goldfleet.store.qemu import QemuImg
 
 MiB = 1 << 20

@@ -1,63 +1,27 @@
-"""Wiring: settings → database, store, driver and operation runner. The one place that builds
-them, called by ``goldfleet serve``, the demo and the tests; nothing is built at import time."""
+"""The composition root: settings → database, store, driver, and the operation runner with the
+work each service package hands it. The one place that builds them, called by ``goldfleet
+serve``, the demo and the tests; nothing is built at import time.
+
+It sits above the service packages (docs/architecture.md): the runner (services/rollouts) knows
+no other service; here it is given the clone work of services/fleet and the periodic tasks of
+fleet, pools and distribution, and the catalog is given distribution's template guard."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from threading import Lock
-
-from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from goldfleet.config import Settings
+from goldfleet.context import Clock, Context
 from goldfleet.db.engine import make_engine, migrate
 from goldfleet.drivers.base import Driver
 from goldfleet.errors import InvalidInput
+from goldfleet.services import distribution, fleet, pools, rollouts
 from goldfleet.store.edge import EdgeStores
 from goldfleet.store.layers import LayerStore
 from goldfleet.store.qemu import Limits, QemuImg
 from goldfleet.store.volumes import VolumeStore
 
-
-class Clock:
-    """Naive UTC time; tests that need to move time replace ``ctx.clock``."""
-
-    def now(self) -> datetime:
-        return datetime.now(UTC).replace(tzinfo=None)
-
-
-@dataclass
-class Context:
-    settings: Settings
-    engine: Engine
-    sessions: sessionmaker[Session]
-    qemu: QemuImg
-    layers: LayerStore
-    volumes: VolumeStore
-    driver: Driver
-    template_locks: dict[str, Lock] = field(default_factory=dict)
-    _locks_guard: Lock = field(default_factory=Lock)
-    runner: object | None = None  # services.operations.Runner, set by bootstrap
-    clock: Clock = field(default_factory=Clock)
-    edges: EdgeStores | None = None  # hosts' edge stores (docs/edge.md); None: off
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A unit of work: rolled back unless the caller commits."""
-        s = self.sessions()
-        try:
-            yield s
-        finally:
-            s.rollback()
-            s.close()
-
-    def template_lock(self, name: str) -> Lock:
-        """Serialises maintenance steps of one template inside this server."""
-        with self._locks_guard:
-            return self.template_locks.setdefault(name, Lock())
+__all__ = ["Clock", "Context", "bootstrap", "make_driver"]
 
 
 def make_driver(settings: Settings, sessions: sessionmaker[Session]) -> Driver:
@@ -103,7 +67,12 @@ def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:
         driver=make_driver(settings, sessions),
         edges=EdgeStores(settings.edge_root, qemu, limits) if settings.edge_root else None,
     )
-    from goldfleet.services.operations import Runner
-
-    ctx.runner = Runner(ctx)
+    ctx.template_guards.append(distribution.check_local_change)
+    periodic = [
+        rollouts.Periodic("power", settings.reconcile_seconds, fleet.reconcile_power),
+        rollouts.Periodic("pools", settings.reconcile_seconds, pools.reconcile_pools),
+        # at a site: scheduled syncs and versions reaching their publish time (a no-op at HQ)
+        rollouts.Periodic("site", 1.0, distribution.site_tick, reconcile=False),
+    ]
+    ctx.runner = rollouts.Runner(ctx, fleet.CloneWork(ctx), periodic=periodic)
     return ctx

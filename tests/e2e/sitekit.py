@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from goldfleet.services.home import init_home
+from goldfleet.home import init_home
 
 MiB = 1 << 20
 

@@ -16,7 +16,7 @@ import pytest
 from sitekit import MiB, layer_path, make_raw, new_version, running, setup_site
 
 from goldfleet.cli.client import Client, ClientError
-from goldfleet.services import bundles
+from goldfleet.services import distribution
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def _crafted(site: Any, versions: list[tuple[int, str]], layers: list[dict]) -> 
     """A publish bundle of template base written by hand, signed with the site's own key as
     ``template publish`` signs it; it carries no layer bytes."""
     manifest = {
-        "format": bundles.FORMAT,
+        "format": distribution.FORMAT,
         "template": "base",
         "kind": "linked",
         "outline": {"temp": [], "data": []},
@@ -59,9 +59,9 @@ def _crafted(site: Any, versions: list[tuple[int, str]], layers: list[dict]) -> 
         "layers": layers,
     }
     body = json.dumps(manifest).encode()
-    key = bundles.signing_key(SimpleNamespace(settings=SimpleNamespace(home=site.home)))  # type: ignore[arg-type]
+    key = distribution.signing_key(SimpleNamespace(settings=SimpleNamespace(home=site.home)))  # type: ignore[arg-type]
     out = io.BytesIO()
-    bundles.write_bundle(bundles.ExportPlan(body, bundles.sign(key, body), []), out)
+    distribution.write_bundle(distribution.ExportPlan(body, distribution.sign(key, body), []), out)
     return out.getvalue()
 
 

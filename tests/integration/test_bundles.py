@@ -20,11 +20,13 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from goldfleet.bootstrap import Context, bootstrap
+from goldfleet.bootstrap import bootstrap
+from goldfleet.context import Context
 from goldfleet.db.tables import AuditEntry, Layer, Template, Version
 from goldfleet.errors import Conflict, InvalidInput, StoreError
-from goldfleet.services import bundles, clones, templates
-from goldfleet.services.home import init_home
+from goldfleet.home import init_home
+from goldfleet.services import catalog, fleet
+from goldfleet.services.distribution import _bundles as bundles
 
 MiB = 1 << 20
 
@@ -53,7 +55,7 @@ def sender(make_ctx, tmp_path: Path) -> Context:
     with image.open("wb") as f:
         f.truncate(8 * MiB)
         f.write(b"\x11" * 4096)
-    templates.import_template(
+    catalog.import_template(
         c, name="base", image=image, fmt="raw", temp=["16M"], data=["16M"], actor="t"
     )
     return c
@@ -68,9 +70,9 @@ def receiver(make_ctx, sender: Context) -> Context:
 
 
 def patch(ctx: Context, byte: int, offset: int) -> int:
-    view = templates.enter_maintenance(ctx, "base", actor="t")
+    view = catalog.enter_maintenance(ctx, "base", actor="t")
     ctx.qemu.write_pattern(Path(view.overlay_path), offset, 4096, byte)
-    return templates.exit_maintenance(ctx, "base", actor="t").version
+    return catalog.exit_maintenance(ctx, "base", actor="t").version
 
 
 def export(ctx: Context, path: Path, since: int | None = None, policy_only: bool = False) -> Path:
@@ -132,13 +134,13 @@ def test_full_round_trip_clones_read_the_senders_bytes(sender, receiver, tmp_pat
     path = export(sender, tmp_path / "full.bundle")
     r = bundles.import_bundle(receiver, path, actor="t")
     assert r.versions_added == [1, 2] and r.layers_received == 2 and r.signer == "hq"
-    got = templates.list_versions(receiver, "base")
+    got = catalog.list_versions(receiver, "base")
     assert [(v.number, v.top_layer, v.current) for v in got] == [
-        (v.number, v.top_layer, v.current) for v in templates.list_versions(sender, "base")
+        (v.number, v.top_layer, v.current) for v in catalog.list_versions(sender, "base")
     ]
-    assert templates.show_template(receiver, "base").temp == [16 * MiB]
-    clones.create_clones(receiver, template="base", name="c2", actor="t", wait=True)
-    system = Path(clones.show_clone(receiver, "c2").volumes[0].path)
+    assert catalog.show_template(receiver, "base").temp == [16 * MiB]
+    fleet.create_clones(receiver, template="base", name="c2", actor="t", wait=True)
+    system = Path(fleet.show_clone(receiver, "c2").volumes[0].path)
     assert receiver.qemu.read(system, 0, 4096) == b"\x11" * 4096
     assert receiver.qemu.read(system, 4096, 4096) == b"\x21" * 4096
     for v in got:
@@ -152,7 +154,7 @@ def test_full_round_trip_clones_read_the_senders_bytes(sender, receiver, tmp_pat
 def test_since_carries_only_the_new_layer(sender, receiver, tmp_path):
     bundles.import_bundle(receiver, export(sender, tmp_path / "v1.bundle"), actor="t")
     patch(sender, 0x22, 0)
-    v2 = templates.list_versions(sender, "base")[-1]
+    v2 = catalog.list_versions(sender, "base")[-1]
     path = export(sender, tmp_path / "since1.bundle", since=1)
     assert members(path) == [
         "manifest.json",
@@ -161,9 +163,9 @@ def test_since_carries_only_the_new_layer(sender, receiver, tmp_path):
     ]
     r = bundles.import_bundle(receiver, path, actor="t")
     assert r.versions_added == [2] and r.layers_received == 1
-    assert templates.show_template(receiver, "base").current_version == 2
-    clones.create_clones(receiver, template="base", name="c", actor="t", wait=True)
-    system = Path(clones.show_clone(receiver, "c").volumes[0].path)
+    assert catalog.show_template(receiver, "base").current_version == 2
+    fleet.create_clones(receiver, template="base", name="c", actor="t", wait=True)
+    system = Path(fleet.show_clone(receiver, "c").volumes[0].path)
     assert receiver.qemu.read(system, 0, 4096) == b"\x22" * 4096
 
 
@@ -279,7 +281,7 @@ def test_a_stream_whose_layer_is_gone_raises_instead_of_ending(sender):
 def test_a_stream_closed_early_lets_its_writer_thread_end(sender, tmp_path):
     image = tmp_path / "big.raw"
     image.write_bytes(os.urandom(4 * MiB))
-    templates.import_template(sender, name="big", image=image, fmt="raw", actor="t")
+    catalog.import_template(sender, name="big", image=image, fmt="raw", actor="t")
     # far more than the stream's queue holds: the writer waits on it when the consumer goes
     plan = bundles.plan_export(sender, "big", None, False)
     before = set(threading.enumerate())
@@ -380,4 +382,4 @@ def test_a_manifest_digest_must_be_only_a_digest():
         ],
     }
     with pytest.raises(InvalidInput, match="manifest is not valid"):
-        bundles._parse_manifest(json.dumps(body).encode())
+        bundles.parse_manifest(json.dumps(body).encode())

@@ -16,14 +16,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from goldfleet.bootstrap import Context, bootstrap
+from goldfleet.bootstrap import bootstrap
 from goldfleet.config import Settings
+from goldfleet.context import Context
 from goldfleet.db.tables import AuditEntry, Clone, SimDomain
 from goldfleet.domain.names import layer_filename
 from goldfleet.errors import BadImage, Conflict, InvalidInput, NotFound, StoreError
-from goldfleet.services import audit, clones, hosts, templates
-from goldfleet.services.home import init_home
-from goldfleet.services.views import AuditView
+from goldfleet.home import init_home
+from goldfleet.services import catalog, fleet, hosts
+from goldfleet.services.common import AuditView, audit
 from goldfleet.store.edge import EdgeStores
 from goldfleet.store.layers import file_digest
 
@@ -55,7 +56,7 @@ def base(ectx: Context, tmp_path: Path) -> str:
     with image.open("wb") as f:
         f.truncate(8 * MiB)
         f.write(b"\x11" * 4096)
-    templates.import_template(
+    catalog.import_template(
         ectx, name="base", image=image, fmt="raw", temp=["16M"], data=["16M"], actor="t"
     )
     return "base"
@@ -63,14 +64,14 @@ def base(ectx: Context, tmp_path: Path) -> str:
 
 def patch(ctx: Context, byte: int, offset: int = MiB) -> list[str]:
     """One maintenance round on base; returns the new version's chain, top first."""
-    view = templates.enter_maintenance(ctx, "base", actor="t")
+    view = catalog.enter_maintenance(ctx, "base", actor="t")
     ctx.qemu.write_pattern(Path(view.overlay_path), offset, 4096, byte)
-    templates.exit_maintenance(ctx, "base", actor="t")
-    return templates.list_versions(ctx, "base")[-1].chain
+    catalog.exit_maintenance(ctx, "base", actor="t")
+    return catalog.list_versions(ctx, "base")[-1].chain
 
 
 def chain_of(ctx: Context, number: int) -> list[str]:
-    return templates.list_versions(ctx, "base")[number - 1].chain
+    return catalog.list_versions(ctx, "base")[number - 1].chain
 
 
 def edge_files(root: Path, host: str) -> set[str]:
@@ -272,7 +273,7 @@ def host_of(ctx: Context, name: str) -> str | None:
 
 def test_new_clones_spread_over_hosts_and_read_their_hosts_copies(ectx, base, edge_root):
     (v1,) = chain_of(ectx, 1)
-    _, names_ = clones.create_clones(ectx, template="base", count=4, actor="t", wait=True)
+    _, names_ = fleet.create_clones(ectx, template="base", count=4, actor="t", wait=True)
     placed = {}
     for name in names_:
         host, backing = vm(ectx, name)
@@ -282,19 +283,19 @@ def test_new_clones_spread_over_hosts_and_read_their_hosts_copies(ectx, base, ed
     assert placed == {H1: 2, H2: 2}
     for host in (H1, H2):  # prefetched automatically, checked like any copy
         assert edge_files(edge_root, host) == names(v1)
-    clones.start_clone(ectx, names_[0], actor="t")  # the sim starts only if those files exist
+    fleet.start_clone(ectx, names_[0], actor="t")  # the sim starts only if those files exist
 
 
 def test_a_rollout_prefetches_the_new_chain_to_each_host_first(ectx, base, edge_root):
-    clones.create_clones(ectx, template="base", count=2, actor="t", wait=True)
+    fleet.create_clones(ectx, template="base", count=2, actor="t", wait=True)
     top, parent = patch(ectx, 0x22)
-    op = clones.recreate(ectx, template="base", actor="t", wait=True)
+    op = fleet.recreate(ectx, template="base", actor="t", wait=True)
     assert op.status == "done" and op.done == 2
     for name in ("base-001", "base-002"):
         host, backing = vm(ectx, name)
         layers = edge_root / host / "layers"
         assert backing == (str(layers / layer_filename(top)), str(layers / layer_filename(parent)))
-        assert clones.show_clone(ectx, name).version == 2
+        assert fleet.show_clone(ectx, name).version == 2
     for host in (H1, H2):
         assert edge_files(edge_root, host) == names(top, parent)
     # the copies the rollout made are in the audit log, by the operation
@@ -305,16 +306,16 @@ def test_a_rollout_prefetches_the_new_chain_to_each_host_first(ectx, base, edge_
 
 
 def test_a_rollout_that_cannot_complete_the_chain_on_a_host_changes_nothing(ectx, base, edge_root):
-    clones.create_clones(ectx, template="base", name="desk", actor="t", wait=True)
+    fleet.create_clones(ectx, template="base", name="desk", actor="t", wait=True)
     host = host_of(ectx, "desk")
-    system = Path(clones.show_clone(ectx, "desk").volumes[0].path)
+    system = Path(fleet.show_clone(ectx, "desk").volumes[0].path)
     before = (system.stat().st_ino, hashlib.sha256(system.read_bytes()).hexdigest())
     vm_before = vm(ectx, "desk")
     top, _ = patch(ectx, 0x22)
     tamper(ectx.layers.path(top))
-    op = clones.recreate(ectx, template="base", actor="t", wait=True)
+    op = fleet.recreate(ectx, template="base", actor="t", wait=True)
     assert op.status == "failed" and op.failed == 1
-    c = clones.show_clone(ectx, "desk")
+    c = fleet.show_clone(ectx, "desk")
     assert c.status == "failed" and c.version == 1
     assert host in c.error and top in c.error  # names the host and the layer
     assert (system.stat().st_ino, hashlib.sha256(system.read_bytes()).hexdigest()) == before
@@ -325,18 +326,18 @@ def test_a_rollout_that_cannot_complete_the_chain_on_a_host_changes_nothing(ectx
 def test_a_new_clone_is_never_defined_on_a_host_that_cannot_take_its_chain(ectx, base, edge_root):
     # host 2 is mounted, but its edge store cannot take layers ("layers" is not a folder)
     (edge_root / H2 / "layers").write_bytes(b"")
-    op, _ = clones.create_clones(ectx, template="base", count=4, actor="t", wait=True)
+    op, _ = fleet.create_clones(ectx, template="base", count=4, actor="t", wait=True)
     assert op.done == 2 and op.failed == 2
     with ectx.session() as s:
         doms = {d.name: d.host for d in s.scalars(select(SimDomain))}
     assert set(doms.values()) == {H1}  # nothing defined on host 2
-    failed = [c for c in clones.list_clones(ectx) if c.status == "failed"]
+    failed = [c for c in fleet.list_clones(ectx) if c.status == "failed"]
     assert len(failed) == 2
     for c in failed:
         assert f"the edge store of host {H2} cannot take layers" in c.error
     # host 2 fixed: the retry makes them there, reading host 2's copies
     (edge_root / H2 / "layers").unlink()
-    retry = clones.retry(ectx, all_failed=True, actor="t", wait=True)
+    retry = fleet.retry(ectx, all_failed=True, actor="t", wait=True)
     assert retry.status == "done"
     for c in failed:
         assert vm(ectx, c.name)[0] == H2
@@ -349,36 +350,36 @@ def test_new_clones_skip_a_host_whose_edge_store_is_not_reachable(ectx, base, ed
             return s.get(SimDomain, name) is not None
 
     def error_of(name: str) -> str:
-        return next(c.error for c in clones.list_clones(ectx) if c.name == name) or ""
+        return next(c.error for c in fleet.list_clones(ectx) if c.name == name) or ""
 
     os.rmdir(edge_root / H2)  # host 2's disk is not mounted
-    op, _ = clones.create_clones(ectx, template="base", count=4, actor="t", wait=True)
+    op, _ = fleet.create_clones(ectx, template="base", count=4, actor="t", wait=True)
     assert op.done == 4 and op.failed == 0
     assert {vm(ectx, f"base-{i:03d}")[0] for i in range(1, 5)} == {H1}
 
     # host 1's edge store breaks: the next clone is placed there and fails, nothing defined
     os.rename(edge_root / H1 / "layers", edge_root / "h1-layers")
     (edge_root / H1 / "layers").write_bytes(b"")
-    op, _ = clones.create_clones(ectx, template="base", name="late", actor="t", wait=True)
+    op, _ = fleet.create_clones(ectx, template="base", name="late", actor="t", wait=True)
     assert op.failed == 1 and host_of(ectx, "late") == H1 and not defined("late")
     assert f"the edge store of host {H1} cannot take layers" in error_of("late")
 
     # host 1 goes away, host 2 comes: the retry places the clone again, on host 2
     os.rename(edge_root / H1, edge_root / "h1-away")
     (edge_root / H2).mkdir()
-    retry = clones.retry(ectx, name="late", actor="t", wait=True)
+    retry = fleet.retry(ectx, name="late", actor="t", wait=True)
     assert retry.status == "done" and vm(ectx, "late")[0] == H2
 
     # no host reachable: refused with the reason, nothing defined
     os.rename(edge_root / H2, edge_root / "h2-away")
-    op, _ = clones.create_clones(ectx, template="base", name="none", actor="t", wait=True)
+    op, _ = fleet.create_clones(ectx, template="base", name="none", actor="t", wait=True)
     assert op.failed == 1 and not defined("none")
     assert "no host can take the clone" in error_of("none")
     assert "not reachable" in error_of("none")
 
 
 def test_full_clones_read_no_layer_and_need_no_copy(ectx, base, edge_root):
-    clones.create_clones(ectx, template="base", name="full", full=True, actor="t", wait=True)
+    fleet.create_clones(ectx, template="base", name="full", full=True, actor="t", wait=True)
     host, backing = vm(ectx, "full")
     assert backing == () and host in (H1, H2)
     assert edge_files(edge_root, H1) == edge_files(edge_root, H2) == set()
@@ -394,16 +395,16 @@ def test_a_prune_after_a_rollout_removes_the_old_top_and_keeps_shared_parents(
     alt:v1 while base's current becomes a flattened v3: t2 goes from that host, b stays; the
     other host keeps t2 for its clone still on base:v2."""
     (b,) = chain_of(ectx, 1)
-    clones.create_clones(ectx, template="base", name="seed", actor="t", wait=True)
+    fleet.create_clones(ectx, template="base", name="seed", actor="t", wait=True)
     t2, _ = patch(ectx, 0x22)
-    templates.create_from_clone(ectx, name="alt", clone="seed", actor="t")
-    a1, _ = templates.list_versions(ectx, "alt")[0].chain
-    clones.delete_clone(ectx, "seed", actor="t")
-    _, made = clones.create_clones(ectx, template="base", count=2, actor="t", wait=True)
+    catalog.create_from_clone(ectx, name="alt", clone="seed", actor="t")
+    a1, _ = catalog.list_versions(ectx, "alt")[0].chain
+    fleet.delete_clone(ectx, "seed", actor="t")
+    _, made = fleet.create_clones(ectx, template="base", count=2, actor="t", wait=True)
     moved, stays = sorted(made, key=lambda n: host_of(ectx, n))
     assert (host_of(ectx, moved), host_of(ectx, stays)) == (H1, H2)
-    templates.flatten_template(ectx, "base", actor="t")  # current: v3, one new base layer
-    clones.rebase_clone(ectx, moved, to="alt:v1", actor="t")
+    catalog.flatten_template(ectx, "base", actor="t")  # current: v3, one new base layer
+    fleet.rebase_clone(ectx, moved, to="alt:v1", actor="t")
     assert names(t2, b, a1) <= edge_files(edge_root, H1)
 
     view = hosts.prune(ectx, None, actor="alice")
@@ -414,7 +415,7 @@ def test_a_prune_after_a_rollout_removes_the_old_top_and_keeps_shared_parents(
     assert (h2.removed, h2.bytes_freed) == ([], 0)  # its clone is still on base:v2
     assert names(t2, b) <= edge_files(edge_root, H2)
     for name in made:  # both VMs still start on their hosts' copies
-        clones.start_clone(ectx, name, actor="t")
+        fleet.start_clone(ectx, name, actor="t")
     entries = {e.target: e for e in audit_of(ectx, "host.prune")}
     assert entries[H1].actor == "alice"
     assert (entries[H1].detail["layers"], entries[H1].detail["bytes"]) == (1, h1.bytes_freed)
@@ -437,7 +438,7 @@ def test_without_keep_current_a_host_with_no_clones_loses_the_current_version(
     top, parent = patch(ectx, 0x22)
     for host in (H1, H2):
         hosts.prefetch(ectx, host, "base", actor="t")
-    clones.create_clones(ectx, template="base", name="desk", actor="t", wait=True)
+    fleet.create_clones(ectx, template="base", name="desk", actor="t", wait=True)
     busy = host_of(ectx, "desk")
     idle = H2 if busy == H1 else H1
     assert hosts.prune(ectx, idle, actor="t").hosts[0].removed == []  # current kept

@@ -17,10 +17,10 @@ import pytest
 from sqlalchemy import func, select
 
 from conftest import MiB, make_raw
-from goldfleet.bootstrap import Context
+from goldfleet.context import Context
 from goldfleet.db.tables import AuditEntry, Clone, Layer, Operation, Template, Version
 from goldfleet.errors import BadImage, InvalidInput
-from goldfleet.services import templates
+from goldfleet.services import catalog
 from goldfleet.store import LayerStore, QemuImg
 from goldfleet.store.inspect import inspect_image
 from goldfleet.store.qemu import Limits, QemuError
@@ -363,28 +363,28 @@ def test_import_template_refuses_and_leaves_nothing(
     before = state(ctx)
     assert before["files"] == []
     with pytest.raises(BadImage) as info:
-        templates.import_template(
+        catalog.import_template(
             ctx, name="hostile", image=image, fmt=fmt, temp=["64M"], data=["64M"], actor="admin"
         )
     assert words in info.value.message
     assert state(ctx) == before
-    assert templates.list_templates(ctx) == []
+    assert catalog.list_templates(ctx) == []
 
 
 def test_import_template_refuses_an_unsupported_format(ctx: Context, tmp_path: Path) -> None:
     image = qcow2(tmp_path / "img.qcow2")
     before = state(ctx)
     with pytest.raises(InvalidInput, match="format 'vmdk' is not supported"):
-        templates.import_template(ctx, name="x", image=image, fmt="vmdk", actor="admin")
+        catalog.import_template(ctx, name="x", image=image, fmt="vmdk", actor="admin")
     assert state(ctx) == before
 
 
 def test_a_refused_import_does_not_block_a_good_one(ctx: Context, tmp_path: Path) -> None:
     bad, fmt, _ = made(with_backing_file, tmp_path)
     with pytest.raises(BadImage):
-        templates.import_template(ctx, name="base", image=bad, fmt=fmt, actor="admin")
+        catalog.import_template(ctx, name="base", image=bad, fmt=fmt, actor="admin")
     good = make_raw(tmp_path / "good.raw", 4 * MiB, {0: b"\x44" * 512})
-    view = templates.import_template(ctx, name="base", image=good, fmt="raw", actor="admin")
+    view = catalog.import_template(ctx, name="base", image=good, fmt="raw", actor="admin")
     assert view.current_version == 1
     assert view.system_size == 4 * MiB
     assert len(ctx.layers.sealed_digests()) == 1
@@ -435,7 +435,7 @@ def test_configured_inspect_memory_reaches_the_import(
     image = make_raw(tmp_path / "img.raw", 4 * MiB)
     before = state(ctx)
     with pytest.raises(BadImage, match="cannot read the image safely"):
-        templates.import_template(ctx, name="base", image=image, fmt="raw", actor="admin")
+        catalog.import_template(ctx, name="base", image=image, fmt="raw", actor="admin")
     assert state(ctx) == before
 
 

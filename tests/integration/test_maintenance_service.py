@@ -10,8 +10,8 @@ from sqlalchemy import select
 from goldfleet.db.tables import Layer, Template
 from goldfleet.domain.model import TemplateStatus
 from goldfleet.errors import BadImage, Conflict, HasDependents
-from goldfleet.services import clones, templates
-from goldfleet.services.home import recover
+from goldfleet.home import recover
+from goldfleet.services import catalog, fleet
 
 MiB = 1 << 20
 
@@ -22,16 +22,16 @@ def base(ctx, tmp_path: Path) -> str:
     with image.open("wb") as f:
         f.truncate(8 * MiB)
         f.write(b"\x11" * 4096)
-    templates.import_template(
+    catalog.import_template(
         ctx, name="base", image=image, fmt="raw", temp=["16M"], data=["16M"], actor="t"
     )
     return "base"
 
 
 def patch(ctx, name: str, byte: int, offset: int = 0) -> int:
-    view = templates.enter_maintenance(ctx, name, actor="t")
+    view = catalog.enter_maintenance(ctx, name, actor="t")
     ctx.qemu.write_pattern(Path(view.overlay_path), offset, 4096, byte)
-    return templates.exit_maintenance(ctx, name, actor="t").version
+    return catalog.exit_maintenance(ctx, name, actor="t").version
 
 
 def depth_of_current(ctx, name: str) -> int:
@@ -43,7 +43,7 @@ def depth_of_current(ctx, name: str) -> int:
 def test_versions_are_ordered_and_each_patch_is_a_layer(ctx, base):
     assert patch(ctx, base, 0x21) == 2
     assert patch(ctx, base, 0x22, 4096) == 3
-    versions = templates.list_versions(ctx, base)
+    versions = catalog.list_versions(ctx, base)
     assert [v.number for v in versions] == [1, 2, 3]
     assert [len(v.chain) for v in versions] == [1, 2, 3]
     assert versions[2].chain[1:] == versions[1].chain  # v3 stands on v2's layers
@@ -56,7 +56,7 @@ def test_chain_past_max_depth_is_flattened_with_content_kept(ctx, base):
     assert depth_of_current(ctx, base) == 2
     patch(ctx, base, 0x22, 4096)  # depth 3 > 2: flattened
     assert depth_of_current(ctx, base) == 1
-    v = templates.list_versions(ctx, base)[-1]
+    v = catalog.list_versions(ctx, base)[-1]
     assert "flattened" in v.note
     top = ctx.layers.path(v.top_layer)
     assert ctx.qemu.read(top, 0, 4) == b"\x21" * 4
@@ -65,58 +65,58 @@ def test_chain_past_max_depth_is_flattened_with_content_kept(ctx, base):
 
 def test_flatten_on_demand_makes_a_new_single_layer_version(ctx, base):
     patch(ctx, base, 0x21)
-    v = templates.flatten_template(ctx, base, actor="t")
+    v = catalog.flatten_template(ctx, base, actor="t")
     assert v.number == 3 and len(v.chain) == 1 and v.current
     assert ctx.qemu.read(ctx.layers.path(v.top_layer), 0, 4) == b"\x21" * 4
     with pytest.raises(Conflict, match="single base layer"):
-        templates.flatten_template(ctx, base, actor="t")
+        catalog.flatten_template(ctx, base, actor="t")
 
 
 def test_clones_on_an_old_chain_keep_working_after_flatten(ctx, base):
     patch(ctx, base, 0x21)
-    clones.create_clones(ctx, template=base, name="c1", actor="t", wait=True)
-    templates.flatten_template(ctx, base, actor="t")
-    system = Path(clones.show_clone(ctx, "c1").volumes[0].path)
+    fleet.create_clones(ctx, template=base, name="c1", actor="t", wait=True)
+    catalog.flatten_template(ctx, base, actor="t")
+    system = Path(fleet.show_clone(ctx, "c1").volumes[0].path)
     assert ctx.qemu.read(system, 0, 4) == b"\x21" * 4
 
 
 def test_delete_version_refused_while_used_and_frees_unused_layers(ctx, base):
-    clones.create_clones(ctx, template=base, name="c1", actor="t", wait=True)
+    fleet.create_clones(ctx, template=base, name="c1", actor="t", wait=True)
     patch(ctx, base, 0x21)
     with pytest.raises(HasDependents, match="clone c1"):
-        templates.delete_version(ctx, base, 1, actor="t")
+        catalog.delete_version(ctx, base, 1, actor="t")
     with pytest.raises(Conflict, match="current version"):
-        templates.delete_version(ctx, base, 2, actor="t")
-    clones.rebase_clone(ctx, "c1", actor="t")
-    v1_layer = templates.list_versions(ctx, base)[0].top_layer
-    templates.delete_version(ctx, base, 1, actor="t")
+        catalog.delete_version(ctx, base, 2, actor="t")
+    fleet.rebase_clone(ctx, "c1", actor="t")
+    v1_layer = catalog.list_versions(ctx, base)[0].top_layer
+    catalog.delete_version(ctx, base, 1, actor="t")
     # v1's layer is still v2's parent: kept
     assert ctx.layers.has(v1_layer)
-    assert [v.number for v in templates.list_versions(ctx, base)] == [2]
+    assert [v.number for v in catalog.list_versions(ctx, base)] == [2]
 
 
 def test_exit_with_a_tampered_backing_reference_keeps_maintenance(ctx, base, tmp_path):
-    view = templates.enter_maintenance(ctx, base, actor="t")
+    view = catalog.enter_maintenance(ctx, base, actor="t")
     overlay = Path(view.overlay_path)
     other = tmp_path / "other.qcow2"
     ctx.qemu.create(other, size=8 * MiB)
     ctx.qemu.rebase_unsafe(overlay, str(other))
     with pytest.raises(BadImage, match="backing reference"):
-        templates.exit_maintenance(ctx, base, actor="t")
-    shown = templates.show_template(ctx, base)
+        catalog.exit_maintenance(ctx, base, actor="t")
+    shown = catalog.show_template(ctx, base)
     assert shown.status == TemplateStatus.MAINTENANCE
     assert "backing reference" in shown.error
     assert overlay.exists()
-    templates.abort_maintenance(ctx, base, actor="t")
+    catalog.abort_maintenance(ctx, base, actor="t")
     assert not overlay.exists()
-    assert templates.show_template(ctx, base).current_version == 1
+    assert catalog.show_template(ctx, base).current_version == 1
 
 
 def test_recovery_finishes_an_exit_interrupted_after_the_rename(ctx, base):
-    view = templates.enter_maintenance(ctx, base, actor="t")
+    view = catalog.enter_maintenance(ctx, base, actor="t")
     overlay = Path(view.overlay_path)
     ctx.qemu.write_pattern(overlay, 0, 4096, 0x33)
-    parent = templates.list_versions(ctx, base)[0].top_layer
+    parent = catalog.list_versions(ctx, base)[0].top_layer
     # what exit does, up to the crash: status, hash, recorded digest, rename
     info = ctx.layers.check_and_hash(overlay, parent=parent)
     with ctx.session() as s:
@@ -125,18 +125,18 @@ def test_recovery_finishes_an_exit_interrupted_after_the_rename(ctx, base):
         s.commit()
     ctx.layers.commit_work(overlay, info)
     recover(ctx)
-    shown = templates.show_template(ctx, base)
+    shown = catalog.show_template(ctx, base)
     assert shown.status == TemplateStatus.READY and shown.current_version == 2
-    assert templates.list_versions(ctx, base)[1].top_layer == info.digest
+    assert catalog.list_versions(ctx, base)[1].top_layer == info.digest
 
 
 def test_recovery_returns_an_interrupted_exit_to_maintenance(ctx, base):
-    view = templates.enter_maintenance(ctx, base, actor="t")
+    view = catalog.enter_maintenance(ctx, base, actor="t")
     with ctx.session() as s:
         t = s.scalar(select(Template).where(Template.name == base))
         t.status = TemplateStatus.EXITING_MAINTENANCE
         s.commit()
     recover(ctx)
-    shown = templates.show_template(ctx, base)
+    shown = catalog.show_template(ctx, base)
     assert shown.status == TemplateStatus.MAINTENANCE
     assert shown.overlay_path == view.overlay_path and Path(view.overlay_path).exists()

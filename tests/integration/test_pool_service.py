@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from goldfleet.bootstrap import Context
+from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Operation, OperationItem, Pool
 from goldfleet.domain.rollout import ACTIVE
 from goldfleet.drivers.sim import SimDriver, SimPlan
 from goldfleet.errors import Conflict, InvalidInput, NotFound
-from goldfleet.services import audit, clones, operations, pools, templates
+from goldfleet.services import catalog, fleet, pools, rollouts
 from goldfleet.services import sim as world
-from goldfleet.services.views import OperationView
+from goldfleet.services.common import OperationView, audit
 
 MiB = 1 << 20
 MONDAY_NOON = datetime(2026, 1, 5, 12, 0)  # outside the window below
@@ -54,16 +54,16 @@ def base(ctx: Context, clock: FakeClock, tmp_path: Path) -> str:
     with image.open("wb") as f:
         f.truncate(8 * MiB)
         f.write(b"\x11" * 4096)
-    templates.import_template(
+    catalog.import_template(
         ctx, name="base", image=image, fmt="raw", temp=["16M"], data=["16M"], actor="t"
     )
     return "base"
 
 
 def new_version(ctx: Context, template: str, byte: int) -> int:
-    view = templates.enter_maintenance(ctx, template, actor="t")
+    view = catalog.enter_maintenance(ctx, template, actor="t")
     ctx.qemu.write_pattern(Path(view.overlay_path), 0, 4096, byte)
-    return templates.exit_maintenance(ctx, template, actor="t").version
+    return catalog.exit_maintenance(ctx, template, actor="t").version
 
 
 def settle(ctx: Context) -> None:
@@ -105,7 +105,7 @@ def pool_ops(ctx: Context, pool: str, kind: str) -> list[OperationView]:
                 .order_by(Operation.id)
             )
         )
-    return [operations.show_operation(ctx, i) for i in ids]
+    return [rollouts.show_operation(ctx, i) for i in ids]
 
 
 def make_pool(ctx: Context, name: str = "desks", **kw: object) -> pools.PoolView:
@@ -192,7 +192,7 @@ def test_concurrent_passes_never_exceed_max(ctx: Context, base: str) -> None:
     make_pool(ctx, max_size=5, buffer=5)
     names = sorted(members(ctx, "desks"))
     for name in names[:3]:  # an admin deletes three of them by hand
-        clones.delete_clone(ctx, name, actor="t")
+        fleet.delete_clone(ctx, name, actor="t")
     assert len(members(ctx, "desks")) == 2
 
     threads = [threading.Thread(target=pools.reconcile_pools, args=(ctx,)) for _ in range(6)]
@@ -226,7 +226,7 @@ def test_failed_clones_stop_provisioning_until_handled(ctx: Context, base: str) 
     assert len(members(ctx, "desks")) == 1
 
     ctx.driver = healthy  # the cause is fixed; the admin retries the clone
-    clones.retry(ctx, name="base-001", actor="t", wait=True)
+    fleet.retry(ctx, name="base-001", actor="t", wait=True)
     assert pools.assign(ctx, "desks", "alice", actor="t").clone.name == "base-001"
     settle(ctx)
     assert len(members(ctx, "desks")) == 2
@@ -248,7 +248,7 @@ def test_drain_stops_assigning_and_provisioning_enable_resumes(ctx: Context, bas
 
     # an idle clone goes away: a drained pool does not replace it
     idle = sorted(n for n, v in members(ctx, "desks").items() if v[2] is None)
-    clones.delete_clone(ctx, idle[0], actor="t")
+    fleet.delete_clone(ctx, idle[0], actor="t")
     assert pools.reconcile_pools(ctx) == []
     assert len(members(ctx, "desks")) == 2
 
@@ -327,7 +327,7 @@ def _window_pool_with_a_busy_clone(ctx: Context, clock: FakeClock) -> tuple[int,
     make_pool(ctx, max_size=3, buffer=3, window_cron=WINDOW, window_minutes=120)
     names = sorted(members(ctx, "desks"))
     busy, others = names[0], names[1:]
-    clones.start_clone(ctx, busy, actor="t")
+    fleet.start_clone(ctx, busy, actor="t")
     world.login(ctx, vm=busy, user="mallory", actor="t")
     new_version(ctx, "base", 0x22)
 
@@ -336,7 +336,7 @@ def _window_pool_with_a_busy_clone(ctx: Context, clock: FakeClock) -> tuple[int,
     (op,) = pool_ops(ctx, "desks", "pool.recreate")
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
-        view = operations.show_operation(ctx, op.id)
+        view = rollouts.show_operation(ctx, op.id)
         if view.done == 2 and any(w.clone == busy for w in view.waiting):
             break
         time.sleep(0.05)
@@ -354,7 +354,7 @@ def test_window_closing_midway_pauses_and_next_window_resumes(
 
     clock.at = SUNDAY_0030  # the window closed with one clone left
     assert any("paused" in n for n in pools.reconcile_pools(ctx))
-    view = operations.show_operation(ctx, op_id)
+    view = rollouts.show_operation(ctx, op_id)
     assert view.status == "paused"
     assert view.paused_reason is not None
     assert view.paused_reason.startswith(
@@ -366,13 +366,13 @@ def test_window_closing_midway_pauses_and_next_window_resumes(
     for _ in range(3):  # outside the window the pause holds
         pools.reconcile_pools(ctx)
         ctx.runner.tick()  # type: ignore[union-attr]
-    assert operations.show_operation(ctx, op_id).status == "paused"
+    assert rollouts.show_operation(ctx, op_id).status == "paused"
     assert members(ctx, "desks")[busy][1] == 1
 
     clock.at = NEXT_SATURDAY_2210
     assert any("resumed" in n for n in pools.reconcile_pools(ctx))
     ctx.runner.wait(op_id, timeout=60)  # type: ignore[union-attr]
-    view = operations.show_operation(ctx, op_id)
+    view = rollouts.show_operation(ctx, op_id)
     assert (view.status, view.done, view.failed) == ("done", 3, 0)
     assert {v[:2] for v in members(ctx, "desks").values()} == {("ready", 2)}
     assert pools.reconcile_pools(ctx) == []
@@ -382,9 +382,9 @@ def test_an_admin_pause_is_not_undone_by_the_window(
     ctx: Context, base: str, clock: FakeClock
 ) -> None:
     op_id, _, _ = _window_pool_with_a_busy_clone(ctx, clock)
-    operations.pause_operation(ctx, op_id, actor="admin")
+    rollouts.pause_operation(ctx, op_id, actor="admin")
     pools.reconcile_pools(ctx)  # window still open
-    view = operations.show_operation(ctx, op_id)
+    view = rollouts.show_operation(ctx, op_id)
     assert (view.status, view.paused_reason) == ("paused", "paused by admin")
 
 
@@ -412,7 +412,7 @@ def test_assigning_between_windows_takes_a_waiting_clone_out_of_the_operation(
     clock.at = NEXT_SATURDAY_2210
     pools.reconcile_pools(ctx)
     ctx.runner.wait(op_id, timeout=60)  # type: ignore[union-attr]
-    view = operations.show_operation(ctx, op_id)
+    view = rollouts.show_operation(ctx, op_id)
     assert (view.status, view.done, view.skipped) == ("done", 2, 1)
     assert members(ctx, "desks")[busy][:3] == ("ready", 1, "u3")  # the user's clone untouched
 
@@ -433,7 +433,7 @@ def test_the_runner_keeps_pools_at_size_by_itself(ctx: Context, base: str) -> No
     make_pool(ctx, max_size=3, buffer=2)
     ctx.runner.reconcile_enabled = True  # type: ignore[union-attr]
     victim = sorted(members(ctx, "desks"))[0]
-    clones.delete_clone(ctx, victim, actor="t")
+    fleet.delete_clone(ctx, victim, actor="t")
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         got = members(ctx, "desks")
@@ -495,7 +495,7 @@ def test_delete_refused_while_assigned_then_deletes_its_clones(ctx: Context, bas
     op = pools.delete_pool(ctx, "desks", actor="t")
     assert op is not None and (op.kind, op.total) == ("pool.delete", len(names))
     ctx.runner.wait(op.id, timeout=60)  # type: ignore[union-attr]
-    assert operations.show_operation(ctx, op.id).status == "done"
+    assert rollouts.show_operation(ctx, op.id).status == "done"
     with ctx.session() as s:
         assert s.scalar(select(Pool).where(Pool.name == "desks")) is None
         assert not set(s.scalars(select(Clone.name))) & names

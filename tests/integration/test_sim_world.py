@@ -12,11 +12,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from goldfleet.api.app import create_app
-from goldfleet.bootstrap import Context
+from goldfleet.context import Context
 from goldfleet.drivers.base import RUNNING, STOPPED, DiskSpec, DomainSpec
 from goldfleet.errors import Conflict, InvalidInput, NotFound
-from goldfleet.services import audit, auth
+from goldfleet.services import access
 from goldfleet.services import sim as world
+from goldfleet.services.common import audit
 
 
 @pytest.fixture
@@ -115,7 +116,7 @@ def test_api_routes(api: TestClient, running: Callable[[str], str]) -> None:
 
 
 def test_api_needs_an_admin_token(ctx: Context, api: TestClient) -> None:
-    reader = auth.create_token(ctx, name="viewer", role="reader", actor="test")
+    reader = access.create_token(ctx, name="viewer", role="reader", actor="test")
     anonymous = TestClient(api.app)
     assert anonymous.get("/sim/vms").status_code == 401
     headers = {"Authorization": f"Bearer {reader}"}

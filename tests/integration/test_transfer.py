@@ -20,9 +20,8 @@ import pytest
 
 from conftest import MiB
 from goldfleet.errors import BadImage, StoreError
-from goldfleet.services import transfer
-from goldfleet.services.bundles import LayerEntry
-from goldfleet.services.transfer import TokenBucket, UpstreamError
+from goldfleet.services.distribution import LayerEntry, TokenBucket, UpstreamError
+from goldfleet.services.distribution import _transfer as transfer
 from goldfleet.store import LayerStore, QemuImg
 
 DATA = os.urandom(3 * MiB + 123)

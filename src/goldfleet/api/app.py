@@ -15,7 +15,7 @@ from goldfleet import __version__
 from goldfleet.api.deps import Reader, authenticate
 from goldfleet.api.routers import admin, bundles, clones, hosts, pools, sim, sites, templates
 from goldfleet.api.uploads import body_problem
-from goldfleet.bootstrap import Context
+from goldfleet.context import Context
 from goldfleet.errors import Forbidden, GoldfleetError
 
 log = logging.getLogger("goldfleet.api")
@@ -68,7 +68,7 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if recover:
-            from goldfleet.services.home import recover as run_recovery
+            from goldfleet.home import recover as run_recovery
 
             for note in run_recovery(ctx):
                 log.warning("recovery: %s", note)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel, ConfigDict, Field
 
 from goldfleet.domain.model import RecreateScope
-from goldfleet.services.views import OperationView
+from goldfleet.services.common import OperationView
 
 
 class Body(BaseModel):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from fastapi import Request
 
-from goldfleet.bootstrap import Context
+from goldfleet.context import Context
 from goldfleet.errors import GoldfleetError, InvalidInput, LengthRequired, TooLarge
 
 

@@ -181,7 +181,7 @@ def init(
     as_json: JsonOpt = False,
 ) -> None:
     """Make a home ($GOLDFLEET_HOME): config, database, store and an admin token."""
-    from goldfleet.services.home import init_home
+    from goldfleet.home import init_home
 
     home = home_dir()
     try:
@@ -208,7 +208,7 @@ def serve(
     from goldfleet.api.app import create_app
     from goldfleet.bootstrap import bootstrap
     from goldfleet.config import Settings
-    from goldfleet.services.home import init_home
+    from goldfleet.home import init_home
 
     home = home_dir()
     overrides: dict[str, Any] = {"host": host}
@@ -242,7 +242,7 @@ def demo(
     full: Annotated[int, typer.Option(help="Full clones to make.")] = 2,
 ) -> None:
     """The main job, end to end on a temporary home: patch a template, carry it to clones."""
-    from goldfleet.demo import run_demo
+    from goldfleet.cli.demo import run_demo
 
     raise typer.Exit(run_demo(keep=keep, linked=linked, full=full))
 

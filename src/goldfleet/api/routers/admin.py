@@ -6,56 +6,56 @@ from fastapi import APIRouter
 
 from goldfleet.api.deps import Ctx, Reader, Writer
 from goldfleet.api.schemas import TokenCreate, TokenCreated
-from goldfleet.services import audit, auth, operations, store
-from goldfleet.services.views import AuditView, OperationView, StoreReport, TokenView
+from goldfleet.services import access, catalog, rollouts
+from goldfleet.services.common import AuditView, OperationView, StoreReport, TokenView, audit
 
 router = APIRouter(tags=["admin"])
 
 
 @router.get("/operations")
 def list_operations(ctx: Ctx, caller: Reader, limit: int = 50) -> list[OperationView]:
-    return operations.list_operations(ctx, limit=limit)
+    return rollouts.list_operations(ctx, limit=limit)
 
 
 @router.get("/operations/{op_id}")
 def show_operation(op_id: int, ctx: Ctx, caller: Reader) -> OperationView:
-    return operations.show_operation(ctx, op_id)
+    return rollouts.show_operation(ctx, op_id)
 
 
 @router.post("/operations/{op_id}/pause")
 def pause_operation(op_id: int, ctx: Ctx, caller: Writer) -> OperationView:
-    return operations.pause_operation(ctx, op_id, actor=caller.name)
+    return rollouts.pause_operation(ctx, op_id, actor=caller.name)
 
 
 @router.post("/operations/{op_id}/resume")
 def resume_operation(op_id: int, ctx: Ctx, caller: Writer) -> OperationView:
-    return operations.resume_operation(ctx, op_id, actor=caller.name)
+    return rollouts.resume_operation(ctx, op_id, actor=caller.name)
 
 
 @router.post("/operations/{op_id}/cancel")
 def cancel_operation(op_id: int, ctx: Ctx, caller: Writer) -> OperationView:
-    return operations.cancel_operation(ctx, op_id, actor=caller.name)
+    return rollouts.cancel_operation(ctx, op_id, actor=caller.name)
 
 
 @router.post("/store/verify")
 def verify_store(ctx: Ctx, caller: Reader) -> StoreReport:
-    return store.verify_store(ctx)
+    return catalog.verify_store(ctx)
 
 
 @router.get("/tokens")
 def list_tokens(ctx: Ctx, caller: Writer) -> list[TokenView]:
-    return auth.list_tokens(ctx)
+    return access.list_tokens(ctx)
 
 
 @router.post("/tokens", status_code=201)
 def create_token(body: TokenCreate, ctx: Ctx, caller: Writer) -> TokenCreated:
-    token = auth.create_token(ctx, name=body.name, role=body.role, actor=caller.name)
+    token = access.create_token(ctx, name=body.name, role=body.role, actor=caller.name)
     return TokenCreated(name=body.name, role=body.role, token=token)
 
 
 @router.delete("/tokens/{name}", status_code=204)
 def revoke_token(name: str, ctx: Ctx, caller: Writer) -> None:
-    auth.revoke_token(ctx, name, actor=caller.name)
+    access.revoke_token(ctx, name, actor=caller.name)
 
 
 @router.get("/audit")

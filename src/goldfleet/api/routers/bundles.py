@@ -9,7 +9,7 @@ from pydantic import BaseModel
 
 from goldfleet.api.deps import Ctx, Writer
 from goldfleet.api.uploads import received_body
-from goldfleet.services import bundles
+from goldfleet.services import distribution
 
 router = APIRouter(tags=["bundles"])
 
@@ -24,33 +24,33 @@ async def export_bundle(
     name: str, ctx: Ctx, caller: Writer, since: int | None = None, policy_only: bool = False
 ) -> StreamingResponse:
     """The signed bundle as a streamed tar; refusals come before the first byte."""
-    plan = await run_in_threadpool(bundles.plan_export, ctx, name, since, policy_only)
+    plan = await run_in_threadpool(distribution.plan_export, ctx, name, since, policy_only)
     suffix = f"-since-v{since}" if since is not None else ""
     return StreamingResponse(
-        bundles.stream_bundle(plan),
+        distribution.stream_bundle(plan),
         media_type="application/x-tar",
         headers={"Content-Disposition": f'attachment; filename="{name}{suffix}.bundle"'},
     )
 
 
 @router.post("/bundles/import", status_code=201)
-async def import_bundle(request: Request, ctx: Ctx, caller: Writer) -> bundles.BundleView:
+async def import_bundle(request: Request, ctx: Ctx, caller: Writer) -> distribution.BundleView:
     """Receive a bundle (the request body) into the incoming folder, then check and import it."""
     limit = ctx.settings.max_virtual_size * 4 + (64 << 20)
     async with received_body(request, ctx, prefix="bundle", limit=limit, what="bundle") as file:
-        return await run_in_threadpool(bundles.import_bundle, ctx, file, actor=caller.name)
+        return await run_in_threadpool(distribution.import_bundle, ctx, file, actor=caller.name)
 
 
 @router.get("/keys")
-def show_keys(ctx: Ctx, caller: Writer) -> bundles.KeysView:
-    return bundles.show_keys(ctx)
+def show_keys(ctx: Ctx, caller: Writer) -> distribution.KeysView:
+    return distribution.show_keys(ctx)
 
 
 @router.post("/keys/trust", status_code=201)
-def trust_key(body: KeyTrust, ctx: Ctx, caller: Writer) -> bundles.KeyView:
-    return bundles.trust_key(ctx, body.name, body.public_key, actor=caller.name)
+def trust_key(body: KeyTrust, ctx: Ctx, caller: Writer) -> distribution.KeyView:
+    return distribution.trust_key(ctx, body.name, body.public_key, actor=caller.name)
 
 
 @router.delete("/keys/{name}", status_code=204)
 def untrust_key(name: str, ctx: Ctx, caller: Writer) -> None:
-    bundles.untrust_key(ctx, name, actor=caller.name)
+    distribution.untrust_key(ctx, name, actor=caller.name)

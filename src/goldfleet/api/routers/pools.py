@@ -8,8 +8,8 @@ from pydantic import BaseModel, ConfigDict
 
 from goldfleet.api.deps import Ctx, Reader, Writer
 from goldfleet.services import pools
+from goldfleet.services.common import CloneView, OperationView
 from goldfleet.services.pools import AssignmentView, PoolView
-from goldfleet.services.views import CloneView, OperationView
 
 router = APIRouter(prefix="/pools", tags=["pools"])
 

@@ -14,7 +14,8 @@ from goldfleet.api.deps import Ctx, Reader, SiteCaller, Writer
 from goldfleet.api.uploads import received_body
 from goldfleet.domain.names import check_name
 from goldfleet.domain.rollout import parse_time
-from goldfleet.services import bundles, sites, streams, upstream
+from goldfleet.services import distribution
+from goldfleet.services.common import streams
 
 router = APIRouter(tags=["sites"])
 
@@ -69,31 +70,33 @@ class PublishAsk(BaseModel):
 
 
 @router.get("/sites")
-def list_sites(ctx: Ctx, caller: Reader) -> list[sites.SiteView]:
-    return sites.list_sites(ctx)
+def list_sites(ctx: Ctx, caller: Reader) -> list[distribution.SiteView]:
+    return distribution.list_sites(ctx)
 
 
 @router.post("/sites", status_code=201)
-def create_site(body: SiteCreate, ctx: Ctx, caller: Writer) -> sites.SiteCreated:
-    return sites.create_site(ctx, body.name, local_patches=body.local_patches, actor=caller.name)
+def create_site(body: SiteCreate, ctx: Ctx, caller: Writer) -> distribution.SiteCreated:
+    return distribution.create_site(
+        ctx, body.name, local_patches=body.local_patches, actor=caller.name
+    )
 
 
 @router.post("/sites/{name}/rights")
-def set_rights(name: str, body: SiteRights, ctx: Ctx, caller: Writer) -> sites.SiteView:
-    return sites.set_rights(ctx, name, local_patches=body.local_patches, actor=caller.name)
+def set_rights(name: str, body: SiteRights, ctx: Ctx, caller: Writer) -> distribution.SiteView:
+    return distribution.set_rights(ctx, name, local_patches=body.local_patches, actor=caller.name)
 
 
 @router.post("/sites/{name}/revoke")
-def revoke_site(name: str, ctx: Ctx, caller: Writer) -> sites.SiteView:
-    return sites.revoke_site(ctx, name, actor=caller.name)
+def revoke_site(name: str, ctx: Ctx, caller: Writer) -> distribution.SiteView:
+    return distribution.revoke_site(ctx, name, actor=caller.name)
 
 
 @router.post("/sites/{name}/templates")
-def assign_template(name: str, body: SiteAssign, ctx: Ctx, caller: Writer) -> sites.SiteView:
+def assign_template(name: str, body: SiteAssign, ctx: Ctx, caller: Writer) -> distribution.SiteView:
     at: datetime | None = None
     if body.publish_at:
         at = parse_time(body.publish_at, ctx.clock.now())
-    return sites.assign_template(
+    return distribution.assign_template(
         ctx,
         name,
         body.template,
@@ -105,27 +108,27 @@ def assign_template(name: str, body: SiteAssign, ctx: Ctx, caller: Writer) -> si
 
 
 @router.delete("/sites/{name}/templates/{template}")
-def unassign_template(name: str, template: str, ctx: Ctx, caller: Writer) -> sites.SiteView:
-    return sites.unassign_template(ctx, name, template, actor=caller.name)
+def unassign_template(name: str, template: str, ctx: Ctx, caller: Writer) -> distribution.SiteView:
+    return distribution.unassign_template(ctx, name, template, actor=caller.name)
 
 
 # --- at a site ----------------------------------------------------------------------------
 
 
 @router.get("/site")
-def site_status(ctx: Ctx, caller: Reader) -> upstream.UpstreamView:
-    return upstream.status(ctx)
+def site_status(ctx: Ctx, caller: Reader) -> distribution.UpstreamView:
+    return distribution.status(ctx)
 
 
 @router.post("/site/join")
 def join(body: SiteJoin, ctx: Ctx, caller: Writer) -> dict[str, str]:
-    return upstream.join(ctx, body.url, body.token, actor=caller.name)
+    return distribution.join(ctx, body.url, body.token, actor=caller.name)
 
 
 @router.post("/site/sync", response_model=None)
 async def sync(
     body: SyncRequest, ctx: Ctx, caller: Writer
-) -> upstream.SyncResult | StreamingResponse:
+) -> distribution.SyncResult | StreamingResponse:
     """Pull from HQ what this site lacks; with ``progress`` the answer is JSON lines whose
     ``progress`` counts the layer bytes received of those the sync must fetch."""
     given = _given(body, "limit")
@@ -133,25 +136,25 @@ async def sync(
         return StreamingResponse(
             streams.stream(
                 {"action": "site sync"},
-                lambda report: upstream.sync(ctx, **given, actor=caller.name, progress=report),
+                lambda report: distribution.sync(ctx, **given, actor=caller.name, progress=report),
                 what="site sync",
             ),
             media_type="application/x-ndjson",
         )
-    return await run_in_threadpool(upstream.sync, ctx, **given, actor=caller.name)
+    return await run_in_threadpool(distribution.sync, ctx, **given, actor=caller.name)
 
 
 @router.post("/site/schedule")
-def schedule(body: ScheduleRequest, ctx: Ctx, caller: Writer) -> upstream.UpstreamView:
-    return upstream.set_schedule(ctx, **_given(body, "schedule", "limit"), actor=caller.name)
+def schedule(body: ScheduleRequest, ctx: Ctx, caller: Writer) -> distribution.UpstreamView:
+    return distribution.set_schedule(ctx, **_given(body, "schedule", "limit"), actor=caller.name)
 
 
 @router.post("/templates/{name}/publish")
 async def publish(
     name: str, body: PublishRequest, ctx: Ctx, caller: Writer
-) -> upstream.PublishResult:
+) -> distribution.PublishResult:
     return await run_in_threadpool(
-        upstream.publish, ctx, name, version=body.version, actor=caller.name
+        distribution.publish, ctx, name, version=body.version, actor=caller.name
     )
 
 
@@ -160,36 +163,38 @@ async def publish(
 
 @router.get("/sync/catalog")
 def catalog(ctx: Ctx, caller: SiteCaller) -> dict:
-    return sites.catalog(ctx, caller.name)
+    return distribution.catalog(ctx, caller.name)
 
 
 @router.get("/sync/layers/{digest}")
 def layer(digest: str, ctx: Ctx, caller: SiteCaller) -> FileResponse:
     """The layer file; Starlette's FileResponse answers Range requests (206, Content-Range)."""
-    path = sites.layer_file(ctx, caller.name, digest)
+    path = distribution.layer_file(ctx, caller.name, digest)
     return FileResponse(path, media_type="application/octet-stream")
 
 
 @router.post("/sync/report", status_code=204)
-def report(body: sites.SyncReport, ctx: Ctx, caller: SiteCaller) -> None:
-    sites.record_report(ctx, caller.name, body)
+def report(body: distribution.SyncReport, ctx: Ctx, caller: SiteCaller) -> None:
+    distribution.record_report(ctx, caller.name, body)
 
 
 @router.post("/sync/publish/{template}/plan")
 def publish_plan(
     template: str, body: PublishAsk, ctx: Ctx, caller: SiteCaller
-) -> sites.PublishPlan:
-    return sites.publish_plan(ctx, caller.name, template, body.digests)
+) -> distribution.PublishPlan:
+    return distribution.publish_plan(ctx, caller.name, template, body.digests)
 
 
 @router.post("/sync/publish/{template}", status_code=201)
 async def receive_publish(
     template: str, request: Request, ctx: Ctx, caller: SiteCaller
-) -> bundles.BundleView:
+) -> distribution.BundleView:
     """A site's new version as a bundle (the body); refused before a byte is stored when the
     site may not publish this template."""
     check_name(template, "template name")
-    await run_in_threadpool(sites.publish_plan, ctx, caller.name, template, [])
+    await run_in_threadpool(distribution.publish_plan, ctx, caller.name, template, [])
     limit = ctx.settings.max_virtual_size * 4 + (64 << 20)
     async with received_body(request, ctx, prefix="publish", limit=limit, what="upload") as file:
-        return await run_in_threadpool(sites.receive_publish, ctx, caller.name, template, file)
+        return await run_in_threadpool(
+            distribution.receive_publish, ctx, caller.name, template, file
+        )

@@ -8,15 +8,15 @@ from fastapi.concurrency import run_in_threadpool
 from goldfleet.api.deps import Ctx, Reader, Writer
 from goldfleet.api.schemas import MaintenanceExit, TemplateFromClone
 from goldfleet.api.uploads import received_body
-from goldfleet.services import operations, templates
-from goldfleet.services.views import MaintenanceExitView, TemplateView, VersionView
+from goldfleet.services import catalog, rollouts
+from goldfleet.services.common import MaintenanceExitView, TemplateView, VersionView
 
 router = APIRouter(prefix="/templates", tags=["templates"])
 
 
 @router.get("")
 def list_templates(ctx: Ctx, caller: Reader) -> list[TemplateView]:
-    return templates.list_templates(ctx)
+    return catalog.list_templates(ctx)
 
 
 @router.post("/import", status_code=201)
@@ -31,11 +31,11 @@ async def import_template(
     data: Annotated[list[str], Query()] = [],  # noqa: B006
 ) -> TemplateView:
     """Upload an image (the request body) and import it as v1 of a new template."""
-    await run_in_threadpool(templates.check_new_name, ctx, name)
+    await run_in_threadpool(catalog.check_new_name, ctx, name)
     limit = ctx.settings.max_virtual_size + (64 << 20)
     async with received_body(request, ctx, prefix="upload", limit=limit, what="image") as image:
         return await run_in_threadpool(
-            templates.import_template,
+            catalog.import_template,
             ctx,
             name=name,
             image=image,
@@ -49,37 +49,37 @@ async def import_template(
 
 @router.post("/from-clone", status_code=201)
 def create_from_clone(body: TemplateFromClone, ctx: Ctx, caller: Writer) -> TemplateView:
-    return templates.create_from_clone(ctx, name=body.name, clone=body.clone, actor=caller.name)
+    return catalog.create_from_clone(ctx, name=body.name, clone=body.clone, actor=caller.name)
 
 
 @router.get("/{name}")
 def show_template(name: str, ctx: Ctx, caller: Reader) -> TemplateView:
-    return templates.show_template(ctx, name)
+    return catalog.show_template(ctx, name)
 
 
 @router.get("/{name}/versions")
 def list_versions(name: str, ctx: Ctx, caller: Reader) -> list[VersionView]:
-    return templates.list_versions(ctx, name)
+    return catalog.list_versions(ctx, name)
 
 
 @router.delete("/{name}", status_code=204)
 def delete_template(name: str, ctx: Ctx, caller: Writer) -> None:
-    templates.delete_template(ctx, name, actor=caller.name)
+    catalog.delete_template(ctx, name, actor=caller.name)
 
 
 @router.delete("/{name}/versions/{number}", status_code=204)
 def delete_version(name: str, number: int, ctx: Ctx, caller: Writer) -> None:
-    templates.delete_version(ctx, name, number, actor=caller.name)
+    catalog.delete_version(ctx, name, number, actor=caller.name)
 
 
 @router.post("/{name}/flatten")
 def flatten(name: str, ctx: Ctx, caller: Writer) -> VersionView:
-    return templates.flatten_template(ctx, name, actor=caller.name)
+    return catalog.flatten_template(ctx, name, actor=caller.name)
 
 
 @router.post("/{name}/maintenance/enter")
 def enter_maintenance(name: str, ctx: Ctx, caller: Writer) -> TemplateView:
-    return templates.enter_maintenance(ctx, name, actor=caller.name)
+    return catalog.enter_maintenance(ctx, name, actor=caller.name)
 
 
 @router.post("/{name}/maintenance/exit")
@@ -87,8 +87,8 @@ def exit_maintenance(
     name: str, ctx: Ctx, caller: Writer, body: MaintenanceExit | None = None
 ) -> MaintenanceExitView:
     body = body or MaintenanceExit()
-    policy, start_at = operations.policy_from(ctx, body.rollout)
-    return templates.exit_maintenance(
+    policy, start_at = rollouts.policy_from(ctx, body.rollout)
+    return catalog.exit_maintenance(
         ctx,
         name,
         recreate=body.recreate,
@@ -102,9 +102,9 @@ def exit_maintenance(
 @router.post("/{name}/maintenance/start")
 def start_maintenance_vm(name: str, ctx: Ctx, caller: Writer) -> TemplateView:
     """Boot the maintenance overlay as a VM through the driver."""
-    return templates.start_maintenance_vm(ctx, name, actor=caller.name)
+    return catalog.start_maintenance_vm(ctx, name, actor=caller.name)
 
 
 @router.post("/{name}/maintenance/abort")
 def abort_maintenance(name: str, ctx: Ctx, caller: Writer) -> TemplateView:
-    return templates.abort_maintenance(ctx, name, actor=caller.name)
+    return catalog.abort_maintenance(ctx, name, actor=caller.name)

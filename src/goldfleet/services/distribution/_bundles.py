@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from goldfleet.bootstrap import Context
+from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Layer, Template, Version
 from goldfleet.domain import rules
 from goldfleet.domain.model import CloneKind, Outline
@@ -55,9 +55,8 @@ from goldfleet.errors import (
     NotFound,
     StoreError,
 )
-from goldfleet.services import audit
-from goldfleet.services.common import chain, get_template
-from goldfleet.services.templates import _add_layer, used_layers
+from goldfleet.services.catalog import add_layer, used_layers
+from goldfleet.services.common import audit, chain, get_template
 from goldfleet.store.layers import LayerInfo
 from goldfleet.store.qemu import QemuError
 
@@ -76,7 +75,7 @@ CHUNK = 1 << 20
 
 log = logging.getLogger("goldfleet.bundles")
 
-_import_lock = threading.Lock()  # one import at a time: a refusal removes only its own files
+import_lock = threading.Lock()  # one import at a time: a refusal removes only its own files
 
 
 # --- keys ---------------------------------------------------------------------------------
@@ -555,7 +554,7 @@ def _verify(ctx: Context, manifest: bytes, signature: bytes, trusted_as: str | N
     return names[raw]
 
 
-def _parse_manifest(data: bytes) -> Manifest:
+def parse_manifest(data: bytes) -> Manifest:
     try:
         m = Manifest.model_validate_json(data)
     except ValidationError as exc:
@@ -583,7 +582,7 @@ def _parse_manifest(data: bytes) -> Manifest:
     return m
 
 
-def _check_catalog(ctx: Context, m: Manifest) -> None:
+def check_catalog(ctx: Context, m: Manifest) -> None:
     """Refuse what the catalog forbids, before any layer byte is read (and again at commit)."""
     with ctx.session() as s:
         t = s.scalar(select(Template).where(Template.name == m.template))
@@ -666,7 +665,7 @@ def import_bundle(
     """Import a bundle file. By default its signer must be a trusted key; a caller that trusts
     the sender by other means (a site's token) names it as ``signer``: the signature must then
     still match the manifest. ``check`` may refuse the manifest before any layer is read."""
-    with _import_lock:
+    with import_lock:
         return _import(ctx, file, actor, signer, check, action)
 
 
@@ -685,10 +684,10 @@ def _import(
             manifest = _read_small(tar, _next_member(tar, MANIFEST), MAX_MANIFEST)
             signature = _read_small(tar, _next_member(tar, SIGNATURE), MAX_SIGNATURE)
             signer = _verify(ctx, manifest, signature, trusted_as)
-            m = _parse_manifest(manifest)
+            m = parse_manifest(manifest)
             if check is not None:
                 check(m)
-            _check_catalog(ctx, m)
+            check_catalog(ctx, m)
             for x in m.layers:
                 if x.included:
                     works[x.digest] = (
@@ -789,10 +788,10 @@ def _register(
     ctx: Context, m: Manifest, infos: list[LayerInfo], signer: str, actor: str, action: str
 ) -> BundleView:
     with ctx.template_lock(m.template):
-        _check_catalog(ctx, m)
+        check_catalog(ctx, m)
         with ctx.session() as s:
             for info in infos:
-                _add_layer(s, info)
+                add_layer(s, info)
             t = s.scalar(select(Template).where(Template.name == m.template))
             if t is None:
                 t = Template(name=m.template, kind=m.kind, outline=m.outline)

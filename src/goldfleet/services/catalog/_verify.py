@@ -4,10 +4,9 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from goldfleet.bootstrap import Context
+from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Layer
-from goldfleet.services.common import outline_of
-from goldfleet.services.views import StoreProblem, StoreReport
+from goldfleet.services.common import StoreProblem, StoreReport, outline_of
 from goldfleet.store.qemu import QemuError
 
 

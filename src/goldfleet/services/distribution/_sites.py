@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy import select
 
-from goldfleet.bootstrap import Context
+from goldfleet.context import Context
 from goldfleet.db.tables import Layer, Site, SiteTemplate, Template, Token, Version, utcnow
 from goldfleet.domain import sites as rules
 from goldfleet.domain.model import Outline
@@ -32,8 +32,9 @@ from goldfleet.errors import (
     NotFound,
     StoreError,
 )
-from goldfleet.services import audit, auth, bundles
-from goldfleet.services.common import chain, get_template
+from goldfleet.services import access
+from goldfleet.services.common import audit, chain, get_template
+from goldfleet.services.distribution import _bundles as bundles
 
 log = logging.getLogger("goldfleet.sites")
 
@@ -151,7 +152,7 @@ def create_site(ctx: Context, name: str, *, local_patches: bool = False, actor: 
     with ctx.session() as s:
         if s.scalar(select(Site.id).where(Site.name == name)) is not None:
             raise Conflict(f"site {name} already exists")
-    token = auth.create_token(ctx, name=token_name, role="site", actor=actor)
+    token = access.create_token(ctx, name=token_name, role="site", actor=actor)
     with ctx.session() as s:
         site = Site(name=name, token_name=token_name, states={}, local_patches=local_patches)
         s.add(site)

@@ -9,7 +9,7 @@ from goldfleet.db.tables import Clone, Layer, Operation, OperationItem, Template
 from goldfleet.domain.model import Outline
 from goldfleet.domain.names import check_name
 from goldfleet.errors import NotFound
-from goldfleet.services.views import OperationView, TemplateView, VersionView, WaitingClone
+from goldfleet.services.common.views import OperationView, TemplateView, VersionView, WaitingClone
 
 
 def get_template(s: Session, name: str) -> Template:

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from goldfleet.bootstrap import Context
+from goldfleet.context import Context
 from goldfleet.db.tables import Token, utcnow
 from goldfleet.domain.names import check_name
 from goldfleet.errors import Conflict, InvalidInput, NotFound, Unauthorized
-from goldfleet.services import audit
-from goldfleet.services.views import TokenView
+from goldfleet.services.common import TokenView, audit
 
 ROLES = ("admin", "reader", "site")
 

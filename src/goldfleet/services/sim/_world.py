@@ -12,11 +12,11 @@ from datetime import datetime
 
 from pydantic import BaseModel
 
-from goldfleet.bootstrap import Context
+from goldfleet.context import Context
 from goldfleet.domain.names import check_name
 from goldfleet.drivers import sim
 from goldfleet.errors import Conflict
-from goldfleet.services import audit
+from goldfleet.services.common import audit
 
 
 class SimSessionView(BaseModel):

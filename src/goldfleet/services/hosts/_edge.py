@@ -18,15 +18,14 @@ from pydantic import BaseModel
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
-from goldfleet.bootstrap import Context
+from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Layer, OperationItem, Template, Version
 from goldfleet.domain import edge
 from goldfleet.domain.model import CloneKind
 from goldfleet.domain.names import NAME_RE
 from goldfleet.domain.rollout import ItemState
 from goldfleet.errors import Conflict
-from goldfleet.services import audit, streams
-from goldfleet.services.common import chain, get_template, get_version
+from goldfleet.services.common import audit, chain, get_template, get_version, streams
 from goldfleet.store.edge import EdgeStores
 from goldfleet.store.layers import LayerInfo
 

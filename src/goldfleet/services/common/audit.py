@@ -8,7 +8,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from goldfleet.db.tables import AuditEntry
-from goldfleet.services.views import AuditView
+from goldfleet.services.common.views import AuditView
 
 
 def record(s: Session, actor: str, action: str, target: str, **detail: Any) -> None:

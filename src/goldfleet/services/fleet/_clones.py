@@ -14,7 +14,7 @@ from __future__ import annotations
 import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, TypeVar
@@ -23,23 +23,26 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
-from goldfleet.bootstrap import Context
-from goldfleet.db.tables import Clone, Operation, OperationItem, Template, Version
+from goldfleet.context import Context
+from goldfleet.db.tables import Clone, OperationItem, Template, Version
 from goldfleet.domain import rules
 from goldfleet.domain.model import CloneAction, CloneKind, CloneStatus, Outline, Power, VolumeRole
 from goldfleet.domain.names import check_name, numbered_names, parse_version_ref
-from goldfleet.domain.rollout import ItemState, OpStatus, Policy, check_policy
+from goldfleet.domain.rollout import ItemState, Policy, check_policy
 from goldfleet.drivers.base import DiskSpec, DomainSpec, DriverError
 from goldfleet.errors import Conflict, GoldfleetError, InvalidInput
-from goldfleet.services import audit
+from goldfleet.services import hosts, rollouts
 from goldfleet.services.common import (
+    CloneView,
+    OperationView,
+    VolumeView,
+    audit,
     chain,
     get_clone,
     get_template,
     get_version,
     outline_of,
 )
-from goldfleet.services.views import CloneView, OperationView, VolumeView
 
 MAX_BULK = 10_000
 
@@ -232,9 +235,7 @@ def execute(ctx: Context, plan: Plan, logoff: Sequence[str] = ()) -> Outcome:
     copied: list[tuple[str, int, int]] = []
 
     def prepare(on: str) -> None:
-        from goldfleet.services.hosts import prepare_host
-
-        if infos := prepare_host(ctx, plan.name, on, plan.chain):
+        if infos := hosts.prepare_host(ctx, plan.name, on, plan.chain):
             copied.append((on, len(infos), sum(i.size for i in infos)))
 
     try:
@@ -351,53 +352,6 @@ def _run_one(ctx: Context, clone_id: int) -> CloneView:
         return clone_view(ctx, s.get(Clone, clone_id), volumes=True)
 
 
-def _start_operation(
-    ctx: Context,
-    s: Session,
-    kind: str,
-    target: str,
-    work: list[tuple[Clone, CloneAction, Version, bool]],
-    actor: str,
-    policy: Policy | None = None,
-    start_at: datetime | None = None,
-) -> Operation:
-    """An operation over ``work`` (clone, action, target version, discard data): one queued
-    item per clone. Clones stay as they are until the runner starts their item."""
-    policy = check_policy(policy or Policy(per_host=ctx.settings.per_host_limit), len(work))
-    op = Operation(
-        kind=kind,
-        target=target,
-        total=len(work),
-        actor=actor,
-        policy=policy.to_json(),
-        start_at=start_at,
-        status=OpStatus.SCHEDULED if start_at is not None else OpStatus.RUNNING,
-    )
-    s.add(op)
-    s.flush()
-    s.add_all(
-        OperationItem(
-            operation_id=op.id,
-            clone_id=c.id,
-            clone_name=c.name,
-            action=action,
-            target_version_id=version.id,
-            discard_data=discard,
-        )
-        for c, action, version, discard in work
-    )
-    return op
-
-
-def _launch(ctx: Context, op_id: int, wait: bool) -> OperationView:
-    ctx.runner.start(op_id)  # type: ignore[union-attr]
-    if wait:
-        ctx.runner.wait(op_id)  # type: ignore[union-attr]
-    from goldfleet.services.operations import show_operation
-
-    return show_operation(ctx, op_id)
-
-
 # --- actions ------------------------------------------------------------------------------
 
 
@@ -450,7 +404,7 @@ def create_clones(
         ]
         s.add_all(clones)
         s.flush()
-        op = _start_operation(
+        op = rollouts.start_operation(
             ctx,
             s,
             "clone.create",
@@ -480,7 +434,7 @@ def create_clones(
                 "another request took one of these clone names at the same time; try again"
             ) from None
         op_id = op.id
-    return _launch(ctx, op_id, wait), names
+    return rollouts.launch(ctx, op_id, wait), names
 
 
 @contextmanager
@@ -585,7 +539,7 @@ def check_recreate(s: Session, t: Template, policy: Policy | None, include_full:
     chosen = recreate_candidates(s, t, None, include_full)
     if policy is not None:
         check_policy(policy, len(chosen))
-    _refuse_busy(s, chosen)
+    rollouts.refuse_busy(s, chosen)
 
 
 def recreate(
@@ -614,9 +568,11 @@ def recreate(
             t = get_template(s, template)  # type: ignore[arg-type]
             chosen = recreate_candidates(s, t, get_version(s, t, None).id, include_full)
         current = get_version(s, t, None)
-        _refuse_busy(s, chosen)
+        rollouts.refuse_busy(s, chosen)
         work = [(c, CloneAction.RECREATE, current, discard_data) for c in chosen]
-        op = _start_operation(ctx, s, "clone.recreate", t.name, work, actor, policy, start_at)
+        op = rollouts.start_operation(
+            ctx, s, "clone.recreate", t.name, work, actor, policy, start_at
+        )
         audit.record(
             s,
             actor,
@@ -630,7 +586,7 @@ def recreate(
         )
         s.commit()
         op_id = op.id
-    return _launch(ctx, op_id, wait)
+    return rollouts.launch(ctx, op_id, wait)
 
 
 def delete_clone(ctx: Context, name: str, *, actor: str) -> None:
@@ -668,7 +624,7 @@ def retry(
             chosen = [c]
         else:
             chosen = list(s.scalars(select(Clone).where(Clone.status == CloneStatus.FAILED)))
-        _refuse_busy(s, chosen)
+        rollouts.refuse_busy(s, chosen)
         if ctx.edges is not None:
             _unplace_undefined(ctx, chosen)
         work = [
@@ -680,11 +636,11 @@ def retry(
             )
             for c in chosen
         ]
-        op = _start_operation(ctx, s, "clone.retry", name or "failed clones", work, actor)
+        op = rollouts.start_operation(ctx, s, "clone.retry", name or "failed clones", work, actor)
         audit.record(s, actor, "clone.retry", name or "*", count=len(chosen), operation=op.id)
         s.commit()
         op_id = op.id
-    return _launch(ctx, op_id, wait)
+    return rollouts.launch(ctx, op_id, wait)
 
 
 def _unplace_undefined(ctx: Context, chosen: Sequence[Clone]) -> None:
@@ -734,9 +690,9 @@ def rebase_many(
                 .order_by(Clone.name)
             )
         )
-        _refuse_busy(s, chosen)
+        rollouts.refuse_busy(s, chosen)
         work = [(c, CloneAction.REBASE, target, False) for c in chosen]
-        op = _start_operation(ctx, s, "clone.rebase", t.name, work, actor, policy, start_at)
+        op = rollouts.start_operation(ctx, s, "clone.rebase", t.name, work, actor, policy, start_at)
         audit.record(
             s,
             actor,
@@ -748,27 +704,7 @@ def rebase_many(
         )
         s.commit()
         op_id = op.id
-    return _launch(ctx, op_id, wait)
-
-
-def _refuse_busy(s: Session, chosen: list[Clone]) -> None:
-    """A clone queued or running in another active operation is not given a second one."""
-    if not chosen:
-        return
-    busy = list(
-        s.scalars(
-            select(OperationItem.clone_name).where(
-                OperationItem.clone_id.in_([c.id for c in chosen]),
-                OperationItem.state.in_([ItemState.QUEUED, ItemState.RUNNING]),
-            )
-        )
-    )
-    if busy:
-        shown = ", ".join(sorted(busy)[:10])
-        raise Conflict(
-            f"{len(busy)} of these clones are already in a running operation ({shown}); wait"
-            " for it, or cancel it with: goldfleet op cancel ID"
-        )
+    return rollouts.launch(ctx, op_id, wait)
 
 
 def recover_clones(ctx: Context) -> list[str]:
@@ -800,3 +736,78 @@ def recover_clones(ctx: Context) -> list[str]:
         ctx.volumes.remove_clone(uid)
         notes.append(f"removed the folder of a clone that no longer exists ({uid})")
     return notes
+
+
+# --- the runner's clone work (services/rollouts runs it; the bootstrap hands it over) -------
+
+
+class CloneWork:
+    """What an operation item means for a clone: ``rollouts.CloneWork`` for this fleet."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        self._placer: hosts.Placer | None = None  # one per claim pass (its session)
+
+    def busy(self, clone: Clone) -> bool:
+        return clone.status in TRANSITIONAL
+
+    def place(self, s: Session, clone: Clone, target_version_id: int) -> None:
+        """Edge stores: goldfleet places a new clone itself (the driver cannot know which hosts
+        hold its chain); no host fits: executing the clone fails it with the reason."""
+        if self.ctx.edges is None:
+            return
+        if self._placer is None or self._placer.s is not s:
+            self._placer = hosts.Placer(self.ctx, s)  # counts up as a batch is placed
+        placer = self._placer
+        with suppress(GoldfleetError):
+            clone.host = placer.host_for(clone.kind, placer.chain_of(target_version_id))
+
+    def mark(self, clone: Clone, item: OperationItem, version: Version, op_id: int) -> None:
+        _mark(clone, CloneAction(item.action), version, op_id, discard_data=item.discard_data)
+
+    def load(self, s: Session, clone_ids: list[int]) -> list[Plan]:
+        return load_plans(self.ctx, s, clone_ids)
+
+    def execute(self, plan: Plan, logoff: Sequence[str]) -> Outcome:
+        return execute(self.ctx, plan, logoff)
+
+    def record(self, s: Session, outcomes: Sequence[Outcome]) -> tuple[int, int]:
+        return record(s, list(outcomes))
+
+    def users(self, names: list[str]) -> dict[str, list[str]]:
+        return _sessions(self.ctx, names)
+
+    def message(self, name: str, text: str) -> None:
+        call_driver(self.ctx, self.ctx.driver.send_message, name=name, text=text)
+
+
+def _sessions(ctx: Context, names: list[str]) -> dict[str, list[str]]:
+    """Logged-in users per VM; one VM the driver no longer knows does not blind the rest."""
+    try:
+        found = call_driver(ctx, ctx.driver.sessions, names=names)
+    except GoldfleetError:
+        found = {}
+        for name in names:
+            try:
+                found.update(call_driver(ctx, ctx.driver.sessions, names=[name]))
+            except GoldfleetError:
+                continue  # its rebuild will meet the driver's error and fail visibly
+    return {name: [g.user for g in found.get(name, [])] for name in names}
+
+
+def reconcile_power(ctx: Context) -> list[str]:
+    """Read power states back from the driver. A clone that stopped without goldfleet asking
+    (the guest shut itself down) gets its temp volumes emptied, like every shutdown."""
+    states = call_driver(ctx, ctx.driver.states)
+    stopped = []
+    with ctx.session() as s:
+        for c in s.scalars(
+            select(Clone).where(Clone.power == Power.RUNNING, Clone.status == CloneStatus.READY)
+        ):
+            if states.get(c.name, "undefined") != "running":
+                ctx.volumes.reset_temp(c.uid, outline_of(c.template))
+                c.power = Power.STOPPED
+                audit.record(s, "goldfleet", "clone.shutdown-reported", c.name)
+                stopped.append(c.name)
+        s.commit()
+    return stopped

@@ -25,7 +25,7 @@ from typing import Any, BinaryIO
 import httpx
 
 from goldfleet.errors import GoldfleetError
-from goldfleet.services.bundles import LayerEntry
+from goldfleet.services.distribution._bundles import LayerEntry
 
 log = logging.getLogger("goldfleet.transfer")
 

@@ -31,7 +31,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy import false, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from goldfleet.bootstrap import Context
+from goldfleet.context import Context
 from goldfleet.db.tables import (
     Layer,
     Operation,
@@ -47,10 +47,11 @@ from goldfleet.domain.names import DIGEST_PATTERN, NAME_PATTERN
 from goldfleet.domain.rollout import ACTIVE
 from goldfleet.domain.rules import chain_of
 from goldfleet.errors import Conflict, Forbidden, GoldfleetError, InvalidInput, NotFound
-from goldfleet.services import audit, bundles, streams, transfer
-from goldfleet.services.common import chain, get_template, get_version
-from goldfleet.services.sites import LOCAL_PATCHES, SyncReport, VersionState
-from goldfleet.services.transfer import TokenBucket, UpstreamError, UpstreamRefused
+from goldfleet.services.common import audit, chain, get_template, get_version, streams
+from goldfleet.services.distribution import _bundles as bundles
+from goldfleet.services.distribution import _transfer as transfer
+from goldfleet.services.distribution._sites import LOCAL_PATCHES, SyncReport, VersionState
+from goldfleet.services.distribution._transfer import TokenBucket, UpstreamError, UpstreamRefused
 
 log = logging.getLogger("goldfleet.upstream")
 
@@ -632,7 +633,7 @@ def _manifest(entry: dict[str, Any], held: set[str]) -> bundles.Manifest:
             for x in entry["layers"]
         ],
     }
-    return bundles._parse_manifest(json.dumps(body).encode())
+    return bundles.parse_manifest(json.dumps(body).encode())
 
 
 def _sync_template(
@@ -665,7 +666,7 @@ def _sync_template(
         state = "pending" if lacking else "verified"
         reporter.states[key] = VersionState(state=state, done=0, total=total)
     reporter.send(force=True)
-    bundles._check_catalog(ctx, m)
+    bundles.check_catalog(ctx, m)
 
     def progress(digest: str, so_far: int, wire: int) -> None:
         reporter.moved(digest, so_far)
@@ -706,7 +707,7 @@ def _sync_template(
                 ],
             }
         )
-        with bundles._import_lock:
+        with bundles.import_lock:
             view = bundles.install_layers(
                 ctx, one, works, [], source="upstream", actor=actor, action="site.sync", hashed=True
             )

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from goldfleet.bootstrap import Context
+from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Layer, OperationItem, Pool, Template, Version
 from goldfleet.domain import rules
 from goldfleet.domain.model import CloneKind, Outline, RecreateScope, TemplateStatus
@@ -19,8 +19,12 @@ from goldfleet.domain.rollout import Policy
 from goldfleet.domain.sizes import parse_size
 from goldfleet.drivers.base import DiskSpec, DomainSpec
 from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, StoreError
-from goldfleet.services import audit
+from goldfleet.services import fleet
 from goldfleet.services.common import (
+    MaintenanceExitView,
+    TemplateView,
+    VersionView,
+    audit,
     chain,
     get_clone,
     get_template,
@@ -28,13 +32,12 @@ from goldfleet.services.common import (
     template_view,
     version_view,
 )
-from goldfleet.services.views import MaintenanceExitView, TemplateView, VersionView
 from goldfleet.store.layers import LayerInfo
 
 # --- helpers ------------------------------------------------------------------------------
 
 
-def _add_layer(s: Session, info: LayerInfo) -> Layer:
+def add_layer(s: Session, info: LayerInfo) -> Layer:
     layer = s.get(Layer, info.digest)
     if layer is None:
         depth = 1 if info.parent is None else s.get(Layer, info.parent).depth + 1
@@ -64,7 +67,7 @@ def _add_version(s: Session, t: Template, top: str, note: str) -> Version:
 
 def _maybe_flatten(ctx: Context, s: Session, info: LayerInfo) -> tuple[LayerInfo, str]:
     """Past the configured chain depth, a new top is merged into a new base layer."""
-    layer = _add_layer(s, info)
+    layer = add_layer(s, info)
     if not rules.needs_flatten(layer.depth, ctx.settings.max_chain_depth):
         return info, ""
     flat = ctx.layers.flatten(info.digest)
@@ -162,7 +165,7 @@ def import_template(
     with ctx.session() as s:
         try:
             _check_name_free(s, name)
-            _add_layer(s, info)
+            add_layer(s, info)
             t = Template(name=name, kind=kind, outline=outline.to_json())
             s.add(t)
             s.flush()
@@ -180,8 +183,6 @@ def import_template(
 def create_from_clone(ctx: Context, *, name: str, clone: str, actor: str) -> TemplateView:
     """Seal a clone's system volume as v1 of a new template, sharing the lower layers."""
     check_name(name, "template name")
-    from goldfleet.services import clones as clone_service
-
     with ctx.session() as s:
         _check_name_free(s, name)
         c = get_clone(s, clone)
@@ -190,7 +191,7 @@ def create_from_clone(ctx: Context, *, name: str, clone: str, actor: str) -> Tem
         parent = c.version.top_layer
         uid, kind, outline = c.uid, c.kind, dict(source.outline)
         note = f"from clone {c.name} ({source.name}:v{c.version.number})"
-    with clone_service.stopped(ctx, clone):
+    with fleet.stopped(ctx, clone):
         system = ctx.volumes.path(uid, "system.qcow2")
         if kind == CloneKind.LINKED:
             info = ctx.layers.seal_copy(system, parent=parent)
@@ -199,7 +200,7 @@ def create_from_clone(ctx: Context, *, name: str, clone: str, actor: str) -> Tem
     with ctx.session() as s:
         _check_name_free(s, name)
         info, flattened = _maybe_flatten(ctx, s, info)
-        _add_layer(s, info)
+        add_layer(s, info)
         t = Template(name=name, kind=kind, outline=outline)
         s.add(t)
         s.flush()
@@ -219,7 +220,7 @@ def flatten_template(ctx: Context, name: str, *, actor: str) -> VersionView:
         if depth == 1:
             raise Conflict(f"template {name}: v{current.number} is a single base layer already")
         flat = ctx.layers.flatten(current.top_layer)
-        _add_layer(s, flat)
+        add_layer(s, flat)
         v = _add_version(
             s, t, flat.digest, f"v{current.number} flattened ({depth} layers into one)"
         )
@@ -306,9 +307,7 @@ def delete_version(ctx: Context, name: str, number: int, *, actor: str) -> None:
 
 def enter_maintenance(ctx: Context, name: str, *, actor: str) -> TemplateView:
     """Give the template a writable overlay on its current version."""
-    from goldfleet.services.upstream import check_local_change  # it imports this module
-
-    check_local_change(ctx, check_name(name, "template name"))
+    ctx.check_template_change(check_name(name, "template name"))
     with ctx.template_lock(name):
         with ctx.session() as s:
             t = get_template(s, name)
@@ -340,8 +339,6 @@ MAINTENANCE_VM_PREFIX = "maintenance."
 
 def start_maintenance_vm(ctx: Context, name: str, *, actor: str) -> TemplateView:
     """Boot the maintenance overlay as a VM (RAS: start the template as a normal VM)."""
-    from goldfleet.services.clones import call_driver
-
     with ctx.template_lock(name), ctx.session() as s:
         t = get_template(s, name)
         rules.check_in_maintenance(t.name, t.status)
@@ -354,8 +351,8 @@ def start_maintenance_vm(ctx: Context, name: str, *, actor: str) -> TemplateView
             name=vm,
             disks=(DiskSpec(role="system", path=str(ctx.layers.dir / t.overlay), backing=backing),),
         )
-        call_driver(ctx, ctx.driver.define, spec=spec, host=None)
-        call_driver(ctx, ctx.driver.start, name=vm)
+        fleet.call_driver(ctx, ctx.driver.define, spec=spec, host=None)
+        fleet.call_driver(ctx, ctx.driver.start, name=vm)
         t.maintenance_vm = vm
         audit.record(s, actor, "template.maintenance.start", name, vm=vm)
         s.commit()
@@ -364,21 +361,19 @@ def start_maintenance_vm(ctx: Context, name: str, *, actor: str) -> TemplateView
 
 def _stop_maintenance_vm(ctx: Context, t: Template, *, shutdown: bool) -> None:
     """Refuse (or, with ``shutdown``, stop and remove) a running maintenance VM."""
-    from goldfleet.services.clones import call_driver
-
     vm = t.maintenance_vm
     if vm is None:
         return
-    state = call_driver(ctx, ctx.driver.state, name=vm)
+    state = fleet.call_driver(ctx, ctx.driver.state, name=vm)
     if state == "running":
         if not shutdown:
             raise Conflict(
                 f"the maintenance VM of template {t.name} is running; shut it down first, or"
                 f" add --shutdown to let goldfleet do it"
             )
-        call_driver(ctx, ctx.driver.shutdown, name=vm, timeout=ctx.settings.shutdown_timeout)
+        fleet.call_driver(ctx, ctx.driver.shutdown, name=vm, timeout=ctx.settings.shutdown_timeout)
     if state != "undefined":
-        call_driver(ctx, ctx.driver.undefine, name=vm)
+        fleet.call_driver(ctx, ctx.driver.undefine, name=vm)
     t.maintenance_vm = None
 
 
@@ -416,9 +411,7 @@ def exit_maintenance(
             rules.check_in_maintenance(t.name, t.status)
             do_recreate, include_full = rules.recreate_flags(recreate)
             if do_recreate:
-                from goldfleet.services import clones as clone_service
-
-                clone_service.check_recreate(s, t, policy, include_full)
+                fleet.check_recreate(s, t, policy, include_full)
             _stop_maintenance_vm(ctx, t, shutdown=shutdown)
             parent = get_version(s, t, None).top_layer
             overlay = ctx.layers.dir / t.overlay
@@ -445,9 +438,7 @@ def exit_maintenance(
         number = _finish_exit(ctx, name, info, actor)
     op = None
     if do_recreate:
-        from goldfleet.services import clones as clone_service
-
-        op = clone_service.recreate(
+        op = fleet.recreate(
             ctx,
             template=name,
             include_full=include_full,
@@ -468,9 +459,9 @@ def _finish_exit(ctx: Context, name: str, sealed: LayerInfo, actor: str) -> int:
     """The DB half of an exit once the overlay is a sealed layer; runs again after a crash."""
     with ctx.session() as s:
         t = get_template(s, name)
-        _add_layer(s, sealed)
+        add_layer(s, sealed)
         info, flattened = _maybe_flatten(ctx, s, sealed)
-        _add_layer(s, info)
+        add_layer(s, info)
         v = _add_version(s, t, info.digest, "maintenance" + flattened)
         t.status, t.overlay, t.sealing, t.error = TemplateStatus.READY, None, None, None
         freed = _release_layers(ctx, s) if flattened else []

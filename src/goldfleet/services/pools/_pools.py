@@ -27,7 +27,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from goldfleet.bootstrap import Context
+from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Operation, OperationItem, Pool
 from goldfleet.domain import pools as rules
 from goldfleet.domain.model import CloneAction, CloneStatus, Power, TemplateStatus
@@ -35,9 +35,8 @@ from goldfleet.domain.names import check_name
 from goldfleet.domain.pools import PoolState, Window
 from goldfleet.domain.rollout import ACTIVE, ItemState, OpStatus
 from goldfleet.errors import Conflict, GoldfleetError, NotFound
-from goldfleet.services import audit, clones, operations
-from goldfleet.services.common import get_template
-from goldfleet.services.views import CloneView, OperationView
+from goldfleet.services import fleet, rollouts
+from goldfleet.services.common import CloneView, OperationView, audit, get_template
 
 log = logging.getLogger("goldfleet.pools")
 
@@ -318,14 +317,14 @@ def delete_pool(
                 f"pool {name} has operation {busy[0].id} ({busy[0].kind}) under way; wait for it"
                 f" or cancel it with: goldfleet op cancel {busy[0].id}"
             )
-        clones._refuse_busy(s, members)
+        rollouts.refuse_busy(s, members)
         # the pool's history stays, named by its target; its rows no longer point at it
         s.execute(update(Operation).where(Operation.pool_id == p.id).values(pool_id=None))
         s.execute(update(Clone).where(Clone.pool_id == p.id).values(pool_id=None))
         op = None
         if members and not keep_clones:
             work = [(c, CloneAction.DELETE, c.version, False) for c in members]
-            op = clones._start_operation(ctx, s, DELETE, name, work, actor)
+            op = rollouts.start_operation(ctx, s, DELETE, name, work, actor)
         s.delete(p)
         audit.record(
             s,
@@ -338,7 +337,7 @@ def delete_pool(
         )
         s.commit()
         op_id = op.id if op else None
-    return clones._launch(ctx, op_id, False) if op_id is not None else None
+    return rollouts.launch(ctx, op_id, False) if op_id is not None else None
 
 
 # --- assigning users ----------------------------------------------------------------------
@@ -442,8 +441,8 @@ def assign(ctx: Context, pool: str, user: str, *, actor: str) -> AssignmentView:
         clone_name, running = mine.name, mine.power == Power.RUNNING
     try:
         if not running:
-            clones.start_clone(ctx, clone_name, actor=actor)
-        view = clones.show_clone(ctx, clone_name)
+            fleet.start_clone(ctx, clone_name, actor=actor)
+        view = fleet.show_clone(ctx, clone_name)
     except GoldfleetError:
         if newly:  # the user did not get it: it goes back to the idle ones
             with _locked(ctx, pool) as s:
@@ -514,14 +513,14 @@ def release(ctx: Context, pool: str, user: str, *, actor: str) -> CloneView:
             raise NotFound(f"user {user} has no clone in pool {pool}; see: goldfleet pool show")
         name, stop = c.name, c.power == Power.RUNNING and c.status == CloneStatus.READY
     if stop:
-        clones.stop_clone(ctx, name, actor=actor)
+        fleet.stop_clone(ctx, name, actor=actor)
     with _locked(ctx, pool) as s:
         c = s.scalar(select(Clone).where(Clone.name == name))
         if c is not None and c.assigned_user == user:
             c.assigned_user = None
             audit.record(s, actor, "pool.release", pool, user=user, clone=name)
             s.commit()
-    return clones.show_clone(ctx, name)
+    return fleet.show_clone(ctx, name)
 
 
 # --- keeping pools at size and in their windows -------------------------------------------
@@ -546,7 +545,7 @@ def _provision(ctx: Context, name: str, waiting: int = 0) -> OperationView | Non
         )
         if n <= 0:
             return None
-        op, _ = clones.create_clones(
+        op, _ = fleet.create_clones(
             ctx, template=p.template.name, count=n, actor=SYSTEM_ACTOR, pool_id=p.id
         )
         return op
@@ -579,14 +578,14 @@ def _maintain(ctx: Context, name: str, now: datetime) -> str | None:
             if window.is_open and op.status == OpStatus.PAUSED and _paused_by_window(op):
                 s.rollback()
                 try:
-                    operations.resume_operation(ctx, op.id, actor=WINDOW_ACTOR)
+                    rollouts.resume_operation(ctx, op.id, actor=WINDOW_ACTOR)
                 except Conflict:
                     return None  # resumed or cancelled in the meantime
                 return f"pool {name}: window open, operation {op.id} resumed"
             if not window.is_open and op.status in (OpStatus.RUNNING, OpStatus.SCHEDULED):
                 s.rollback()
                 try:
-                    operations.pause_operation(ctx, op.id, actor=WINDOW_ACTOR)
+                    rollouts.pause_operation(ctx, op.id, actor=WINDOW_ACTOR)
                 except Conflict:
                     return None  # it finished in the meantime
                 with ctx.session() as s2:
@@ -628,7 +627,7 @@ def _maintain(ctx: Context, name: str, now: datetime) -> str | None:
         work = [(c, CloneAction.RECREATE, current, False) for c in behind if c.id not in pending]
         if not work:
             return None
-        op = clones._start_operation(ctx, s, RECREATE, name, work, SYSTEM_ACTOR)
+        op = rollouts.start_operation(ctx, s, RECREATE, name, work, SYSTEM_ACTOR)
         op.pool_id = p.id
         audit.record(
             s,
@@ -642,7 +641,7 @@ def _maintain(ctx: Context, name: str, now: datetime) -> str | None:
         )
         s.commit()
         op_id = op.id
-    clones._launch(ctx, op_id, False)
+    rollouts.launch(ctx, op_id, False)
     return f"pool {name}: window open, {len(work)} idle clones being recreated (operation {op_id})"
 
 

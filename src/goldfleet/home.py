@@ -8,10 +8,11 @@ from pathlib import Path
 
 from sqlalchemy import func, select
 
-from goldfleet.bootstrap import Context, bootstrap
+from goldfleet.bootstrap import bootstrap
 from goldfleet.config import Settings
+from goldfleet.context import Context
 from goldfleet.db.tables import Server, Template, Token
-from goldfleet.services import auth
+from goldfleet.services import access
 
 TOKEN_FILE = "admin.token"
 SERVER_FILE = "server.json"
@@ -48,7 +49,7 @@ def init_home(home: Path, *, port: int = 8437) -> tuple[Settings, bool]:
             has_admin = s.scalar(select(Token.id).where(Token.name == "admin")) is not None
         made = False
         if not has_admin:
-            token = auth.create_token(ctx, name="admin", role="admin", actor="goldfleet init")
+            token = access.create_token(ctx, name="admin", role="admin", actor="goldfleet init")
             _write_private(home / TOKEN_FILE, token + "\n")
             made = True
         return settings, made
@@ -62,7 +63,7 @@ def recover(ctx: Context) -> list[str]:
     With a shared database (PostgreSQL) other servers may be at work on the same store right
     now: their work files and half-done steps are not leftovers. Then nothing is cleaned here;
     the operations of a dead server are taken over by the runners through their leases."""
-    from goldfleet.services import clones, operations, templates
+    from goldfleet.services import catalog, fleet, rollouts
 
     if ctx.engine.dialect.name != "sqlite":
         horizon = ctx.clock.now() - timedelta(seconds=ctx.settings.lease_seconds)
@@ -71,9 +72,9 @@ def recover(ctx: Context) -> list[str]:
         if others:
             return [f"{others} other server(s) at work on this database: store cleanup skipped"]
 
-    notes = templates.recover_templates(ctx)
-    notes += operations.recover_operations(ctx)
-    notes += clones.recover_clones(ctx)
+    notes = catalog.recover_templates(ctx)
+    notes += rollouts.recover_operations(ctx)
+    notes += fleet.recover_clones(ctx)
     with ctx.session() as s:
         keep = {t.overlay for t in s.scalars(select(Template)) if t.overlay}
     leftovers = ctx.layers.remove_work_files(keep) + ctx.volumes.remove_cache_work_files()

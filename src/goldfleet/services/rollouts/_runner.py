@@ -1,4 +1,4 @@
-"""Operations: durable bulk actions over many clones, run under a rollout policy.
+"""The operation runner: durable bulk actions over many clones, run under a rollout policy.
 
 An operation is a row plus one *item* per clone, all in goldfleet's database. Every server runs
 one :class:`Runner`. In each pass it *claims* items of the active operations under the policy
@@ -24,16 +24,18 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from goldfleet.bootstrap import Context
+from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Operation, OperationItem, Server, Version
-from goldfleet.domain.model import CloneAction, CloneStatus, Power
+from goldfleet.domain.model import CloneAction, Power
 from goldfleet.domain.rollout import (
     ACTIVE,
     FINISHED,
@@ -46,22 +48,71 @@ from goldfleet.domain.rollout import (
     failures_exceeded,
     session_step,
 )
-from goldfleet.errors import Conflict, GoldfleetError
-from goldfleet.services import audit
-from goldfleet.services.clones import (
-    TRANSITIONAL,
-    _mark,
-    call_driver,
-    execute,
-    load_plans,
-    record,
-)
-from goldfleet.services.common import get_operation, operation_view, outline_of
-from goldfleet.services.views import OperationView
+from goldfleet.errors import GoldfleetError
 
 log = logging.getLogger("goldfleet.operations")
 
 SCAN_LIMIT = 1000  # at most this many queued items are looked at per pass of one operation
+
+
+class Outcome(Protocol):
+    """What executing one clone's item came to (``error`` None: done)."""
+
+    clone_id: int
+    error: str | None
+
+
+class Plan(Protocol):
+    clone_id: int
+
+
+class CloneWork(Protocol):
+    """The work behind an operation's items, handed to the runner by the bootstrap
+    (services/fleet implements it). The runner decides *when* a clone is worked on; this says
+    *what* that means: mark it, do its files and hypervisor calls, record the outcome."""
+
+    def busy(self, clone: Clone) -> bool:
+        """The clone is in the middle of another action (the item waits)."""
+        ...
+
+    def place(self, s: Session, clone: Clone, target_version_id: int) -> None:
+        """Give a new clone its host now, if goldfleet places clones itself (edge stores)."""
+        ...
+
+    def mark(self, clone: Clone, item: OperationItem, version: Version, op_id: int) -> None:
+        """Record on the clone row, in the claim's transaction, what is about to be done."""
+        ...
+
+    def load(self, s: Session, clone_ids: list[int]) -> Sequence[Plan]:
+        """Everything ``execute`` needs, read before any file is touched."""
+        ...
+
+    def execute(self, plan: Any, logoff: Sequence[str]) -> Outcome:
+        """Idempotent file and driver work of one clone; writes nothing to the database."""
+        ...
+
+    def record(self, s: Session, outcomes: Sequence[Any]) -> tuple[int, int]:
+        """Write the outcomes to the clone rows; returns (done, failed)."""
+        ...
+
+    def users(self, names: list[str]) -> dict[str, list[str]]:
+        """Logged-in users per running clone (empty where the driver cannot tell)."""
+        ...
+
+    def message(self, name: str, text: str) -> None:
+        """Send the users of a clone a message; raises GoldfleetError when it cannot."""
+        ...
+
+
+@dataclass(frozen=True, slots=True)
+class Periodic:
+    """A task the runner's loop calls every ``seconds`` (power and pool reconciliation, a
+    site's schedule). ``reconcile``: switched off with ``Runner.reconcile_enabled``."""
+
+    name: str
+    seconds: float
+    run: Callable[[Context], object]
+    reconcile: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +131,11 @@ class _Pass:
 class Runner:
     """Claims, executes and records the work of every active operation, in this server."""
 
-    def __init__(self, ctx: Context) -> None:
+    def __init__(self, ctx: Context, work: CloneWork, *, periodic: Sequence[Periodic] = ()) -> None:
         self.ctx = ctx
+        self.work = work
+        self.periodic = list(periodic)
+        self._last_run: dict[str, float] = {}
         self.server_id = str(uuid.uuid4())
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, ctx.settings.workers), thread_name_prefix="goldfleet-volume"
@@ -90,11 +144,8 @@ class Runner:
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
-        self._last_reconcile = 0.0
         self.reconcile_enabled = True
-        self._rotation: dict[int, int] = {}
-        self._last_site_tick = 0.0
-        self._last_pool_reconcile = 0.0  # per operation: where the waiting scan goes on
+        self._rotation: dict[int, int] = {}  # per operation: where the waiting scan goes on
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -167,10 +218,7 @@ class Runner:
         while not self.stopping.is_set():
             worked = False
             try:
-                if self.reconcile_enabled:
-                    self._maybe_reconcile()
-                    self._maybe_reconcile_pools()
-                self._maybe_site_tick()
+                self._run_periodic()
                 worked = self.tick()
             except Exception:  # the loop must survive anything one pass throws
                 log.exception("operation runner pass failed")
@@ -336,7 +384,7 @@ class Runner:
                     .limit(SCAN_LIMIT * 4)
                 )
             )
-        return _sessions(ctx, names) if names else {}
+        return self.work.users(names) if names else {}
 
     def _pick(
         self,
@@ -378,27 +426,18 @@ class Runner:
             self._rotation[op.id] = offset + len(waiting) if len(waiting) == SCAN_LIMIT else 0
             rows += waiting
         versions: dict[int, Version] = {}
-        placer = None
         for it, clone in rows:
             if len(out.claims) >= slots:
                 break
             if clone is None:
                 self._close(it, ItemState.SKIPPED, "the clone was deleted", now)
                 continue
-            if clone.status in TRANSITIONAL and it.action != CloneAction.CREATE:
+            if self.work.busy(clone) and it.action != CloneAction.CREATE:
                 it.reason = f"busy: the clone is {clone.status}"
                 continue
-            if clone.host is None and self.ctx.edges is not None:
-                # edge stores: goldfleet places a new clone itself (the driver cannot know
-                # which hosts hold its chain), here, so the per-host limit applies at once
-                from goldfleet.services.hosts import Placer
-
-                placer = placer or Placer(self.ctx, s)
-                try:
-                    chain = placer.chain_of(it.target_version_id)
-                    clone.host = placer.host_for(clone.kind, chain)
-                except GoldfleetError:
-                    pass  # no host fits: executing the clone fails it with the reason
+            if clone.host is None:
+                # placed here, so that the per-host limit applies at once
+                self.work.place(s, clone, it.target_version_id)
             if per_host[clone.host] >= policy.per_host and clone.host is not None:
                 continue
             step, reason = session_step(policy, users.get(clone.name, []), it.notified_at, now)
@@ -414,13 +453,7 @@ class Runner:
                 continue
             if it.target_version_id not in versions:
                 versions[it.target_version_id] = s.get(Version, it.target_version_id)
-            _mark(
-                clone,
-                CloneAction(it.action),
-                versions[it.target_version_id],
-                op.id,
-                discard_data=it.discard_data,
-            )
+            self.work.mark(clone, it, versions[it.target_version_id], op.id)
             it.state, it.owner, it.started_at, it.reason = (
                 ItemState.RUNNING,
                 self.server_id,
@@ -455,7 +488,7 @@ class Runner:
         sent = []
         for item_id, name in notify:
             try:
-                call_driver(ctx, ctx.driver.send_message, name=name, text=text)
+                self.work.message(name, text)
                 sent.append(item_id)
             except GoldfleetError as exc:
                 log.warning("could not notify the users of %s: %s", name, exc.message)
@@ -469,9 +502,9 @@ class Runner:
         ctx = self.ctx
         by_clone = {c.clone_id: c for c in claims}
         with ctx.session() as s:
-            plans = load_plans(ctx, s, list(by_clone))
+            plans = self.work.load(s, list(by_clone))
         outcomes = list(
-            self.pool.map(lambda p: execute(ctx, p, by_clone[p.clone_id].logoff), plans)
+            self.pool.map(lambda p: self.work.execute(p, by_clone[p.clone_id].logoff), plans)
         )
         now = ctx.clock.now()
         with ctx.session() as s, s.no_autoflush:
@@ -490,7 +523,7 @@ class Runner:
             }
             outcomes = [o for o in outcomes if o.clone_id in kept]
             claims = [c for c in claims if c.clone_id in kept]
-            done, failed = record(s, outcomes)
+            done, failed = self.work.record(s, outcomes)
             errors = {o.clone_id: o.error for o in outcomes}
             for claim in claims:
                 it = items[claim.item_id]
@@ -548,165 +581,13 @@ class Runner:
             op.finished_at = ctx.clock.now()
             s.commit()
 
-    # --- reconciliation with the hypervisor ---------------------------------------------
+    # --- periodic tasks -------------------------------------------------------------------
 
-    def _maybe_reconcile(self) -> None:
-        if time.monotonic() - self._last_reconcile < self.ctx.settings.reconcile_seconds:
-            return
-        self._last_reconcile = time.monotonic()
-        reconcile_power(self.ctx)
-
-    def _maybe_site_tick(self) -> None:
-        """At a site: scheduled syncs and versions reaching their publish time
-        (services/upstream.py)."""
-        if self.ctx.settings.role != "site" or time.monotonic() - self._last_site_tick < 1.0:
-            return
-        self._last_site_tick = time.monotonic()
-        from goldfleet.services.upstream import site_tick
-
-        site_tick(self.ctx)
-
-    def _maybe_reconcile_pools(self) -> None:
-        """Keep pools at size and in their maintenance windows (services/pools.py)."""
-        last = self._last_pool_reconcile
-        if time.monotonic() - last < self.ctx.settings.reconcile_seconds:
-            return
-        self._last_pool_reconcile = time.monotonic()
-        from goldfleet.services.pools import reconcile_pools
-
-        reconcile_pools(self.ctx)
-
-
-def _sessions(ctx: Context, names: list[str]) -> dict[str, list[str]]:
-    """Logged-in users per VM; one VM the driver no longer knows does not blind the rest."""
-    try:
-        found = call_driver(ctx, ctx.driver.sessions, names=names)
-    except GoldfleetError:
-        found = {}
-        for name in names:
-            try:
-                found.update(call_driver(ctx, ctx.driver.sessions, names=[name]))
-            except GoldfleetError:
-                continue  # its rebuild will meet the driver's error and fail visibly
-    return {name: [g.user for g in found.get(name, [])] for name in names}
-
-
-def reconcile_power(ctx: Context) -> list[str]:
-    """Read power states back from the driver. A clone that stopped without goldfleet asking
-    (the guest shut itself down) gets its temp volumes emptied, like every shutdown."""
-    states = call_driver(ctx, ctx.driver.states)
-    stopped = []
-    with ctx.session() as s:
-        for c in s.scalars(
-            select(Clone).where(Clone.power == Power.RUNNING, Clone.status == CloneStatus.READY)
-        ):
-            if states.get(c.name, "undefined") != "running":
-                ctx.volumes.reset_temp(c.uid, outline_of(c.template))
-                c.power = Power.STOPPED
-                audit.record(s, "goldfleet", "clone.shutdown-reported", c.name)
-                stopped.append(c.name)
-        s.commit()
-    return stopped
-
-
-# --- reading and steering -----------------------------------------------------------------
-
-
-def list_operations(ctx: Context, *, limit: int = 50) -> list[OperationView]:
-    with ctx.session() as s:
-        ops = s.scalars(select(Operation).order_by(Operation.id.desc()).limit(limit))
-        return [operation_view(op, s, detail=0) for op in ops]
-
-
-def show_operation(ctx: Context, op_id: int) -> OperationView:
-    with ctx.session() as s:
-        return operation_view(get_operation(s, op_id), s)
-
-
-def pause_operation(ctx: Context, op_id: int, *, actor: str) -> OperationView:
-    """No new clone is started; those in flight finish."""
-    with ctx.session() as s:
-        op = get_operation(s, op_id)
-        if op.status not in (OpStatus.RUNNING, OpStatus.SCHEDULED):
-            raise Conflict(f"operation {op_id} is {op.status}; only a running one can be paused")
-        op.status, op.paused_reason = OpStatus.PAUSED, f"paused by {actor}"
-        audit.record(s, actor, "operation.pause", str(op_id))
-        s.commit()
-        return operation_view(op, s)
-
-
-def resume_operation(ctx: Context, op_id: int, *, actor: str) -> OperationView:
-    with ctx.session() as s:
-        op = get_operation(s, op_id)
-        if op.status != OpStatus.PAUSED:
-            raise Conflict(f"operation {op_id} is {op.status}, not paused")
-        later = op.start_at is not None and op.start_at > ctx.clock.now()
-        op.status = OpStatus.SCHEDULED if later else OpStatus.RUNNING
-        op.paused_reason = None
-        audit.record(s, actor, "operation.resume", str(op_id))
-        s.commit()
-        view = operation_view(op, s)
-    ctx.runner.start(op_id)  # type: ignore[union-attr]
-    return view
-
-
-def cancel_operation(ctx: Context, op_id: int, *, actor: str) -> OperationView:
-    """Clones not yet started stay on their old version; those in flight finish."""
-    with ctx.session() as s:
-        op = get_operation(s, op_id)
-        if op.status in FINISHED:
-            raise Conflict(f"operation {op_id} is already {op.status}")
-        op.status = OpStatus.CANCELLING
-        audit.record(s, actor, "operation.cancel", str(op_id))
-        s.commit()
-        # a create that never started leaves no clone behind
-        for it in s.scalars(
-            select(OperationItem).where(
-                OperationItem.operation_id == op_id,
-                OperationItem.state == ItemState.QUEUED,
-                OperationItem.action == CloneAction.CREATE,
-            )
-        ):
-            clone = s.get(Clone, it.clone_id) if it.clone_id else None
-            it.state, it.reason, it.clone_id = ItemState.CANCELLED, "cancelled", None
-            if clone is not None:
-                s.delete(clone)
-        s.commit()
-        view = operation_view(op, s)
-    ctx.runner.start(op_id)  # type: ignore[union-attr]
-    return view
-
-
-def recover_operations(ctx: Context) -> list[str]:
-    """Nothing to mark: unfinished operations simply continue in the runner."""
-    with ctx.session() as s:
-        active = list(s.scalars(select(Operation.id).where(Operation.status.in_(list(ACTIVE)))))
-    return [f"operation {op_id} continues" for op_id in active]
-
-
-def policy_from(ctx: Context, rollout: object | None) -> tuple[Policy | None, datetime | None]:
-    """The rollout fields of a request (any object with them, or None) → policy, start time."""
-    from goldfleet.domain.rollout import build_policy, parse_time
-
-    if rollout is None:
-        return None, None
-    now = ctx.clock.now()
-    fields = {
-        k: getattr(rollout, k)
-        for k in (
-            "logoff",
-            "deadline",
-            "grace",
-            "message",
-            "max_parallel",
-            "canary",
-            "canary_auto",
-            "stop_on_error",
-            "max_failures",
-        )
-    }
-    per_host = getattr(rollout, "per_host", None)
-    per_host = ctx.settings.per_host_limit if per_host is None else per_host
-    policy = build_policy(now=now, per_host=per_host, **fields)
-    at = getattr(rollout, "at", None)
-    return policy, (parse_time(at, now) if at else None)
+    def _run_periodic(self) -> None:
+        for task in self.periodic:
+            if task.reconcile and not self.reconcile_enabled:
+                continue
+            if time.monotonic() - self._last_run.get(task.name, 0.0) < task.seconds:
+                continue
+            self._last_run[task.name] = time.monotonic()
+            task.run(self.ctx)

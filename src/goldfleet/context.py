@@ -1,0 +1,89 @@
+"""The resources a service works with: settings, database, store, driver, clock.
+
+Built once by :mod:`goldfleet.bootstrap` (the composition root, which sits above the services)
+and handed to every service function. Nothing here imports a service: the runner and the
+checks one service package runs on behalf of another reach a service only through the slots
+below, which the bootstrap fills (docs/architecture.md)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from threading import Lock
+from typing import Protocol
+
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from goldfleet.config import Settings
+from goldfleet.drivers.base import Driver
+from goldfleet.store.edge import EdgeStores
+from goldfleet.store.layers import LayerStore
+from goldfleet.store.qemu import QemuImg
+from goldfleet.store.volumes import VolumeStore
+
+
+class Clock:
+    """Naive UTC time; tests that need to move time replace ``ctx.clock``."""
+
+    def now(self) -> datetime:
+        return datetime.now(UTC).replace(tzinfo=None)
+
+
+class OperationRunner(Protocol):
+    """What services and the server need of the operation runner (services/rollouts): start
+    and stop it, wake it for new work, wait for an operation to finish."""
+
+    server_id: str
+
+    def start(self, op_id: int | None = None) -> None: ...
+
+    def wait(self, op_id: int, timeout: float | None = None) -> None: ...
+
+    def start_background(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+# a check another service package asks for before a template is changed here (e.g. at a site,
+# a template HQ sends may be patched only with the local-patches right); raises to refuse
+TemplateGuard = Callable[["Context", str], None]
+
+
+@dataclass
+class Context:
+    settings: Settings
+    engine: Engine
+    sessions: sessionmaker[Session]
+    qemu: QemuImg
+    layers: LayerStore
+    volumes: VolumeStore
+    driver: Driver
+    template_locks: dict[str, Lock] = field(default_factory=dict)
+    _locks_guard: Lock = field(default_factory=Lock)
+    runner: OperationRunner | None = None  # set by the bootstrap
+    clock: Clock = field(default_factory=Clock)
+    edges: EdgeStores | None = None  # hosts' edge stores (docs/edge.md); None: off
+    template_guards: list[TemplateGuard] = field(default_factory=list)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: rolled back unless the caller commits."""
+        s = self.sessions()
+        try:
+            yield s
+        finally:
+            s.rollback()
+            s.close()
+
+    def template_lock(self, name: str) -> Lock:
+        """Serialises maintenance steps of one template inside this server."""
+        with self._locks_guard:
+            return self.template_locks.setdefault(name, Lock())
+
+    def check_template_change(self, template: str) -> None:
+        """Ask every registered guard whether ``template`` may be changed here."""
+        for guard in self.template_guards:
+            guard(self, template)

@@ -1,0 +1,32 @@
+"""Pools: clones of one template kept at a size with a buffer of idle ones, assigned to users,
+recreated inside maintenance windows."""
+
+from __future__ import annotations
+
+from goldfleet.services.pools._pools import (
+    AssignmentView,
+    PoolView,
+    assign,
+    create_pool,
+    delete_pool,
+    drain_pool,
+    enable_pool,
+    list_pools,
+    reconcile_pools,
+    release,
+    show_pool,
+)
+
+__all__ = [
+    "AssignmentView",
+    "PoolView",
+    "assign",
+    "create_pool",
+    "delete_pool",
+    "drain_pool",
+    "enable_pool",
+    "list_pools",
+    "reconcile_pools",
+    "release",
+    "show_pool",
+]

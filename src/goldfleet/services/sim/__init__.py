@@ -1,0 +1,28 @@
+"""The simulated world of the ``sim`` driver, for admins and tests: users logging in and out,
+messages they received, guests that shut themselves down."""
+
+from __future__ import annotations
+
+from goldfleet.services.sim._world import (
+    SimMessageView,
+    SimSessionView,
+    SimVmView,
+    guest_shutdown,
+    list_messages,
+    list_sessions,
+    list_vms,
+    login,
+    logout,
+)
+
+__all__ = [
+    "SimMessageView",
+    "SimSessionView",
+    "SimVmView",
+    "guest_shutdown",
+    "list_messages",
+    "list_sessions",
+    "list_vms",
+    "login",
+    "logout",
+]
