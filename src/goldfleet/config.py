@@ -51,6 +51,8 @@ class Settings(BaseSettings):
     lease_seconds: float = 10.0  # a server silent this long loses the work it claimed
     per_host_limit: int = 4  # default: clones rebuilt at once on one host
     reconcile_seconds: float = 2.0  # how often power states are read back from the driver
+    # a streamed answer (bundle export, progress) whose client reads nothing this long is aborted
+    stall_seconds: float = 60.0
     # sites (docs/sites.md)
     role: Literal["hq", "site"] = "hq"
     upstream_url: str = ""  # at a site: HQ's URL (default: the one given to `site join`)

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import json
 import os
+import socket
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sitekit import MiB, cli, layer_path, make_raw, start_servers
+from sitekit import MiB, _root_server_class, cli, layer_path, make_raw, start_servers
+
+from goldfleet.home import init_home
 
 
 @pytest.fixture
@@ -67,3 +71,55 @@ def test_an_export_cut_short_by_the_server_fails_and_leaves_no_file(servers, tmp
     assert out.returncode == 1, out.stdout
     assert "cut off" in out.stderr and "not written" in out.stderr, out.stderr
     assert list(tmp_path.glob("*.bundle*")) == []
+
+
+def _stalled_export(srv: Any, stop_for: float) -> tuple[int, bool]:
+    """GET the bundle over a raw socket with a small receive buffer, read a little, stop
+    reading for ``stop_for`` seconds, then read on: (body bytes after the stop, ended cleanly)."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.connect(("127.0.0.1", srv.port))
+    sock.sendall(
+        b"GET /templates/base/bundle HTTP/1.1\r\nHost: x\r\n"
+        + f"Authorization: Bearer {srv.token}\r\n\r\n".encode()
+    )
+    first = sock.recv(4096)
+    assert first.startswith(b"HTTP/1.1 200"), first[:200]
+    time.sleep(stop_for)
+    sock.settimeout(10)
+    received, tail = 0, b""
+    try:
+        while chunk := sock.recv(1 << 20):
+            received += len(chunk)
+            tail = (tail + chunk)[-16:]
+    except (ConnectionResetError, TimeoutError):
+        pass
+    finally:
+        sock.close()
+    return received, tail.endswith(b"0\r\n\r\n")  # the chunked body's last chunk
+
+
+def test_an_export_to_a_client_that_stops_reading_is_aborted(tmp_path, monkeypatch):
+    """A client that holds the stream open without reading does not hold the export (its
+    writer thread and layer file) forever: after ``stall_seconds`` the response is aborted."""
+    monkeypatch.setenv("GOLDFLEET_HOME", str(tmp_path / "unused"))
+    home = tmp_path / "a"
+    srv = _root_server_class()(home=home, env={"GOLDFLEET_STALL_SECONDS": "1"})
+    init_home(home, port=srv.port)
+    srv.start()
+    try:
+        image = tmp_path / "base.raw"
+        image.write_bytes(os.urandom(48 * MiB))  # far more than the socket buffers hold
+        srv.client().upload("/templates/import", image, {"name": "base", "format": "raw"})
+
+        received, whole = _stalled_export(srv, stop_for=4)
+        assert not whole and received < 48 * MiB, "the stalled export went on to the end"
+        log = (tmp_path / f"server-{srv.port}.log").read_text()
+        assert "the client read nothing for 1 s; the response was aborted" in log
+
+        # a client that keeps reading gets the whole bundle, from the same server
+        out = cli(home, "bundle", "export", "base", "-o", str(tmp_path / "base.bundle"))
+        assert out.returncode == 0, out.stderr
+        assert (tmp_path / "base.bundle").stat().st_size > 48 * MiB
+    finally:
+        srv.stop()

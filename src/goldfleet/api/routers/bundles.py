@@ -8,6 +8,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from goldfleet.api.deps import Ctx, Writer
+from goldfleet.api.streaming import GuardedStream
 from goldfleet.api.uploads import received_body
 from goldfleet.services import distribution
 
@@ -26,8 +27,9 @@ async def export_bundle(
     """The signed bundle as a streamed tar; refusals come before the first byte."""
     plan = await run_in_threadpool(distribution.plan_export, ctx, name, since, policy_only)
     suffix = f"-since-v{since}" if since is not None else ""
-    return StreamingResponse(
+    return GuardedStream(
         distribution.stream_bundle(plan),
+        stall_seconds=ctx.settings.stall_seconds,
         media_type="application/x-tar",
         headers={"Content-Disposition": f'attachment; filename="{name}{suffix}.bundle"'},
     )

@@ -8,6 +8,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
 from goldfleet.api.deps import Ctx, Reader, Writer
+from goldfleet.api.streaming import GuardedStream
 from goldfleet.services import hosts
 from goldfleet.services.hosts import HostsView, PrefetchView, PruneView
 
@@ -42,8 +43,9 @@ def prefetch(
     off, unknown host or version, folder not mounted) come before any byte moves."""
     plan = hosts.plan_prefetch(ctx, host, body.template, body.version)
     if body.progress:
-        return StreamingResponse(
+        return GuardedStream(
             hosts.stream_prefetch(ctx, plan, actor=caller.name),
+            stall_seconds=ctx.settings.stall_seconds,
             media_type="application/x-ndjson",
         )
     return hosts.run_prefetch(ctx, plan, actor=caller.name)

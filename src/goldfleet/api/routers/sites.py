@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
 from goldfleet.api.deps import Ctx, Reader, SiteCaller, Writer
+from goldfleet.api.streaming import GuardedStream
 from goldfleet.api.uploads import received_body
 from goldfleet.domain.names import check_name
 from goldfleet.domain.rollout import parse_time
@@ -133,12 +134,13 @@ async def sync(
     ``progress`` counts the layer bytes received of those the sync must fetch."""
     given = _given(body, "limit")
     if body.progress:
-        return StreamingResponse(
+        return GuardedStream(
             streams.stream(
                 {"action": "site sync"},
                 lambda report: distribution.sync(ctx, **given, actor=caller.name, progress=report),
                 what="site sync",
             ),
+            stall_seconds=ctx.settings.stall_seconds,
             media_type="application/x-ndjson",
         )
     return await run_in_threadpool(distribution.sync, ctx, **given, actor=caller.name)
