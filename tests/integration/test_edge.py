@@ -10,7 +10,9 @@ import hashlib
 import os
 import stat
 import subprocess
+import threading
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -19,12 +21,13 @@ from sqlalchemy import select
 from goldfleet.bootstrap import bootstrap
 from goldfleet.config import Settings
 from goldfleet.context import Context
-from goldfleet.db.tables import AuditEntry, Clone, SimDomain
+from goldfleet.db.tables import AuditEntry, Clone, Lease, SimDomain
 from goldfleet.domain.names import layer_filename
 from goldfleet.errors import BadImage, Conflict, InvalidInput, NotFound, StoreError
 from goldfleet.home import init_home
 from goldfleet.services import catalog, fleet, hosts
-from goldfleet.services.common import AuditView, audit
+from goldfleet.services.common import AuditView, audit, leases
+from goldfleet.services.hosts import PruneView
 from goldfleet.store.edge import EdgeStores
 from goldfleet.store.layers import file_digest
 
@@ -515,3 +518,66 @@ def test_prune_refusals_come_before_any_removal(ectx, base, edge_root, home):
             hosts.prune(ctx_off, None, actor="t")
     finally:
         ctx_off.engine.dispose()
+
+
+@pytest.fixture
+def second_server(home: Path, edge_root: Path) -> Iterator[Context]:
+    """Another server on the same database and the same hosts (its own EdgeStores, so its own
+    in-process locks), as two servers sharing a PostgreSQL database are."""
+    c = bootstrap(Settings(home=home, edge_root=edge_root))
+    yield c
+    c.engine.dispose()
+
+
+def test_two_servers_never_prune_or_copy_into_one_host_at_once(
+    ectx, base, edge_root, second_server
+):
+    """The host's lease is in the database: while one server holds it, another's prune waits
+    (it used to run at once, on its own process lock); then it runs."""
+    ectx.runner.start_background()  # a live server: its heartbeat row keeps its lease
+    hosts.prefetch(ectx, H1, "base", actor="t")
+    inside, leave = threading.Event(), threading.Event()
+
+    def hold_host() -> None:
+        with leases.hold(ectx, f"host:{H1}", wait=5, what="test"):
+            inside.set()
+            leave.wait(10)
+
+    holder = threading.Thread(target=hold_host)
+    holder.start()
+    assert inside.wait(5)
+    pruned: list[PruneView] = []
+    other = threading.Thread(
+        target=lambda: pruned.append(hosts.prune(second_server, H1, keep_current=False, actor="t"))
+    )
+    other.start()
+    other.join(1.0)
+    assert other.is_alive() and not pruned, "the second server pruned while the first held it"
+    leave.set()
+    holder.join(5)
+    other.join(10)
+    assert [h.removed for h in pruned[0].hosts] == [chain_of(ectx, 1)]
+
+
+def test_a_lease_of_a_dead_server_is_taken_over_and_a_live_one_refuses_in_time(
+    ectx, base, second_server
+):
+    ectx.runner.start_background()
+    with second_server.session() as s:  # left by a server that died while pruning
+        s.add(Lease(name=f"host:{H1}", owner="dead-server", taken_at=datetime(2000, 1, 1)))
+        s.commit()
+    with leases.hold(second_server, f"host:{H1}", wait=0, what="the edge store of host x"):
+        pass  # taken over at once
+    what = "the edge store of host x"
+    with leases.hold(ectx, f"host:{H1}", wait=1, what=what):
+        busy = rf"{what} is busy: server .* \(pid {os.getpid()}\) is working on it"
+        with (
+            pytest.raises(Conflict, match=busy),
+            leases.hold(second_server, f"host:{H1}", wait=0.3, what=what),
+        ):
+            pass
+        # re-entrant within one server: its threads share the lease
+        with leases.hold(ectx, f"host:{H1}", wait=0, what="x"):
+            pass
+    with second_server.session() as s:
+        assert s.scalars(select(Lease)).all() == []  # given back by the last one out

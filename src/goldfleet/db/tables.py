@@ -180,6 +180,18 @@ class Server(Base):
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Lease(Base):
+    """A named piece of work one server at a time may do (e.g. ``host:NAME``, a host's edge
+    store). Held while its owner's heartbeat is live (``servers``); a dead owner's lease is
+    taken over, like the runner's items (services/common/leases.py)."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(36))
+    taken_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Pool(Base):
     """Clones of one template kept at a size, with a buffer of idle ones."""
 

@@ -1,9 +1,10 @@
 """The shared kernel of the service packages: lookups of rows by name, the views services
-return, the audit log and the JSON-lines progress streams."""
+return, the audit log, the JSON-lines progress streams and leases (work one server at a time may
+do)."""
 
 from __future__ import annotations
 
-from goldfleet.services.common import audit, streams
+from goldfleet.services.common import audit, leases, streams
 from goldfleet.services.common.lookups import (
     chain,
     get_clone,
@@ -47,6 +48,7 @@ __all__ = [
     "get_operation",
     "get_template",
     "get_version",
+    "leases",
     "operation_view",
     "outline_of",
     "streams",

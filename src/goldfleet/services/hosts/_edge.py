@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from pydantic import BaseModel
@@ -25,11 +26,13 @@ from goldfleet.domain.model import CloneKind
 from goldfleet.domain.names import NAME_RE
 from goldfleet.domain.rollout import ItemState
 from goldfleet.errors import Conflict
-from goldfleet.services.common import audit, chain, get_template, get_version, streams
+from goldfleet.services.common import audit, chain, get_template, get_version, leases, streams
 from goldfleet.store.edge import EdgeStores
 from goldfleet.store.layers import LayerInfo
 
 log = logging.getLogger("goldfleet.hosts")
+
+HOST_LEASE_WAIT = 600.0  # seconds a copy or prune waits for another server's on the same host
 
 
 class HostVersionView(BaseModel):
@@ -101,6 +104,14 @@ def edges_of(ctx: Context) -> EdgeStores:
             " GOLDFLEET_EDGE_ROOT) and restart it; see docs/edge.md"
         )
     return ctx.edges
+
+
+def host_lease(ctx: Context, host: str) -> AbstractContextManager[None]:
+    """Copies into a host's edge store and prunes of it, one server at a time (every server
+    sharing the database); within a server, EdgeStores' own per-host lock orders threads."""
+    return leases.hold(
+        ctx, f"host:{host}", wait=HOST_LEASE_WAIT, what=f"the edge store of host {host}"
+    )
 
 
 def check_host(ctx: Context, host: str) -> str:
@@ -212,7 +223,8 @@ def run_prefetch(
     progress: Callable[[int], None] | None = None,
 ) -> PrefetchView:
     """Copy the layers the host lacks, parents first, each checked before it is committed."""
-    copied = edges_of(ctx).ensure(plan.host, plan.chain, ctx.layers, progress)
+    with host_lease(ctx, plan.host):
+        copied = edges_of(ctx).ensure(plan.host, plan.chain, ctx.layers, progress)
     view = PrefetchView(
         host=plan.host,
         template=plan.template,
@@ -344,9 +356,10 @@ def prune(
             view.note = "this host's name cannot name a folder: it has no edge store"
             continue
         try:
-            removed = edges.prune(
-                name, lambda name=name: keep_on(ctx, name, keep_current), dry_run=dry_run
-            )
+            with host_lease(ctx, name):
+                removed = edges.prune(
+                    name, lambda name=name: keep_on(ctx, name, keep_current), dry_run=dry_run
+                )
         except Conflict as exc:
             if host is not None:
                 raise
@@ -433,7 +446,8 @@ def prepare_host(ctx: Context, clone: str, host: str, digests: Sequence[str]) ->
     missing: list[str] = []
     copied: list[LayerInfo] = []
     if not edges.is_complete(host, digests):
-        copied = edges.ensure(host, digests, ctx.layers)
+        with host_lease(ctx, host):
+            copied = edges.ensure(host, digests, ctx.layers)
         if copied:
             log.info(
                 "copied %d layers (%d bytes) to the edge store of host %s for clone %s",
