@@ -120,7 +120,7 @@ def test_versions_activation_and_publish_times(trio, qemu, tmp_path):
     assert r["bytes_downloaded"] == 0 and r["activated"] == {"base": 3} and current(a) == 3
 
     # a publish time: v4 arrives at a now and goes live there at that time, not before
-    at = (datetime.now(UTC) + timedelta(seconds=4)).replace(tzinfo=None, microsecond=0)
+    at = (datetime.now(UTC) + timedelta(seconds=12)).replace(tzinfo=None, microsecond=0)
     hq.client().post(
         "/sites/a/templates",
         {
