@@ -556,7 +556,7 @@ REFUSED = [
     ({"max_failures": "150%"}, "--max-failures '150%' is not valid: a count like 3 or a share"
      " like 10%"),
     ({"grace": "soon"}, "duration 'soon' is not valid: write e.g. 90s, 10m, 2h or 1d"),
-    ({"at": "someday"}, "time 'someday' is not valid: write HH:MM or an ISO date-time like"
+    ({"at": "someday"}, "--at 'someday' is not valid: write HH:MM or an ISO date-time like"
      " 2026-12-01T22:00"),
     ({"message": "x" * 1001}, "--message is longer than 1000 characters"),
 ]  # fmt: skip
