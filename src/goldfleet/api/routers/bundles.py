@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from goldfleet.api.deps import Ctx, Writer
+from goldfleet.api.schemas import QueryFlag
 from goldfleet.api.uploads import received_body
+from goldfleet.domain.names import MAX_VERSION
 from goldfleet.services import bundles
 
 router = APIRouter(tags=["bundles"])
@@ -21,7 +25,11 @@ class KeyTrust(BaseModel):
 
 @router.get("/templates/{name}/bundle")
 async def export_bundle(
-    name: str, ctx: Ctx, caller: Writer, since: int | None = None, policy_only: bool = False
+    name: str,
+    ctx: Ctx,
+    caller: Writer,
+    since: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
+    policy_only: QueryFlag = False,
 ) -> StreamingResponse:
     """The signed bundle as a streamed tar; refusals come before the first byte."""
     plan = await run_in_threadpool(bundles.plan_export, ctx, name, since, policy_only)

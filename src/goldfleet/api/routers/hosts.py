@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from goldfleet.api.deps import Ctx, Reader, Writer
+from goldfleet.domain.names import MAX_VERSION
 from goldfleet.services import hosts
 from goldfleet.services.hosts import HostsView, PrefetchView, PruneView
 
@@ -18,15 +19,15 @@ class PrefetchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     template: str
-    version: int | None = None  # None: the current version
-    progress: bool = False  # answer with JSON lines (start, progress…, done or error)
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION)  # None: the current one
+    progress: StrictBool = False  # answer with JSON lines (start, progress…, done or error)
 
 
 class PruneRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    keep_current: bool = True  # keep every template's current version too
-    dry_run: bool = False  # say what would go, remove nothing
+    keep_current: StrictBool = True  # keep every template's current version too
+    dry_run: StrictBool = False  # say what would go, remove nothing
 
 
 @router.get("")

@@ -8,12 +8,13 @@ from datetime import datetime
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from goldfleet.api.deps import Ctx, Reader, SiteCaller, Writer
 from goldfleet.api.uploads import received_body
-from goldfleet.domain.names import check_name
+from goldfleet.domain.names import MAX_VERSION, check_name
 from goldfleet.domain.rollout import parse_time
+from goldfleet.domain.sizes import MAX_RATE
 from goldfleet.services import bundles, sites, streams, upstream
 
 router = APIRouter(tags=["sites"])
@@ -21,11 +22,11 @@ router = APIRouter(tags=["sites"])
 
 class SiteCreate(BaseModel):
     name: str
-    local_patches: bool = False
+    local_patches: StrictBool = False
 
 
 class SiteRights(BaseModel):
-    local_patches: bool
+    local_patches: StrictBool
 
 
 class SiteAssign(BaseModel):
@@ -42,14 +43,15 @@ class SiteJoin(BaseModel):
 
 class SyncRequest(BaseModel):
     # bytes a second; null: no limit; left out: the site's own limit (POST /site/schedule)
-    limit: float | None = Field(default=None, gt=0)
-    progress: bool = False  # answer with JSON lines (start, progress…, done or error)
+    limit: float | None = Field(default=None, gt=0, le=MAX_RATE, allow_inf_nan=False)
+    progress: StrictBool = False  # answer with JSON lines (start, progress…, done or error)
 
 
 class ScheduleRequest(BaseModel):
     # each left out stays as it is
     schedule: str | None = None  # daily [HH:MM] | weekly DAY [HH:MM] | cron; null: on demand
-    limit: int | None = Field(default=None, gt=0)  # bytes a second of every sync; null: none
+    # bytes a second of every sync; null: none
+    limit: int | None = Field(default=None, ge=1, le=MAX_RATE)
 
 
 def _given(body: BaseModel, *settings: str) -> dict[str, object]:
@@ -58,7 +60,7 @@ def _given(body: BaseModel, *settings: str) -> dict[str, object]:
 
 
 class PublishRequest(BaseModel):
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
 
 
 class PublishAsk(BaseModel):
@@ -92,7 +94,7 @@ def revoke_site(name: str, ctx: Ctx, caller: Writer) -> sites.SiteView:
 def assign_template(name: str, body: SiteAssign, ctx: Ctx, caller: Writer) -> sites.SiteView:
     at: datetime | None = None
     if body.publish_at:
-        at = parse_time(body.publish_at, ctx.clock.now())
+        at = parse_time(body.publish_at, ctx.clock.now(), "--publish-at")
     return sites.assign_template(
         ctx,
         name,
