@@ -1,6 +1,6 @@
 """Every input gets a 4xx, never a 500 (issue 15, part 4), through a real server's HTTP API:
 integers past 64 bits, listings of -1 rows, absurd parallelism, times in year 1, flags that are
-not booleans. Each request here was a 500 or was accepted
+not booleans, and the shape of every refusal. Each request here was a 500 or was accepted
 before the bounds existed; each must now be a 4xx that names the field and changes nothing."""
 
 from __future__ import annotations
@@ -170,3 +170,38 @@ def test_a_flag_is_a_json_boolean_and_a_query_flag_true_or_false(fleet, template
     assert world(fleet) == before
     r = call(fleet, "GET", "/templates/base/bundle?policy_only=true")
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-tar"
+
+
+# --- the shape of a refusal -------------------------------------------------------------
+
+
+def test_every_refusal_has_one_shape_even_from_the_framework(fleet, template) -> None:
+    """Not JSON, no such route, a method the route does not take: these were FastAPI's
+    ``{"detail": …}``, which the OpenAPI description did not promise."""
+    json = {"Content-Type": "application/json"}
+    r = call(fleet, "POST", "/clones", content=b"A\x80 not UTF-8", headers=json)
+    assert refused(r, 400) == "There was an error parsing the body"
+    assert r.json()["error"] == "BadRequest"
+    r = call(fleet, "POST", "/clones", content=b"{not json", headers=json)
+    message = refused(r)
+    assert message.startswith("the request body is not valid JSON: Expecting property"), message
+    r = call(fleet, "GET", "/no/such/route")
+    assert refused(r, 404) == "Not Found"
+    r = call(fleet, "PATCH", "/templates")
+    assert refused(r, 405) == "Method Not Allowed" and r.json()["error"] == "MethodNotAllowed"
+    assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET"}
+
+
+def test_the_openapi_description_promises_what_is_sent(fleet, template) -> None:
+    """Every operation documents its refusals as ``ErrorPublic``, and times as the naive UTC
+    the views send (JSON Schema's "date-time" needs an offset they do not have)."""
+    spec = fleet.client.get("/openapi.json")
+    for path, methods in spec["paths"].items():
+        for method, operation in methods.items():
+            if path == "/health":
+                continue
+            refusal = operation["responses"]["4XX"]["content"]["application/json"]["schema"]
+            assert refusal == {"$ref": "#/components/schemas/ErrorPublic"}, (method, path)
+    assert '"date-time"' not in str(spec).replace("'", '"')
+    created = spec["components"]["schemas"]["TemplateView"]["properties"]["created_at"]
+    assert created["description"] == "UTC, ISO 8601, without an offset"

@@ -1,5 +1,5 @@
-"""Request bodies (``…Create`` and friends) and the bounded parameters every router shares;
-responses are the service views.
+"""Request bodies (``…Create`` and friends), the bounded parameters every router shares, and
+the one shape of a refusal; responses are the service views.
 
 Every integer is bounded and every flag is a JSON boolean, so that no input reaches the database
 as a number it cannot hold (SQLite's OverflowError was a 500) and ``"yes"`` is not read as true.
@@ -35,6 +35,26 @@ OperationId = Annotated[int, Path(ge=1, le=MAX_ID)]
 VersionNumber = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 QueryFlag = Annotated[bool, BeforeValidator(_query_flag)]
 ListLimit = Annotated[int, Query(ge=1, le=MAX_LIST)]  # rows of a listing (-1 gave every row)
+
+
+class ErrorPublic(BaseModel):
+    """Every refusal (4xx): the error's class (NotFound, Conflict, InvalidInput…) and a message
+    that names the object, what is wrong and what to do."""
+
+    error: str
+    message: str
+
+
+# every router's 4xx answers, in the OpenAPI description (FastAPI's own 422 shape is not ours)
+ERRORS: dict[int | str, dict[str, object]] = {
+    "4XX": {"model": ErrorPublic, "description": "Refused: the error's class and what to do"}
+}
+
+
+# what the streamed answers carry, for the OpenAPI description of their routes
+JSON_LINES = {"application/x-ndjson": {"schema": {"type": "string"}}}  # start, progress…, end
+BYTES = {"schema": {"type": "string", "format": "binary"}}
+UPLOAD = {"requestBody": {"required": True, "content": {"application/octet-stream": BYTES}}}
 
 
 class Body(BaseModel):

@@ -10,7 +10,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from goldfleet.api.deps import Ctx, Writer
-from goldfleet.api.schemas import QueryFlag
+from goldfleet.api.schemas import BYTES, UPLOAD, QueryFlag
 from goldfleet.api.uploads import received_body
 from goldfleet.domain.names import MAX_VERSION
 from goldfleet.services import bundles
@@ -23,7 +23,11 @@ class KeyTrust(BaseModel):
     public_key: str
 
 
-@router.get("/templates/{name}/bundle")
+@router.get(
+    "/templates/{name}/bundle",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-tar": BYTES}}},
+)
 async def export_bundle(
     name: str,
     ctx: Ctx,
@@ -41,7 +45,7 @@ async def export_bundle(
     )
 
 
-@router.post("/bundles/import", status_code=201)
+@router.post("/bundles/import", status_code=201, openapi_extra=UPLOAD)
 async def import_bundle(request: Request, ctx: Ctx, caller: Writer) -> bundles.BundleView:
     """Receive a bundle (the request body) into the incoming folder, then check and import it."""
     limit = ctx.settings.max_virtual_size * 4 + (64 << 20)

@@ -8,6 +8,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from goldfleet.api.deps import Ctx, Reader, Writer
+from goldfleet.api.schemas import JSON_LINES
 from goldfleet.domain.names import MAX_VERSION
 from goldfleet.services import hosts
 from goldfleet.services.hosts import HostsView, PrefetchView, PruneView
@@ -35,7 +36,11 @@ def list_hosts(ctx: Ctx, caller: Reader) -> HostsView:
     return hosts.list_hosts(ctx)
 
 
-@router.post("/{host}/prefetch", response_model=None)
+@router.post(
+    "/{host}/prefetch",
+    response_model=None,
+    responses={200: {"model": PrefetchView, "content": JSON_LINES}},
+)
 def prefetch(
     host: str, body: PrefetchRequest, ctx: Ctx, caller: Writer
 ) -> PrefetchView | StreamingResponse:

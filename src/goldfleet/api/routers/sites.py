@@ -11,6 +11,7 @@ from fastapi.responses import FileResponse, StreamingResponse
 from pydantic import BaseModel, Field, StrictBool
 
 from goldfleet.api.deps import Ctx, Reader, SiteCaller, Writer
+from goldfleet.api.schemas import BYTES, JSON_LINES, UPLOAD
 from goldfleet.api.uploads import received_body
 from goldfleet.domain.names import MAX_VERSION, check_name
 from goldfleet.domain.rollout import parse_time
@@ -124,7 +125,11 @@ def join(body: SiteJoin, ctx: Ctx, caller: Writer) -> dict[str, str]:
     return upstream.join(ctx, body.url, body.token, actor=caller.name)
 
 
-@router.post("/site/sync", response_model=None)
+@router.post(
+    "/site/sync",
+    response_model=None,
+    responses={200: {"model": upstream.SyncResult, "content": JSON_LINES}},
+)
 async def sync(
     body: SyncRequest, ctx: Ctx, caller: Writer
 ) -> upstream.SyncResult | StreamingResponse:
@@ -165,7 +170,14 @@ def catalog(ctx: Ctx, caller: SiteCaller) -> dict:
     return sites.catalog(ctx, caller.name)
 
 
-@router.get("/sync/layers/{digest}")
+@router.get(
+    "/sync/layers/{digest}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": BYTES}},
+        206: {"description": "The range asked for", "content": {"application/octet-stream": BYTES}},
+    },
+)
 def layer(digest: str, ctx: Ctx, caller: SiteCaller) -> FileResponse:
     """The layer file; Starlette's FileResponse answers Range requests (206, Content-Range)."""
     path = sites.layer_file(ctx, caller.name, digest)
@@ -184,7 +196,7 @@ def publish_plan(
     return sites.publish_plan(ctx, caller.name, template, body.digests)
 
 
-@router.post("/sync/publish/{template}", status_code=201)
+@router.post("/sync/publish/{template}", status_code=201, openapi_extra=UPLOAD)
 async def receive_publish(
     template: str, request: Request, ctx: Ctx, caller: SiteCaller
 ) -> bundles.BundleView:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from goldfleet.api.deps import Ctx, Reader, Writer
-from goldfleet.api.schemas import MaintenanceExit, TemplateFromClone, VersionNumber
+from goldfleet.api.schemas import UPLOAD, MaintenanceExit, TemplateFromClone, VersionNumber
 from goldfleet.api.uploads import received_body
 from goldfleet.services import operations, templates
 from goldfleet.services.views import MaintenanceExitView, TemplateView, VersionView
@@ -19,7 +19,7 @@ def list_templates(ctx: Ctx, caller: Reader) -> list[TemplateView]:
     return templates.list_templates(ctx)
 
 
-@router.post("/import", status_code=201)
+@router.post("/import", status_code=201, openapi_extra=UPLOAD)
 async def import_template(
     request: Request,
     ctx: Ctx,
