@@ -20,7 +20,7 @@ from goldfleet.domain.names import MAX_VERSION
 from goldfleet.domain.rollout import MAX_CANARY, MAX_PARALLEL
 from goldfleet.services.views import OperationView
 
-MAX_ID = (1 << 63) - 1  # a row id: no more fits SQLite's INTEGER or PostgreSQL's bigint
+MAX_ID = (1 << 63) - 1  # a row id: the most SQLite binds (OverflowError, a 500, past it)
 MAX_LIST = 1000  # rows one listing returns at most
 
 
