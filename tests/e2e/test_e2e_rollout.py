@@ -544,7 +544,7 @@ def test_pause_and_resume_of_a_scheduled_operation_keeps_its_start_time(fleet, d
 
 
 REFUSED = [
-    ({"max_parallel": 0}, "--max-parallel must be at least 1, not 0"),
+    ({"max_parallel": 0}, "rollout.max_parallel: Input should be greater than or equal to 1"),
     ({"canary": 4}, "--canary 4 is larger than the 3 clones this operation touches"),
     ({"logoff": "later"}, "--logoff 'later' is not valid: use wait, notify-force or force"),
     ({"logoff": "force", "deadline": "23:00"}, "--deadline goes with --logoff wait"),
@@ -556,7 +556,7 @@ REFUSED = [
     ({"max_failures": "150%"}, "--max-failures '150%' is not valid: a count like 3 or a share"
      " like 10%"),
     ({"grace": "soon"}, "duration 'soon' is not valid: write e.g. 90s, 10m, 2h or 1d"),
-    ({"at": "someday"}, "time 'someday' is not valid: write HH:MM or an ISO date-time like"
+    ({"at": "someday"}, "--at 'someday' is not valid: write HH:MM or an ISO date-time like"
      " 2026-12-01T22:00"),
     ({"message": "x" * 1001}, "--message is longer than 1000 characters"),
 ]  # fmt: skip
@@ -579,13 +579,13 @@ def test_a_policy_that_cannot_be_met_is_refused_and_creates_nothing(fleet, desks
 def test_a_per_host_limit_of_0_is_refused(fleet, desks):
     desks(2, start=False)
     msg = fleet.error(422, recreate, fleet, per_host=0)
-    assert msg == "the per-host limit must be at least 1, not 0"
+    assert msg == "rollout.per_host: Input should be greater than or equal to 1"
 
 
 def test_a_bulk_create_with_a_bad_policy_creates_no_clone(fleet, template):
     body = {"template": "base", "count": 3, "rollout": {"max_parallel": 0}}
     msg = fleet.error(422, fleet.client.post, "/clones", body)
-    assert msg == "--max-parallel must be at least 1, not 0"
+    assert msg == "rollout.max_parallel: Input should be greater than or equal to 1"
     body = {"template": "base", "count": 3, "rollout": {"canary": 4}}
     fleet.error(422, fleet.client.post, "/clones", body)
     assert fleet.client.get("/clones") == []
@@ -599,7 +599,7 @@ def test_maintenance_exit_with_a_bad_policy_changes_nothing(fleet, template):
     fleet.pattern(Path(t["overlay_path"]), MiB, 0x22)
     body = {"recreate": "linked", "rollout": {"max_parallel": 0}}
     msg = fleet.error(422, fleet.client.post, "/templates/base/maintenance/exit", body)
-    assert msg == "--max-parallel must be at least 1, not 0"
+    assert msg == "rollout.max_parallel: Input should be greater than or equal to 1"
     t = fleet.client.get("/templates/base")
     assert (t["status"], t["current_version"]) == ("maintenance", 1)
 
@@ -731,7 +731,8 @@ def test_cli_recreate_with_policy_flags(fleet, desks):
     assert messages_to(fleet, busy) == ["bye"] and users_on(fleet, busy) == []
     proc = fleet.cli("clone", "recreate", "--template", "base", "--max-parallel", "0")
     assert proc.returncode == 1
-    assert proc.stderr.strip() == "error: --max-parallel must be at least 1, not 0"
+    expected = "error: rollout.max_parallel: Input should be greater than or equal to 1"
+    assert proc.stderr.strip() == expected
 
 
 def test_cli_maintenance_exit_recreate_under_a_policy(fleet, template):

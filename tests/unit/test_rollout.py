@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 
 from goldfleet.domain.rollout import (
     ACTIVE,
+    EARLIEST,
     FINISHED,
+    LATEST,
     Logoff,
     OpStatus,
     Policy,
@@ -141,6 +143,44 @@ def test_parse_time_refuses(text: str) -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "0001-01-01T00:00",
+        "1999-12-31T23:59:59",
+        "9999-01-01",
+        "9999-12-31T23:59",
+        "2000-01-01T00:30+01:00",  # 1999-12-31T23:30 in UTC
+        "0001-01-01T00:00+01:00",  # these two leave what a datetime holds: OverflowError before
+        "9999-12-31T23:00-05:00",
+    ],
+)
+def test_parse_time_refuses_a_time_out_of_range_naming_the_field(text: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse_time(text, NOW, "--deadline")
+    assert info.value.message == (
+        f"--deadline {text!r} is out of range: write a time from 2000-01-01 to 9998-12-31 (UTC)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2000-01-01", EARLIEST),
+        ("2000-01-01T01:00+01:00", EARLIEST),
+        ("9998-12-31T23:59:59.999999", LATEST - timedelta(microseconds=1)),
+    ],
+)
+def test_parse_time_takes_the_ends_of_its_range(text: str, expected: datetime) -> None:
+    assert parse_time(text, NOW) == expected
+
+
+def test_parse_time_names_the_field_it_reads() -> None:
+    with pytest.raises(InvalidInput) as info:
+        parse_time("someday", NOW, "--at")
+    assert info.value.message.startswith("--at 'someday' is not valid: write HH:MM")
+
+
 @given(hour=st.integers(0, 23), minute=st.integers(0, 59))
 def test_parse_time_hh_mm_is_the_next_such_moment(hour: int, minute: int) -> None:
     at = parse_time(f"{hour:02d}:{minute:02d}", NOW)
@@ -201,7 +241,11 @@ def test_parse_max_failures_accepts(text: str, parsed: tuple[int | None, float |
 
 
 @pytest.mark.parametrize(
-    "text", ["", "%", "-1", "-1%", "101%", "3.5", "three", "10 %x", "nan%", "inf%", "5%%"]
+    "text",
+    [
+        *("", "%", "-1", "-1%", "101%", "3.5", "three", "10 %x", "nan%", "inf%", "5%%"),
+        *("1000001", "1" + "0" * 30),  # more failures than any fleet has clones
+    ],
 )
 def test_parse_max_failures_refuses(text: str) -> None:
     with pytest.raises(InvalidInput) as info:
@@ -519,6 +563,14 @@ def test_an_absurd_grace_is_refused_or_harmless() -> None:
             "--deadline goes with --logoff wait",
         ),
         (Policy(stop_on_error=False), 10, "without --stop-on-error, give --max-failures N or N%"),
+        (Policy(max_parallel=10_001), 10, "--max-parallel must be at most 10000, not 10001"),
+        (
+            Policy(max_parallel=10**23),
+            10,
+            "--max-parallel must be at most 10000, not 100000000000000000000000",
+        ),
+        (Policy(per_host=10_001), 10, "the per-host limit must be at most 10000, not 10001"),
+        (Policy(canary=10_001), 20_000, "--canary must be at most 10000, not 10001"),
     ],
 )
 def test_check_policy_refuses(policy: Policy, fleet: int, message: str) -> None:
@@ -534,6 +586,7 @@ def test_check_policy_refuses(policy: Policy, fleet: int, message: str) -> None:
         (Policy(), 10),
         (Policy(max_parallel=1), 10),
         (Policy(max_parallel=100), 10),  # more than the fleet is fine
+        (Policy(max_parallel=10_000, per_host=10_000, canary=10_000), 20_000),  # the bounds
         (Policy(canary=10), 10),  # the whole fleet as canary
         (Policy(canary=1), 10),
         (Policy(logoff=Logoff.WAIT, deadline=NOW), 10),
@@ -611,6 +664,12 @@ def test_build_policy_deadline_is_read_against_now() -> None:
     )
 
 
+def test_build_policy_refuses_a_deadline_in_year_1_naming_it() -> None:
+    with pytest.raises(InvalidInput) as info:
+        build_policy(now=NOW, deadline="0001-01-01")
+    assert info.value.message.startswith("--deadline '0001-01-01' is out of range")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -622,7 +681,8 @@ def test_build_policy_deadline_is_read_against_now() -> None:
         ({"grace": "soon"}, "duration 'soon' is not valid: write e.g. 90s, 10m, 2h or 1d"),
         (
             {"deadline": "whenever"},
-            "time 'whenever' is not valid: write HH:MM or an ISO date-time like 2026-12-01T22:00",
+            "--deadline 'whenever' is not valid: write HH:MM or an ISO date-time like"
+            " 2026-12-01T22:00",
         ),
         (
             {"max_failures": "many"},

@@ -21,13 +21,26 @@ from goldfleet.errors import InvalidInput
 
 
 @pytest.mark.parametrize(
-    ("spec", "expected"), [("current", "current"), ("ALL", "all"), (" 3 ", "3"), (2, "2")]
+    ("spec", "expected"),
+    [
+        ("current", "current"),
+        ("ALL", "all"),
+        (" 3 ", "3"),
+        (2, "2"),
+        ("007", "7"),
+        ("10000", "10000"),
+    ],
 )
 def test_parse_versions(spec, expected):
     assert parse_versions(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["0", "-1", "latest", "", "1.5", "99999"])
+@pytest.mark.parametrize(
+    "spec",
+    # '²' passed str.isdigit() and broke int() (a 500); so did 5000 digits (int()'s limit);
+    # '٣' (Arabic-Indic 3) passed both: only ASCII digits are a count
+    ["0", "-1", "latest", "", "1.5", "99999", "10001", "²", "٣", "9" * 5000],
+)
 def test_parse_versions_refuses(spec):
     with pytest.raises(InvalidInput, match="--versions"):
         parse_versions(spec)

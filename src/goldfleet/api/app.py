@@ -5,15 +5,19 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from http import HTTPStatus
+from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from goldfleet import __version__
 from goldfleet.api.deps import Reader, authenticate
 from goldfleet.api.routers import admin, bundles, clones, hosts, pools, sim, sites, templates
+from goldfleet.api.schemas import ERRORS
 from goldfleet.api.uploads import body_problem
 from goldfleet.context import Context
 from goldfleet.errors import Forbidden, GoldfleetError
@@ -64,6 +68,28 @@ class RequireToken:
         await self.app(scope, receive, send)
 
 
+# goldfleet's times are naive UTC (2026-12-01T22:00:00.123456); JSON Schema's "date-time" is
+# RFC 3339, which requires an offset, so the description says what is sent instead
+UTC_TIME = {
+    "type": "string",
+    "pattern": r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?"
+    r"(Z|[+-][0-9]{2}:[0-9]{2})?$",
+    "description": "UTC, ISO 8601, without an offset",
+}
+
+
+def _naive_utc_times(node: Any) -> Any:
+    """Every ``{"type": "string", "format": "date-time"}`` of a description → UTC_TIME."""
+    if isinstance(node, dict):
+        if node.get("type") == "string" and node.get("format") == "date-time":
+            rest = {k: v for k, v in node.items() if k not in ("type", "format")}
+            return {**rest, **UTC_TIME}
+        return {k: _naive_utc_times(v) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_naive_utc_times(v) for v in node]
+    return node
+
+
 def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -93,10 +119,29 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
     async def goldfleet_error(request: Request, exc: GoldfleetError) -> JSONResponse:
         return error_response(exc)
 
+    @app.exception_handler(HTTPException)
+    async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+        """Starlette's and FastAPI's own refusals (a body that is not JSON, no such route, a
+        method the route does not take) in the one shape of every refusal, headers kept (405's
+        Allow)."""
+        try:
+            error = HTTPStatus(exc.status_code).phrase.title().replace(" ", "").replace("-", "")
+        except ValueError:
+            error = "HTTPError"
+        return JSONResponse(
+            {"error": error, "message": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=exc.headers,
+        )
+
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
         for err in exc.errors():
+            if err.get("type") == "json_invalid":  # its loc is a character offset, not a field
+                problem = (err.get("ctx") or {}).get("error", "not JSON")
+                parts.append(f"the request body is not valid JSON: {problem}")
+                continue
             where = ".".join(str(x) for x in err.get("loc", ()) if x != "body")
             parts.append(f"{where}: {err.get('msg')}")
         return JSONResponse(
@@ -108,16 +153,19 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
     def health() -> dict[str, str]:
         return {"status": "ok", "version": __version__}
 
+    fastapi_openapi = app.openapi
+
+    def described() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            app.openapi_schema = _naive_utc_times(fastapi_openapi())
+        return app.openapi_schema
+
+    app.openapi = described  # type: ignore[method-assign]
+
     @app.get("/openapi.json", tags=["health"], include_in_schema=False)
     def openapi(caller: Reader) -> dict:
         return app.openapi()
 
-    app.include_router(templates.router)
-    app.include_router(clones.router)
-    app.include_router(admin.router)
-    app.include_router(sim.router)
-    app.include_router(pools.router)
-    app.include_router(bundles.router)
-    app.include_router(sites.router)
-    app.include_router(hosts.router)
+    for module in (templates, clones, admin, sim, pools, bundles, sites, hosts):
+        app.include_router(module.router, responses=ERRORS)
     return app

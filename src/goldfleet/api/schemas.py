@@ -1,11 +1,60 @@
-"""Request bodies (``…Create`` and friends); responses are the service views."""
+"""Request bodies (``…Create`` and friends), the bounded parameters every router shares, and
+the one shape of a refusal; responses are the service views.
+
+Every integer is bounded and every flag is a JSON boolean, so that no input reaches the database
+as a number it cannot hold (SQLite's OverflowError was a 500) and ``"yes"`` is not read as true.
+The bounds are the domain's where a rule owns them; the schema states them so that a request out
+of range is refused with a 422 naming the field, and the OpenAPI description says what is taken.
+"""
 
 from __future__ import annotations
 
-from pydantic import BaseModel, ConfigDict, Field
+from typing import Annotated
+
+from fastapi import Path, Query
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from pydantic_core import PydanticCustomError
 
 from goldfleet.domain.model import RecreateScope
+from goldfleet.domain.names import MAX_VERSION
+from goldfleet.domain.rollout import MAX_CANARY, MAX_PARALLEL
 from goldfleet.services.common import OperationView
+
+MAX_ID = (1 << 63) - 1  # a row id: the most SQLite binds (OverflowError, a 500, past it)
+MAX_LIST = 1000  # rows one listing returns at most
+
+
+def _query_flag(value: object) -> object:
+    """A query flag is ``true`` or ``false``; the lax reading also took yes, on, 1, t…"""
+    if isinstance(value, str) and value not in ("true", "false"):
+        raise PydanticCustomError("bool_parsing", "Input should be true or false")
+    return value
+
+
+OperationId = Annotated[int, Path(ge=1, le=MAX_ID)]
+VersionNumber = Annotated[int, Path(ge=1, le=MAX_VERSION)]
+QueryFlag = Annotated[bool, BeforeValidator(_query_flag)]
+ListLimit = Annotated[int, Query(ge=1, le=MAX_LIST)]  # rows of a listing (-1 gave every row)
+
+
+class ErrorPublic(BaseModel):
+    """Every refusal (4xx): the error's class (NotFound, Conflict, InvalidInput…) and a message
+    that names the object, what is wrong and what to do."""
+
+    error: str
+    message: str
+
+
+# every router's 4xx answers, in the OpenAPI description (FastAPI's own 422 shape is not ours)
+ERRORS: dict[int | str, dict[str, object]] = {
+    "4XX": {"model": ErrorPublic, "description": "Refused: the error's class and what to do"}
+}
+
+
+# what the streamed answers carry, for the OpenAPI description of their routes
+JSON_LINES = {"application/x-ndjson": {"schema": {"type": "string"}}}  # start, progress…, end
+BYTES = {"schema": {"type": "string", "format": "binary"}}
+UPLOAD = {"requestBody": {"required": True, "content": {"application/octet-stream": BYTES}}}
 
 
 class Body(BaseModel):
@@ -19,11 +68,11 @@ class Rollout(Body):
     deadline: str | None = None
     grace: str | None = None
     message: str | None = None
-    max_parallel: int | None = None
-    per_host: int | None = None
-    canary: int = 0
-    canary_auto: bool = False
-    stop_on_error: bool = True
+    max_parallel: int | None = Field(default=None, ge=1, le=MAX_PARALLEL)
+    per_host: int | None = Field(default=None, ge=1, le=MAX_PARALLEL)
+    canary: int = Field(default=0, ge=0, le=MAX_CANARY)
+    canary_auto: StrictBool = False
+    stop_on_error: StrictBool = True
     max_failures: str | None = None
     at: str | None = None
 
@@ -32,8 +81,8 @@ class CloneCreate(Body):
     template: str
     count: int | None = Field(default=None, ge=1, le=10_000)
     name: str | None = None
-    full: bool = False
-    wait: bool = False
+    full: StrictBool = False
+    wait: StrictBool = False
     rollout: Rollout | None = None
 
 
@@ -49,23 +98,23 @@ class CloneRebase(Body):
 class CloneRecreate(Body):
     name: str | None = None
     template: str | None = None
-    include_full: bool = False
-    discard_data: bool = False
-    wait: bool = False
+    include_full: StrictBool = False
+    discard_data: StrictBool = False
+    wait: StrictBool = False
     rollout: Rollout | None = None
 
 
 class CloneRebaseMany(Body):
     template: str
     to: str | None = None
-    wait: bool = False
+    wait: StrictBool = False
     rollout: Rollout | None = None
 
 
 class CloneRetry(Body):
     name: str | None = None
-    all: bool = False
-    wait: bool = False
+    all: StrictBool = False
+    wait: StrictBool = False
 
 
 class TemplateFromClone(Body):
@@ -75,7 +124,7 @@ class TemplateFromClone(Body):
 
 class MaintenanceExit(Body):
     recreate: RecreateScope = RecreateScope.NONE
-    shutdown: bool = False  # stop a running maintenance VM first
+    shutdown: StrictBool = False  # stop a running maintenance VM first
     rollout: Rollout | None = None
 
 

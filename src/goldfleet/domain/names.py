@@ -17,6 +17,7 @@ NAME_PATTERN = rf"^{NAME_RE.pattern}$"
 DIGEST_PATTERN = rf"^{DIGEST_RE.pattern}$"
 LAYER_FILE_RE = re.compile(r"sha256-([0-9a-f]{64})\.qcow2")
 VERSION_RE = re.compile(r"v?([1-9][0-9]{0,8})")
+MAX_VERSION = 999_999_999  # the largest version number VERSION_RE reads
 
 
 def check_name(value: str, kind: str = "name") -> str:

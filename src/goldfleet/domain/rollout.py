@@ -13,6 +13,15 @@ from goldfleet.errors import InvalidInput
 
 _DURATION_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*(s|m|h|d)?")
 MAX_DURATION = 366 * 86400.0
+# clones rebuilt at once, across the fleet or on one host, and the size of a canary: as many as
+# one bulk create makes (domain/pools.py MAX_POOL_SIZE); more is a typo, not a plan
+MAX_PARALLEL = 10_000
+MAX_CANARY = 10_000
+MAX_FAILURES = 1_000_000  # a failure count above any fleet
+# the times an admin may give (deadline, start, publish): years 2000 to 9998, so that a time
+# plus a year of grace or window still fits a datetime and every database stores it
+EARLIEST = datetime(2000, 1, 1)
+LATEST = datetime(9999, 1, 1)
 _UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400, None: 1}
 
 
@@ -61,8 +70,9 @@ def parse_duration(text: str | float | int) -> float:
     return seconds
 
 
-def parse_time(text: str, now: datetime) -> datetime:
-    """``HH:MM`` (today, or tomorrow if already past), or an ISO date-time (UTC)."""
+def parse_time(text: str, now: datetime, what: str = "time") -> datetime:
+    """``HH:MM`` (today, or tomorrow if already past), or an ISO date-time (UTC) from
+    :data:`EARLIEST` up to :data:`LATEST`; ``what`` names the field in the refusal."""
     value = text.strip()
     m = re.fullmatch(r"([01]?[0-9]|2[0-3]):([0-5][0-9])", value)
     if m:
@@ -72,9 +82,18 @@ def parse_time(text: str, now: datetime) -> datetime:
         at = datetime.fromisoformat(value)
     except ValueError:
         raise InvalidInput(
-            f"time {text!r} is not valid: write HH:MM or an ISO date-time like 2026-12-01T22:00"
+            f"{what} {text!r} is not valid: write HH:MM or an ISO date-time like 2026-12-01T22:00"
         ) from None
-    return at.replace(tzinfo=None) if at.tzinfo is None else at.astimezone(UTC).replace(tzinfo=None)
+    try:  # an offset may carry year 1 or 9999 past what a datetime holds
+        utc = at if at.tzinfo is None else at.astimezone(UTC).replace(tzinfo=None)
+    except OverflowError:
+        utc = None
+    if utc is None or not EARLIEST <= utc < LATEST:
+        raise InvalidInput(
+            f"{what} {text!r} is out of range: write a time from {EARLIEST:%Y-%m-%d} to"
+            f" {LATEST - timedelta(days=1):%Y-%m-%d} (UTC)"
+        )
+    return utc
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +137,7 @@ def parse_max_failures(text: str) -> tuple[int | None, float | None]:
                 raise ValueError
             return None, pct
         count = int(value)
-        if count < 0:
+        if not 0 <= count <= MAX_FAILURES:
             raise ValueError
         return count, None
     except ValueError:
@@ -131,10 +150,20 @@ def check_policy(policy: Policy, fleet: int) -> Policy:
     """Refuse a policy that cannot be met for a fleet of ``fleet`` clones."""
     if policy.max_parallel is not None and policy.max_parallel < 1:
         raise InvalidInput(f"--max-parallel must be at least 1, not {policy.max_parallel}")
+    if policy.max_parallel is not None and policy.max_parallel > MAX_PARALLEL:
+        raise InvalidInput(
+            f"--max-parallel must be at most {MAX_PARALLEL}, not {policy.max_parallel}"
+        )
     if policy.per_host < 1:
         raise InvalidInput(f"the per-host limit must be at least 1, not {policy.per_host}")
+    if policy.per_host > MAX_PARALLEL:
+        raise InvalidInput(
+            f"the per-host limit must be at most {MAX_PARALLEL}, not {policy.per_host}"
+        )
     if policy.canary < 0:
         raise InvalidInput("--canary must not be negative")
+    if policy.canary > MAX_CANARY:
+        raise InvalidInput(f"--canary must be at most {MAX_CANARY}, not {policy.canary}")
     if policy.canary and policy.canary > fleet:
         raise InvalidInput(
             f"--canary {policy.canary} is larger than the {fleet} clones this operation touches"
@@ -227,7 +256,7 @@ def build_policy(
         stop_on_error = False
     kwargs: dict[str, Any] = {
         "logoff": mode,
-        "deadline": parse_time(deadline, now) if deadline else None,
+        "deadline": parse_time(deadline, now, "--deadline") if deadline else None,
         "max_parallel": max_parallel,
         "per_host": per_host,
         "canary": canary,

@@ -12,6 +12,7 @@ from cronsim import CronSim, CronSimError
 from goldfleet.errors import InvalidInput
 
 MAX_SCHEDULE = 100
+MAX_VERSIONS = 10_000  # the most versions a site may be told to keep (--versions N)
 ACTIVATE_MODES = ("on-verify", "when-all-verified")
 RIGHTS = ("local-patches",)
 _DAYS = {
@@ -33,7 +34,8 @@ def parse_versions(spec: str | int) -> str:
     text = str(spec).strip().lower()
     if text in ("current", "all"):
         return text
-    if text.isdigit() and 1 <= int(text) <= 10_000:
+    # ASCII digits only: str.isdigit() also takes '²' (int() refuses it) and 5000-digit numbers
+    if re.fullmatch(r"[0-9]{1,5}", text) and 1 <= int(text) <= MAX_VERSIONS:
         return str(int(text))
     raise InvalidInput(
         f"--versions {spec!r} is not valid: write current, all, or a number N of newest versions"

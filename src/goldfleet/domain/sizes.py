@@ -11,6 +11,7 @@ _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
 _LARGEST = 1 << 80  # far beyond any disk; keeps arithmetic exact and bounded
 _SIZE_RE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([KMGT]?)(?:I?B)?", re.IGNORECASE)
 _PER_SECOND_RE = re.compile(r"\s*/\s*s(?:ec)?$", re.IGNORECASE)
+MAX_RATE = 1 << 50  # bytes a second: a PiB/s, far above any link, within a 64-bit column
 
 
 def parse_size(text: str | int, *, maximum: int | None = None) -> int:
@@ -36,7 +37,7 @@ def parse_size(text: str | int, *, maximum: int | None = None) -> int:
 def parse_rate(text: str) -> int:
     """A bandwidth as admins write it, into bytes a second: 50MB/s, 10M/s, 1.5G (binary units)."""
     try:
-        return parse_size(_PER_SECOND_RE.sub("", str(text).strip()), maximum=1 << 50)
+        return parse_size(_PER_SECOND_RE.sub("", str(text).strip()), maximum=MAX_RATE)
     except InvalidInput:
         raise InvalidInput(
             f"bandwidth {text!r} is not valid: write e.g. 50MB/s, 10M/s or 1G/s"

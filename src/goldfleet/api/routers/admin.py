@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from goldfleet.api.deps import Ctx, Reader, Writer
-from goldfleet.api.schemas import TokenCreate, TokenCreated
+from goldfleet.api.schemas import ListLimit, OperationId, TokenCreate, TokenCreated
 from goldfleet.services import access, catalog, rollouts
 from goldfleet.services.common import AuditView, OperationView, StoreReport, TokenView, audit
 
@@ -13,27 +13,27 @@ router = APIRouter(tags=["admin"])
 
 
 @router.get("/operations")
-def list_operations(ctx: Ctx, caller: Reader, limit: int = 50) -> list[OperationView]:
+def list_operations(ctx: Ctx, caller: Reader, limit: ListLimit = 50) -> list[OperationView]:
     return rollouts.list_operations(ctx, limit=limit)
 
 
 @router.get("/operations/{op_id}")
-def show_operation(op_id: int, ctx: Ctx, caller: Reader) -> OperationView:
+def show_operation(op_id: OperationId, ctx: Ctx, caller: Reader) -> OperationView:
     return rollouts.show_operation(ctx, op_id)
 
 
 @router.post("/operations/{op_id}/pause")
-def pause_operation(op_id: int, ctx: Ctx, caller: Writer) -> OperationView:
+def pause_operation(op_id: OperationId, ctx: Ctx, caller: Writer) -> OperationView:
     return rollouts.pause_operation(ctx, op_id, actor=caller.name)
 
 
 @router.post("/operations/{op_id}/resume")
-def resume_operation(op_id: int, ctx: Ctx, caller: Writer) -> OperationView:
+def resume_operation(op_id: OperationId, ctx: Ctx, caller: Writer) -> OperationView:
     return rollouts.resume_operation(ctx, op_id, actor=caller.name)
 
 
 @router.post("/operations/{op_id}/cancel")
-def cancel_operation(op_id: int, ctx: Ctx, caller: Writer) -> OperationView:
+def cancel_operation(op_id: OperationId, ctx: Ctx, caller: Writer) -> OperationView:
     return rollouts.cancel_operation(ctx, op_id, actor=caller.name)
 
 
@@ -59,5 +59,5 @@ def revoke_token(name: str, ctx: Ctx, caller: Writer) -> None:
 
 
 @router.get("/audit")
-def list_audit(ctx: Ctx, caller: Writer, limit: int = 100) -> list[AuditView]:
+def list_audit(ctx: Ctx, caller: Writer, limit: ListLimit = 100) -> list[AuditView]:
     return audit.list_audit(ctx, limit=limit)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
 from goldfleet.api.deps import Ctx, Writer
+from goldfleet.api.schemas import BYTES, UPLOAD, QueryFlag
 from goldfleet.api.streaming import GuardedStream
 from goldfleet.api.uploads import received_body
+from goldfleet.domain.names import MAX_VERSION
 from goldfleet.services import distribution
 
 router = APIRouter(tags=["bundles"])
@@ -20,9 +24,17 @@ class KeyTrust(BaseModel):
     public_key: str
 
 
-@router.get("/templates/{name}/bundle")
+@router.get(
+    "/templates/{name}/bundle",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"application/x-tar": BYTES}}},
+)
 async def export_bundle(
-    name: str, ctx: Ctx, caller: Writer, since: int | None = None, policy_only: bool = False
+    name: str,
+    ctx: Ctx,
+    caller: Writer,
+    since: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
+    policy_only: QueryFlag = False,
 ) -> StreamingResponse:
     """The signed bundle as a streamed tar; refusals come before the first byte."""
     plan = await run_in_threadpool(distribution.plan_export, ctx, name, since, policy_only)
@@ -35,7 +47,7 @@ async def export_bundle(
     )
 
 
-@router.post("/bundles/import", status_code=201)
+@router.post("/bundles/import", status_code=201, openapi_extra=UPLOAD)
 async def import_bundle(request: Request, ctx: Ctx, caller: Writer) -> distribution.BundleView:
     """Receive a bundle (the request body) into the incoming folder, then check and import it."""
     limit = ctx.settings.max_virtual_size * 4 + (64 << 20)

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from goldfleet.api.deps import Ctx, Reader, Writer
+from goldfleet.api.schemas import JSON_LINES
 from goldfleet.api.streaming import GuardedStream
+from goldfleet.domain.names import MAX_VERSION
 from goldfleet.services import hosts
 from goldfleet.services.hosts import HostsView, PrefetchView, PruneView
 
@@ -19,15 +21,15 @@ class PrefetchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     template: str
-    version: int | None = None  # None: the current version
-    progress: bool = False  # answer with JSON lines (start, progress…, done or error)
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION)  # None: the current one
+    progress: StrictBool = False  # answer with JSON lines (start, progress…, done or error)
 
 
 class PruneRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    keep_current: bool = True  # keep every template's current version too
-    dry_run: bool = False  # say what would go, remove nothing
+    keep_current: StrictBool = True  # keep every template's current version too
+    dry_run: StrictBool = False  # say what would go, remove nothing
 
 
 @router.get("")
@@ -35,7 +37,11 @@ def list_hosts(ctx: Ctx, caller: Reader) -> HostsView:
     return hosts.list_hosts(ctx)
 
 
-@router.post("/{host}/prefetch", response_model=None)
+@router.post(
+    "/{host}/prefetch",
+    response_model=None,
+    responses={200: {"model": PrefetchView, "content": JSON_LINES}},
+)
 def prefetch(
     host: str, body: PrefetchRequest, ctx: Ctx, caller: Writer
 ) -> PrefetchView | StreamingResponse:

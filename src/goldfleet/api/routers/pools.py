@@ -4,9 +4,11 @@ clones from them. Reader tokens read, admin tokens change."""
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from goldfleet.api.deps import Ctx, Reader, Writer
+from goldfleet.api.schemas import QueryFlag
+from goldfleet.domain.pools import MAX_POOL_SIZE, MAX_WINDOW_MINUTES
 from goldfleet.services import pools
 from goldfleet.services.common import CloneView, OperationView
 from goldfleet.services.pools import AssignmentView, PoolView
@@ -19,11 +21,11 @@ class PoolCreate(BaseModel):
 
     name: str
     template: str
-    min: int = 0
-    max: int
-    buffer: int = 0
+    min: int = Field(default=0, ge=0, le=MAX_POOL_SIZE)
+    max: int = Field(ge=1, le=MAX_POOL_SIZE)
+    buffer: int = Field(default=0, ge=0, le=MAX_POOL_SIZE)
     window_cron: str | None = None
-    window_minutes: int | None = None
+    window_minutes: int | None = Field(default=None, ge=1, le=MAX_WINDOW_MINUTES)
 
 
 class PoolUser(BaseModel):
@@ -83,6 +85,6 @@ def enable(name: str, ctx: Ctx, caller: Writer) -> PoolView:
 
 
 @router.delete("/{name}")
-def delete_pool(name: str, ctx: Ctx, caller: Writer, keep_clones: bool = False) -> PoolDeleted:
+def delete_pool(name: str, ctx: Ctx, caller: Writer, keep_clones: QueryFlag = False) -> PoolDeleted:
     op = pools.delete_pool(ctx, name, keep_clones=keep_clones, actor=caller.name)
     return PoolDeleted(pool=name, operation=op)

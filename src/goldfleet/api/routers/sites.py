@@ -8,13 +8,15 @@ from datetime import datetime
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import FileResponse, StreamingResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, StrictBool
 
 from goldfleet.api.deps import Ctx, Reader, SiteCaller, Writer
+from goldfleet.api.schemas import BYTES, JSON_LINES, UPLOAD
 from goldfleet.api.streaming import GuardedStream
 from goldfleet.api.uploads import received_body
-from goldfleet.domain.names import check_name
+from goldfleet.domain.names import MAX_VERSION, check_name
 from goldfleet.domain.rollout import parse_time
+from goldfleet.domain.sizes import MAX_RATE
 from goldfleet.services import distribution
 from goldfleet.services.common import streams
 
@@ -23,11 +25,11 @@ router = APIRouter(tags=["sites"])
 
 class SiteCreate(BaseModel):
     name: str
-    local_patches: bool = False
+    local_patches: StrictBool = False
 
 
 class SiteRights(BaseModel):
-    local_patches: bool
+    local_patches: StrictBool
 
 
 class SiteAssign(BaseModel):
@@ -44,14 +46,15 @@ class SiteJoin(BaseModel):
 
 class SyncRequest(BaseModel):
     # bytes a second; null: no limit; left out: the site's own limit (POST /site/schedule)
-    limit: float | None = Field(default=None, gt=0)
-    progress: bool = False  # answer with JSON lines (start, progress…, done or error)
+    limit: float | None = Field(default=None, gt=0, le=MAX_RATE, allow_inf_nan=False)
+    progress: StrictBool = False  # answer with JSON lines (start, progress…, done or error)
 
 
 class ScheduleRequest(BaseModel):
     # each left out stays as it is
     schedule: str | None = None  # daily [HH:MM] | weekly DAY [HH:MM] | cron; null: on demand
-    limit: int | None = Field(default=None, gt=0)  # bytes a second of every sync; null: none
+    # bytes a second of every sync; null: none
+    limit: int | None = Field(default=None, ge=1, le=MAX_RATE)
 
 
 def _given(body: BaseModel, *settings: str) -> dict[str, object]:
@@ -60,7 +63,7 @@ def _given(body: BaseModel, *settings: str) -> dict[str, object]:
 
 
 class PublishRequest(BaseModel):
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=MAX_VERSION)
 
 
 class PublishAsk(BaseModel):
@@ -96,7 +99,7 @@ def revoke_site(name: str, ctx: Ctx, caller: Writer) -> distribution.SiteView:
 def assign_template(name: str, body: SiteAssign, ctx: Ctx, caller: Writer) -> distribution.SiteView:
     at: datetime | None = None
     if body.publish_at:
-        at = parse_time(body.publish_at, ctx.clock.now())
+        at = parse_time(body.publish_at, ctx.clock.now(), "--publish-at")
     return distribution.assign_template(
         ctx,
         name,
@@ -126,7 +129,11 @@ def join(body: SiteJoin, ctx: Ctx, caller: Writer) -> dict[str, str]:
     return distribution.join(ctx, body.url, body.token, actor=caller.name)
 
 
-@router.post("/site/sync", response_model=None)
+@router.post(
+    "/site/sync",
+    response_model=None,
+    responses={200: {"model": distribution.SyncResult, "content": JSON_LINES}},
+)
 async def sync(
     body: SyncRequest, ctx: Ctx, caller: Writer
 ) -> distribution.SyncResult | StreamingResponse:
@@ -168,7 +175,14 @@ def catalog(ctx: Ctx, caller: SiteCaller) -> dict:
     return distribution.catalog(ctx, caller.name)
 
 
-@router.get("/sync/layers/{digest}")
+@router.get(
+    "/sync/layers/{digest}",
+    response_class=FileResponse,
+    responses={
+        200: {"content": {"application/octet-stream": BYTES}},
+        206: {"description": "The range asked for", "content": {"application/octet-stream": BYTES}},
+    },
+)
 def layer(digest: str, ctx: Ctx, caller: SiteCaller) -> FileResponse:
     """The layer file; Starlette's FileResponse answers Range requests (206, Content-Range)."""
     path = distribution.layer_file(ctx, caller.name, digest)
@@ -187,7 +201,7 @@ def publish_plan(
     return distribution.publish_plan(ctx, caller.name, template, body.digests)
 
 
-@router.post("/sync/publish/{template}", status_code=201)
+@router.post("/sync/publish/{template}", status_code=201, openapi_extra=UPLOAD)
 async def receive_publish(
     template: str, request: Request, ctx: Ctx, caller: SiteCaller
 ) -> distribution.BundleView:

@@ -6,7 +6,7 @@ from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 
 from goldfleet.api.deps import Ctx, Reader, Writer
-from goldfleet.api.schemas import MaintenanceExit, TemplateFromClone
+from goldfleet.api.schemas import UPLOAD, MaintenanceExit, TemplateFromClone, VersionNumber
 from goldfleet.api.uploads import received_body
 from goldfleet.services import catalog, rollouts
 from goldfleet.services.common import MaintenanceExitView, TemplateView, VersionView
@@ -19,7 +19,7 @@ def list_templates(ctx: Ctx, caller: Reader) -> list[TemplateView]:
     return catalog.list_templates(ctx)
 
 
-@router.post("/import", status_code=201)
+@router.post("/import", status_code=201, openapi_extra=UPLOAD)
 async def import_template(
     request: Request,
     ctx: Ctx,
@@ -68,7 +68,7 @@ def delete_template(name: str, ctx: Ctx, caller: Writer) -> None:
 
 
 @router.delete("/{name}/versions/{number}", status_code=204)
-def delete_version(name: str, number: int, ctx: Ctx, caller: Writer) -> None:
+def delete_version(name: str, number: VersionNumber, ctx: Ctx, caller: Writer) -> None:
     catalog.delete_version(ctx, name, number, actor=caller.name)
 
 

@@ -6,7 +6,7 @@ its target version, in one transaction; (2) *execute* — volumes are built besi
 and switched by rename, and the hypervisor is told (no database writes); (3) *record* — the row
 is marked ``ready`` on the target version, or ``failed`` with the reason. A step interrupted by a
 crash leaves a ``failed`` clone whose recorded action ``clone retry`` completes; executing is
-idempotent. Many clones go through :mod:`goldfleet.services.operations` in batches.
+idempotent. Many clones go through the runner (services/rollouts) in batches.
 """
 
 from __future__ import annotations

@@ -184,4 +184,4 @@ def policy_from(ctx: Context, rollout: object | None) -> tuple[Policy | None, da
     per_host = ctx.settings.per_host_limit if per_host is None else per_host
     policy = build_policy(now=now, per_host=per_host, **fields)
     at = getattr(rollout, "at", None)
-    return policy, (parse_time(at, now) if at else None)
+    return policy, (parse_time(at, now, "--at") if at else None)
