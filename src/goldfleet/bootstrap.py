@@ -3,6 +3,7 @@ them, called by ``goldfleet serve``, the demo and the tests; nothing is built at
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -38,6 +39,12 @@ class Context:
     layers: LayerStore
     volumes: VolumeStore
     driver: Driver
+    # this process's id among the servers of a database (its ``servers`` row, the owner of the
+    # work it claims, the tag of its work files); new at every start
+    server_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # the id of the home it serves, set by ``goldfleet serve`` once it holds the home's lock
+    # (goldfleet/homelock.py); None in-process (tests, benchmarks), which serve no home
+    home_id: str | None = None
     template_locks: dict[str, Lock] = field(default_factory=dict)
     _locks_guard: Lock = field(default_factory=Lock)
     runner: object | None = None  # services.operations.Runner, set by bootstrap

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from inflight import HeldUpload, call_in_thread, held_checks
 
 from goldfleet.cli.client import Client
 from goldfleet.store.qemu import QemuImg
@@ -589,3 +590,131 @@ def test_a_server_starting_on_a_shared_store_leaves_the_work_of_the_others_alone
     assert not isinstance(result[0], Exception), (result[0], f"upload file kept: {kept}")
     assert [v["name"] for v in client.get("/templates/base/versions")] == ["v1"]
     assert kept
+
+
+# --- a server's work in flight when another starts, or when it dies ------------------------
+
+
+def _until(check, what: str, timeout: float = 60):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def _in_flight_env(tmp: Path, **extra: str) -> tuple[dict[str, str], Path]:
+    """Servers whose maintenance exits wait in their check while the hold file exists, whose
+    VM definitions take 0.4 s, and whose ``a-victim``/``b-victim`` never answer a shutdown."""
+    held_env, hold = held_checks(tmp)
+    plan = {"latency_ms": {"define": 400}, "hang": {"shutdown": ["a-victim", "b-victim"]}}
+    return {
+        **held_env,
+        "GOLDFLEET_SIM_PLAN": json.dumps(plan),
+        "GOLDFLEET_BATCH_SIZE": "3",
+        **extra,
+    }, hold
+
+
+@dataclass
+class InFlight:
+    """One server's work under way, on templates and clones named after ``tag``."""
+
+    tag: str
+    upload: HeldUpload
+    receiving: Path  # the upload's file in incoming/
+    overlay: Path  # the overlay of TAG-base, whose exit is held in its check
+    exiting: tuple[threading.Thread, list[object]]
+    restoring: tuple[threading.Thread, list[object]]  # TAG-victim: its shutdown never answers
+    op_id: int  # a bulk create of 6 TAG-desk clones, under way
+    running: set[int]  # ids of the items under way when this was made
+
+
+def _in_flight(shared: Shared, srv: Server, hold: Path, qemu: QemuImg, tag: str) -> InFlight:
+    """Put work of every kind in flight on ``srv``: an upload half-way, a maintenance exit in
+    its seal check, a single clone action in its driver call and an operation's items."""
+    client = shared.client(srv)
+    base, desk, victim = f"{tag}-base", f"{tag}-desk", f"{tag}-victim"
+    for name in (base, desk):
+        image = make_raw(shared.tmp / f"{name}.raw", fill={0: b"\x11" * 4096})
+        client.upload("/templates/import", image, {"name": name, "format": "raw", "temp": ["64M"]})
+    overlay = Path(client.post(f"/templates/{base}/maintenance/enter")["overlay_path"])
+    qemu.write_pattern(overlay, MiB, 4096, 0x22)
+    client.post("/clones", {"template": desk, "name": victim, "wait": True})
+    client.post(f"/clones/{victim}/start")
+
+    image = make_raw(shared.tmp / f"{tag}-fresh.raw", fill={0: b"\x33" * 4096})
+    upload = HeldUpload(client, image, f"{tag}-fresh")
+    receiving = upload.start(shared.store / "incoming")
+    hold.touch()
+    exiting = call_in_thread(client.post, f"/templates/{base}/maintenance/exit", {})
+    _until(
+        lambda: client.get(f"/templates/{base}")["status"] == "exiting-maintenance",
+        f"the exit of {base} to be under way",
+    )
+    restoring = call_in_thread(client.post, f"/clones/{victim}/restore")
+    _until(
+        lambda: client.get(f"/clones/{victim}")["status"] == "rebuilding",
+        f"the restore of {victim} to be under way",
+    )
+    op_id = client.post("/clones", {"template": desk, "count": 6})["operation"]["id"]
+    running = _until(
+        lambda: {
+            i
+            for (i,) in shared.rows(
+                "SELECT id FROM operation_items WHERE operation_id = %s AND state = 'running'",
+                op_id,
+            )
+        },
+        f"clones of operation {op_id} to be under way",
+    )
+    return InFlight(tag, upload, receiving, overlay, exiting, restoring, op_id, running)
+
+
+def _server_id(shared: Shared, srv: Server) -> str:
+    ((sid,),) = shared.rows("SELECT id FROM servers WHERE pid = %s", srv.proc.pid)
+    return sid
+
+
+def test_a_server_restarted_within_its_lease_cleans_up_after_its_dead_self(shared, qemu):
+    """Issue 10: the rows of a server's previous run looked like a live peer's until their
+    lease ran out, so a restart within the lease skipped the cleanup and waited for its own
+    operation. Its home's lock says that run is dead: the restart cleans up at once."""
+    env, hold = _in_flight_env(shared.tmp, GOLDFLEET_LEASE_SECONDS="60")
+    a = shared.server("home-a", **env)
+    client = shared.client(a)
+    work: InFlight | None = None
+    try:
+        work = _in_flight(shared, a, hold, qemu, "a")
+        dead_id = _server_id(shared, a)
+        a.kill9()
+        hold.unlink()
+        a.start()  # well within the 60 s lease of its previous run
+        started = time.monotonic()
+
+        # the previous run's row is gone: the restart is the home's only server
+        assert shared.rows("SELECT pid FROM servers") == [(a.proc.pid,)]
+        new_id = _server_id(shared, a)
+        # its upload's file removed; its exit rolled back to maintenance, overlay kept; its
+        # restore marked failed, for a retry
+        assert not work.receiving.exists()
+        assert sorted(t["name"] for t in client.get("/templates")) == ["a-base", "a-desk"]
+        t = client.get("/templates/a-base")
+        assert (t["status"], t["overlay_path"]) == ("maintenance", str(work.overlay)), t
+        assert work.overlay.exists()
+        victim = client.get("/clones/a-victim")
+        assert victim["status"] == "failed", victim
+        assert "goldfleet clone retry a-victim" in victim["error"]
+        # its operation's items under way are taken over at once, not after 60 s
+        op = shared.wait(client, work.op_id, timeout=40)
+        assert time.monotonic() - started < 40
+        assert (op["status"], op["total"], op["done"], op["failed"]) == ("done", 6, 6, 0), op
+        owners = shared.rows(
+            "SELECT DISTINCT owner FROM operation_items WHERE id = ANY(%s)", sorted(work.running)
+        )
+        assert owners == [(new_id,)] and new_id != dead_id
+        assert [p for p in shared.work_files() if p != work.overlay] == []
+    finally:
+        hold.unlink(missing_ok=True)
+        if work is not None:
+            work.upload.go.set()

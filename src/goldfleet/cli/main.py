@@ -227,6 +227,7 @@ def serve(
         url = f"http://{settings.host}:{settings.port}"
         lock.announce(url=url)
         ctx = bootstrap(settings)
+        ctx.home_id = lock.home_id
     except GoldfleetError as exc:
         _fail(exc.message)
     except ValueError as exc:  # pydantic's ValidationError: a bad setting

@@ -67,7 +67,11 @@ def recover(ctx: Context) -> list[str]:
     if ctx.engine.dialect.name != "sqlite":
         horizon = ctx.clock.now() - timedelta(seconds=ctx.settings.lease_seconds)
         with ctx.session() as s:
-            others = s.scalar(select(func.count()).where(Server.heartbeat_at >= horizon))
+            others = s.scalar(
+                select(func.count()).where(
+                    Server.heartbeat_at >= horizon, Server.id != ctx.server_id
+                )
+            )
         if others:
             return [f"{others} other server(s) at work on this database: store cleanup skipped"]
 
