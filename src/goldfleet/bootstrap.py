@@ -96,7 +96,8 @@ def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:
     sessions = sessionmaker(engine, expire_on_commit=False)
     qemu = QemuImg()
     limits = Limits(cpu_seconds=settings.inspect_cpu_seconds, address_space=settings.inspect_memory)
-    layers = LayerStore(settings.store, qemu, limits)
+    server_id = str(uuid.uuid4())
+    layers = LayerStore(settings.store, qemu, limits, owner=server_id)
     layers.ensure()
     volumes = VolumeStore(settings.store, qemu, layers)
     volumes.ensure()
@@ -108,6 +109,7 @@ def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:
         layers=layers,
         volumes=volumes,
         driver=make_driver(settings, sessions),
+        server_id=server_id,
         edges=EdgeStores(settings.edge_root, qemu, limits) if settings.edge_root else None,
     )
     from goldfleet.services.operations import Runner

@@ -14,8 +14,9 @@ pid file does, and closing some other descriptor of the same file does not drop 
 The file's content is information only, for the refusal message and for the next start: the
 holder's pid, host and URL, and the home's id. The lock, not the content, says whether a server
 runs. The home's id is a random id kept across starts: server rows carry it, so a server that
-restarts knows the rows of its dead predecessors on this home (it holds the lock, so no other
-process of this home is alive) and does not wait out their lease.
+restarts knows the rows of its dead predecessors on this home and host (it holds the lock, so
+no other process of this home is alive) and does not wait out their lease. A copy of a home
+keeps the id: a second server must get a home of its own (``goldfleet init``), not a copy.
 """
 
 from __future__ import annotations

@@ -604,14 +604,15 @@ def _until(check, what: str, timeout: float = 60):  # type: ignore[no-untyped-de
 
 
 def _in_flight_env(tmp: Path, **extra: str) -> tuple[dict[str, str], Path]:
-    """Servers whose maintenance exits wait in their check while the hold file exists, whose
-    VM definitions take 0.4 s, and whose ``a-victim``/``b-victim`` never answer a shutdown."""
+    """Servers whose maintenance exits wait in their check while the hold file exists, that
+    build one clone at a time, whose VM definitions take 1.5 s and VM shutdowns 25 s."""
     held_env, hold = held_checks(tmp)
-    plan = {"latency_ms": {"define": 400}, "hang": {"shutdown": ["a-victim", "b-victim"]}}
+    plan = {"latency_ms": {"define": 1500, "shutdown": 25000}}
     return {
         **held_env,
         "GOLDFLEET_SIM_PLAN": json.dumps(plan),
-        "GOLDFLEET_BATCH_SIZE": "3",
+        "GOLDFLEET_WORKERS": "1",
+        "GOLDFLEET_BATCH_SIZE": "2",
         **extra,
     }, hold
 
@@ -625,8 +626,8 @@ class InFlight:
     receiving: Path  # the upload's file in incoming/
     overlay: Path  # the overlay of TAG-base, whose exit is held in its check
     exiting: tuple[threading.Thread, list[object]]
-    restoring: tuple[threading.Thread, list[object]]  # TAG-victim: its shutdown never answers
-    op_id: int  # a bulk create of 6 TAG-desk clones, under way
+    restoring: tuple[threading.Thread, list[object]]  # TAG-victim: in its 25 s shutdown
+    op_id: int  # a bulk create of 8 TAG-desk clones, under way
     running: set[int]  # ids of the items under way when this was made
 
 
@@ -657,7 +658,7 @@ def _in_flight(shared: Shared, srv: Server, hold: Path, qemu: QemuImg, tag: str)
         lambda: client.get(f"/clones/{victim}")["status"] == "rebuilding",
         f"the restore of {victim} to be under way",
     )
-    op_id = client.post("/clones", {"template": desk, "count": 6})["operation"]["id"]
+    op_id = client.post("/clones", {"template": desk, "count": 8})["operation"]["id"]
     running = _until(
         lambda: {
             i
@@ -708,7 +709,7 @@ def test_a_server_restarted_within_its_lease_cleans_up_after_its_dead_self(share
         # its operation's items under way are taken over at once, not after 60 s
         op = shared.wait(client, work.op_id, timeout=40)
         assert time.monotonic() - started < 40
-        assert (op["status"], op["total"], op["done"], op["failed"]) == ("done", 6, 6, 0), op
+        assert (op["status"], op["total"], op["done"], op["failed"]) == ("done", 8, 8, 0), op
         owners = shared.rows(
             "SELECT DISTINCT owner FROM operation_items WHERE id = ANY(%s)", sorted(work.running)
         )
@@ -717,4 +718,95 @@ def test_a_server_restarted_within_its_lease_cleans_up_after_its_dead_self(share
     finally:
         hold.unlink(missing_ok=True)
         if work is not None:
+            work.upload.go.set()
+
+
+def _owners(shared: Shared, op_id: int) -> set[str]:
+    return {
+        owner
+        for (owner,) in shared.rows(
+            "SELECT DISTINCT owner FROM operation_items WHERE operation_id = %s"
+            " AND owner IS NOT NULL",
+            op_id,
+        )
+    }
+
+
+@pytest.mark.parametrize("starting", ["a-new-server", "the-dead-one-restarted"])
+def test_a_starting_server_cleans_up_after_a_dead_server_and_leaves_a_live_ones_work(
+    shared, qemu, starting
+):
+    """Server A is alive with work in flight; server X died with work in flight. A server then
+    starts: a new one on its own home once X's lease has run out, or X itself again within its
+    lease. It cleans up X's work (upload file, exit, restore, operation items) and leaves A's
+    alone: A's import, exit, restore and operation complete, its items executed by A only."""
+    lease = "3" if starting == "a-new-server" else "60"
+    env, hold = _in_flight_env(shared.tmp, GOLDFLEET_LEASE_SECONDS=lease)
+    a = shared.server("home-a", **env)
+    x = shared.server("home-x", **env)
+    client = shared.client(a)
+    works: list[InFlight] = []
+    try:
+        dead = _in_flight(shared, x, hold, qemu, "x")
+        works.append(dead)
+        x_id = _server_id(shared, x)
+        x.kill9()
+        killed = time.monotonic()
+        if starting == "a-new-server":
+            time.sleep(max(0.0, killed + 3.5 - time.monotonic()))
+        live = _in_flight(shared, a, hold, qemu, "a")
+        works.append(live)
+        a_id = _server_id(shared, a)
+        servers_before = set(shared.rows("SELECT id FROM servers"))
+        if starting == "a-new-server":
+            s = shared.server("home-s", **env)
+        else:
+            x.start()
+            s = x
+        s_id = _server_id(shared, s)
+
+        # rows: A's kept; X's kept too unless the starter is X again (its own dead run)
+        rows = set(shared.rows("SELECT id FROM servers"))
+        expected = servers_before | {(s_id,)}
+        if s is x:
+            expected -= {(x_id,)}
+        assert rows == expected, (rows, expected)
+
+        # X's work cleaned up: upload file gone, exit rolled back, restore failed for a retry
+        assert not dead.receiving.exists()
+        t = client.get("/templates/x-base")
+        assert (t["status"], t["overlay_path"]) == ("maintenance", str(dead.overlay)), t
+        x_victim = client.get("/clones/x-victim")
+        assert x_victim["status"] == "failed", x_victim
+        assert "goldfleet clone retry x-victim" in x_victim["error"]
+
+        # A's work untouched: upload file, exit under way, restore under way, items A's
+        assert live.receiving.exists()
+        assert client.get("/templates/a-base")["status"] == "exiting-maintenance"
+        assert client.get("/clones/a-victim")["status"] == "rebuilding"
+        assert _owners(shared, live.op_id) == {a_id}
+
+        # ... and it completes
+        answer = live.upload.finish()
+        assert not isinstance(answer, Exception), answer
+        assert [v["name"] for v in client.get("/templates/a-fresh/versions")] == ["v1"]
+        hold.unlink()
+        thread, out = live.exiting
+        thread.join(60)
+        assert not isinstance(out[0], Exception), out[0]
+        assert out[0]["version"] == 2
+        thread, out = live.restoring
+        thread.join(60)
+        assert not isinstance(out[0], Exception), out[0]
+        assert out[0]["status"] == "ready"
+        op = shared.wait(client, live.op_id)
+        assert (op["status"], op["done"], op["failed"]) == ("done", 8, 0), op
+        assert _owners(shared, live.op_id) == {a_id}
+        # X's operation is finished by the living (A after X's lease, or X's restart)
+        op = shared.wait(client, dead.op_id)
+        assert (op["status"], op["done"], op["failed"]) == ("done", 8, 0), op
+        assert [p for p in shared.work_files() if p != dead.overlay] == []
+    finally:
+        hold.unlink(missing_ok=True)
+        for work in works:
             work.upload.go.set()

@@ -151,9 +151,15 @@ class Runner:
                 # work before is gone
                 s.execute(delete(Server))
             elif ctx.home_id is not None:
-                # this server holds its home's lock, so the earlier servers of this home are
-                # dead: their work is taken over now, not once their lease has run out
-                s.execute(delete(Server).where(Server.home_id == ctx.home_id))
+                # this server holds its home's lock, so the earlier servers of this home on
+                # this host are dead: their work is taken over now, not once their lease has
+                # run out. (On another host, a server with this home's id would be a copy of
+                # the home, alive for all we know: its lease decides.)
+                s.execute(
+                    delete(Server).where(
+                        Server.home_id == ctx.home_id, Server.hostname == socket.gethostname()
+                    )
+                )
             s.add(
                 Server(
                     id=self.server_id,
