@@ -8,7 +8,7 @@ home and keeps the file open for the life of the process.
 The lock is ``flock(2)``: held by an open file description, released by the kernel when the
 process ends however it ends (``kill -9`` included), so it never goes stale the way a row or a
 pid file does, and closing some other descriptor of the same file does not drop it (unlike
-``fcntl`` record locks). The descriptor is not inherited by the programs the server runs
+``fcntl`` record locks). The descriptor is closed on exec in the programs the server runs
 (qemu-img, ssh), which could otherwise keep the lock after the server died.
 
 The file's content is information only, for the refusal message and for the next start: the
@@ -70,13 +70,14 @@ def lock_home(home: Path) -> HomeLock:
 
     Only ``goldfleet serve`` needs it. In-process contexts (tests, benchmarks, ``goldfleet
     init``) do not serve the home and take no lock."""
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
     path = home / LOCK_FILE
     try:
+        home.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
         raise StoreError(
             f"cannot open {path}: {exc.strerror}; check that the home is writable by this user"
+            " (or set GOLDFLEET_HOME to another folder)"
         ) from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
