@@ -8,6 +8,8 @@ fleet, pools and distribution, and the catalog is given distribution's template 
 
 from __future__ import annotations
 
+import uuid
+
 from sqlalchemy.orm import Session, sessionmaker
 
 from goldfleet.config import Settings
@@ -53,7 +55,8 @@ def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:
     sessions = sessionmaker(engine, expire_on_commit=False)
     qemu = QemuImg()
     limits = Limits(cpu_seconds=settings.inspect_cpu_seconds, address_space=settings.inspect_memory)
-    layers = LayerStore(settings.store, qemu, limits)
+    server_id = str(uuid.uuid4())
+    layers = LayerStore(settings.store, qemu, limits, owner=server_id)
     layers.ensure()
     volumes = VolumeStore(settings.store, qemu, layers)
     volumes.ensure()
@@ -65,6 +68,7 @@ def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:
         layers=layers,
         volumes=volumes,
         driver=make_driver(settings, sessions),
+        server_id=server_id,
         edges=EdgeStores(settings.edge_root, qemu, limits) if settings.edge_root else None,
     )
     ctx.template_guards.append(distribution.check_local_change)

@@ -7,6 +7,7 @@ below, which the bootstrap fills (docs/architecture.md)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ class OperationRunner(Protocol):
 
     def wait(self, op_id: int, timeout: float | None = None) -> None: ...
 
+    def register(self) -> None: ...
+
     def start_background(self) -> None: ...
 
     def shutdown(self) -> None: ...
@@ -61,6 +64,12 @@ class Context:
     layers: LayerStore
     volumes: VolumeStore
     driver: Driver
+    # this process's id among the servers of a database (its ``servers`` row, the owner of the
+    # work it claims, the tag of its work files); new at every start
+    server_id: str = field(default_factory=lambda: str(uuid.uuid4()))
+    # the id of the home it serves, set by ``goldfleet serve`` once it holds the home's lock
+    # (goldfleet/homelock.py); None in-process (tests, benchmarks), which serve no home
+    home_id: str | None = None
     template_locks: dict[str, Lock] = field(default_factory=dict)
     _locks_guard: Lock = field(default_factory=Lock)
     runner: OperationRunner | None = None  # set by the bootstrap

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 from goldfleet.bootstrap import bootstrap
 from goldfleet.config import Settings
@@ -57,26 +57,71 @@ def init_home(home: Path, *, port: int = 8437) -> tuple[Settings, bool]:
         ctx.engine.dispose()
 
 
-def recover(ctx: Context) -> list[str]:
-    """Finish or roll back whatever a crash interrupted; remove leftover work files.
+class Liveness:
+    """Whether a server's work was abandoned: its server is no longer alive.
 
-    With a shared database (PostgreSQL) other servers may be at work on the same store right
-    now: their work files and half-done steps are not leftovers. Then nothing is cleaned here;
-    the operations of a dead server are taken over by the runners through their leases."""
+    Alive: a row in ``servers`` whose heartbeat is younger than ``lease_seconds``, and this
+    server. Dead: a row whose lease ran out, or no row (a server that stopped, or an earlier
+    server of a home whose lock this one holds: Runner.register removed its rows). Work that
+    names no server (made before work named its server) is abandoned only when no other
+    server is alive.
+
+    A server registers before it makes anything, so asking about a server only once its work
+    has been seen (a row read, a file listed) never takes a server that started meanwhile for
+    a dead one: an id not seen alive before is looked up again."""
+
+    def __init__(self, ctx: Context) -> None:
+        self.ctx = ctx
+        with ctx.session() as s:
+            self.live = set(
+                s.scalars(select(Server.id).where(Server.heartbeat_at >= self._horizon()))
+            )
+        self.live.add(ctx.server_id)
+        self.alone = self.live == {ctx.server_id}
+        self.dead: set[str] = set()
+
+    def _horizon(self) -> datetime:
+        return self.ctx.clock.now() - timedelta(seconds=self.ctx.settings.lease_seconds)
+
+    def __call__(self, owner: str | None) -> bool:
+        if owner is None:
+            return self.alone
+        if owner in self.live:
+            return False
+        if owner not in self.dead:
+            with self.ctx.session() as s:
+                alive = s.scalar(
+                    select(Server.id).where(
+                        Server.id == owner, Server.heartbeat_at >= self._horizon()
+                    )
+                )
+            (self.live if alive else self.dead).add(owner)
+        return owner in self.dead
+
+
+def recover(ctx: Context) -> list[str]:
+    """Finish or roll back whatever a dead server left under way; remove its leftover files.
+
+    Several servers may share the database and the store (PostgreSQL) and be at work right now:
+    recovery acts only on the work of servers that are no longer alive (:class:`Liveness`) and
+    on files no live server's work refers to. Their operations need nothing here: the runners
+    take over the items of dead servers. The server registers (Runner.register) before it
+    recovers, so the steps it takes over here are a live server's to the others."""
     from goldfleet.services import catalog, fleet, rollouts
 
-    if ctx.engine.dialect.name != "sqlite":
-        horizon = ctx.clock.now() - timedelta(seconds=ctx.settings.lease_seconds)
-        with ctx.session() as s:
-            others = s.scalar(select(func.count()).where(Server.heartbeat_at >= horizon))
-        if others:
-            return [f"{others} other server(s) at work on this database: store cleanup skipped"]
-
-    notes = catalog.recover_templates(ctx)
+    abandoned = Liveness(ctx)
+    notes = catalog.recover_templates(ctx, abandoned)
     notes += rollouts.recover_operations(ctx)
-    notes += fleet.recover_clones(ctx)
-    with ctx.session() as s:
-        keep = {t.overlay for t in s.scalars(select(Template)) if t.overlay}
-    leftovers = ctx.layers.remove_work_files(keep) + ctx.volumes.remove_cache_work_files()
+    notes += fleet.recover_clones(ctx, abandoned)
+
+    def overlays() -> set[str]:
+        with ctx.session() as s:
+            return {o for o in s.scalars(select(Template.overlay)) if o}
+
+    leftovers = ctx.layers.remove_work_files(overlays, abandoned)
+    leftovers += ctx.volumes.remove_cache_work_files(abandoned)
     notes += [f"removed leftover {f}" for f in leftovers]
+    if not abandoned.alone:
+        others = len(abandoned.live - {ctx.server_id})
+        notes.append(f"{others} other server(s) alive on this database: their work is left to them")
     return notes

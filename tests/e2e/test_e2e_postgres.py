@@ -32,6 +32,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
+from inflight import HeldUpload, call_in_thread, held_checks
 
 from goldfleet.cli.client import Client
 from goldfleet.store.qemu import QemuImg
@@ -589,3 +590,227 @@ def test_a_server_starting_on_a_shared_store_leaves_the_work_of_the_others_alone
     assert not isinstance(result[0], Exception), (result[0], f"upload file kept: {kept}")
     assert [v["name"] for v in client.get("/templates/base/versions")] == ["v1"]
     assert kept
+
+
+# --- a server's work in flight when another starts, or when it dies ------------------------
+
+
+def _until(check, what: str, timeout: float = 60):  # type: ignore[no-untyped-def]
+    deadline = time.monotonic() + timeout
+    while not (value := check()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+    return value
+
+
+def _in_flight_env(tmp: Path, **extra: str) -> tuple[dict[str, str], Path]:
+    """Servers whose maintenance exits wait in their check while the hold file exists, that
+    build one clone at a time, whose VM definitions take 1.5 s and VM shutdowns 25 s."""
+    held_env, hold = held_checks(tmp)
+    plan = {"latency_ms": {"define": 1500, "shutdown": 25000}}
+    return {
+        **held_env,
+        "GOLDFLEET_SIM_PLAN": json.dumps(plan),
+        "GOLDFLEET_WORKERS": "1",
+        "GOLDFLEET_BATCH_SIZE": "2",
+        **extra,
+    }, hold
+
+
+@dataclass
+class InFlight:
+    """One server's work under way, on templates and clones named after ``tag``."""
+
+    tag: str
+    upload: HeldUpload
+    receiving: Path  # the upload's file in incoming/
+    overlay: Path  # the overlay of TAG-base, whose exit is held in its check
+    exiting: tuple[threading.Thread, list[object]]
+    restoring: tuple[threading.Thread, list[object]]  # TAG-victim: in its 25 s shutdown
+    op_id: int  # a bulk create of 8 TAG-desk clones, under way
+    running: set[int]  # ids of the items under way when this was made
+
+
+def _in_flight(shared: Shared, srv: Server, hold: Path, qemu: QemuImg, tag: str) -> InFlight:
+    """Put work of every kind in flight on ``srv``: an upload half-way, a maintenance exit in
+    its seal check, a single clone action in its driver call and an operation's items."""
+    client = shared.client(srv)
+    base, desk, victim = f"{tag}-base", f"{tag}-desk", f"{tag}-victim"
+    for name in (base, desk):
+        image = make_raw(shared.tmp / f"{name}.raw", fill={0: b"\x11" * 4096})
+        client.upload("/templates/import", image, {"name": name, "format": "raw", "temp": ["64M"]})
+    overlay = Path(client.post(f"/templates/{base}/maintenance/enter")["overlay_path"])
+    qemu.write_pattern(overlay, MiB, 4096, 0x22)
+    client.post("/clones", {"template": desk, "name": victim, "wait": True})
+    client.post(f"/clones/{victim}/start")
+
+    image = make_raw(shared.tmp / f"{tag}-fresh.raw", fill={0: b"\x33" * 4096})
+    upload = HeldUpload(client, image, f"{tag}-fresh")
+    receiving = upload.start(shared.store / "incoming")
+    hold.touch()
+    exiting = call_in_thread(client.post, f"/templates/{base}/maintenance/exit", {})
+    _until(
+        lambda: client.get(f"/templates/{base}")["status"] == "exiting-maintenance",
+        f"the exit of {base} to be under way",
+    )
+    restoring = call_in_thread(client.post, f"/clones/{victim}/restore")
+    _until(
+        lambda: client.get(f"/clones/{victim}")["status"] == "rebuilding",
+        f"the restore of {victim} to be under way",
+    )
+    op_id = client.post("/clones", {"template": desk, "count": 8})["operation"]["id"]
+    running = _until(
+        lambda: {
+            i
+            for (i,) in shared.rows(
+                "SELECT id FROM operation_items WHERE operation_id = %s AND state = 'running'",
+                op_id,
+            )
+        },
+        f"clones of operation {op_id} to be under way",
+    )
+    return InFlight(tag, upload, receiving, overlay, exiting, restoring, op_id, running)
+
+
+def _server_id(shared: Shared, srv: Server) -> str:
+    ((sid,),) = shared.rows("SELECT id FROM servers WHERE pid = %s", srv.proc.pid)
+    return sid
+
+
+def test_a_server_restarted_within_its_lease_cleans_up_after_its_dead_self(shared, qemu):
+    """Issue 10: the rows of a server's previous run looked like a live peer's until their
+    lease ran out, so a restart within the lease skipped the cleanup and waited for its own
+    operation. Its home's lock says that run is dead: the restart cleans up at once."""
+    env, hold = _in_flight_env(shared.tmp, GOLDFLEET_LEASE_SECONDS="60")
+    a = shared.server("home-a", **env)
+    client = shared.client(a)
+    work: InFlight | None = None
+    try:
+        work = _in_flight(shared, a, hold, qemu, "a")
+        dead_id = _server_id(shared, a)
+        a.kill9()
+        hold.unlink()
+        a.start()  # well within the 60 s lease of its previous run
+        started = time.monotonic()
+
+        # the previous run's row is gone: the restart is the home's only server
+        assert shared.rows("SELECT pid FROM servers") == [(a.proc.pid,)]
+        new_id = _server_id(shared, a)
+        # its upload's file removed; its exit rolled back to maintenance, overlay kept; its
+        # restore marked failed, for a retry
+        assert not work.receiving.exists()
+        assert sorted(t["name"] for t in client.get("/templates")) == ["a-base", "a-desk"]
+        t = client.get("/templates/a-base")
+        assert (t["status"], t["overlay_path"]) == ("maintenance", str(work.overlay)), t
+        assert work.overlay.exists()
+        victim = client.get("/clones/a-victim")
+        assert victim["status"] == "failed", victim
+        assert "goldfleet clone retry a-victim" in victim["error"]
+        # its operation's items under way are taken over at once, not after 60 s
+        op = shared.wait(client, work.op_id, timeout=40)
+        assert time.monotonic() - started < 40
+        assert (op["status"], op["total"], op["done"], op["failed"]) == ("done", 8, 8, 0), op
+        owners = shared.rows(
+            "SELECT DISTINCT owner FROM operation_items WHERE id = ANY(%s)", sorted(work.running)
+        )
+        assert owners == [(new_id,)] and new_id != dead_id
+        assert [p for p in shared.work_files() if p != work.overlay] == []
+    finally:
+        hold.unlink(missing_ok=True)
+        if work is not None:
+            work.upload.go.set()
+
+
+def _held(shared: Shared, op_id: int, server_id: str) -> set[int]:
+    """The items of the operation that the server claimed (under way or finished by it)."""
+    return {
+        i
+        for (i,) in shared.rows(
+            "SELECT id FROM operation_items WHERE operation_id = %s AND owner = %s",
+            op_id,
+            server_id,
+        )
+    }
+
+
+@pytest.mark.parametrize("starting", ["a-new-server", "the-dead-one-restarted"])
+def test_a_starting_server_cleans_up_after_a_dead_server_and_leaves_a_live_ones_work(
+    shared, qemu, starting
+):
+    """Server A is alive with work in flight; server X died with work in flight. A server then
+    starts: a new one on its own home once X's lease has run out, or X itself again within its
+    lease. It cleans up X's work (upload file, exit, restore, operation items) and leaves A's
+    alone: A's import, exit, restore and operation complete; the items A held are finished by A
+    (the starting server may share the items still queued: servers share operations)."""
+    lease = "3" if starting == "a-new-server" else "60"
+    env, hold = _in_flight_env(shared.tmp, GOLDFLEET_LEASE_SECONDS=lease)
+    a = shared.server("home-a", **env)
+    x = shared.server("home-x", **env)
+    client = shared.client(a)
+    works: list[InFlight] = []
+    try:
+        dead = _in_flight(shared, x, hold, qemu, "x")
+        works.append(dead)
+        x_id = _server_id(shared, x)
+        x.kill9()
+        killed = time.monotonic()
+        if starting == "a-new-server":
+            time.sleep(max(0.0, killed + 3.5 - time.monotonic()))
+        live = _in_flight(shared, a, hold, qemu, "a")
+        works.append(live)
+        a_id = _server_id(shared, a)
+        servers_before = set(shared.rows("SELECT id FROM servers"))
+        held_by_a = _held(shared, live.op_id, a_id)
+        assert held_by_a
+        if starting == "a-new-server":
+            s = shared.server("home-s", **env)
+        else:
+            x.start()
+            s = x
+        s_id = _server_id(shared, s)
+
+        # rows: A's kept; X's kept too unless the starter is X again (its own dead run)
+        rows = set(shared.rows("SELECT id FROM servers"))
+        expected = servers_before | {(s_id,)}
+        if s is x:
+            expected -= {(x_id,)}
+        assert rows == expected, (rows, expected)
+
+        # X's work cleaned up: upload file gone, exit rolled back, restore failed for a retry
+        assert not dead.receiving.exists()
+        t = client.get("/templates/x-base")
+        assert (t["status"], t["overlay_path"]) == ("maintenance", str(dead.overlay)), t
+        x_victim = client.get("/clones/x-victim")
+        assert x_victim["status"] == "failed", x_victim
+        assert "goldfleet clone retry x-victim" in x_victim["error"]
+
+        # A's work untouched: upload file, exit under way, restore under way, items A's
+        assert live.receiving.exists()
+        assert client.get("/templates/a-base")["status"] == "exiting-maintenance"
+        assert client.get("/clones/a-victim")["status"] == "rebuilding"
+        assert _held(shared, live.op_id, a_id) >= held_by_a
+
+        # ... and it completes
+        answer = live.upload.finish()
+        assert not isinstance(answer, Exception), answer
+        assert [v["name"] for v in client.get("/templates/a-fresh/versions")] == ["v1"]
+        hold.unlink()
+        thread, out = live.exiting
+        thread.join(60)
+        assert not isinstance(out[0], Exception), out[0]
+        assert out[0]["version"] == 2
+        thread, out = live.restoring
+        thread.join(60)
+        assert not isinstance(out[0], Exception), out[0]
+        assert out[0]["status"] == "ready"
+        op = shared.wait(client, live.op_id)
+        assert (op["status"], op["done"], op["failed"]) == ("done", 8, 0), op
+        assert _held(shared, live.op_id, a_id) >= held_by_a
+        # X's operation is finished by the living (A after X's lease, or X's restart)
+        op = shared.wait(client, dead.op_id)
+        assert (op["status"], op["done"], op["failed"]) == ("done", 8, 0), op
+        assert [p for p in shared.work_files() if p != dead.overlay] == []
+    finally:
+        hold.unlink(missing_ok=True)
+        for work in works:
+            work.upload.go.set()

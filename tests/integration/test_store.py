@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import stat
 import subprocess
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +17,7 @@ from goldfleet.domain.model import CloneKind, Outline
 from goldfleet.domain.names import layer_filename
 from goldfleet.errors import BadImage, StoreError
 from goldfleet.store import LayerInfo, LayerStore, QemuImg, VolumeStore
+from goldfleet.store.files import work_owner
 from goldfleet.store.qemu import FORMATS, Limits
 
 SIZE = 16 * MiB
@@ -343,26 +345,64 @@ def test_verify_reports_an_unexpected_parent(stores: Stores, base: LayerInfo) ->
     ]
 
 
-def test_remove_work_files_keeps_sealed_layers_and_named_overlays(
+def test_remove_work_files_keeps_sealed_layers_named_overlays_and_live_servers_work(
     stores: Stores, base: LayerInfo
 ) -> None:
-    for name in [".import-1.qcow2", ".copy-2.qcow2", ".flat-3.qcow2", ".overlay-gone.qcow2"]:
+    live, dead = str(uuid.uuid4()), str(uuid.uuid4())
+    made = [
+        ".import-1.qcow2",  # names no server: its work is abandoned if no other server lives
+        f".copy-{dead}-2.qcow2",
+        f".flat-{dead}-3.qcow2",
+        f".import-sync-{dead}-4.qcow2",
+        f".import-{live}-5.qcow2",
+        f".import-bundle-{live}-6.qcow2",
+        ".overlay-gone.qcow2",
+        ".overlay-keep.qcow2",
+    ]
+    for name in made:
         (stores.layers.dir / name).write_bytes(b"x")
-    (stores.layers.dir / ".overlay-keep.qcow2").write_bytes(b"x")
-    (stores.layers.incoming / "upload-1").write_bytes(b"x")
-    removed = stores.layers.remove_work_files(keep={".overlay-keep.qcow2"})
+    for name in ["upload-1", f"upload-{dead}-2", f"import-{live}-3"]:
+        (stores.layers.incoming / name).write_bytes(b"x")
+
+    removed = stores.layers.remove_work_files(
+        lambda: {".overlay-keep.qcow2"}, lambda owner: owner != live
+    )
     assert sorted(removed) == sorted(
         [
             ".import-1.qcow2",
-            ".copy-2.qcow2",
-            ".flat-3.qcow2",
+            f".copy-{dead}-2.qcow2",
+            f".flat-{dead}-3.qcow2",
+            f".import-sync-{dead}-4.qcow2",
             ".overlay-gone.qcow2",
             "incoming/upload-1",
+            f"incoming/upload-{dead}-2",
         ]
     )
-    assert files(stores.layers.dir) == sorted([".overlay-keep.qcow2", layer_filename(base.digest)])
-    assert files(stores.layers.incoming) == []
+    assert files(stores.layers.dir) == sorted(
+        [
+            f".import-{live}-5.qcow2",
+            f".import-bundle-{live}-6.qcow2",
+            ".overlay-keep.qcow2",
+            layer_filename(base.digest),
+        ]
+    )
+    assert files(stores.layers.incoming) == [f"import-{live}-3"]
     assert_sealed(stores.layers, base)
+
+
+def test_work_files_are_named_with_the_server_that_makes_them(tmp_path: Path, qemu: QemuImg):
+    server = str(uuid.uuid4())
+    layers = LayerStore(tmp_path / "store", qemu, owner=server)
+    for path in (
+        layers.work_path(".import-"),
+        layers.work_path(".import-bundle-"),
+        layers.incoming_path("upload"),
+    ):
+        assert work_owner(path.name) == server, path.name
+    assert layers.work_path(".copy-").name.startswith(f".copy-{server}-")
+    assert layers.incoming_path("upload").parent == layers.incoming
+    # a store outside a server (tests, tools) names none
+    assert work_owner(LayerStore(tmp_path / "other", qemu).work_path(".import-").name) is None
 
 
 # --- volumes ------------------------------------------------------------------------------

@@ -96,6 +96,7 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
         if recover:
             from goldfleet.home import recover as run_recovery
 
+            ctx.runner.register()  # type: ignore[union-attr]
             for note in run_recovery(ctx):
                 log.warning("recovery: %s", note)
         ctx.runner.start_background()  # type: ignore[union-attr]

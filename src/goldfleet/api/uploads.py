@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -22,7 +21,7 @@ async def received_body(
 ) -> AsyncIterator[Path]:
     """Stream the body into a new file (at most ``limit`` bytes) and yield its path; the file
     is removed when the block ends, whatever happened."""
-    incoming = ctx.layers.incoming / f"{prefix}-{secrets.token_hex(8)}"
+    incoming = ctx.layers.incoming_path(prefix)  # named with this server's id
     try:
         received = 0
         with open(incoming, "xb") as f:

@@ -202,28 +202,36 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: config, 8437).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
-    """Run the API server (initialising the home first if needed)."""
+    """Run the API server (initialising the home first if needed).
+
+    One server per home: the home's lock (goldfleet/homelock.py) is taken before anything in
+    the home is touched (init, migrations, server.json, recovery) and held until the process
+    ends; a second ``serve`` on the home is refused with the running server's pid and URL."""
     import uvicorn
 
     from goldfleet.api.app import create_app
     from goldfleet.bootstrap import bootstrap
     from goldfleet.config import Settings
     from goldfleet.home import init_home
+    from goldfleet.homelock import lock_home
 
     home = home_dir()
     overrides: dict[str, Any] = {"host": host}
     if port is not None:
         overrides["port"] = port
     try:
+        lock = lock_home(home)  # the descriptor stays open, and the lock held, until exit
         if not (home / "config.toml").exists():
             init_home(home)
         settings = Settings(**overrides)
+        url = f"http://{settings.host}:{settings.port}"
+        lock.announce(url=url)
         ctx = bootstrap(settings)
+        ctx.home_id = lock.home_id
     except GoldfleetError as exc:
         _fail(exc.message)
     except ValueError as exc:  # pydantic's ValidationError: a bad setting
         _fail(f"bad setting: {exc}")
-    url = f"http://{settings.host}:{settings.port}"
     (home / SERVER_FILE).write_text(json.dumps({"url": url, "pid": os.getpid()}))
     output.err_console.print(f"goldfleet serving on {url} (home {home})")
     uvicorn.run(

@@ -58,6 +58,9 @@ class Template(Base):
     )
     overlay: Mapped[str | None] = mapped_column(String(80))  # maintenance overlay file name
     sealing: Mapped[str | None] = mapped_column(String(71))  # digest being sealed on exit
+    # the server doing the maintenance step under way (entering, exiting): recovery leaves the
+    # step alone while that server is alive
+    owner: Mapped[str | None] = mapped_column(String(36))
     error: Mapped[str | None] = mapped_column(Text)  # why the last maintenance step failed
     maintenance_vm: Mapped[str | None] = mapped_column(String(63))  # VM booting the overlay
     # at HQ: when a new version becomes current at the sites (goldfleet.domain.sites)
@@ -107,6 +110,9 @@ class Clone(Base):
     restart: Mapped[bool] = mapped_column(default=False)
     error: Mapped[str | None] = mapped_column(Text)
     operation_id: Mapped[int | None] = mapped_column(ForeignKey("operations.id"), index=True)
+    # the server doing a single action (restore, rebase, delete) under way; an operation's
+    # clones are their items' (OperationItem.owner)
+    owner: Mapped[str | None] = mapped_column(String(36))
     host: Mapped[str | None] = mapped_column(String(63), index=True)
     pool_id: Mapped[int | None] = mapped_column(ForeignKey("pools.id"), index=True)
     assigned_user: Mapped[str | None] = mapped_column(String(63))
@@ -176,6 +182,9 @@ class Server(Base):
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     hostname: Mapped[str] = mapped_column(String(255))
     pid: Mapped[int]
+    # the id of the home it serves (goldfleet/homelock.py): a server that holds its home's lock
+    # knows that the home's earlier servers are dead, without waiting out their lease
+    home_id: Mapped[str | None] = mapped_column(String(36), index=True)
     started_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
 

@@ -1,9 +1,34 @@
-"""Small file helpers of the store: durable renames need their folder flushed."""
+"""Small file helpers of the store: durable renames need their folder flushed; work files
+carry the id of the server that makes them."""
 
 from __future__ import annotations
 
 import os
+import re
+from collections.abc import Callable
 from pathlib import Path
+
+# a server's id (Context.server_id, a uuid4) inside a work file's name
+_SERVER_ID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}")
+
+# whether the work of a server (its id; None: a file whose name has none) was abandoned: its
+# server is dead, so nobody will finish or remove its work files but a starting server
+Abandoned = Callable[[str | None], bool]
+
+
+def work_owner(name: str) -> str | None:
+    """The id of the server that made a work file, from its name (None: a name without one).
+
+    Servers sharing a store (PostgreSQL) each remove at start only the work files of dead
+    servers; the name is what ties a file to its server, whatever state the file is in."""
+    found = _SERVER_ID.search(name)
+    return found.group(0) if found else None
+
+
+def work_name(prefix: str, owner: str, random: str, suffix: str = "") -> str:
+    """``<prefix><owner>-<random><suffix>``; without an owner (a store used outside a server,
+    in tests and tools) ``<prefix><random><suffix>``."""
+    return f"{prefix}{owner}-{random}{suffix}" if owner else f"{prefix}{random}{suffix}"
 
 
 def fsync_dir(path: Path) -> None:

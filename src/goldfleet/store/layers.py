@@ -10,17 +10,19 @@ writing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import secrets
 import shutil
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from goldfleet.domain.names import digest_of_filename, layer_filename
 from goldfleet.errors import BadImage, StoreError
-from goldfleet.store.files import fsync_dir
+from goldfleet.store.files import Abandoned, fsync_dir, work_name, work_owner
 from goldfleet.store.inspect import inspect_image
 from goldfleet.store.qemu import Limits, QemuError, QemuImg
 
@@ -42,12 +44,15 @@ def file_digest(path: Path) -> str:
 
 
 class LayerStore:
-    def __init__(self, root: Path, qemu: QemuImg, limits: Limits | None = None) -> None:
+    def __init__(
+        self, root: Path, qemu: QemuImg, limits: Limits | None = None, *, owner: str = ""
+    ) -> None:
         self.root = root
         self.dir = root / "layers"
         self.incoming = root / "incoming"
         self.qemu = qemu
         self.limits = limits or Limits()
+        self.owner = owner  # the server whose work files these are: in their names
 
     def ensure(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -59,15 +64,21 @@ class LayerStore:
     def has(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
-    def _work_path(self, prefix: str) -> Path:
-        return self.dir / f"{prefix}{secrets.token_hex(8)}.qcow2"
+    def work_path(self, prefix: str) -> Path:
+        """A new work file's path in the layer folder (``prefix`` starts with one of
+        WORK_PREFIXES), named with this server's id."""
+        return self.dir / work_name(prefix, self.owner, secrets.token_hex(8), ".qcow2")
+
+    def incoming_path(self, prefix: str) -> Path:
+        """A new file's path in the incoming folder (uploads), named with this server's id."""
+        return self.incoming / work_name(f"{prefix}-", self.owner, secrets.token_hex(8))
 
     # --- making layers --------------------------------------------------------------------
 
     def import_image(self, src: Path, fmt: str, *, max_virtual_size: int) -> LayerInfo:
         """Inspect an outside image, convert it to a standalone qcow2 and seal it as a base."""
         inspect_image(self.qemu, src, fmt, max_virtual_size=max_virtual_size, limits=self.limits)
-        work = self._work_path(".import-")
+        work = self.work_path(".import-")
         try:
             self.qemu.convert(src, fmt, work, limits=self.limits)
             return self.seal(work, parent=None)
@@ -160,7 +171,7 @@ class LayerStore:
 
         Only the overlay's own clusters are copied; its backing reference is rewritten to the
         parent's file name, which holds the same data."""
-        work = self._work_path(".copy-")
+        work = self.work_path(".copy-")
         try:
             shutil.copyfile(src, work)
             self.qemu.rebase_unsafe(work, layer_filename(parent))
@@ -170,7 +181,7 @@ class LayerStore:
 
     def seal_standalone_copy(self, src: Path) -> LayerInfo:
         """Seal a flattened copy of any qcow2 chain as a new base layer."""
-        work = self._work_path(".flat-")
+        work = self.work_path(".flat-")
         try:
             self.qemu.convert(src, "qcow2", work)
             return self.seal(work, parent=None)
@@ -226,17 +237,34 @@ class LayerStore:
                 found.add(digest)
         return found
 
-    def remove_work_files(self, keep: set[str]) -> list[str]:
-        """Remove leftovers of interrupted work (not the overlays named in ``keep``)."""
+    def remove_work_files(self, keep: Callable[[], set[str]], abandoned: Abandoned) -> list[str]:
+        """Remove leftovers of interrupted work: work files and uploads whose server's work was
+        ``abandoned`` (a live server's are its own), and overlays that no template names.
+
+        ``keep()`` gives the overlays templates name. It is asked after the folder is listed: a
+        template names its overlay before the file is made, so every overlay listed that is
+        still wanted is named by then."""
         removed = []
-        for entry in os.scandir(self.dir):
+        prefixes = (OVERLAY_PREFIX, *WORK_PREFIXES)
+        listed = [e for e in os.scandir(self.dir) if e.name.startswith(prefixes)]
+        kept = keep()
+        for entry in listed:
             name = entry.name
-            if name.startswith(WORK_PREFIXES) or (
-                name.startswith(OVERLAY_PREFIX) and name not in keep
-            ):
-                os.unlink(entry.path)
-                removed.append(name)
+            if name.startswith(OVERLAY_PREFIX):
+                if name in kept:
+                    continue
+            elif not abandoned(work_owner(name)):
+                continue
+            _unlink(entry.path)
+            removed.append(name)
         for entry in os.scandir(self.incoming):
-            os.unlink(entry.path)
-            removed.append(f"incoming/{entry.name}")
+            if abandoned(work_owner(entry.name)):
+                _unlink(entry.path)
+                removed.append(f"incoming/{entry.name}")
         return removed
+
+
+def _unlink(path: str) -> None:
+    """Gone already is fine: another starting server removed the same leftover."""
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from goldfleet.domain.model import CloneKind, Outline, VolumeRole
 from goldfleet.domain.names import layer_filename
-from goldfleet.store.files import fsync_dir
+from goldfleet.store.files import Abandoned, fsync_dir, work_name, work_owner
 from goldfleet.store.layers import LayerStore
 from goldfleet.store.qemu import QemuImg
 
@@ -56,7 +56,7 @@ class VolumeStore:
             return proto
         with self._lock:
             if not proto.exists():
-                work = self.cache / f".{key}.{secrets.token_hex(4)}"
+                work = self.cache / work_name(f".{key}.", self.layers.owner, secrets.token_hex(4))
                 make(work)
                 os.replace(work, proto)
         return proto
@@ -144,12 +144,16 @@ class VolumeStore:
                 if entry.name.endswith(".new"):
                     os.unlink(entry.path)
 
-    def remove_cache_work_files(self) -> list[str]:
-        """Prototypes half-made by a killed server (``.<key>.<random>``)."""
+    def remove_cache_work_files(self, abandoned: Abandoned) -> list[str]:
+        """Prototypes half-made by a server whose work was ``abandoned``
+        (``.<key>.<server id>-<random>``)."""
         removed = []
         for entry in os.scandir(self.cache):
-            if entry.name.startswith("."):
-                os.unlink(entry.path)
+            if entry.name.startswith(".") and abandoned(work_owner(entry.name)):
+                try:
+                    os.unlink(entry.path)
+                except FileNotFoundError:  # another starting server removed it
+                    continue
                 removed.append(f"cache/{entry.name}")
         return removed
 

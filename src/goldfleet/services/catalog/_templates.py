@@ -6,7 +6,7 @@ import secrets
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -32,6 +32,7 @@ from goldfleet.services.common import (
     template_view,
     version_view,
 )
+from goldfleet.store.files import Abandoned
 from goldfleet.store.layers import LayerInfo
 
 # --- helpers ------------------------------------------------------------------------------
@@ -317,18 +318,24 @@ def enter_maintenance(ctx: Context, name: str, *, actor: str) -> TemplateView:
             t.status = TemplateStatus.ENTERING_MAINTENANCE
             t.overlay = overlay
             t.error = None
+            t.owner = ctx.server_id
             s.commit()
         try:
             ctx.layers.create_overlay(parent, overlay)
         except GoldfleetError as exc:
             with ctx.session() as s:
                 t = get_template(s, name)
-                t.status, t.overlay, t.error = TemplateStatus.READY, None, exc.message
+                t.status, t.overlay, t.error, t.owner = (
+                    TemplateStatus.READY,
+                    None,
+                    exc.message,
+                    None,
+                )
                 s.commit()
             raise
         with ctx.session() as s:
             t = get_template(s, name)
-            t.status = TemplateStatus.MAINTENANCE
+            t.status, t.owner = TemplateStatus.MAINTENANCE, None
             audit.record(s, actor, "template.maintenance.enter", name)
             s.commit()
             return template_view(s, t, overlay_path=str(ctx.layers.dir / overlay))
@@ -420,14 +427,14 @@ def exit_maintenance(
                     f"the maintenance overlay of template {name} is missing; abort maintenance"
                     f" (goldfleet template maintenance abort {name}) and enter it again"
                 )
-            t.status = TemplateStatus.EXITING_MAINTENANCE
+            t.status, t.owner = TemplateStatus.EXITING_MAINTENANCE, ctx.server_id
             s.commit()
         try:
             info = ctx.layers.check_and_hash(overlay, parent=parent)
         except GoldfleetError as exc:
             with ctx.session() as s:
                 t = get_template(s, name)
-                t.status, t.error = TemplateStatus.MAINTENANCE, exc.message
+                t.status, t.error, t.owner = TemplateStatus.MAINTENANCE, exc.message, None
                 s.commit()
             raise
         with ctx.session() as s:
@@ -464,6 +471,7 @@ def _finish_exit(ctx: Context, name: str, sealed: LayerInfo, actor: str) -> int:
         add_layer(s, info)
         v = _add_version(s, t, info.digest, "maintenance" + flattened)
         t.status, t.overlay, t.sealing, t.error = TemplateStatus.READY, None, None, None
+        t.owner = None
         freed = _release_layers(ctx, s) if flattened else []
         audit.record(
             s, actor, "template.maintenance.exit", name, version=v.number, layer=info.digest
@@ -474,12 +482,14 @@ def _finish_exit(ctx: Context, name: str, sealed: LayerInfo, actor: str) -> int:
     return number
 
 
-def recover_templates(ctx: Context) -> list[str]:
-    """After a crash: finish or roll back maintenance steps that were under way."""
+def recover_templates(ctx: Context, abandoned: Abandoned) -> list[str]:
+    """After a crash: finish or roll back the maintenance steps that a dead server left under
+    way (``abandoned`` says whose; a live server's step is its own and goes on). Each step is
+    claimed before it is touched, so two servers starting at once never finish one exit twice."""
     notes = []
     with ctx.session() as s:
         pending = [
-            (t.name, t.status, t.overlay, t.sealing)
+            (t.name, t.status, t.overlay, t.sealing, t.owner)
             for t in s.scalars(
                 select(Template).where(
                     Template.status.in_(
@@ -488,7 +498,9 @@ def recover_templates(ctx: Context) -> list[str]:
                 )
             )
         ]
-    for name, status, overlay, sealing in pending:
+    for name, status, overlay, sealing, owner in pending:
+        if not abandoned(owner) or not _take_over_step(ctx, name, status, owner):
+            continue
         overlay_path = ctx.layers.dir / overlay if overlay else None
         with ctx.session() as s:
             t = get_template(s, name)
@@ -506,7 +518,21 @@ def recover_templates(ctx: Context) -> list[str]:
                 t.status = TemplateStatus.MAINTENANCE
             else:
                 t.status, t.overlay = TemplateStatus.READY, None
-            t.sealing = None
+            t.sealing, t.owner = None, None
             s.commit()
             notes.append(f"template {name}: back to {t.status} after an interrupted step")
     return notes
+
+
+def _take_over_step(ctx: Context, name: str, status: str, owner: str | None) -> bool:
+    """Make this server the owner of a dead server's maintenance step, if the step is still
+    that server's: False when another starting server took it first."""
+    held = Template.owner.is_(None) if owner is None else Template.owner == owner
+    with ctx.session() as s:
+        took = s.execute(
+            update(Template)
+            .where(Template.name == name, Template.status == status, held)
+            .values(owner=ctx.server_id)
+        ).rowcount
+        s.commit()
+    return took == 1

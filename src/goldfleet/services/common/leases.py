@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import timedelta
@@ -24,14 +23,13 @@ from goldfleet.db.tables import Lease, Server
 from goldfleet.errors import Conflict
 
 POLL = 0.1  # seconds between two attempts to take a lease another server holds
-_PROCESS_ID = str(uuid.uuid4())  # the owner where no runner is registered (in-process tools)
 _guard = threading.Lock()
 _held: dict[tuple[str, str], int] = {}  # (owner, lease) → this process's threads inside
 
 
 def owner_of(ctx: Context) -> str:
-    """This server's id (its runner's, with the heartbeat row) or this process's."""
-    return getattr(ctx.runner, "server_id", None) or _PROCESS_ID
+    """This server's id (its ``servers`` row, once its runner registered)."""
+    return ctx.server_id
 
 
 def _take(ctx: Context, name: str, me: str) -> str | None:

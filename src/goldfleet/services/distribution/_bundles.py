@@ -690,9 +690,7 @@ def _import(
             check_catalog(ctx, m)
             for x in m.layers:
                 if x.included:
-                    works[x.digest] = (
-                        ctx.layers.dir / f".import-bundle-{secrets.token_hex(8)}.qcow2"
-                    )
+                    works[x.digest] = ctx.layers.work_path(".import-bundle-")
                     _receive_layer(ctx, tar, x, works[x.digest])
             try:
                 extra = tar.next()

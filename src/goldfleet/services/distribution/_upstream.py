@@ -687,7 +687,7 @@ def _sync_template(
         key = f"{m.template}:v{v.number}"
         todo = [d for d in reversed(needs[key]) if d not in fetched]  # parents first
         for digest in todo:
-            works[digest] = ctx.layers.dir / f".import-sync-{secrets.token_hex(8)}.qcow2"
+            works[digest] = ctx.layers.work_path(".import-sync-")
             transfer.download(
                 http,
                 by_digest[digest],

@@ -43,6 +43,7 @@ from goldfleet.services.common import (
     get_version,
     outline_of,
 )
+from goldfleet.store.files import Abandoned
 
 MAX_BULK = 10_000
 
@@ -149,6 +150,7 @@ def _mark(c: Clone, action: CloneAction, target: Version, op_id: int | None, **f
     c.operation_id = op_id
     c.error = None
     c.discard_data = flags.get("discard_data", False)
+    c.owner = None  # an operation's clone is its item's; a single action sets its server
 
 
 def load_plans(ctx: Context, s: Session, clone_ids: list[int]) -> list[Plan]:
@@ -298,6 +300,7 @@ def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
         c.power = out.power
         if out.host is not None:
             c.host = out.host
+        c.owner = None
         if out.error is not None:
             c.status, c.error = CloneStatus.FAILED, out.error
             failed += 1
@@ -482,6 +485,7 @@ def restore_clone(ctx: Context, name: str, *, actor: str) -> CloneView:
         c = get_clone(s, name)
         rules.check_clone_usable(c.name, c.status)
         _mark(c, CloneAction.RESTORE, c.version, None)
+        c.owner = ctx.server_id
         audit.record(s, actor, "clone.restore", c.name, version=c.version.number)
         s.commit()
         clone_id = c.id
@@ -504,6 +508,7 @@ def rebase_clone(ctx: Context, name: str, *, to: str | None = None, actor: str) 
                 c.name, outline_of(c.template), target_template.name, outline_of(target_template)
             )
         _mark(c, CloneAction.REBASE, target, None)
+        c.owner = ctx.server_id
         audit.record(
             s, actor, "clone.rebase", c.name, to=f"{target_template.name}:v{target.number}"
         )
@@ -599,6 +604,7 @@ def delete_clone(ctx: Context, name: str, *, actor: str) -> None:
                 " (goldfleet pool release POOL USER)"
             )
         _mark(c, CloneAction.DELETE, c.version, None)
+        c.owner = ctx.server_id
         audit.record(s, actor, "clone.delete", c.name)
         s.commit()
         clone_id = c.id
@@ -707,11 +713,16 @@ def rebase_many(
     return rollouts.launch(ctx, op_id, wait)
 
 
-def recover_clones(ctx: Context) -> list[str]:
-    """After a crash: clones whose single action was interrupted become ``failed`` (retry
-    finishes them); clones of an operation's running items are left to the runner, which
-    re-executes them. Folders of clones that no longer exist are removed."""
+def recover_clones(ctx: Context, abandoned: Abandoned) -> list[str]:
+    """After a crash: clones whose single action a dead server left under way become ``failed``
+    (retry finishes them) and lose their ``*.new`` work files; a live server's single action is
+    its own (``abandoned`` says whose). Clones of an operation's items are left to the runners,
+    which execute them again: a new attempt builds every volume through a fresh ``*.new``.
+    Folders of clones that no longer exist are removed."""
     notes = []
+    # listed before the rows are read: a clone's row is committed before its folder is made,
+    # so a folder listed here that belongs to a clone has its row among those read below
+    folders = ctx.volumes.clone_uids()
     with ctx.session() as s:
         in_ops = set(
             s.scalars(
@@ -721,10 +732,10 @@ def recover_clones(ctx: Context) -> list[str]:
             )
         )
         for c in s.scalars(select(Clone).where(Clone.status.in_(TRANSITIONAL))):
-            ctx.volumes.remove_work_files(c.uid)
-            if c.id in in_ops:
+            if c.id in in_ops or not abandoned(c.owner):
                 continue
-            c.status = CloneStatus.FAILED
+            ctx.volumes.remove_work_files(c.uid)
+            c.status, c.owner = CloneStatus.FAILED, None
             c.error = (
                 f"{c.action} interrupted: the server stopped during this step;"
                 f" run: goldfleet clone retry {c.name}"
@@ -732,7 +743,7 @@ def recover_clones(ctx: Context) -> list[str]:
             notes.append(f"clone {c.name}: {c.action} interrupted, marked failed")
         uids = set(s.scalars(select(Clone.uid)))
         s.commit()
-    for uid in ctx.volumes.clone_uids() - uids:
+    for uid in folders - uids:
         ctx.volumes.remove_clone(uid)
         notes.append(f"removed the folder of a clone that no longer exists ({uid})")
     return notes

@@ -22,7 +22,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -136,28 +135,39 @@ class Runner:
         self.work = work
         self.periodic = list(periodic)
         self._last_run: dict[str, float] = {}
-        self.server_id = str(uuid.uuid4())
+        self.server_id = ctx.server_id
         self.pool = ThreadPoolExecutor(
             max_workers=max(1, ctx.settings.workers), thread_name_prefix="goldfleet-volume"
         )
         self.wake = threading.Event()
         self.stopping = threading.Event()
         self.thread: threading.Thread | None = None
+        self.registered = False
         self.lock = threading.Lock()
         self.reconcile_enabled = True
         self._rotation: dict[int, int] = {}  # per operation: where the waiting scan goes on
 
     # --- life cycle ---------------------------------------------------------------------
 
+    def register(self) -> None:
+        """Write this server's row and start its heartbeat (idempotent). A server registers
+        before its startup recovery: what recovery takes over is then a live server's, and a
+        long recovery does not make it look dead."""
+        with self.lock:
+            if self.registered:
+                return
+            self._register()
+            self.registered = True
+            threading.Thread(target=self._beat, name="goldfleet-heartbeat", daemon=True).start()
+
     def start_background(self) -> None:
         """Register this server and start the loop (idempotent)."""
+        self.register()
         with self.lock:
             if self.thread is not None:
                 return
-            self._register()
             self.thread = threading.Thread(target=self._loop, name="goldfleet-runner", daemon=True)
             self.thread.start()
-            threading.Thread(target=self._beat, name="goldfleet-heartbeat", daemon=True).start()
 
     def start(self, op_id: int | None = None) -> None:
         """New work was submitted: make sure the loop runs and look at it now."""
@@ -188,13 +198,25 @@ class Runner:
         ctx = self.ctx
         with ctx.session() as s:
             if ctx.engine.dialect.name == "sqlite":
-                # one server per SQLite home: whoever held work before is gone
+                # one server per SQLite home (its lock, goldfleet/homelock.py): whoever held
+                # work before is gone
                 s.execute(delete(Server))
+            elif ctx.home_id is not None:
+                # this server holds its home's lock, so the earlier servers of this home on
+                # this host are dead: their work is taken over now, not once their lease has
+                # run out. (On another host, a server with this home's id would be a copy of
+                # the home, alive for all we know: its lease decides.)
+                s.execute(
+                    delete(Server).where(
+                        Server.home_id == ctx.home_id, Server.hostname == socket.gethostname()
+                    )
+                )
             s.add(
                 Server(
                     id=self.server_id,
                     hostname=socket.gethostname(),
                     pid=os.getpid(),
+                    home_id=ctx.home_id,
                     heartbeat_at=ctx.clock.now(),
                 )
             )
