@@ -50,7 +50,7 @@ def test_help_imports_neither_the_server_side_nor_httpx(fleet):
     "args",
     [
         ("clone", "list", "--json"),
-        ("clone", "list", "--json", "--template", "base"),
+        ("clone", "list", "--json", "--template", "base", "--state", "ready", "--version", "1"),
         ("op", "list", "--json"),
         ("audit", "--limit", "5", "--json"),
     ],

@@ -100,6 +100,20 @@ class Client:
             return None
         return resp.json()
 
+    def get_pages(self, path: str, params: dict[str, Any] | None = None) -> list[Any]:
+        """Every item of a paged list: the first page, then each page the server names in its
+        ``Link: <…>; rel="next"`` header, until one names none (a server without paging sends
+        everything in the first answer)."""
+        items: list[Any] = []
+        url: str | None = path
+        while url is not None:
+            with self._answered():
+                resp = self.http.get(url, params=params)
+            self.raise_for(resp)
+            items.extend(resp.json())
+            url, params = resp.links.get("next", {}).get("url"), None  # the link keeps the query
+        return items
+
     def stream_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[Any]:
         """A request answered with JSON lines (a long action's progress), one at a time."""
         with self._answered(), self.http.stream(method, path, **kwargs) as resp:

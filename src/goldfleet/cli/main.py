@@ -503,13 +503,35 @@ def clone_create(
     _finish(op, as_json, {"clones": r["clones"]})
 
 
+CLONE_PAGE = 1000  # clones asked for per request (the API's largest page)
+
+
 @clone_app.command("list")
 def clone_list(
     template: Annotated[str | None, typer.Option(help="Only this template's clones.")] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(help="Only clones in this status (ready, failed…) or power state (running)."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Only clones on this host.")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Only clones on version vN (of --template, else of any).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List clones."""
-    items = _call(_client().get, "/clones", params={"template": template} if template else None)
+    from goldfleet.domain.names import parse_version
+
+    params: dict[str, Any] = {"limit": CLONE_PAGE}
+    for key, value in (("template", template), ("state", state), ("host", host)):
+        if value is not None:
+            params[key] = value
+    if version is not None:
+        try:
+            params["version"] = parse_version(version)
+        except GoldfleetError as exc:
+            _fail(exc.message)
+    items = _call(_client().get_pages, "/clones", params)
     output.emit_json(items) if as_json else output.clone_rows(items)
 
 
