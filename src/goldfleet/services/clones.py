@@ -142,15 +142,15 @@ def list_clones(
         raise InvalidInput(f"limit {limit} is not valid: list at least 1 clone")
     target = aliased(Version)
     q = (
-        select(
+        select(  # labelled as CloneView's fields: the row is the view
             Clone.name,
-            Template.name,
-            Version.number,
+            Template.name.label("template"),
+            Version.number.label("version"),
             Clone.kind,
             Clone.status,
             Clone.power,
             Clone.action,
-            target.number,
+            target.number.label("target_version"),
             Clone.error,
             Clone.operation_id,
             Clone.created_at,
@@ -173,34 +173,7 @@ def list_clones(
     with ctx.session() as s:
         if template is not None:
             q = q.where(Clone.template_id == get_template(s, template).id)
-        return [
-            CloneView(
-                name=name,
-                template=template_name,
-                version=number,
-                kind=kind,
-                status=status,
-                power=power,
-                action=action,
-                target_version=target_number,
-                error=error,
-                operation_id=operation_id,
-                created_at=created_at,
-            )
-            for (
-                name,
-                template_name,
-                number,
-                kind,
-                status,
-                power,
-                action,
-                target_number,
-                error,
-                operation_id,
-                created_at,
-            ) in s.execute(q)
-        ]
+        return [CloneView(**row) for row in s.execute(q).mappings()]
 
 
 def show_clone(ctx: Context, name: str) -> CloneView:
