@@ -75,11 +75,14 @@ def install() -> bool:
     def deferred(descriptor: Any) -> Any:
         if getattr(descriptor, "file_annotation", None) is not None:
             return build(descriptor)
-        return Deferred(
-            parameter_info=descriptor.parameter_info,
-            annotation=descriptor.annotation,
-            descriptor=descriptor,
-        )
+        try:
+            return Deferred(
+                parameter_info=descriptor.parameter_info,
+                annotation=descriptor.annotation,
+                descriptor=descriptor,
+            )
+        except (AttributeError, TypeError):  # a typer whose runtime parameters look otherwise
+            return build(descriptor)
 
     deferred._goldfleet = True  # type: ignore[attr-defined]
     core.build_runtime_param = deferred
