@@ -5,7 +5,6 @@ Nothing is read at import time; :func:`load_settings` is called by the bootstrap
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -17,11 +16,9 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-DEFAULT_HOME = Path("~/.local/share/goldfleet")
+from goldfleet.homedir import DEFAULT_HOME, home_dir
 
-
-def home_dir() -> Path:
-    return Path(os.environ.get("GOLDFLEET_HOME") or DEFAULT_HOME).expanduser().resolve()
+__all__ = ["DEFAULT_HOME", "Settings", "home_dir", "load_settings"]
 
 
 class Settings(BaseSettings):

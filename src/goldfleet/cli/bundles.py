@@ -8,7 +8,6 @@ import secrets
 from pathlib import Path
 from typing import Annotated, Any
 
-import httpx
 import typer
 
 from goldfleet.cli import output
@@ -38,6 +37,8 @@ def export(
     as_json: JsonOpt = False,
 ) -> None:
     """Write a signed bundle of TEMPLATE's versions (and the layers a receiver lacks)."""
+    import httpx
+
     params: dict[str, Any] = {"policy_only": policy_only}
     if since is not None:
         try:

@@ -7,14 +7,6 @@ from collections.abc import Callable
 from typing import Annotated, Any, NoReturn
 
 import typer
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TransferSpeedColumn,
-)
 
 from goldfleet.cli import output
 from goldfleet.cli.client import Client, ClientError
@@ -40,6 +32,15 @@ def follow(
 ) -> dict[str, Any]:
     """POST a long action answered with JSON lines (services/streams.py) and show its progress
     as a bar of bytes on stderr; returns its result, or fails with its error."""
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TransferSpeedColumn,
+    )
+
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),

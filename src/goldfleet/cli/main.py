@@ -10,9 +10,8 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from goldfleet.cli import output
+from goldfleet.cli import options, output
 from goldfleet.cli.bundles import bundle_app, keys_app
 from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
 from goldfleet.cli.common import JsonOpt
@@ -22,15 +21,18 @@ from goldfleet.cli.pools import pool_app
 from goldfleet.cli.sim import sim_app
 from goldfleet.cli.sites import publish as _publish
 from goldfleet.cli.sites import site_app
-from goldfleet.config import home_dir
 from goldfleet.errors import GoldfleetError
+from goldfleet.homedir import home_dir
 
-app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    pretty_exceptions_enable=False,  # never print locals (tokens) or tracebacks to users
-    help="goldfleet: golden images for VM and VDI fleets — templates, versions, clones.",
-)
+options.install()  # typer's option coercion without importing pydantic (cli/options.py)
+
+ROOT: dict[str, Any] = {
+    "no_args_is_help": True,
+    "add_completion": False,
+    "pretty_exceptions_enable": False,  # never print locals (tokens) or tracebacks to users
+    "help": "goldfleet: golden images for VM and VDI fleets — templates, versions, clones.",
+}
+app = typer.Typer(**ROOT)
 template_app = typer.Typer(no_args_is_help=True, help="Templates and their versions.")
 maintenance_app = typer.Typer(no_args_is_help=True, help="Maintenance mode of a template.")
 clone_app = typer.Typer(no_args_is_help=True, help="Clones made from template versions.")
@@ -129,6 +131,8 @@ def _status_line(op: dict) -> str:
 
 def _watch(client: Client, op: dict, label: str, *, quiet: bool = False) -> dict:
     """Follow an operation until it ends or pauses, with a progress bar unless ``quiet``."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     if quiet:
         while op["status"] in UNDER_WAY:
             time.sleep(0.1)
@@ -271,6 +275,8 @@ def template_import(
     """Import an outside image as v1 of a new template."""
     if not image.is_file():
         _fail(f"{image} is not a readable file")
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
     client = _client()
     params = {"name": name, "format": format, "kind": kind, "temp": temp or [], "data": data or []}
     with Progress(
@@ -505,13 +511,35 @@ def clone_create(
     _finish(op, as_json, {"clones": r["clones"]})
 
 
+CLONE_PAGE = 1000  # clones asked for per request (the API's largest page)
+
+
 @clone_app.command("list")
 def clone_list(
     template: Annotated[str | None, typer.Option(help="Only this template's clones.")] = None,
+    state: Annotated[
+        str | None,
+        typer.Option(help="Only clones in this status (ready, failed…) or power state (running)."),
+    ] = None,
+    host: Annotated[str | None, typer.Option(help="Only clones on this host.")] = None,
+    version: Annotated[
+        str | None, typer.Option(help="Only clones on version vN (of --template, else of any).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """List clones."""
-    items = _call(_client().get, "/clones", params={"template": template} if template else None)
+    from goldfleet.domain.names import parse_version
+
+    params: dict[str, Any] = {"limit": CLONE_PAGE}
+    for key, value in (("template", template), ("state", state), ("host", host)):
+        if value is not None:
+            params[key] = value
+    if version is not None:
+        try:
+            params["version"] = parse_version(version)
+        except GoldfleetError as exc:
+            _fail(exc.message)
+    items = _call(_client().get_pages, "/clones", params)
     output.emit_json(items) if as_json else output.clone_rows(items)
 
 
@@ -805,9 +833,24 @@ def audit_list(
         )
 
 
+def app_for(args: list[str]) -> typer.Typer:
+    """The app that runs ``goldfleet ARGS``: when the first argument names a group (``clone``,
+    ``template``…), the root with that group alone beside the top-level commands, else the
+    whole app. Click builds the options of every command it holds before parsing, and for the
+    whole app that is a fifth of a command's start-up; a group's own usage, help and errors are
+    the same either way, and anything else (``--help``, a typo at the top) gets the whole app."""
+    groups = [g for g in app.registered_groups if args and g.name == args[0]]
+    if not groups:
+        return app
+    only = typer.Typer(**ROOT)
+    only.registered_commands = list(app.registered_commands)
+    only.registered_groups = groups
+    return only
+
+
 def main() -> None:
     try:
-        app()
+        app_for(sys.argv[1:])()
     except GoldfleetError as exc:
         output.err_console.print(f"[red]error:[/red] {exc.message}", highlight=False)
         sys.exit(1)

@@ -17,7 +17,39 @@ err_console = Console(stderr=True, soft_wrap=True)  # one error, one line
 
 
 def emit_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.write(dumps(data) + "\n")
+
+
+_SCALARS = frozenset((str, int, float, bool, type(None)))
+
+
+def _flat_rows(data: Any) -> bool:
+    """A non-empty list of non-empty objects whose keys are strings and values plain scalars."""
+    if type(data) is not list or not data:
+        return False
+    keys: set[type] = set()
+    values: set[type] = set()
+    for row in data:
+        if type(row) is not dict or not row:
+            return False
+        keys.update(map(type, row))
+        values.update(map(type, row.values()))
+    return keys == {str} and values <= _SCALARS
+
+
+def dumps(data: Any) -> str:
+    """``json.dumps(data, indent=2, default=str)``, character for character.
+
+    Python's JSON encoder in C does not indent, and the one in Python takes most of the time of
+    ``clone list --json`` over a large fleet. For a list of flat objects (clones, operations,
+    tokens…), the C encoder writes the line breaks of the objects' own separators, and the few
+    around the objects are put right afterwards: a raw line break is never inside a JSON string
+    (it is written ``\\n``), and no value of a flat object ends in ``}``, so ``},<break>    {``
+    is only ever between two objects. Anything else goes to the Python encoder."""
+    if not _flat_rows(data):
+        return json.dumps(data, indent=2, default=str)
+    inner = json.dumps(data, separators=(",\n    ", ": "))  # [{"k": v,\n    "k": v},\n    {…}]
+    return "[\n  {\n    " + inner[2:-2].replace("},\n    {", "\n  },\n  {\n    ") + "\n  }\n]"
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:

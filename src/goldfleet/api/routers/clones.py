@@ -1,6 +1,8 @@
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
 
 from goldfleet.api.deps import Ctx, Reader, Writer
 from goldfleet.api.schemas import (
@@ -16,10 +18,39 @@ from goldfleet.services.common import CloneView, OperationView
 
 router = APIRouter(prefix="/clones", tags=["clones"])
 
+MAX_PAGE = 1000  # clones in one page of GET /clones?limit=
+
 
 @router.get("")
-def list_clones(ctx: Ctx, caller: Reader, template: str | None = None) -> list[CloneView]:
-    return fleet.list_clones(ctx, template=template)
+def list_clones(
+    ctx: Ctx,
+    caller: Reader,
+    request: Request,
+    response: Response,
+    template: str | None = None,
+    state: Annotated[str | None, Query(description="A status (ready…) or power state.")] = None,
+    host: Annotated[str | None, Query(max_length=255)] = None,
+    version: Annotated[int | None, Query(ge=1, description="A version number.")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE)] = None,
+    after: Annotated[str | None, Query(description="The last clone of the page before.")] = None,
+) -> list[CloneView]:
+    """Clones in name order, filtered here rather than by the client. Without ``limit``, every
+    match, as before paging existed; with it, one page and, while more follow, a header
+    ``Link: </clones?…&after=NAME>; rel="next"`` (RFC 8288), so the body stays a plain list."""
+    page = fleet.list_clones(
+        ctx,
+        template=template,
+        state=state,
+        host=host,
+        version=version,
+        after=after,
+        limit=None if limit is None else limit + 1,  # one more: is there a next page?
+    )
+    if limit is not None and len(page) > limit:
+        page = page[:limit]
+        following = request.url.include_query_params(after=page[-1].name)
+        response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
+    return page
 
 
 @router.post("", status_code=202)

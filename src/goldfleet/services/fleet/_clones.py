@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session, aliased
 
 from goldfleet.context import Context
 from goldfleet.db.tables import Clone, OperationItem, Template, Version
@@ -119,20 +119,65 @@ def clone_view(ctx: Context, c: Clone, *, volumes: bool = False) -> CloneView:
     return view
 
 
-def list_clones(ctx: Context, *, template: str | None = None) -> list[CloneView]:
-    with ctx.session() as s:
-        q = (
-            select(Clone)
-            .options(
-                selectinload(Clone.template),
-                selectinload(Clone.version),
-                selectinload(Clone.target_version),
-            )
-            .order_by(Clone.name)
+POWER_STATES = tuple(Power)
+STATES = (*CloneStatus, *POWER_STATES)  # what the list's state filter takes: status or power
+
+
+def list_clones(
+    ctx: Context,
+    *,
+    template: str | None = None,
+    state: str | None = None,
+    host: str | None = None,
+    version: int | None = None,
+    after: str | None = None,
+    limit: int | None = None,
+) -> list[CloneView]:
+    """Clones in name order, filtered in one query (template, version and target version
+    joined: no query per clone). ``state`` is a status (ready, failed…) or a power state
+    (running, stopped); ``version`` a version number, of every template unless ``template`` is
+    given. ``after`` (a clone name) and ``limit`` page by name: a keyset, so a page does not
+    shift when clones before it come or go."""
+    if state is not None and state not in STATES:
+        raise InvalidInput(f"state {state!r} is not a clone state: use {', '.join(STATES)}")
+    if after is not None:
+        check_name(after, "clone name")
+    if limit is not None and limit < 1:
+        raise InvalidInput(f"limit {limit} is not valid: list at least 1 clone")
+    target = aliased(Version)
+    q = (
+        select(  # labelled as CloneView's fields: the row is the view
+            Clone.name,
+            Template.name.label("template"),
+            Version.number.label("version"),
+            Clone.kind,
+            Clone.status,
+            Clone.power,
+            Clone.action,
+            target.number.label("target_version"),
+            Clone.error,
+            Clone.operation_id,
+            Clone.created_at,
         )
+        .join(Template, Clone.template_id == Template.id)
+        .join(Version, Clone.version_id == Version.id)
+        .outerjoin(target, Clone.target_version_id == target.id)
+        .order_by(Clone.name)
+    )
+    if state is not None:
+        q = q.where((Clone.power if state in POWER_STATES else Clone.status) == state)
+    if host is not None:
+        q = q.where(Clone.host == host)
+    if version is not None:
+        q = q.where(Version.number == version)
+    if after is not None:
+        q = q.where(Clone.name > after)
+    if limit is not None:
+        q = q.limit(limit)
+    with ctx.session() as s:
         if template is not None:
             q = q.where(Clone.template_id == get_template(s, template).id)
-        return [clone_view(ctx, c) for c in s.scalars(q)]
+        return [CloneView(**row) for row in s.execute(q).mappings()]
 
 
 def show_clone(ctx: Context, name: str) -> CloneView:
