@@ -10,6 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from goldfleet import crashpoints
 from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Layer, OperationItem, Pool, Template, Version
 from goldfleet.domain import rules
@@ -162,6 +163,7 @@ def import_template(
     with ctx.session() as s:
         _check_name_free(s, name)
     info = ctx.layers.import_image(image, fmt, max_virtual_size=ctx.settings.max_virtual_size)
+    crashpoints.reached("template-import.sealed")
     with ctx.session() as s:
         try:
             _check_name_free(s, name)
@@ -197,6 +199,7 @@ def create_from_clone(ctx: Context, *, name: str, clone: str, actor: str) -> Tem
             info = ctx.layers.seal_copy(system, parent=parent)
         else:
             info = ctx.layers.seal_standalone_copy(system)
+    crashpoints.reached("template-from-clone.sealed")
     with ctx.session() as s:
         _check_name_free(s, name)
         info, flattened = _maybe_flatten(ctx, s, info)
@@ -220,6 +223,7 @@ def flatten_template(ctx: Context, name: str, *, actor: str) -> VersionView:
         if depth == 1:
             raise Conflict(f"template {name}: v{current.number} is a single base layer already")
         flat = ctx.layers.flatten(current.top_layer)
+        crashpoints.reached("template-flatten.flattened")
         add_layer(s, flat)
         v = _add_version(
             s, t, flat.digest, f"v{current.number} flattened ({depth} layers into one)"
@@ -269,6 +273,7 @@ def delete_template(ctx: Context, name: str, *, actor: str) -> None:
         freed = _release_layers(ctx, s)
         audit.record(s, actor, "template.delete", name, layers_removed=len(freed))
         s.commit()
+    crashpoints.reached("template-delete.committed")
     _remove_layer_files(ctx, freed)
 
 
@@ -299,6 +304,7 @@ def delete_version(ctx: Context, name: str, number: int, *, actor: str) -> None:
         freed = _release_layers(ctx, s)
         audit.record(s, actor, "version.delete", f"{name}:v{number}", layers_removed=len(freed))
         s.commit()
+    crashpoints.reached("version-delete.committed")
     _remove_layer_files(ctx, freed)
 
 
@@ -318,6 +324,7 @@ def enter_maintenance(ctx: Context, name: str, *, actor: str) -> TemplateView:
             t.overlay = overlay
             t.error = None
             s.commit()
+        crashpoints.reached("maintenance-enter.requested")
         try:
             ctx.layers.create_overlay(parent, overlay)
         except GoldfleetError as exc:
@@ -326,6 +333,7 @@ def enter_maintenance(ctx: Context, name: str, *, actor: str) -> TemplateView:
                 t.status, t.overlay, t.error = TemplateStatus.READY, None, exc.message
                 s.commit()
             raise
+        crashpoints.reached("maintenance-enter.overlay-made")
         with ctx.session() as s:
             t = get_template(s, name)
             t.status = TemplateStatus.MAINTENANCE
@@ -389,6 +397,7 @@ def abort_maintenance(
         t.status, t.overlay, t.error = TemplateStatus.READY, None, None
         audit.record(s, actor, "template.maintenance.abort", name)
         s.commit()
+        crashpoints.reached("maintenance-abort.committed")
         if overlay:
             (ctx.layers.dir / overlay).unlink(missing_ok=True)
         return template_view(s, t)
@@ -422,6 +431,7 @@ def exit_maintenance(
                 )
             t.status = TemplateStatus.EXITING_MAINTENANCE
             s.commit()
+        crashpoints.reached("maintenance-exit.requested")
         try:
             info = ctx.layers.check_and_hash(overlay, parent=parent)
         except GoldfleetError as exc:
@@ -434,8 +444,11 @@ def exit_maintenance(
             t = get_template(s, name)
             t.sealing = info.digest
             s.commit()
+        crashpoints.reached("maintenance-exit.hashed")
         ctx.layers.commit_work(overlay, info)
+        crashpoints.reached("maintenance-exit.sealed")
         number = _finish_exit(ctx, name, info, actor)
+        crashpoints.reached("maintenance-exit.committed")
     op = None
     if do_recreate:
         op = fleet.recreate(

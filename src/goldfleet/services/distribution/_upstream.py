@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy import false, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from goldfleet import crashpoints
 from goldfleet.context import Context
 from goldfleet.db.tables import (
     Layer,
@@ -711,6 +712,7 @@ def _sync_template(
             view = bundles.install_layers(
                 ctx, one, works, [], source="upstream", actor=actor, action="site.sync", hashed=True
             )
+        crashpoints.reached("site-sync.added")
         fetched.update(todo)
         held.update(todo)
         added.extend(view.versions_added)

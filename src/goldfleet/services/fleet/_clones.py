@@ -23,6 +23,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, selectinload
 
+from goldfleet import crashpoints
 from goldfleet.context import Context
 from goldfleet.db.tables import Clone, OperationItem, Template, Version
 from goldfleet.domain import rules
@@ -434,6 +435,7 @@ def create_clones(
                 "another request took one of these clone names at the same time; try again"
             ) from None
         op_id = op.id
+    crashpoints.reached("clone-create.committed")
     return rollouts.launch(ctx, op_id, wait), names
 
 
