@@ -12,18 +12,30 @@ byte-identical (sha256, inode, mtime); every volume passes ``qemu-img check``; s
 show the version their clone is on.
 
 Set ``GOLDFLEET_CRASH_SEED`` to replay one run (the seed is printed).
+
+Then kills at chosen instants rather than random ones: every commit boundary of every durable
+multi-step action is a named crash point (goldfleet.crashpoints); a test per point kills a
+server exactly there and checks the rule of docs/architecture.md ("Durable multi-step actions:
+the rule").
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import signal
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
+
+from goldfleet import crashpoints
+from goldfleet.cli.client import ClientError
 
 pytestmark = pytest.mark.slow
 
@@ -201,3 +213,188 @@ def test_recovery_removes_a_prototype_half_made_by_a_killed_server(fleet, templa
     fleet.server.start()
     fleet.create(count=1)
     assert [p.name for p in Path(cache).iterdir() if p.name.startswith(".")] == []
+
+
+# --- crash points: kill -9 at each commit boundary of each durable multi-step action ------
+#
+# goldfleet.crashpoints names every boundary (docs/architecture.md, "Durable multi-step
+# actions: the rule"); a server started with GOLDFLEET_CRASH_AT=NAME kills itself with SIGKILL
+# when it reaches NAME. Each test below arms one point, does the action, lets the server die
+# there, starts it again (recovery runs as after any kill -9) and checks the rule: the action
+# either left the previous state, which a retry completes, or it is carried out in full.
+
+ROLLOUT = {  # every field of a rollout policy, none at its default
+    "logoff": "notify-force",
+    "grace": "1s",
+    "message": "patched tonight",
+    "max_parallel": 2,
+    "per_host": 1,
+    "canary": 1,
+    "canary_auto": True,
+    "max_failures": "1",
+}
+TESTED: dict[str, list[str]] = {}  # crash point -> the tests below that kill a server there
+
+
+def kills_at(*points: str):
+    """Declare the crash points a test kills a server at (checked against the full list)."""
+
+    def mark(test):
+        for point in points:
+            TESTED.setdefault(point, []).append(test.__name__)
+        return test
+
+    return mark
+
+
+def crash_at(server, point: str, action=None, timeout: float = 60) -> None:
+    """Arm ``server`` to die at ``point``, do ``action`` (its answer dies with the server), wait
+    for the kill, start the server again."""
+    assert point in crashpoints.POINTS, point
+    server.env[crashpoints.ENV] = point
+    server.restart()
+    try:
+        if action is not None:
+            with contextlib.suppress(ClientError, httpx.HTTPError):
+                action()
+        try:
+            code = server.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the server did not reach crash point {point}") from None
+        assert code == -signal.SIGKILL, f"the server ended with {code}, not at {point}"
+    finally:
+        server.env.pop(crashpoints.ENV)
+    server.start()
+
+
+def wait_until(check, what: str, timeout: float = 60):
+    deadline = time.monotonic() + timeout
+    while not (result := check()):
+        assert time.monotonic() < deadline, f"not within {timeout} s: {what}"
+        time.sleep(0.1)
+    return result
+
+
+def _ops(fleet, kind: str) -> list[dict]:
+    return [op for op in fleet.client.get("/operations") if op["kind"] == kind]
+
+
+def _layer_files(fleet) -> set[str]:
+    return {p.name for p in fleet.layers_dir.glob("sha256-*.qcow2")}
+
+
+def _catalog_layers(fleet) -> set[str]:
+    return {fleet.layer_file(d).name for (d,) in fleet.rows("SELECT digest FROM layers")}
+
+
+def _store_clean(fleet) -> None:
+    """No leftover of the interrupted step: no work file, no layer file the catalog does not
+    know, ``store verify`` finds nothing."""
+    assert fleet.work_files() == []
+    assert _layer_files(fleet) == _catalog_layers(fleet)
+    assert fleet.client.post("/store/verify")["problems"] == []
+
+
+EXIT_POINTS = [p for p in crashpoints.POINTS if p.startswith("maintenance-exit.")]
+BEFORE_SEALED = ("maintenance-exit.requested", "maintenance-exit.hashed")
+
+
+@kills_at(*EXIT_POINTS)
+@pytest.mark.parametrize("point", EXIT_POINTS)
+def test_maintenance_exit_with_recreate_killed_at_each_boundary(fleet, template, point):
+    """The issue's case: after a kill at any instant of ``maintenance exit --recreate``, either
+    the template is still in maintenance with its overlay (and the exit can be run again), or
+    the new version exists and so does its rollout, with the whole policy asked for."""
+    names = fleet.create(count=4)
+    fleet.create(name="solo", full=True)
+    entered = fleet.client.post("/templates/base/maintenance/enter")
+    overlay = Path(entered["overlay_path"])
+    fleet.pattern(overlay, MiB, 0x22)
+    at = (datetime.now(UTC) - timedelta(minutes=1)).strftime("%Y-%m-%dT%H:%M:%S")
+    body = {"recreate": "linked", "rollout": {**ROLLOUT, "at": at}}
+
+    crash_at(
+        fleet.server,
+        point,
+        lambda: fleet.client.post("/templates/base/maintenance/exit", body),
+    )
+
+    t = fleet.client.get("/templates/base")
+    if point in BEFORE_SEALED:
+        # the previous state: in maintenance, the overlay and its bytes kept, no v2, no rollout
+        assert (t["status"], t["overlay_path"], t["error"]) == ("maintenance", str(overlay), None)
+        assert fleet.shows(overlay, MiB, 0x22)
+        assert [v["number"] for v in fleet.versions()] == [1]
+        assert _ops(fleet, "clone.recreate") == []
+        # … which the same exit, run again, completes
+        again = fleet.client.post("/templates/base/maintenance/exit", body)
+        assert again["version"] == 2 and again["operation"] is not None
+    else:
+        assert (t["status"], t["overlay_path"], t["error"]) == ("ready", None, None)
+        assert not overlay.exists()
+    assert [v["number"] for v in fleet.versions()] == [1, 2]
+    assert fleet.client.get("/templates/base")["current_version"] == 2
+
+    (op,) = _ops(fleet, "clone.recreate")
+    assert (op["target"], op["total"], op["actor"]) == ("base", 4, "admin")
+    assert op["start_at"].startswith(at)
+    policy = op["policy"]
+    assert (policy["logoff"], policy["grace_seconds"], policy["message"]) == (
+        "notify-force",
+        1.0,
+        "patched tonight",
+    )
+    assert (policy["max_parallel"], policy["per_host"]) == (2, 1)
+    assert (policy["canary"], policy["canary_auto"]) == (1, True)
+    assert (policy["stop_on_error"], policy["max_failures"]) == (False, 1)
+
+    assert fleet.wait(op["id"])["status"] == "done"
+    for name in names:
+        assert fleet.show(name)["version"] == 2
+        assert fleet.shows(fleet.volumes(name)["system"], MiB, 0x22)
+    assert fleet.show("solo")["version"] == 1  # --recreate linked leaves the full clone
+    _store_clean(fleet)
+
+
+@kills_at("maintenance-enter.requested")
+def test_maintenance_enter_killed_before_the_overlay_is_made(fleet, template):
+    crash_at(
+        fleet.server,
+        "maintenance-enter.requested",
+        lambda: fleet.client.post("/templates/base/maintenance/enter"),
+    )
+    t = fleet.client.get("/templates/base")
+    assert (t["status"], t["overlay_path"]) == ("ready", None)
+    _store_clean(fleet)
+    assert fleet.client.post("/templates/base/maintenance/enter")["status"] == "maintenance"
+
+
+@kills_at("maintenance-enter.overlay-made")
+def test_maintenance_enter_killed_after_the_overlay_is_made(fleet, template):
+    crash_at(
+        fleet.server,
+        "maintenance-enter.overlay-made",
+        lambda: fleet.client.post("/templates/base/maintenance/enter"),
+    )
+    t = fleet.client.get("/templates/base")
+    assert t["status"] == "maintenance" and Path(t["overlay_path"]).is_file()
+    fleet.pattern(Path(t["overlay_path"]), MiB, 0x33)
+    assert fleet.client.post("/templates/base/maintenance/exit", {})["version"] == 2
+    _store_clean(fleet)
+
+
+@kills_at("maintenance-abort.committed")
+def test_maintenance_abort_killed_before_the_overlay_is_removed(fleet, template):
+    fleet.client.post("/templates/base/maintenance/enter")
+    crash_at(
+        fleet.server,
+        "maintenance-abort.committed",
+        lambda: fleet.client.post("/templates/base/maintenance/abort"),
+    )
+    t = fleet.client.get("/templates/base")
+    assert (t["status"], t["overlay_path"]) == ("ready", None)
+    assert [v["number"] for v in fleet.versions()] == [1]
+    _store_clean(fleet)  # the overlay file went with the recovery
+
+
+# --- distribution: two real servers ------------------------------------------------------

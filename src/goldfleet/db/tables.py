@@ -58,6 +58,9 @@ class Template(Base):
     )
     overlay: Mapped[str | None] = mapped_column(String(80))  # maintenance overlay file name
     sealing: Mapped[str | None] = mapped_column(String(71))  # digest being sealed on exit
+    # the exit under way: who asked, and the rollout to start with the new version (recreate
+    # scope, policy, start time); stored before the overlay is sealed, cleared with the exit
+    exit_request: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)  # why the last maintenance step failed
     maintenance_vm: Mapped[str | None] = mapped_column(String(63))  # VM booting the overlay
     # at HQ: when a new version becomes current at the sites (goldfleet.domain.sites)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -20,7 +22,7 @@ from goldfleet.domain.rollout import Policy
 from goldfleet.domain.sizes import parse_size
 from goldfleet.drivers.base import DiskSpec, DomainSpec
 from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, StoreError
-from goldfleet.services import fleet
+from goldfleet.services import fleet, rollouts
 from goldfleet.services.common import (
     MaintenanceExitView,
     TemplateView,
@@ -403,6 +405,37 @@ def abort_maintenance(
         return template_view(s, t)
 
 
+@dataclass(frozen=True, slots=True)
+class _ExitRequest:
+    """What a maintenance exit was asked to do beyond sealing: stored on the template before
+    the overlay is sealed, so that whoever finishes the exit — this request, or recovery after
+    a crash — makes the new version and starts its rollout as one."""
+
+    actor: str
+    recreate: RecreateScope = RecreateScope.NONE
+    policy: Policy | None = None
+    start_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor,
+            "recreate": str(self.recreate),
+            "policy": self.policy.to_json() if self.policy is not None else None,
+            "start_at": self.start_at.isoformat() if self.start_at is not None else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> _ExitRequest:
+        if not data:  # an exit interrupted before this was stored (an older server)
+            return cls(actor="recovery")
+        return cls(
+            actor=data["actor"],
+            recreate=RecreateScope(data.get("recreate") or RecreateScope.NONE),
+            policy=Policy.from_json(data["policy"]) if data.get("policy") else None,
+            start_at=datetime.fromisoformat(data["start_at"]) if data.get("start_at") else None,
+        )
+
+
 def exit_maintenance(
     ctx: Context,
     name: str,
@@ -413,7 +446,14 @@ def exit_maintenance(
     policy: Policy | None = None,
     start_at: datetime | None = None,
 ) -> MaintenanceExitView:
-    """Seal the overlay as the new current version; optionally recreate clones on it."""
+    """Seal the overlay as the new current version; optionally recreate clones on it.
+
+    The request, with its rollout, is stored on the template before anything is sealed, and
+    the new version and the rollout's operation are committed in one transaction: after a
+    crash at any instant the template is either still in maintenance with its overlay (run the
+    exit again) or the version and its rollout both exist (recovery finishes what was sealed,
+    :func:`recover_templates`)."""
+    request = _ExitRequest(actor=actor, recreate=recreate, policy=policy, start_at=start_at)
     with ctx.template_lock(name):
         with ctx.session() as s:
             t = get_template(s, name)
@@ -430,6 +470,7 @@ def exit_maintenance(
                     f" (goldfleet template maintenance abort {name}) and enter it again"
                 )
             t.status = TemplateStatus.EXITING_MAINTENANCE
+            t.exit_request = request.to_json()
             s.commit()
         crashpoints.reached("maintenance-exit.requested")
         try:
@@ -437,7 +478,7 @@ def exit_maintenance(
         except GoldfleetError as exc:
             with ctx.session() as s:
                 t = get_template(s, name)
-                t.status, t.error = TemplateStatus.MAINTENANCE, exc.message
+                t.status, t.error, t.exit_request = TemplateStatus.MAINTENANCE, exc.message, None
                 s.commit()
             raise
         with ctx.session() as s:
@@ -445,21 +486,12 @@ def exit_maintenance(
             t.sealing = info.digest
             s.commit()
         crashpoints.reached("maintenance-exit.hashed")
+        # the point of no return: from here on recovery finishes the exit, rollout included
         ctx.layers.commit_work(overlay, info)
         crashpoints.reached("maintenance-exit.sealed")
-        number = _finish_exit(ctx, name, info, actor)
+        number, op_id = _finish_exit(ctx, name, info)
         crashpoints.reached("maintenance-exit.committed")
-    op = None
-    if do_recreate:
-        op = fleet.recreate(
-            ctx,
-            template=name,
-            include_full=include_full,
-            actor=actor,
-            wait=False,
-            policy=policy,
-            start_at=start_at,
-        )
+    op = rollouts.launch(ctx, op_id, False) if op_id is not None else None
     with ctx.session() as s:
         t = get_template(s, name)
         view = template_view(s, t)
@@ -468,27 +500,54 @@ def exit_maintenance(
     )
 
 
-def _finish_exit(ctx: Context, name: str, sealed: LayerInfo, actor: str) -> int:
-    """The DB half of an exit once the overlay is a sealed layer; runs again after a crash."""
+def _finish_exit(
+    ctx: Context, name: str, sealed: LayerInfo, *, recovered: bool = False
+) -> tuple[int, int | None]:
+    """The DB half of an exit once the overlay is a sealed layer; runs again after a crash.
+    The new version and the operation of the stored request's rollout are one transaction.
+    Returns the version's number and the operation's id (None: no recreate was asked)."""
     with ctx.session() as s:
         t = get_template(s, name)
+        request = _ExitRequest.from_json(t.exit_request)
         add_layer(s, sealed)
         info, flattened = _maybe_flatten(ctx, s, sealed)
         add_layer(s, info)
         v = _add_version(s, t, info.digest, "maintenance" + flattened)
+        op = None
+        do_recreate, include_full = rules.recreate_flags(request.recreate)
+        if do_recreate:
+            op = fleet.start_recreate(
+                ctx,
+                s,
+                t,
+                include_full=include_full,
+                actor=request.actor,
+                policy=request.policy,
+                start_at=request.start_at,
+                committed_to=True,
+            )
         t.status, t.overlay, t.sealing, t.error = TemplateStatus.READY, None, None, None
+        t.exit_request = None
         freed = _release_layers(ctx, s) if flattened else []
         audit.record(
-            s, actor, "template.maintenance.exit", name, version=v.number, layer=info.digest
+            s,
+            request.actor,
+            "template.maintenance.exit",
+            name,
+            version=v.number,
+            layer=info.digest,
+            **({"finished_by": "recovery"} if recovered else {}),
         )
         s.commit()
-        number = v.number
+        number, op_id = v.number, op.id if op is not None else None
     _remove_layer_files(ctx, freed)
-    return number
+    return number, op_id
 
 
 def recover_templates(ctx: Context) -> list[str]:
-    """After a crash: finish or roll back maintenance steps that were under way."""
+    """After a crash: finish or roll back maintenance steps that were under way. An exit whose
+    overlay was sealed is finished with the rollout it asked for; one that had not got that far
+    leaves the template in maintenance, its overlay kept, to be exited again."""
     notes = []
     with ctx.session() as s:
         pending = [
@@ -510,8 +569,9 @@ def recover_templates(ctx: Context) -> list[str]:
             if overlay_path and overlay_path.exists():
                 overlay_path.unlink()
             layer_info = ctx.layers.check_and_hash(ctx.layers.path(sealing), parent=parent)
-            _finish_exit(ctx, name, layer_info, "recovery")
-            notes.append(f"template {name}: finished exiting maintenance")
+            number, op_id = _finish_exit(ctx, name, layer_info, recovered=True)
+            rollout = f", its rollout is operation {op_id}" if op_id is not None else ""
+            notes.append(f"template {name}: finished exiting maintenance as v{number}{rollout}")
             continue
         with ctx.session() as s:
             t = get_template(s, name)
@@ -519,7 +579,7 @@ def recover_templates(ctx: Context) -> list[str]:
                 t.status = TemplateStatus.MAINTENANCE
             else:
                 t.status, t.overlay = TemplateStatus.READY, None
-            t.sealing = None
+            t.sealing, t.exit_request = None, None
             s.commit()
             notes.append(f"template {name}: back to {t.status} after an interrupted step")
     return notes
