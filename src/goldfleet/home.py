@@ -79,4 +79,5 @@ def recover(ctx: Context) -> list[str]:
         keep = {t.overlay for t in s.scalars(select(Template)) if t.overlay}
     leftovers = ctx.layers.remove_work_files(keep) + ctx.volumes.remove_cache_work_files()
     notes += [f"removed leftover {f}" for f in leftovers]
+    notes += catalog.remove_leftover_layers(ctx)
     return notes

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sitekit import cli as sitekit_cli
+from sitekit import make_raw, new_version, running
 
 from goldfleet import crashpoints
 from goldfleet.cli.client import ClientError
@@ -397,4 +399,144 @@ def test_maintenance_abort_killed_before_the_overlay_is_removed(fleet, template)
     _store_clean(fleet)  # the overlay file went with the recovery
 
 
+@kills_at("template-import.sealed")
+def test_template_import_killed_before_its_rows(fleet, template):
+    before = _layer_files(fleet)
+    crash_at(
+        fleet.server,
+        "template-import.sealed",
+        lambda: fleet.import_template("other", {0: b"\x44" * 4096}),
+    )
+    assert [t["name"] for t in fleet.client.get("/templates")] == ["base"]
+    assert _layer_files(fleet) == before
+    _store_clean(fleet)
+    fleet.import_template("other", {0: b"\x44" * 4096})
+    assert [v["number"] for v in fleet.versions("other")] == [1]
+
+
+@kills_at("template-from-clone.sealed")
+def test_template_from_clone_killed_before_its_rows(fleet, template):
+    (name,) = fleet.create(count=1)
+    fleet.pattern(fleet.volumes(name)["system"], 2 * MiB, 0x55)
+    body = {"name": "derived", "clone": name}
+    crash_at(
+        fleet.server,
+        "template-from-clone.sealed",
+        lambda: fleet.client.post("/templates/from-clone", body),
+    )
+    assert [t["name"] for t in fleet.client.get("/templates")] == ["base"]
+    assert fleet.show(name)["status"] == "ready"
+    _store_clean(fleet)
+    assert fleet.client.post("/templates/from-clone", body)["name"] == "derived"
+
+
+@kills_at("template-flatten.flattened")
+def test_template_flatten_killed_before_its_version(fleet, template):
+    fleet.update(byte=0x22)
+    crash_at(
+        fleet.server,
+        "template-flatten.flattened",
+        lambda: fleet.client.post("/templates/base/flatten"),
+    )
+    assert [v["number"] for v in fleet.versions()] == [1, 2]
+    _store_clean(fleet)
+    assert fleet.client.post("/templates/base/flatten")["number"] == 3
+
+
+@kills_at("version-delete.committed")
+def test_version_delete_killed_before_its_files_go(fleet, template):
+    fleet.update(byte=0x22)
+    v2_top = fleet.versions()[1]["top_layer"]
+    fleet.client.post("/templates/base/flatten")  # v3: one base layer, v2's top only in v2
+    crash_at(
+        fleet.server,
+        "version-delete.committed",
+        lambda: fleet.client.delete("/templates/base/versions/2"),
+    )
+    assert [v["number"] for v in fleet.versions()] == [1, 3]
+    assert not fleet.layer_file(v2_top).exists()
+    _store_clean(fleet)
+
+
+@kills_at("template-delete.committed")
+def test_template_delete_killed_before_its_files_go(fleet, template):
+    fleet.import_template("other", {0: b"\x44" * 4096})
+    (top,) = [v["top_layer"] for v in fleet.versions("other")]
+    crash_at(
+        fleet.server, "template-delete.committed", lambda: fleet.client.delete("/templates/other")
+    )
+    assert [t["name"] for t in fleet.client.get("/templates")] == ["base"]
+    assert not fleet.layer_file(top).exists()
+    _store_clean(fleet)
+
+
 # --- distribution: two real servers ------------------------------------------------------
+
+
+@pytest.fixture
+def hq_and_site(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """HQ and a site with the local-patches right, joined, base v1 synced to the site."""
+    monkeypatch.setenv("GOLDFLEET_HOME", str(tmp_path / "unused"))
+    with running(tmp_path, {"hq": "hq", "site": "site"}) as (hq, site):
+        image = make_raw(tmp_path / "base.raw", fill={0: os.urandom(2 * MiB)})
+        hq.client().upload(
+            "/templates/import", image, {"name": "base", "format": "raw", "temp": [], "data": []}
+        )
+        token = hq.client().post("/sites", {"name": "branch", "local_patches": True})["token"]
+        hq.client().post("/sites/branch/templates", {"template": "base"})
+        site.client().post("/site/join", {"url": hq.url, "token": token})
+        assert site.client().post("/site/sync", {})["versions_added"] == {"base": [1]}
+        yield hq, site
+
+
+def _server_store_clean(srv) -> None:
+    layers = srv.home / "store" / "layers"
+    files = {p.name for p in layers.glob("sha256-*.qcow2")}
+    known = {
+        f"sha256-{d.removeprefix('sha256:')}.qcow2"
+        for (d,) in srv.rows("SELECT digest FROM layers")
+    }
+    assert files == known
+    assert list(layers.glob(".*")) == []
+    assert srv.client().post("/store/verify")["problems"] == []
+
+
+def _current(srv) -> int | None:
+    return srv.client().get("/templates/base")["current_version"]
+
+
+@kills_at("bundle-import.sealed")
+def test_bundle_import_killed_between_its_layers_and_its_versions(tmp_path, monkeypatch, qemu):
+    monkeypatch.setenv("GOLDFLEET_HOME", str(tmp_path / "unused"))
+    with running(tmp_path, {"a": "hq", "b": "hq"}) as (a, b):
+        image = make_raw(tmp_path / "base.raw", fill={0: os.urandom(2 * MiB)})
+        a.client().upload("/templates/import", image, {"name": "base", "format": "raw"})
+        new_version(a, qemu, MiB, os.urandom(64 * 1024))
+        bundle = tmp_path / "base.bundle"
+        assert sitekit_cli(a.home, "bundle", "export", "base", "-o", str(bundle)).returncode == 0
+        key = json.loads(sitekit_cli(a.home, "keys", "show", "--json").stdout)["own"]
+        b.client().post("/keys/trust", {"name": "a", "public_key": key["public_key"]})
+
+        crash_at(
+            b, "bundle-import.sealed", lambda: b.client().upload("/bundles/import", bundle, {})
+        )
+        assert b.client().get("/templates") == []  # the previous state …
+        _server_store_clean(b)
+        done = b.client().upload("/bundles/import", bundle, {})  # … which a retry completes
+        assert done["versions_added"] == [1, 2] and _current(b) == 2
+        _server_store_clean(b)
+
+
+@kills_at("bundle-import.sealed")
+def test_site_publish_killed_at_hq_between_its_layers_and_its_version(hq_and_site, qemu):
+    """A site's publish is a bundle import at HQ: HQ killed inside it keeps its previous
+    state, and the site's next publish completes it."""
+    hq, site = hq_and_site
+    new_version(site, qemu, MiB, os.urandom(256 * 1024))
+    crash_at(hq, "bundle-import.sealed", lambda: site.client().post("/templates/base/publish", {}))
+    assert [v["number"] for v in hq.client().get("/templates/base/versions")] == [1]
+    _server_store_clean(hq)
+    sent = site.client().post("/templates/base/publish", {})
+    assert (sent["version"], sent["already_at_hq"]) == (2, False)
+    assert _current(hq) == 2
+    _server_store_clean(hq)

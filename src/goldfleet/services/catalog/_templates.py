@@ -583,3 +583,16 @@ def recover_templates(ctx: Context) -> list[str]:
             s.commit()
             notes.append(f"template {name}: back to {t.status} after an interrupted step")
     return notes
+
+
+def remove_leftover_layers(ctx: Context) -> list[str]:
+    """After a crash, once :func:`recover_templates` has run: remove sealed layer files the
+    catalog does not know. A step that seals a layer before committing its rows (an import, a
+    flatten, a bundle) or removes files after committing (a delete) leaves one when killed in
+    between; no step is under way now, so none is still to be registered."""
+    with ctx.session() as s:
+        known = set(s.scalars(select(Layer.digest)))
+        known |= {d for d in s.scalars(select(Template.sealing)) if d}
+    leftover = sorted(ctx.layers.sealed_digests() - known)
+    _remove_layer_files(ctx, leftover)
+    return [f"removed layer {d}, which no version holds (left by a crash)" for d in leftover]
