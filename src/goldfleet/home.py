@@ -63,7 +63,7 @@ def recover(ctx: Context) -> list[str]:
     With a shared database (PostgreSQL) other servers may be at work on the same store right
     now: their work files and half-done steps are not leftovers. Then nothing is cleaned here;
     the operations of a dead server are taken over by the runners through their leases."""
-    from goldfleet.services import catalog, fleet, rollouts
+    from goldfleet.services import catalog, distribution, fleet, rollouts
 
     if ctx.engine.dialect.name != "sqlite":
         horizon = ctx.clock.now() - timedelta(seconds=ctx.settings.lease_seconds)
@@ -75,6 +75,7 @@ def recover(ctx: Context) -> list[str]:
     notes = catalog.recover_templates(ctx)
     notes += rollouts.recover_operations(ctx)
     notes += fleet.recover_clones(ctx)
+    notes += distribution.recover_sync(ctx)
     with ctx.session() as s:
         keep = {t.overlay for t in s.scalars(select(Template)) if t.overlay}
     leftovers = ctx.layers.remove_work_files(keep) + ctx.volumes.remove_cache_work_files()

@@ -540,3 +540,20 @@ def test_site_publish_killed_at_hq_between_its_layers_and_its_version(hq_and_sit
     assert (sent["version"], sent["already_at_hq"]) == (2, False)
     assert _current(hq) == 2
     _server_store_clean(hq)
+
+
+@kills_at("site-sync.added")
+def test_site_sync_killed_between_a_version_and_its_activation(hq_and_site, qemu):
+    """The sync's claim is the stored request: the site finishes the sync by itself after
+    the kill, and HQ's version becomes current there without anyone asking again."""
+    hq, site = hq_and_site
+    new_version(hq, qemu, MiB, os.urandom(256 * 1024))
+    crash_at(site, "site-sync.added", lambda: site.client().post("/site/sync", {}))
+    wait_until(lambda: _current(site) == 2, "the site made HQ's v2 current")
+
+    def ended() -> bool:
+        status = site.client().get("/site")
+        return status["syncing_since"] is None and status["last_error"] is None
+
+    wait_until(ended, "the site's sync ended without an error")
+    _server_store_clean(site)

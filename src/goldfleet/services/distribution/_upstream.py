@@ -436,6 +436,25 @@ def sync(
         _sync_lock.release()
 
 
+def recover_sync(ctx: Context) -> list[str]:
+    """After a crash: a sync claim left in the link is a sync that was under way (its versions
+    up to the kill are stored, the rest and their activation are not). It is run again at once
+    by the schedule's tick, as a failed sync is, so that what it was asked for is completed
+    without anyone asking again."""
+    if ctx.settings.role != "site":
+        return []
+    with ctx.session() as s:
+        link = s.get(Upstream, LINK_ID)
+        if link is None or link.sync_owner is None:
+            return []
+        now = ctx.clock.now()
+        link.sync_owner = None
+        link.last_error = "the sync was interrupted (the server stopped); it runs again now"
+        link.next_sync_at = now
+        s.commit()
+    return ["the sync interrupted by the crash runs again now"]
+
+
 def site_tick(ctx: Context) -> None:
     """Called by the runner loop: make due versions current, start a due sync."""
     if ctx.settings.role != "site":
