@@ -470,6 +470,76 @@ def test_template_delete_killed_before_its_files_go(fleet, template):
     _store_clean(fleet)
 
 
+@kills_at("clone-create.committed")
+def test_clone_create_killed_before_the_runner_is_woken(fleet, template):
+    crash_at(
+        fleet.server,
+        "clone-create.committed",
+        lambda: fleet.client.post("/clones", {"template": "base", "count": 3}),
+    )
+    (op,) = _ops(fleet, "clone.create")
+    assert (op["total"], fleet.wait(op["id"])["status"]) == (3, "done")
+    clones = fleet.client.get("/clones")
+    assert len(clones) == 3 and {c["status"] for c in clones} == {"ready"}
+    _store_clean(fleet)
+
+
+def _pool_ready(fleet, pool: str, total: int) -> dict:
+    def ready():
+        p = fleet.client.get(f"/pools/{pool}")
+        return p if p["total"] == total and p["ready"] + p["assigned"] == total else None
+
+    return wait_until(ready, f"pool {pool} has {total} clones ready")
+
+
+@kills_at("pool-create.committed")
+def test_pool_create_killed_before_provisioning(fleet, template):
+    body = {"name": "desks", "template": "base", "min": 2, "max": 4, "buffer": 2}
+    crash_at(fleet.server, "pool-create.committed", lambda: fleet.client.post("/pools", body))
+    _pool_ready(fleet, "desks", 2)  # the pool row is the request: the next pass provisions it
+    assert len(_ops(fleet, "clone.create")) == 1
+    _store_clean(fleet)
+
+
+@kills_at("pool-assign.committed")
+def test_pool_assign_killed_before_the_clone_starts(fleet, template):
+    fleet.client.post("/pools", {"name": "desks", "template": "base", "max": 2, "buffer": 1})
+    _pool_ready(fleet, "desks", 1)
+    crash_at(
+        fleet.server,
+        "pool-assign.committed",
+        lambda: fleet.client.post("/pools/desks/assign", {"user": "alice"}),
+    )
+    ((assigned,),) = fleet.rows("SELECT name FROM clones WHERE assigned_user = 'alice'")
+    again = fleet.client.post("/pools/desks/assign", {"user": "alice"})
+    assert again["clone"]["name"] == assigned
+    assert (again["clone"]["status"], again["clone"]["power"]) == ("ready", "running")
+    _pool_ready(fleet, "desks", 2)  # and the buffer is refilled
+
+
+@kills_at("pool-window.committed")
+def test_pool_window_recreate_killed_before_the_runner_is_woken(fleet, template):
+    body = {
+        "name": "desks",
+        "template": "base",
+        "max": 2,
+        "buffer": 2,
+        "window_cron": "* * * * *",  # always open
+        "window_minutes": 5,
+    }
+    fleet.client.post("/pools", body)
+    _pool_ready(fleet, "desks", 2)
+    # the next pass after v2 starts the window's operation: the server dies right after
+    crash_at(fleet.server, "pool-window.committed", lambda: fleet.update(byte=0x22))
+    (op,) = _ops(fleet, "pool.recreate")
+    assert (op["total"], fleet.wait(op["id"])["status"]) == (2, "done")
+    pool = _pool_ready(fleet, "desks", 2)
+    assert pool["behind"] == 0
+    for c in fleet.client.get("/clones"):
+        assert fleet.shows(fleet.volumes(c["name"])["system"], MiB, 0x22)
+    _store_clean(fleet)
+
+
 # --- distribution: two real servers ------------------------------------------------------
 
 
@@ -557,3 +627,8 @@ def test_site_sync_killed_between_a_version_and_its_activation(hq_and_site, qemu
 
     wait_until(ended, "the site's sync ended without an error")
     _server_store_clean(site)
+
+
+def test_every_crash_point_has_a_test():
+    """Every point goldfleet.crashpoints lists (and the source marks) has a test above."""
+    assert sorted(TESTED) == sorted(crashpoints.POINTS)

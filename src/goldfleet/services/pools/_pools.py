@@ -588,17 +588,14 @@ def _maintain(ctx: Context, name: str, now: datetime) -> str | None:
                 return f"pool {name}: window open, operation {op.id} resumed"
             if not window.is_open and op.status in (OpStatus.RUNNING, OpStatus.SCHEDULED):
                 s.rollback()
-                try:
-                    rollouts.pause_operation(ctx, op.id, actor=WINDOW_ACTOR)
+                reason = (
+                    f"{WINDOW_CLOSED}; continues at {window.opens_at:%Y-%m-%d %H:%M} UTC"
+                    f" (pool {name})"
+                )
+                try:  # the pause and its reason in one transaction
+                    rollouts.pause_operation(ctx, op.id, actor=WINDOW_ACTOR, reason=reason)
                 except Conflict:
                     return None  # it finished in the meantime
-                with ctx.session() as s2:
-                    paused = s2.get(Operation, op.id)
-                    paused.paused_reason = (
-                        f"{WINDOW_CLOSED}; continues at {window.opens_at:%Y-%m-%d %H:%M} UTC"
-                        f" (pool {name})"
-                    )
-                    s2.commit()
                 return f"pool {name}: window closed, operation {op.id} paused"
             return None
         if not window.is_open or not p.enabled:
