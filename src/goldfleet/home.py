@@ -107,12 +107,13 @@ def recover(ctx: Context) -> list[str]:
     on files no live server's work refers to. Their operations need nothing here: the runners
     take over the items of dead servers. The server registers (Runner.register) before it
     recovers, so the steps it takes over here are a live server's to the others."""
-    from goldfleet.services import catalog, fleet, rollouts
+    from goldfleet.services import catalog, distribution, fleet, rollouts
 
     abandoned = Liveness(ctx)
     notes = catalog.recover_templates(ctx, abandoned)
     notes += rollouts.recover_operations(ctx)
     notes += fleet.recover_clones(ctx, abandoned)
+    notes += distribution.recover_sync(ctx, abandoned)
 
     def overlays() -> set[str]:
         with ctx.session() as s:
@@ -121,7 +122,10 @@ def recover(ctx: Context) -> list[str]:
     leftovers = ctx.layers.remove_work_files(overlays, abandoned)
     leftovers += ctx.volumes.remove_cache_work_files(abandoned)
     notes += [f"removed leftover {f}" for f in leftovers]
-    if not abandoned.alone:
+    if abandoned.alone:
+        # a layer sealed but not yet registered may be a live server's import under way
+        notes += catalog.remove_leftover_layers(ctx)
+    else:
         others = len(abandoned.live - {ctx.server_id})
         notes.append(f"{others} other server(s) alive on this database: their work is left to them")
     return notes

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from goldfleet.db.tables import Layer, Template
-from goldfleet.domain.model import TemplateStatus
+from goldfleet.db.tables import AuditEntry, Layer, OperationItem, Template
+from goldfleet.domain.model import RecreateScope, TemplateStatus
+from goldfleet.domain.rollout import Policy
 from goldfleet.errors import BadImage, Conflict, HasDependents
 from goldfleet.home import recover
 from goldfleet.services import catalog, fleet
@@ -140,3 +142,43 @@ def test_recovery_returns_an_interrupted_exit_to_maintenance(ctx, base):
     shown = catalog.show_template(ctx, base)
     assert shown.status == TemplateStatus.MAINTENANCE
     assert shown.overlay_path == view.overlay_path and Path(view.overlay_path).exists()
+
+
+def test_an_exit_past_its_seal_leaves_out_clones_taken_meanwhile_instead_of_failing(
+    ctx, base, monkeypatch
+):
+    """Once the overlay is sealed the exit cannot be refused any more: a clone another
+    operation took after the exit's checks stays out of the rollout (on its version, said in
+    the audit log), and a canary larger than the clones left is cut to them."""
+    _, names = fleet.create_clones(ctx, template=base, count=2, actor="t", wait=True)
+    view = catalog.enter_maintenance(ctx, base, actor="t")
+    ctx.qemu.write_pattern(Path(view.overlay_path), 0, 4096, 0x44)
+    seal = ctx.layers.commit_work
+    later = ctx.clock.now() + timedelta(hours=1)
+
+    def seal_while_another_request_takes_a_clone(work, info):
+        fleet.recreate(ctx, name=names[0], actor="someone", start_at=later)  # stays queued
+        seal(work, info)
+
+    monkeypatch.setattr(ctx.layers, "commit_work", seal_while_another_request_takes_a_clone)
+    done = catalog.exit_maintenance(
+        ctx,
+        base,
+        recreate=RecreateScope.LINKED,
+        actor="t",
+        policy=Policy(canary=2, canary_auto=True),
+    )
+    assert done.version == 2 and done.template.status == TemplateStatus.READY
+    assert done.operation is not None and done.operation.total == 1
+    assert done.operation.policy["canary"] == 1
+    with ctx.session() as s:
+        entry = s.scalar(
+            select(AuditEntry)
+            .where(AuditEntry.action == "clone.recreate", AuditEntry.actor == "t")
+            .order_by(AuditEntry.id.desc())
+        )
+        assert entry.detail["left_out_busy"] == [names[0]]
+        items = s.scalars(
+            select(OperationItem.clone_name).where(OperationItem.operation_id == done.operation.id)
+        )
+        assert list(items) == [names[1]]

@@ -61,6 +61,9 @@ class Template(Base):
     # the server doing the maintenance step under way (entering, exiting): recovery leaves the
     # step alone while that server is alive
     owner: Mapped[str | None] = mapped_column(String(36))
+    # the exit under way: who asked, and the rollout to start with the new version (recreate
+    # scope, policy, start time); stored before the overlay is sealed, cleared with the exit
+    exit_request: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(Text)  # why the last maintenance step failed
     maintenance_vm: Mapped[str | None] = mapped_column(String(63))  # VM booting the overlay
     # at HQ: when a new version becomes current at the sites (goldfleet.domain.sites)

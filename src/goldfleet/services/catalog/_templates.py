@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import secrets
+from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from goldfleet import crashpoints
 from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Layer, OperationItem, Pool, Template, Version
 from goldfleet.domain import rules
@@ -19,7 +22,7 @@ from goldfleet.domain.rollout import Policy
 from goldfleet.domain.sizes import parse_size
 from goldfleet.drivers.base import DiskSpec, DomainSpec
 from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, StoreError
-from goldfleet.services import fleet
+from goldfleet.services import fleet, rollouts
 from goldfleet.services.common import (
     MaintenanceExitView,
     TemplateView,
@@ -163,6 +166,7 @@ def import_template(
     with ctx.session() as s:
         _check_name_free(s, name)
     info = ctx.layers.import_image(image, fmt, max_virtual_size=ctx.settings.max_virtual_size)
+    crashpoints.reached("template-import.sealed")
     with ctx.session() as s:
         try:
             _check_name_free(s, name)
@@ -198,6 +202,7 @@ def create_from_clone(ctx: Context, *, name: str, clone: str, actor: str) -> Tem
             info = ctx.layers.seal_copy(system, parent=parent)
         else:
             info = ctx.layers.seal_standalone_copy(system)
+    crashpoints.reached("template-from-clone.sealed")
     with ctx.session() as s:
         _check_name_free(s, name)
         info, flattened = _maybe_flatten(ctx, s, info)
@@ -221,6 +226,7 @@ def flatten_template(ctx: Context, name: str, *, actor: str) -> VersionView:
         if depth == 1:
             raise Conflict(f"template {name}: v{current.number} is a single base layer already")
         flat = ctx.layers.flatten(current.top_layer)
+        crashpoints.reached("template-flatten.flattened")
         add_layer(s, flat)
         v = _add_version(
             s, t, flat.digest, f"v{current.number} flattened ({depth} layers into one)"
@@ -270,6 +276,7 @@ def delete_template(ctx: Context, name: str, *, actor: str) -> None:
         freed = _release_layers(ctx, s)
         audit.record(s, actor, "template.delete", name, layers_removed=len(freed))
         s.commit()
+    crashpoints.reached("template-delete.committed")
     _remove_layer_files(ctx, freed)
 
 
@@ -300,6 +307,7 @@ def delete_version(ctx: Context, name: str, number: int, *, actor: str) -> None:
         freed = _release_layers(ctx, s)
         audit.record(s, actor, "version.delete", f"{name}:v{number}", layers_removed=len(freed))
         s.commit()
+    crashpoints.reached("version-delete.committed")
     _remove_layer_files(ctx, freed)
 
 
@@ -320,6 +328,7 @@ def enter_maintenance(ctx: Context, name: str, *, actor: str) -> TemplateView:
             t.error = None
             t.owner = ctx.server_id
             s.commit()
+        crashpoints.reached("maintenance-enter.requested")
         try:
             ctx.layers.create_overlay(parent, overlay)
         except GoldfleetError as exc:
@@ -333,6 +342,7 @@ def enter_maintenance(ctx: Context, name: str, *, actor: str) -> TemplateView:
                 )
                 s.commit()
             raise
+        crashpoints.reached("maintenance-enter.overlay-made")
         with ctx.session() as s:
             t = get_template(s, name)
             t.status, t.owner = TemplateStatus.MAINTENANCE, None
@@ -396,9 +406,41 @@ def abort_maintenance(
         t.status, t.overlay, t.error = TemplateStatus.READY, None, None
         audit.record(s, actor, "template.maintenance.abort", name)
         s.commit()
+        crashpoints.reached("maintenance-abort.committed")
         if overlay:
             (ctx.layers.dir / overlay).unlink(missing_ok=True)
         return template_view(s, t)
+
+
+@dataclass(frozen=True, slots=True)
+class _ExitRequest:
+    """What a maintenance exit was asked to do beyond sealing: stored on the template before
+    the overlay is sealed, so that whoever finishes the exit — this request, or recovery after
+    a crash — makes the new version and starts its rollout as one."""
+
+    actor: str
+    recreate: RecreateScope = RecreateScope.NONE
+    policy: Policy | None = None
+    start_at: datetime | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "actor": self.actor,
+            "recreate": str(self.recreate),
+            "policy": self.policy.to_json() if self.policy is not None else None,
+            "start_at": self.start_at.isoformat() if self.start_at is not None else None,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> _ExitRequest:
+        if not data:  # an exit interrupted before this was stored (an older server)
+            return cls(actor="recovery")
+        return cls(
+            actor=data["actor"],
+            recreate=RecreateScope(data.get("recreate") or RecreateScope.NONE),
+            policy=Policy.from_json(data["policy"]) if data.get("policy") else None,
+            start_at=datetime.fromisoformat(data["start_at"]) if data.get("start_at") else None,
+        )
 
 
 def exit_maintenance(
@@ -411,7 +453,14 @@ def exit_maintenance(
     policy: Policy | None = None,
     start_at: datetime | None = None,
 ) -> MaintenanceExitView:
-    """Seal the overlay as the new current version; optionally recreate clones on it."""
+    """Seal the overlay as the new current version; optionally recreate clones on it.
+
+    The request, with its rollout, is stored on the template before anything is sealed, and
+    the new version and the rollout's operation are committed in one transaction: after a
+    crash at any instant the template is either still in maintenance with its overlay (run the
+    exit again) or the version and its rollout both exist (recovery finishes what was sealed,
+    :func:`recover_templates`)."""
+    request = _ExitRequest(actor=actor, recreate=recreate, policy=policy, start_at=start_at)
     with ctx.template_lock(name):
         with ctx.session() as s:
             t = get_template(s, name)
@@ -428,32 +477,29 @@ def exit_maintenance(
                     f" (goldfleet template maintenance abort {name}) and enter it again"
                 )
             t.status, t.owner = TemplateStatus.EXITING_MAINTENANCE, ctx.server_id
+            t.exit_request = request.to_json()
             s.commit()
+        crashpoints.reached("maintenance-exit.requested")
         try:
             info = ctx.layers.check_and_hash(overlay, parent=parent)
         except GoldfleetError as exc:
             with ctx.session() as s:
                 t = get_template(s, name)
-                t.status, t.error, t.owner = TemplateStatus.MAINTENANCE, exc.message, None
+                t.status, t.error = TemplateStatus.MAINTENANCE, exc.message
+                t.owner, t.exit_request = None, None
                 s.commit()
             raise
         with ctx.session() as s:
             t = get_template(s, name)
             t.sealing = info.digest
             s.commit()
+        crashpoints.reached("maintenance-exit.hashed")
+        # the point of no return: from here on recovery finishes the exit, rollout included
         ctx.layers.commit_work(overlay, info)
-        number = _finish_exit(ctx, name, info, actor)
-    op = None
-    if do_recreate:
-        op = fleet.recreate(
-            ctx,
-            template=name,
-            include_full=include_full,
-            actor=actor,
-            wait=False,
-            policy=policy,
-            start_at=start_at,
-        )
+        crashpoints.reached("maintenance-exit.sealed")
+        number, op_id = _finish_exit(ctx, name, info)
+        crashpoints.reached("maintenance-exit.committed")
+    op = rollouts.launch(ctx, op_id, False) if op_id is not None else None
     with ctx.session() as s:
         t = get_template(s, name)
         view = template_view(s, t)
@@ -462,30 +508,56 @@ def exit_maintenance(
     )
 
 
-def _finish_exit(ctx: Context, name: str, sealed: LayerInfo, actor: str) -> int:
-    """The DB half of an exit once the overlay is a sealed layer; runs again after a crash."""
+def _finish_exit(
+    ctx: Context, name: str, sealed: LayerInfo, *, recovered: bool = False
+) -> tuple[int, int | None]:
+    """The DB half of an exit once the overlay is a sealed layer; runs again after a crash.
+    The new version and the operation of the stored request's rollout are one transaction.
+    Returns the version's number and the operation's id (None: no recreate was asked)."""
     with ctx.session() as s:
         t = get_template(s, name)
+        request = _ExitRequest.from_json(t.exit_request)
         add_layer(s, sealed)
         info, flattened = _maybe_flatten(ctx, s, sealed)
         add_layer(s, info)
         v = _add_version(s, t, info.digest, "maintenance" + flattened)
+        op = None
+        do_recreate, include_full = rules.recreate_flags(request.recreate)
+        if do_recreate:
+            op = fleet.start_recreate(
+                ctx,
+                s,
+                t,
+                include_full=include_full,
+                actor=request.actor,
+                policy=request.policy,
+                start_at=request.start_at,
+                committed_to=True,
+            )
         t.status, t.overlay, t.sealing, t.error = TemplateStatus.READY, None, None, None
-        t.owner = None
+        t.owner, t.exit_request = None, None
         freed = _release_layers(ctx, s) if flattened else []
         audit.record(
-            s, actor, "template.maintenance.exit", name, version=v.number, layer=info.digest
+            s,
+            request.actor,
+            "template.maintenance.exit",
+            name,
+            version=v.number,
+            layer=info.digest,
+            **({"finished_by": "recovery"} if recovered else {}),
         )
         s.commit()
-        number = v.number
+        number, op_id = v.number, op.id if op is not None else None
     _remove_layer_files(ctx, freed)
-    return number
+    return number, op_id
 
 
 def recover_templates(ctx: Context, abandoned: Abandoned) -> list[str]:
     """After a crash: finish or roll back the maintenance steps that a dead server left under
     way (``abandoned`` says whose; a live server's step is its own and goes on). Each step is
-    claimed before it is touched, so two servers starting at once never finish one exit twice."""
+    claimed before it is touched, so two servers starting at once never finish one exit twice.
+    An exit whose overlay was sealed is finished with the rollout it asked for; one that had
+    not got that far leaves the template in maintenance, its overlay kept, to be exited again."""
     notes = []
     with ctx.session() as s:
         pending = [
@@ -509,8 +581,9 @@ def recover_templates(ctx: Context, abandoned: Abandoned) -> list[str]:
             if overlay_path and overlay_path.exists():
                 overlay_path.unlink()
             layer_info = ctx.layers.check_and_hash(ctx.layers.path(sealing), parent=parent)
-            _finish_exit(ctx, name, layer_info, "recovery")
-            notes.append(f"template {name}: finished exiting maintenance")
+            number, op_id = _finish_exit(ctx, name, layer_info, recovered=True)
+            rollout = f", its rollout is operation {op_id}" if op_id is not None else ""
+            notes.append(f"template {name}: finished exiting maintenance as v{number}{rollout}")
             continue
         with ctx.session() as s:
             t = get_template(s, name)
@@ -518,7 +591,7 @@ def recover_templates(ctx: Context, abandoned: Abandoned) -> list[str]:
                 t.status = TemplateStatus.MAINTENANCE
             else:
                 t.status, t.overlay = TemplateStatus.READY, None
-            t.sealing, t.owner = None, None
+            t.sealing, t.owner, t.exit_request = None, None, None
             s.commit()
             notes.append(f"template {name}: back to {t.status} after an interrupted step")
     return notes
@@ -536,3 +609,16 @@ def _take_over_step(ctx: Context, name: str, status: str, owner: str | None) -> 
         ).rowcount
         s.commit()
     return took == 1
+
+
+def remove_leftover_layers(ctx: Context) -> list[str]:
+    """After a crash, once :func:`recover_templates` has run: remove sealed layer files the
+    catalog does not know. A step that seals a layer before committing its rows (an import, a
+    flatten, a bundle) or removes files after committing (a delete) leaves one when killed in
+    between; no step is under way now, so none is still to be registered."""
+    with ctx.session() as s:
+        known = set(s.scalars(select(Layer.digest)))
+        known |= {d for d in s.scalars(select(Template.sealing)) if d}
+    leftover = sorted(ctx.layers.sealed_digests() - known)
+    _remove_layer_files(ctx, leftover)
+    return [f"removed layer {d}, which no version holds (left by a crash)" for d in leftover]

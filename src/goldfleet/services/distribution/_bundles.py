@@ -42,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from goldfleet import crashpoints
 from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Layer, Template, Version
 from goldfleet.domain import rules
@@ -748,6 +749,7 @@ def install_layers(
                 committed.append(x.digest)
             ctx.layers.commit_work(works.pop(x.digest), info)
             infos.append(info)
+        crashpoints.reached("bundle-import.sealed")
         return _register(ctx, m, infos, source, actor, action)
     except BadImage as exc:
         _discard(ctx, works, committed)

@@ -31,6 +31,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy import false, or_, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from goldfleet import crashpoints
 from goldfleet.context import Context
 from goldfleet.db.tables import (
     Layer,
@@ -52,6 +53,7 @@ from goldfleet.services.distribution import _bundles as bundles
 from goldfleet.services.distribution import _transfer as transfer
 from goldfleet.services.distribution._sites import LOCAL_PATCHES, SyncReport, VersionState
 from goldfleet.services.distribution._transfer import TokenBucket, UpstreamError, UpstreamRefused
+from goldfleet.store.files import Abandoned
 
 log = logging.getLogger("goldfleet.upstream")
 
@@ -435,6 +437,25 @@ def sync(
         _sync_lock.release()
 
 
+def recover_sync(ctx: Context, abandoned: Abandoned) -> list[str]:
+    """After a crash: a sync claim left in the link is a sync that was under way (its versions
+    up to the kill are stored, the rest and their activation are not). It is run again at once
+    by the schedule's tick, as a failed sync is, so that what it was asked for is completed
+    without anyone asking again."""
+    if ctx.settings.role != "site":
+        return []
+    with ctx.session() as s:
+        link = s.get(Upstream, LINK_ID)
+        if link is None or link.sync_owner is None or not abandoned(link.sync_owner):
+            return []  # no sync was under way, or a live server's still is
+        now = ctx.clock.now()
+        link.sync_owner = None
+        link.last_error = "the sync was interrupted (the server stopped); it runs again now"
+        link.next_sync_at = now
+        s.commit()
+    return ["the sync interrupted by the crash runs again now"]
+
+
 def site_tick(ctx: Context) -> None:
     """Called by the runner loop: make due versions current, start a due sync."""
     if ctx.settings.role != "site":
@@ -711,6 +732,7 @@ def _sync_template(
             view = bundles.install_layers(
                 ctx, one, works, [], source="upstream", actor=actor, action="site.sync", hashed=True
             )
+        crashpoints.reached("site-sync.added")
         fetched.update(todo)
         held.update(todo)
         added.extend(view.versions_added)

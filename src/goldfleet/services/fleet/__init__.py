@@ -20,6 +20,7 @@ from goldfleet.services.fleet._clones import (
     retry,
     show_clone,
     start_clone,
+    start_recreate,
     stop_clone,
     stopped,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "retry",
     "show_clone",
     "start_clone",
+    "start_recreate",
     "stop_clone",
     "stopped",
 ]

@@ -15,7 +15,7 @@ import secrets
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -23,8 +23,9 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
+from goldfleet import crashpoints
 from goldfleet.context import Context
-from goldfleet.db.tables import Clone, OperationItem, Template, Version
+from goldfleet.db.tables import Clone, Operation, OperationItem, Template, Version
 from goldfleet.domain import rules
 from goldfleet.domain.model import CloneAction, CloneKind, CloneStatus, Outline, Power, VolumeRole
 from goldfleet.domain.names import check_name, numbered_names, parse_version_ref
@@ -482,6 +483,7 @@ def create_clones(
                 "another request took one of these clone names at the same time; try again"
             ) from None
         op_id = op.id
+    crashpoints.reached("clone-create.committed")
     return rollouts.launch(ctx, op_id, wait), names
 
 
@@ -592,6 +594,97 @@ def check_recreate(s: Session, t: Template, policy: Policy | None, include_full:
     rollouts.refuse_busy(s, chosen)
 
 
+def start_recreate(
+    ctx: Context,
+    s: Session,
+    t: Template,
+    *,
+    include_full: bool,
+    actor: str,
+    policy: Policy | None = None,
+    start_at: datetime | None = None,
+    committed_to: bool = False,
+) -> Operation:
+    """Add to ``s``, uncommitted, the operation that recreates the clones of ``t`` behind its
+    current version: the caller commits it in the transaction that made that version current,
+    so that neither is ever stored without the other.
+
+    ``committed_to``: the caller is past its point of no return (a maintenance exit's overlay
+    is sealed) and must not be refused now. Clones another operation took since the caller's
+    checks (:func:`check_recreate`) are then left out, on their version, and a canary larger
+    than the clones left is cut to them; the audit entry names the clones left out."""
+    current = get_version(s, t, None)
+    chosen = recreate_candidates(s, t, current.id, include_full)
+    return _add_recreate(
+        ctx,
+        s,
+        t,
+        chosen,
+        t.name,
+        include_full=include_full,
+        discard_data=False,
+        actor=actor,
+        policy=policy,
+        start_at=start_at,
+        committed_to=committed_to,
+    )
+
+
+def _add_recreate(
+    ctx: Context,
+    s: Session,
+    t: Template,
+    chosen: list[Clone],
+    target: str,
+    *,
+    include_full: bool,
+    discard_data: bool,
+    actor: str,
+    policy: Policy | None,
+    start_at: datetime | None,
+    committed_to: bool = False,
+) -> Operation:
+    current = get_version(s, t, None)
+    left_out: list[str] = []
+    if committed_to:
+        busy = set(_queued_or_running(s, chosen))
+        left_out = sorted(c.name for c in chosen if c.id in busy)
+        chosen = [c for c in chosen if c.id not in busy]
+        if policy is not None and policy.canary > len(chosen):
+            policy = replace(policy, canary=len(chosen))
+    else:
+        rollouts.refuse_busy(s, chosen)
+    work = [(c, CloneAction.RECREATE, current, discard_data) for c in chosen]
+    op = rollouts.start_operation(ctx, s, "clone.recreate", t.name, work, actor, policy, start_at)
+    audit.record(
+        s,
+        actor,
+        "clone.recreate",
+        target,
+        count=len(chosen),
+        version=current.number,
+        include_full=include_full,
+        discard_data=discard_data,
+        operation=op.id,
+        **({"left_out_busy": left_out} if left_out else {}),
+    )
+    return op
+
+
+def _queued_or_running(s: Session, chosen: list[Clone]) -> list[int]:
+    """The ids of those of ``chosen`` that an operation holds (queued or running)."""
+    if not chosen:
+        return []
+    return list(
+        s.scalars(
+            select(OperationItem.clone_id).where(
+                OperationItem.clone_id.in_([c.id for c in chosen]),
+                OperationItem.state.in_([ItemState.QUEUED, ItemState.RUNNING]),
+            )
+        )
+    )
+
+
 def recreate(
     ctx: Context,
     *,
@@ -617,22 +710,17 @@ def recreate(
         else:
             t = get_template(s, template)  # type: ignore[arg-type]
             chosen = recreate_candidates(s, t, get_version(s, t, None).id, include_full)
-        current = get_version(s, t, None)
-        rollouts.refuse_busy(s, chosen)
-        work = [(c, CloneAction.RECREATE, current, discard_data) for c in chosen]
-        op = rollouts.start_operation(
-            ctx, s, "clone.recreate", t.name, work, actor, policy, start_at
-        )
-        audit.record(
+        op = _add_recreate(
+            ctx,
             s,
-            actor,
-            "clone.recreate",
+            t,
+            chosen,
             name or t.name,
-            count=len(chosen),
-            version=current.number,
             include_full=include_full,
             discard_data=discard_data,
-            operation=op.id,
+            actor=actor,
+            policy=policy,
+            start_at=start_at,
         )
         s.commit()
         op_id = op.id

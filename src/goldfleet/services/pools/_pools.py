@@ -27,6 +27,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from goldfleet import crashpoints
 from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Operation, OperationItem, Pool
 from goldfleet.domain import pools as rules
@@ -268,6 +269,7 @@ def create_pool(
             s.commit()
         except IntegrityError:
             raise Conflict(f"pool {name} was created by another request at the same time") from None
+    crashpoints.reached("pool-create.committed")
     _provision_quietly(ctx, name)
     return show_pool(ctx, name)
 
@@ -439,6 +441,8 @@ def assign(ctx: Context, pool: str, user: str, *, actor: str) -> AssignmentView:
             s.commit()
             newly = True
         clone_name, running = mine.name, mine.power == Power.RUNNING
+    if newly:
+        crashpoints.reached("pool-assign.committed")
     try:
         if not running:
             fleet.start_clone(ctx, clone_name, actor=actor)
@@ -584,17 +588,14 @@ def _maintain(ctx: Context, name: str, now: datetime) -> str | None:
                 return f"pool {name}: window open, operation {op.id} resumed"
             if not window.is_open and op.status in (OpStatus.RUNNING, OpStatus.SCHEDULED):
                 s.rollback()
-                try:
-                    rollouts.pause_operation(ctx, op.id, actor=WINDOW_ACTOR)
+                reason = (
+                    f"{WINDOW_CLOSED}; continues at {window.opens_at:%Y-%m-%d %H:%M} UTC"
+                    f" (pool {name})"
+                )
+                try:  # the pause and its reason in one transaction
+                    rollouts.pause_operation(ctx, op.id, actor=WINDOW_ACTOR, reason=reason)
                 except Conflict:
                     return None  # it finished in the meantime
-                with ctx.session() as s2:
-                    paused = s2.get(Operation, op.id)
-                    paused.paused_reason = (
-                        f"{WINDOW_CLOSED}; continues at {window.opens_at:%Y-%m-%d %H:%M} UTC"
-                        f" (pool {name})"
-                    )
-                    s2.commit()
                 return f"pool {name}: window closed, operation {op.id} paused"
             return None
         if not window.is_open or not p.enabled:
@@ -641,6 +642,7 @@ def _maintain(ctx: Context, name: str, now: datetime) -> str | None:
         )
         s.commit()
         op_id = op.id
+    crashpoints.reached("pool-window.committed")
     rollouts.launch(ctx, op_id, False)
     return f"pool {name}: window open, {len(work)} idle clones being recreated (operation {op_id})"
 

@@ -98,13 +98,16 @@ def show_operation(ctx: Context, op_id: int) -> OperationView:
         return operation_view(get_operation(s, op_id), s)
 
 
-def pause_operation(ctx: Context, op_id: int, *, actor: str) -> OperationView:
-    """No new clone is started; those in flight finish."""
+def pause_operation(
+    ctx: Context, op_id: int, *, actor: str, reason: str | None = None
+) -> OperationView:
+    """No new clone is started; those in flight finish. ``reason`` (default: who paused it)
+    is stored in the same transaction as the pause."""
     with ctx.session() as s:
         op = get_operation(s, op_id)
         if op.status not in (OpStatus.RUNNING, OpStatus.SCHEDULED):
             raise Conflict(f"operation {op_id} is {op.status}; only a running one can be paused")
-        op.status, op.paused_reason = OpStatus.PAUSED, f"paused by {actor}"
+        op.status, op.paused_reason = OpStatus.PAUSED, reason or f"paused by {actor}"
         audit.record(s, actor, "operation.pause", str(op_id))
         s.commit()
         return operation_view(op, s)
