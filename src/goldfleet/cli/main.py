@@ -214,6 +214,7 @@ def serve(
     import uvicorn
 
     from goldfleet.api.app import create_app
+    from goldfleet.api.files import ZeroCopy
     from goldfleet.bootstrap import bootstrap
     from goldfleet.config import Settings
     from goldfleet.home import init_home
@@ -239,7 +240,8 @@ def serve(
     (home / SERVER_FILE).write_text(json.dumps({"url": url, "pid": os.getpid()}))
     output.err_console.print(f"goldfleet serving on {url} (home {home})")
     uvicorn.run(
-        create_app(ctx),
+        ZeroCopy(create_app(ctx)),  # outside Starlette's middleware: it needs uvicorn's send
+        http="h11",  # the protocol ZeroCopy sends layer files on (api/files.py)
         host=settings.host,
         port=settings.port,
         log_level="warning",

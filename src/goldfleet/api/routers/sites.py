@@ -7,10 +7,11 @@ from datetime import datetime
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import FileResponse, StreamingResponse
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, StrictBool
 
 from goldfleet.api.deps import Ctx, Reader, SiteCaller, Writer
+from goldfleet.api.files import LayerResponse
 from goldfleet.api.schemas import BYTES, JSON_LINES, UPLOAD
 from goldfleet.api.streaming import GuardedStream
 from goldfleet.api.uploads import received_body
@@ -177,16 +178,17 @@ def catalog(ctx: Ctx, caller: SiteCaller) -> dict:
 
 @router.get(
     "/sync/layers/{digest}",
-    response_class=FileResponse,
+    response_class=LayerResponse,
     responses={
         200: {"content": {"application/octet-stream": BYTES}},
         206: {"description": "The range asked for", "content": {"application/octet-stream": BYTES}},
     },
 )
-def layer(digest: str, ctx: Ctx, caller: SiteCaller) -> FileResponse:
-    """The layer file; Starlette's FileResponse answers Range requests (206, Content-Range)."""
+def layer(digest: str, ctx: Ctx, caller: SiteCaller) -> LayerResponse:
+    """The layer file, zero-copy under ``goldfleet serve``; Range requests are answered as by
+    Starlette's FileResponse (206, Content-Range, 416)."""
     path = distribution.layer_file(ctx, caller.name, digest)
-    return FileResponse(path, media_type="application/octet-stream")
+    return LayerResponse(path, media_type="application/octet-stream")
 
 
 @router.post("/sync/report", status_code=204)

@@ -332,15 +332,30 @@ def catalog(ctx: Context, token_name: str) -> dict[str, Any]:
         }
 
 
+def _layer_of_site(token_name: str, digest: str) -> Any:
+    """Whether ``digest`` is in a chain of a version of a template assigned to the site of
+    ``token_name``: one recursive query from the versions' top layers down their parents (each
+    layer once), instead of loading every chain per layer request, Range resumes included."""
+    walked = (
+        select(Version.top_layer.label("digest"))
+        .join(SiteTemplate, SiteTemplate.template_id == Version.template_id)
+        .join(Site, Site.id == SiteTemplate.site_id)
+        .where(Site.token_name == token_name)
+        .cte("walked", recursive=True)
+    )
+    parents = select(Layer.parent).join(walked, Layer.digest == walked.c.digest)
+    walked = walked.union(parents.where(Layer.parent.is_not(None)))
+    return select(walked.c.digest).where(walked.c.digest == digest).exists().select()
+
+
 def layer_file(ctx: Context, token_name: str, digest: str) -> Path:
     """The file of a layer the site may read: one in a chain of a template assigned to it."""
     if not DIGEST_RE.fullmatch(digest):
         raise InvalidInput(f"{digest!r} is not a layer digest")
     with ctx.session() as s:
-        site = _site_of(s, token_name)
-        if not any(digest in _chains(s, t.versions) for _, t in _assignments(s, site)):
+        site_name = _site_of(s, token_name).name
+        if not s.scalar(_layer_of_site(token_name, digest)):
             raise NotFound(f"layer {digest} is not in a template assigned to this site")
-        site_name = site.name
     path = ctx.layers.path(digest)
     if not path.is_file():
         message = (
