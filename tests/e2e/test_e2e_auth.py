@@ -175,6 +175,7 @@ def test_reader_token_reads_but_may_not_write(fleet, template):
         lambda: reader.get("/tokens"),
         lambda: reader.get("/audit"),
         lambda: reader.post("/store/verify"),
+        lambda: reader.post("/store/verify", {"since": "last", "progress": True}),
     ]
     for write in writes:
         message = fleet.error(403, write)

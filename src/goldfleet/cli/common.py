@@ -10,9 +10,12 @@ import typer
 from rich.progress import (
     BarColumn,
     DownloadColumn,
+    MofNCompleteColumn,
     Progress,
+    ProgressColumn,
     TextColumn,
     TimeElapsedColumn,
+    TimeRemainingColumn,
     TransferSpeedColumn,
 )
 
@@ -36,15 +39,25 @@ def call(method: str, path: str, **kwargs: Any) -> Any:
 
 
 def follow(
-    path: str, body: dict[str, Any], label: Callable[[dict[str, Any]], str], what: str
+    path: str,
+    body: dict[str, Any],
+    label: Callable[[dict[str, Any]], str],
+    what: str,
+    *,
+    unit: str = "bytes",
 ) -> dict[str, Any]:
     """POST a long action answered with JSON lines (services/streams.py) and show its progress
-    as a bar of bytes on stderr; returns its result, or fails with its error."""
+    as a bar on stderr, of bytes or (``unit="items"``) of items done of the total; returns its
+    result, or fails with its error."""
+    counts: list[ProgressColumn] = (
+        [DownloadColumn(binary_units=True), TransferSpeedColumn()]
+        if unit == "bytes"
+        else [MofNCompleteColumn(), TimeRemainingColumn()]
+    )
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
+        *counts,
         TimeElapsedColumn(),
         console=output.err_console,
     )

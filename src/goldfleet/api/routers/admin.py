@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict
 
 from goldfleet.api.deps import Ctx, Reader, Writer
 from goldfleet.api.schemas import TokenCreate, TokenCreated
@@ -10,6 +14,13 @@ from goldfleet.services import audit, auth, operations, store
 from goldfleet.services.views import AuditView, OperationView, StoreReport, TokenView
 
 router = APIRouter(tags=["admin"])
+
+
+class VerifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: Literal["last"] | None = None  # "last": only what changed since the last clean verify
+    progress: bool = False  # answer with JSON lines (start, progress…, done or error)
 
 
 @router.get("/operations")
@@ -37,10 +48,20 @@ def cancel_operation(op_id: int, ctx: Ctx, caller: Writer) -> OperationView:
     return operations.cancel_operation(ctx, op_id, actor=caller.name)
 
 
-@router.post("/store/verify")
-def verify_store(ctx: Ctx, caller: Writer) -> StoreReport:
-    """An admin action: a full rehash of the store keeps the server busy for minutes."""
-    return store.verify_store(ctx)
+@router.post("/store/verify", response_model=None)
+def verify_store(
+    ctx: Ctx, caller: Writer, body: VerifyRequest | None = None
+) -> StoreReport | StreamingResponse:
+    """Rehash every layer and qemu-img check every file on all cores. An admin action: it
+    keeps every core busy for minutes on a large store."""
+    body = body or VerifyRequest()
+    since_last = body.since == "last"
+    if body.progress:
+        store.refuse_if_running(ctx)  # a refusal as a status code, before the stream
+        return StreamingResponse(
+            store.stream_verify(ctx, since_last=since_last), media_type="application/x-ndjson"
+        )
+    return store.verify_store(ctx, since_last=since_last)
 
 
 @router.get("/tokens")
