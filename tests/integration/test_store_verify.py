@@ -243,7 +243,7 @@ def test_since_last_rechecks_a_file_replaced_or_added_or_whose_parent_changed(ct
 
     # a record that does not say what a layer was checked against vouches for nothing there
     raw = (ctx.layers.root / RECORD_FILE).read_text()
-    (ctx.layers.root / RECORD_FILE).write_text(raw.replace('"sha256:', '"sha256:0'))
+    (ctx.layers.root / RECORD_FILE).write_text(raw.replace(":sha256:", ":sha256:0"))
     r = store.verify_store(ctx, since_last=True)
     assert r.files_checked == 1 and r.files_skipped == 22  # the layer with a parent
 

@@ -45,10 +45,12 @@ def follow(
     what: str,
     *,
     unit: str = "bytes",
+    show: bool = True,
 ) -> dict[str, Any]:
     """POST a long action answered with JSON lines (services/streams.py) and show its progress
-    as a bar on stderr, of bytes or (``unit="items"``) of items done of the total; returns its
-    result, or fails with its error."""
+    as a bar on stderr (unless not ``show``), of bytes or (``unit="items"``) of items done of
+    the total; returns its result, or fails with its error. The lines also keep a long action's
+    connection alive past the client's read timeout."""
     counts: list[ProgressColumn] = (
         [DownloadColumn(binary_units=True), TransferSpeedColumn()]
         if unit == "bytes"
@@ -60,6 +62,7 @@ def follow(
         *counts,
         TimeElapsedColumn(),
         console=output.err_console,
+        disable=not show,
     )
     try:
         with progress:

@@ -33,6 +33,7 @@ from goldfleet.services.views import StoreProblem, StoreReport
 from goldfleet.store.health import (
     Fingerprint,
     VerifyRecord,
+    entry,
     fingerprint,
     load_record,
     save_record,
@@ -184,7 +185,7 @@ def verify_store(
                     at=started,
                     full_at=full_at or started,
                     files={
-                        f.key: (fp, f.expected)
+                        f.key: entry(fp, f.expected)
                         for f in files
                         if (fp := prints[f.key]) is not None and settled(fp, stat_ns)
                     },
