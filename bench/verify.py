@@ -21,6 +21,13 @@ What is timed
     bare_s. With ``--rounds K`` the bare run and the verify alternate K times and the fastest
     of each is taken (the machine may be shared).
 
+CPU
+    Wall times on a machine shared with other work depend on how the scheduler treats each
+    side. The CPU seconds each side spent do not: ``bare_cpu_s`` (bash, find, xargs and the
+    qemu-img processes), ``verify_cpu_s`` (the CLI, and the server with the qemu-img processes
+    it reaped) and ``verify_cpu_ratio``; on an idle machine with work for every core, wall time
+    follows CPU time.
+
 ``measure_verify(home, say=…)`` does the timing on any running server's home with clones
 already made, for a benchmark that builds its own fleet (bench/scale.py). The run exits 0
 whether or not the target is met; non-zero only when the run itself fails. The last line
@@ -34,6 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import socket
 import subprocess
@@ -174,7 +182,26 @@ def store_files(store: Path) -> list[Path]:
     return layers + volumes
 
 
-def time_bare(store: Path) -> float:
+def children_cpu() -> float:
+    """CPU seconds of this process's children that have ended (the CLI, bash, xargs, and the
+    qemu-img processes under them)."""
+    r = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return r.ru_utime + r.ru_stime
+
+
+def server_cpu(home: Path) -> float:
+    """CPU seconds of the server process, its threads and the children it reaped (its
+    qemu-img processes); includes whatever else the server does meanwhile (reconciling the
+    sim VMs' power states), which errs against goldfleet."""
+    pid = json.loads((home / "server.json").read_text())["pid"]
+    stat = Path(f"/proc/{pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return sum(int(x) for x in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+def time_bare(store: Path) -> tuple[float, float]:
+    """Wall and CPU seconds of BARE."""
+    cpu0 = children_cpu()
     t0 = time.perf_counter()
     proc = subprocess.run(
         ["bash", "-c", BARE, "bare-check", str(store)], capture_output=True, text=True, check=False
@@ -182,7 +209,7 @@ def time_bare(store: Path) -> float:
     elapsed = time.perf_counter() - t0
     if proc.returncode != 0:
         raise BenchError(f"the bare check failed ({proc.returncode}): {proc.stderr[-2000:]}")
-    return elapsed
+    return elapsed, children_cpu() - cpu0
 
 
 def cli_env(home: Path) -> dict[str, str]:
@@ -227,16 +254,23 @@ def measure_verify(
     total = len(files)
     layers = sum(1 for f in files if f.parent.name == "layers")
     say(f"{total} files: {layers} layers and {total - layers} clone volumes")
-    bare_runs, verify_runs = [], []
+    bare_runs, verify_runs, bare_cpu, verify_cpu = [], [], [], []
     for i in range(rounds):
-        bare_runs.append(time_bare(store))
-        say(f"round {i + 1}: bare xargs -P {os.cpu_count()} qemu-img check {bare_runs[-1]:.3f} s")
+        bare_s, cpu = time_bare(store)
+        bare_runs.append(bare_s)
+        bare_cpu.append(cpu)
+        say(
+            f"round {i + 1}: bare xargs -P {os.cpu_count()} qemu-img check {bare_s:.3f} s"
+            f" (CPU {cpu:.3f} s)"
+        )
+        cpu0 = children_cpu() + server_cpu(home)
         verify_s, report = time_cli_verify(home)
+        verify_cpu.append(children_cpu() + server_cpu(home) - cpu0)
         expect(report, checked=total, skipped=0, what="full verify")
         verify_runs.append((verify_s, report["seconds"]))
         say(
             f"round {i + 1}: goldfleet store verify {verify_s:.3f} s"
-            f" (of which {report['seconds']:.3f} s in the server)"
+            f" (of which {report['seconds']:.3f} s in the server; CPU {verify_cpu[-1]:.3f} s)"
         )
     bare_s, (verify_s, server_s) = min(bare_runs), min(verify_runs)
 
@@ -270,6 +304,9 @@ def measure_verify(
         "verify_ratio": round(verify_s / bare_s, 4),
         "bare_s": round(bare_s, 3),
         "verify_server_s": round(server_s, 3),
+        "bare_cpu_s": round(min(bare_cpu), 3),
+        "verify_cpu_s": round(min(verify_cpu), 3),
+        "verify_cpu_ratio": round(min(verify_cpu) / min(bare_cpu), 4),
         "since_s": round(since_s, 3),
         "since_server_s": round(since_server_s, 3),
         "since_changed_s": round(since_changed_s, 3),
@@ -320,6 +357,8 @@ def summary(r: dict[str, Any]) -> str:
             f"{'bare xargs qemu-img check':34}{r['bare_s']:>10.3f} s",
             f"{'goldfleet store verify':34}{r['verify_s']:>10.3f} s"
             f"   limit {r['verify_limit_s']:.3f} s   {'PASS' if ok else 'MISS'}",
+            f"{'CPU: bare, verify':34}{r['bare_cpu_s']:>10.3f} s{r['verify_cpu_s']:>10.3f} s"
+            f"   ratio {r['verify_cpu_ratio']:.3f}",
             f"{'  --since last, unchanged':34}{r['since_s']:>10.3f} s",
             f"{'  --since last, ' + str(r['since_changed_files']) + ' changed':34}"
             f"{r['since_changed_s']:>10.3f} s",
