@@ -4,7 +4,7 @@ the files that changed since (docs/operations.md, "Store health").
 A file is vouched for by its stat *fingerprint* taken just before it was checked: device, inode,
 size, mode, mtime and ctime, in nanoseconds. Writing a file moves its mtime and ctime; replacing
 it (a rename, a copy back from a backup) gives it another inode and ctime; chmod, a new hard link
-or resetting the mtime with ``touch -d`` moves the ctime, which no unprivileged process can set.
+or resetting the mtime with ``touch -d`` moves the ctime, which only turning the clock back sets.
 So a file whose fingerprint is the one recorded has not been changed through the filesystem since
 it was checked clean. What a fingerprint cannot see — a disk that rots a sector, a write to the
 block device underneath — only a full verify finds; ``full_at`` says when one last read every
