@@ -174,6 +174,8 @@ def test_reader_token_reads_but_may_not_write(fleet, template):
         lambda: reader.delete("/tokens/admin"),
         lambda: reader.get("/tokens"),
         lambda: reader.get("/audit"),
+        lambda: reader.post("/store/verify"),
+        lambda: reader.post("/store/verify", {"since": "last", "progress": True}),
     ]
     for write in writes:
         message = fleet.error(403, write)

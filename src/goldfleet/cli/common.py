@@ -7,6 +7,17 @@ from collections.abc import Callable
 from typing import Annotated, Any, NoReturn
 
 import typer
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
 
 from goldfleet.cli import output
 from goldfleet.cli.client import Client, ClientError
@@ -28,26 +39,30 @@ def call(method: str, path: str, **kwargs: Any) -> Any:
 
 
 def follow(
-    path: str, body: dict[str, Any], label: Callable[[dict[str, Any]], str], what: str
+    path: str,
+    body: dict[str, Any],
+    label: Callable[[dict[str, Any]], str],
+    what: str,
+    *,
+    unit: str = "bytes",
+    show: bool = True,
 ) -> dict[str, Any]:
     """POST a long action answered with JSON lines (services/streams.py) and show its progress
-    as a bar of bytes on stderr; returns its result, or fails with its error."""
-    from rich.progress import (
-        BarColumn,
-        DownloadColumn,
-        Progress,
-        TextColumn,
-        TimeElapsedColumn,
-        TransferSpeedColumn,
+    as a bar on stderr (unless not ``show``), of bytes or (``unit="items"``) of items done of
+    the total; returns its result, or fails with its error. The lines also keep a long action's
+    connection alive past the client's read timeout."""
+    counts: list[ProgressColumn] = (
+        [DownloadColumn(binary_units=True), TransferSpeedColumn()]
+        if unit == "bytes"
+        else [MofNCompleteColumn(), TimeRemainingColumn()]
     )
-
     progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
-        DownloadColumn(binary_units=True),
-        TransferSpeedColumn(),
+        *counts,
         TimeElapsedColumn(),
         console=output.err_console,
+        disable=not show,
     )
     try:
         with progress:

@@ -25,7 +25,7 @@ from goldfleet.domain.model import CloneKind, Outline, VolumeRole
 from goldfleet.domain.names import layer_filename
 from goldfleet.store.files import Abandoned, fsync_dir, work_name, work_owner
 from goldfleet.store.layers import LayerStore
-from goldfleet.store.qemu import QemuImg
+from goldfleet.store.qemu import QemuError, QemuImg
 
 SYSTEM_FILE = "system.qcow2"
 
@@ -130,6 +130,19 @@ class VolumeStore:
 
     def volume_paths(self, uid: str, outline: Outline) -> list[tuple[VolumeRole, int, Path]]:
         return [(role, i, self.path(uid, name)) for role, i, name in outline.volume_files()]
+
+    def verify(self, path: Path | str) -> list[str]:
+        """Problems with one clone volume: missing, or what ``qemu-img check`` finds. Leaked
+        clusters are not one: a VM that stops abruptly leaves some, and they cost only space."""
+        if not os.path.isfile(path):
+            return ["missing"]
+        try:
+            report = self.qemu.check(Path(path), "qcow2")
+        except QemuError as exc:
+            return [f"qemu-img check: {exc.message}"]
+        if report.get("corruptions", 0) or report.get("check-errors", 0):
+            return [f"qemu-img check found {report.get('corruptions', 0)} corruptions"]
+        return []
 
     def remove_clone(self, uid: str) -> None:
         shutil.rmtree(self.clone_dir(uid), ignore_errors=True)

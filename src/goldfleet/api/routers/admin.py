@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from fastapi import APIRouter
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict
 
 from goldfleet.api.deps import Ctx, Reader, Writer
 from goldfleet.api.schemas import ListLimit, OperationId, TokenCreate, TokenCreated
+from goldfleet.api.streaming import GuardedStream
 from goldfleet.services import access, catalog, rollouts
 from goldfleet.services.common import AuditView, OperationView, StoreReport, TokenView, audit
 
 router = APIRouter(tags=["admin"])
+
+
+class VerifyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    since: Literal["last"] | None = None  # "last": only what changed since the last clean verify
+    progress: bool = False  # answer with JSON lines (start, progress…, done or error)
 
 
 @router.get("/operations")
@@ -37,9 +49,22 @@ def cancel_operation(op_id: OperationId, ctx: Ctx, caller: Writer) -> OperationV
     return rollouts.cancel_operation(ctx, op_id, actor=caller.name)
 
 
-@router.post("/store/verify")
-def verify_store(ctx: Ctx, caller: Reader) -> StoreReport:
-    return catalog.verify_store(ctx)
+@router.post("/store/verify", response_model=None)
+def verify_store(
+    ctx: Ctx, caller: Writer, body: VerifyRequest | None = None
+) -> StoreReport | StreamingResponse:
+    """Rehash every layer and qemu-img check every file on all cores. An admin action: it
+    keeps every core busy for minutes on a large store."""
+    body = body or VerifyRequest()
+    since_last = body.since == "last"
+    if body.progress:
+        catalog.refuse_if_running(ctx)  # a refusal as a status code, before the stream
+        return GuardedStream(
+            catalog.stream_verify(ctx, since_last=since_last),
+            stall_seconds=ctx.settings.stall_seconds,
+            media_type="application/x-ndjson",
+        )
+    return catalog.verify_store(ctx, since_last=since_last)
 
 
 @router.get("/tokens")

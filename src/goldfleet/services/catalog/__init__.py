@@ -23,6 +23,8 @@ from goldfleet.services.catalog._templates import (
     used_layers,
 )
 from goldfleet.services.catalog._verify import (
+    refuse_if_running,
+    stream_verify,
     verify_store,
 )
 
@@ -40,9 +42,11 @@ __all__ = [
     "list_templates",
     "list_versions",
     "recover_templates",
+    "refuse_if_running",
     "remove_leftover_layers",
     "show_template",
     "start_maintenance_vm",
+    "stream_verify",
     "used_layers",
     "verify_store",
 ]

@@ -99,8 +99,13 @@ class StoreProblem(BaseModel):
 
 class StoreReport(BaseModel):
     layers: int
-    clones_checked: int
+    clones_checked: int  # clones whose volumes were checked or vouched for
     problems: list[StoreProblem]
+    files_checked: int = 0  # files read and checked by this verify
+    files_skipped: int = 0  # with since=last: unchanged since the clean verify at ``since``
+    since: datetime | None = None  # with since=last: that clean verify (None: none recorded)
+    full_verify_at: datetime | None = None  # the last clean verify that read every file
+    seconds: float = 0.0
 
 
 class TokenView(BaseModel):
