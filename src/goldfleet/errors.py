@@ -11,6 +11,7 @@ wrong and what to do.
     ├── Conflict            the object's state forbids the action      (HTTP 409)
     │   └── HasDependents   deleting what others still depend on       (HTTP 409)
     ├── Unauthorized        missing or wrong token                     (HTTP 401)
+    ├── NoSpace             not enough free disk for the work          (HTTP 507)
     └── StoreError          qemu-img or the file system failed         (HTTP 500)
 """
 
@@ -69,6 +70,13 @@ class Forbidden(GoldfleetError):
     """The caller is known but may not do this."""
 
     status_code = 403
+
+
+class NoSpace(GoldfleetError):
+    """The disk lacks the space the work needs (or is full); nothing was changed. The message
+    names the disk, the space needed and the space free."""
+
+    status_code = 507
 
 
 class StoreError(GoldfleetError):
