@@ -52,6 +52,15 @@ class OperationRunner(Protocol):
 
     def shutdown(self) -> None: ...
 
+    def held(self, op_id: int) -> tuple[str, int] | None:
+        """While the database cannot record an operation's pause yet: why it is paused, and
+        how many of its clones in work went back to the queue (in memory, for now)."""
+        ...
+
+    def record_held(self) -> bool:
+        """Try now to record what is held in memory; True when nothing is held any more."""
+        ...
+
 
 # a check another service package asks for before a template is changed here (e.g. at a site,
 # a template HQ sends may be patched only with the local-patches right); raises to refuse

@@ -30,7 +30,7 @@ from goldfleet.domain.model import CloneAction, CloneKind, CloneStatus, Outline,
 from goldfleet.domain.names import check_name, numbered_names, parse_version_ref
 from goldfleet.domain.rollout import ItemState, Policy, check_policy
 from goldfleet.drivers.base import DiskSpec, DomainSpec, DriverError
-from goldfleet.errors import Conflict, GoldfleetError, InvalidInput
+from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, NoSpace
 from goldfleet.services import hosts, rollouts
 from goldfleet.services.common import (
     CloneView,
@@ -84,6 +84,7 @@ class Outcome:
     power: str
     host: str | None = None
     copied: tuple[tuple[str, int, int], ...] = ()  # into edge stores: (host, layers, bytes)
+    disk_full: str | None = None  # the work found goldfleet's disk full: the runner pauses
 
 
 # --- views --------------------------------------------------------------------------------
@@ -275,10 +276,11 @@ def execute(ctx: Context, plan: Plan, logoff: Sequence[str] = ()) -> Outcome:
             power = Power.RUNNING
         return Outcome(plan.clone_id, None, power, host, tuple(copied))
     except GoldfleetError as exc:
-        error = f"{plan.action} failed: {exc.message}"
+        error, full = f"{plan.action} failed: {exc.message}", ctx.disk_full_reason(exc)
     except Exception as exc:  # one clone's failure must never stop the others
         error = f"{plan.action} failed: {type(exc).__name__}: {exc}"
-    return Outcome(plan.clone_id, error, power, host, tuple(copied))
+        full = ctx.disk_full_reason(exc)
+    return Outcome(plan.clone_id, error, power, host, tuple(copied), full)
 
 
 def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
@@ -344,6 +346,11 @@ def _run_one(ctx: Context, clone_id: int) -> CloneView:
     with ctx.session() as s:
         record(s, [outcome])
         s.commit()
+    if outcome.disk_full is not None:
+        raise NoSpace(
+            f"clone {plan.name}: {outcome.disk_full}; {plan.action} did not finish; free space"
+            f" there and run: goldfleet clone retry {plan.name}"
+        )
     if outcome.error is not None:
         raise Conflict(
             f"clone {plan.name}: {outcome.error}; fix the cause and run: goldfleet clone retry"
