@@ -3,7 +3,8 @@
 A bulk create that fills the disk must end paused with the reason (never left ``running`` with
 items held by a live server), the CLI must end with that reason instead of hanging, the server
 must keep serving reads and say once that it cannot write its heartbeat, and once space is back
-``op resume`` must finish the work without a restart.
+``op resume`` must finish the work without a restart. Large work (an import, full clones) is
+refused up front with the space it needs and the space there is.
 
 Mounting a tmpfs needs root (CI runs as root); elsewhere these tests are skipped with the reason.
 """
@@ -20,6 +21,8 @@ from typing import Any
 
 import pytest
 from sitekit import root_server_class
+
+from goldfleet.cli.client import ClientError
 
 pytestmark = pytest.mark.slow
 
@@ -216,3 +219,52 @@ def test_a_full_home_pauses_the_create_keeps_serving_reads_and_says_the_heartbea
     assert len(said) == 2, said  # once when it could not be written, once when it could again
     assert "cannot write this server's heartbeat" in said[0] and "disk full at" in said[0]
     assert "written again" in said[1]
+
+
+# --- large work refused up front --------------------------------------------------------------
+
+
+def test_an_import_larger_than_the_free_space_is_refused_up_front(small_disk, start, tmp_path):
+    home = small_disk("home", "30m")
+    srv = start(home)
+    client = srv.client()
+    free = os.statvfs(home).f_bavail * os.statvfs(home).f_frsize
+
+    big = raw_image(tmp_path / "big.raw", 40 * MiB, 40 * MiB)  # the upload alone does not fit
+    with pytest.raises(ClientError) as refused:
+        client.upload("/templates/import", big, {"name": "big", "format": "raw"})
+    assert refused.value.status == 507, refused.value.message
+    message = refused.value.message
+    assert "not enough space" in message and str(home / "store") in message, message
+    assert "needs 4" in message and "MiB free" in message, message
+
+    # the upload fits, its conversion into a layer would not: refused before converting
+    half = raw_image(tmp_path / "half.raw", 20 * MiB, 20 * MiB)
+    with pytest.raises(ClientError) as refused:
+        client.upload("/templates/import", half, {"name": "half", "format": "raw"})
+    assert refused.value.status == 507, refused.value.message
+    assert "needs 2" in refused.value.message and "MiB free" in refused.value.message
+
+    assert client.get("/templates") == []
+    assert list((home / "store" / "incoming").iterdir()) == []
+    assert list((home / "store" / "layers").iterdir()) == []
+    after = os.statvfs(home).f_bavail * os.statvfs(home).f_frsize
+    assert after > free - 2 * MiB  # nothing half-made was left taking space
+
+
+def test_full_clones_larger_than_the_free_space_are_refused_up_front(small_disk, start, tmp_path):
+    home = small_disk("home", "30m")
+    srv = start(home)
+    client = srv.client()
+    image = raw_image(tmp_path / "base.raw", 16 * MiB, 6 * MiB)  # a layer of about 6 MiB
+    client.upload("/templates/import", image, {"name": "base", "format": "raw"})
+
+    refused = cli(home, "clone", "create", "base", "--count", "3", "--full")
+    assert refused.returncode == 1
+    assert "not enough space" in refused.stderr and "3 full clones" in refused.stderr, refused
+    assert "MiB free" in refused.stderr
+    assert client.get("/clones") == [] and client.get("/operations") == []
+
+    made = cli(home, "clone", "create", "base", "--count", "1", "--full")
+    assert made.returncode == 0, made.stdout + made.stderr
+    assert [c["kind"] for c in client.get("/clones")] == ["full"]

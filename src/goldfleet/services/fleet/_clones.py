@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session, selectinload
 
 from goldfleet.context import Context
 from goldfleet.db.tables import Clone, OperationItem, Template, Version
-from goldfleet.domain import rules
+from goldfleet.domain import rules, space
 from goldfleet.domain.model import CloneAction, CloneKind, CloneStatus, Outline, Power, VolumeRole
 from goldfleet.domain.names import check_name, numbered_names, parse_version_ref
 from goldfleet.domain.rollout import ItemState, Policy, check_policy
@@ -400,6 +400,8 @@ def create_clones(
             taken = set(s.scalars(select(Clone.name).where(Clone.name.like(f"{t.name}-%"))))
             names = numbered_names(t.name, taken, count)  # type: ignore[arg-type]
         kind = CloneKind.FULL if full else t.kind
+        if kind == CloneKind.FULL:
+            _check_room_for_full(ctx, s, v, len(names), outline_of(t))
         clones = [
             Clone(
                 name=n,
@@ -445,6 +447,20 @@ def create_clones(
             ) from None
         op_id = op.id
     return rollouts.launch(ctx, op_id, wait), names
+
+
+def _check_room_for_full(
+    ctx: Context, s: Session, v: Version, count: int, outline: Outline
+) -> None:
+    """Full clones are copies of their whole chain: refused up front (with the space needed
+    and free) when the store's disk cannot hold them, rather than filling it half way."""
+    made = ctx.volumes.full_copy_size(v.top_layer)
+    copy = made if made is not None else sum(layer.size for layer in chain(s, v.top_layer))
+    estimate = space.full_clones_estimate(
+        count, copy, copy_made=made is not None, volumes=len(outline.temp) + len(outline.data)
+    )
+    what = f"{count} full clones of {v.template.name}" if count > 1 else "a full clone"
+    ctx.volumes.check_room(what, estimate)
 
 
 @contextmanager
