@@ -59,8 +59,11 @@ class VolumeStore:
         with self._lock:
             if not proto.exists():
                 work = self.cache / work_name(f".{key}.", self.layers.owner, secrets.token_hex(4))
-                make(work)
-                os.replace(work, proto)
+                try:
+                    make(work)
+                    os.replace(work, proto)
+                finally:  # a part written to a full disk would hold the space it lacked
+                    work.unlink(missing_ok=True)
         return proto
 
     def _blank_prototype(self, size: int) -> Path:
@@ -95,11 +98,14 @@ class VolumeStore:
     def _place(src: Path, dest: Path) -> None:
         """Copy ``src`` beside ``dest``, flush it, and rename it over ``dest``."""
         work = dest.with_name(dest.name + ".new")
-        with src.open("rb") as fsrc, work.open("wb") as fdst:
-            shutil.copyfileobj(fsrc, fdst, 1 << 20)
-            fdst.flush()
-            os.fsync(fdst.fileno())
-        os.replace(work, dest)
+        try:
+            with src.open("rb") as fsrc, work.open("wb") as fdst:
+                shutil.copyfileobj(fsrc, fdst, 1 << 20)
+                fdst.flush()
+                os.fsync(fdst.fileno())
+            os.replace(work, dest)
+        finally:  # a part written to a full disk would hold the space it lacked
+            work.unlink(missing_ok=True)
 
     # --- volumes --------------------------------------------------------------------------
 
