@@ -101,6 +101,18 @@ def ballast(path: Path, size: int) -> Path:
     return path
 
 
+def fill(path: Path) -> Path:
+    """Write ``path`` until its disk is full (to the last byte)."""
+    with path.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\xa5" * (64 << 10))
+                f.flush()
+        except OSError:
+            pass
+    return path
+
+
 def import_base(srv: Any, tmp_path: Path) -> None:
     """Template ``base``: a small linked template (each clone holds about 0.6 MiB)."""
     image = raw_image(tmp_path / "base.raw", 16 * MiB)
@@ -189,35 +201,76 @@ def test_a_full_store_pauses_the_create_with_the_reason_and_resume_finishes_it(
     assert_finished_after_resume(srv, op["id"], 30)
 
 
-def test_a_full_home_pauses_the_create_keeps_serving_reads_and_says_the_heartbeat_once(
-    small_disk, start, tmp_path
-):
-    """The issue's case: database and store share one small disk. Writing the outcomes fails
-    too, so the clones in work must not stay ``running`` under this (live) server."""
+def test_a_full_home_pauses_the_create_and_resume_finishes_it(small_disk, start, tmp_path):
+    """The issue's case: database and store share one small disk, which the clones fill. The
+    outcomes may not be recordable either: the clones in work must not stay ``running`` under
+    this (live) server."""
     home = small_disk("home", "30m")
-    srv = start(home, GOLDFLEET_LEASE_SECONDS="2")  # a heartbeat every 0.5 s
+    srv = start(home)
     import_base(srv, tmp_path)
     room = ballast(home / "ballast", 12 * MiB)
 
     created = cli(srv.home, "clone", "create", "base", "--count", "40")
     assert created.returncode == 1, created.stdout + created.stderr
     assert f"paused: disk full at {home}" in created.stdout, created.stdout
-
-    time.sleep(3)  # the disk stays full for a while: heartbeats fail, reads are served
-    client = srv.client()
-    (op,) = client.get("/operations")
+    (op,) = srv.client().get("/operations")
     assert op["status"] == "paused" and op["running"] == 0, op
     assert op["paused_reason"].startswith(f"disk full at {home}"), op
-    assert [t["name"] for t in client.get("/templates")] == ["base"]
-    assert len(client.get("/clones")) == 40
 
     room.unlink()
     assert_finished_after_resume(srv, op["id"], 40)
+
+
+def test_a_database_that_cannot_be_written_pauses_in_memory_and_the_log_says_it_once(
+    small_disk, start, tmp_path
+):
+    """The disk fills to the last byte while a batch is in work (each VM's definition takes
+    1.5 s on the sim driver): neither the outcomes nor the pause can be written. The operation
+    is shown paused all the same, reads are served, the heartbeat's failure is said once, and
+    once space is back the pause is written by itself and op resume finishes the work."""
+    home = small_disk("home", "30m")
+    srv = start(
+        home,
+        GOLDFLEET_LEASE_SECONDS="2",  # a heartbeat every 0.5 s
+        GOLDFLEET_BATCH_SIZE="4",
+        GOLDFLEET_SIM_PLAN='{"latency_ms": {"define": 1500}}',
+    )
+    import_base(srv, tmp_path)
+    client = srv.client()
+    op = client.post("/clones", {"template": "base", "count": 8})["operation"]
+    until(lambda: item_states(srv, op["id"]).get("running"), "clones in work")
+    filler = fill(home / "filler")
+
+    watched = cli(srv.home, "op", "watch", str(op["id"]))  # ends; does not hang
+    assert watched.returncode == 1, watched.stdout + watched.stderr
+    assert f"paused: disk full at {home}" in watched.stdout, watched.stdout
+    assert "not yet recorded: the database cannot be written" in watched.stdout
+    shown = client.get(f"/operations/{op['id']}")
+    assert (shown["status"], shown["running"]) == ("paused", 0), shown
+    assert item_states(srv, op["id"]).get("running")  # the database still says so
+
+    time.sleep(3)  # the disk stays full: heartbeats fail, reads are served
+    assert [t["name"] for t in client.get("/templates")] == ["base"]
+    assert len(client.get("/clones")) == 8
+    refused = cli(srv.home, "op", "resume", str(op["id"]))
+    assert refused.returncode == 1 and "cannot be resumed yet: disk full at" in refused.stderr
+
+    filler.unlink()
+    paused = until(
+        lambda: (
+            srv.rows("SELECT status, paused_reason FROM operations WHERE id = ?", op["id"])[0][0]
+            == "paused"
+        ),
+        "the pause to be written",
+        timeout=15,
+    )
+    assert paused and "running" not in item_states(srv, op["id"])
+    assert_finished_after_resume(srv, op["id"], 8)
     time.sleep(1.5)  # a few more heartbeats, now written
     log = (srv.home.parent / f"server-{srv.port}.log").read_text()
     said = [line for line in log.splitlines() if "heartbeat" in line]
     assert len(said) == 2, said  # once when it could not be written, once when it could again
-    assert "cannot write this server's heartbeat" in said[0] and "disk full at" in said[0]
+    assert "cannot write this server's heartbeat" in said[0] and f"disk full at {home}" in said[0]
     assert "written again" in said[1]
 
 

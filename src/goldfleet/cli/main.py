@@ -166,7 +166,7 @@ def _finish(op: dict, as_json: bool, extra: dict | None = None) -> None:
             output.console.print(f"[yellow]{op['error']}[/yellow]")
         if op["status"] == "paused":
             reason = op.get("paused_reason") or ""
-            output.console.print(f"paused: {reason}", markup=False, highlight=False)
+            output.console.print(f"paused: {reason}", markup=False, highlight=False, soft_wrap=True)
     if op["status"] in UNDER_WAY:
         return  # detached: still running
     # paused on purpose (a canary, an admin) is fine; paused by a problem (a full disk) is not
@@ -715,7 +715,9 @@ def op_show(op_id: int, as_json: JsonOpt = False) -> None:
         f" {o['failed']}, skipped {o['skipped']}, cancelled {o['cancelled']}"
     )
     if o.get("paused_reason"):
-        output.console.print(f"paused: {o['paused_reason']}", markup=False, highlight=False)
+        output.console.print(
+            f"paused: {o['paused_reason']}", markup=False, highlight=False, soft_wrap=True
+        )
     if o.get("start_at"):
         output.console.print(f"starts at: {o['start_at']} UTC")
     if o.get("current"):
