@@ -286,7 +286,7 @@ def test_an_import_larger_than_the_free_space_is_refused_up_front(small_disk, st
     big = raw_image(tmp_path / "big.raw", 40 * MiB, 40 * MiB)  # the upload alone does not fit
     with pytest.raises(ClientError) as refused:
         client.upload("/templates/import", big, {"name": "big", "format": "raw"})
-    assert refused.value.status == 507, refused.value.message
+    assert refused.value.status == 409, refused.value.message
     message = refused.value.message
     assert "not enough space" in message and str(home / "store") in message, message
     assert "needs 4" in message and "MiB free" in message, message
@@ -295,7 +295,7 @@ def test_an_import_larger_than_the_free_space_is_refused_up_front(small_disk, st
     half = raw_image(tmp_path / "half.raw", 20 * MiB, 20 * MiB)
     with pytest.raises(ClientError) as refused:
         client.upload("/templates/import", half, {"name": "half", "format": "raw"})
-    assert refused.value.status == 507, refused.value.message
+    assert refused.value.status == 409, refused.value.message
     assert "needs 2" in refused.value.message and "MiB free" in refused.value.message
 
     assert client.get("/templates") == []

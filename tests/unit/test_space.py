@@ -60,7 +60,7 @@ def test_a_refusal_names_the_work_the_disk_the_need_and_the_free_space() -> None
     )
     with pytest.raises(NoSpace) as refused:
         check_room("3 full clones of base", 20 * MiB, 9 * MiB, "/srv/gf/store")
-    assert refused.value.message == problem and refused.value.status_code == 507
+    assert refused.value.message == problem and refused.value.status_code == 409
     check_room("3 full clones of base", 20 * MiB, 25 * MiB, "/srv/gf/store")  # fits: no error
 
 

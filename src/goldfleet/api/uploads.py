@@ -23,7 +23,7 @@ async def received_body(
 ) -> AsyncIterator[Path]:
     """Stream the body into a new file (at most ``limit`` bytes) and yield its path; the file
     is removed when the block ends, whatever happened. A body of known length that the store's
-    disk cannot hold is refused before a byte is read (HTTP 507, with needed and free).
+    disk cannot hold is refused before a byte is read (NoSpace: needed and free).
 
     Runs of zeros are left as holes: a raw disk image is mostly zeros, and its file then takes
     only the space of its data, which is also what the import's own space check measures."""

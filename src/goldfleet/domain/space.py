@@ -56,7 +56,7 @@ def room_problem(what: str, estimate: int, free: int, where: str) -> str | None:
 
 
 def check_room(what: str, estimate: int, free: int, where: str) -> None:
-    """Refuse work that does not fit (:class:`NoSpace`, HTTP 507), naming needed and free."""
+    """Refuse work that does not fit (:class:`NoSpace`), naming the space needed and free."""
     problem = room_problem(what, estimate, free, where)
     if problem is not None:
         raise NoSpace(problem)
