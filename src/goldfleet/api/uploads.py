@@ -40,9 +40,9 @@ async def received_body(
                     raise InvalidInput(f"the {what} is larger than the configured limit")
                 if len(chunk) <= len(_ZEROS) and _ZEROS[: len(chunk)] == chunk:
                     f.seek(len(chunk), os.SEEK_CUR)
+                    f.truncate()  # the file grows with the upload all the same, by a hole
                 else:
                     f.write(chunk)
-            f.truncate(received)  # a hole at the end still counts in the file's size
         yield incoming
     finally:
         if os.path.exists(incoming):
