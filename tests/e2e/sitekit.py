@@ -17,7 +17,7 @@ from goldfleet.home import init_home
 MiB = 1 << 20
 
 
-def root_server_class() -> Any:
+def _root_server_class() -> Any:
     """tests/conftest.py's Server (``import conftest`` here finds tests/e2e/conftest.py)."""
     path = Path(__file__).parents[1] / "conftest.py"
     spec = importlib.util.spec_from_file_location("goldfleet_tests_root_conftest", path)
@@ -43,7 +43,7 @@ def start_servers(
 ) -> list[Any]:
     """One started server per name (role hq or site), each on its own home and port; ``env``
     goes to every site."""
-    server_class = root_server_class()
+    server_class = _root_server_class()
     made = []
     for name, role in roles.items():
         home = tmp_path / name

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sitekit import root_server_class
+from sitekit import _root_server_class
 
 from goldfleet.cli.client import ClientError
 
@@ -60,7 +60,7 @@ def start(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[
     made: list[Any] = []
 
     def run(home: Path, **env: str) -> Any:
-        srv = root_server_class()(home=home, env=env)  # tests/conftest.py's Server
+        srv = _root_server_class()(home=home, env=env)  # tests/conftest.py's Server
         srv.start()
         made.append(srv)
         return srv
