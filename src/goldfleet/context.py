@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from threading import Lock
 from typing import Protocol
 
@@ -19,10 +20,12 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from goldfleet.config import Settings
+from goldfleet.domain.space import disk_full
 from goldfleet.drivers.base import Driver
 from goldfleet.store.edge import EdgeStores
 from goldfleet.store.layers import LayerStore
 from goldfleet.store.qemu import QemuImg
+from goldfleet.store.space import free_bytes, full_disk
 from goldfleet.store.volumes import VolumeStore
 
 
@@ -48,6 +51,15 @@ class OperationRunner(Protocol):
     def start_background(self) -> None: ...
 
     def shutdown(self) -> None: ...
+
+    def held(self, op_id: int) -> tuple[str, int] | None:
+        """While the database cannot record an operation's pause yet: why it is paused, and
+        how many of its clones in work went back to the queue (in memory, for now)."""
+        ...
+
+    def record_held(self) -> bool:
+        """Try now to record what is held in memory; True when nothing is held any more."""
+        ...
 
 
 # a check another service package asks for before a template is changed here (e.g. at a site,
@@ -91,6 +103,20 @@ class Context:
         """Serialises maintenance steps of one template inside this server."""
         with self._locks_guard:
             return self.template_locks.setdefault(name, Lock())
+
+    def disk_full_reason(self, exc: BaseException) -> str | None:
+        """``disk full at PLACE: N free`` when ``exc`` was a full disk, else None. PLACE is the
+        store for file work, the database's folder for the database (SQLite) or "the
+        database server" (whose disk this machine cannot measure)."""
+        kind = full_disk(exc)
+        if kind is None:
+            return None
+        if kind == "files":
+            return disk_full(str(self.settings.store), free_bytes(self.settings.store))
+        if self.engine.dialect.name == "sqlite" and self.engine.url.database:
+            folder = Path(self.engine.url.database).resolve().parent
+            return disk_full(str(folder), free_bytes(folder))
+        return disk_full("the database server", None)
 
     def check_template_change(self, template: str) -> None:
         """Ask every registered guard whether ``template`` may be changed here."""

@@ -9,7 +9,8 @@ wrong and what to do.
     │   └── BadImage        an outside image refused by inspection     (HTTP 422)
     ├── NotFound            unknown template, version, clone, token    (HTTP 404)
     ├── Conflict            the object's state forbids the action      (HTTP 409)
-    │   └── HasDependents   deleting what others still depend on       (HTTP 409)
+    │   ├── HasDependents   deleting what others still depend on       (HTTP 409)
+    │   └── NoSpace         not enough free disk for the work          (HTTP 409)
     ├── Unauthorized        missing or wrong token                     (HTTP 401)
     └── StoreError          qemu-img or the file system failed         (HTTP 500)
 """
@@ -57,6 +58,13 @@ class HasDependents(Conflict):
         more = f" and {len(dependents) - 10} more" if len(dependents) > 10 else ""
         super().__init__(f"{what} is still used by {shown}{more}; remove or rebase those first")
         self.dependents = dependents
+
+
+class NoSpace(Conflict):
+    """The disk lacks the space the work needs (or is full); nothing was changed. The message
+    names the disk, the space needed and the space free. A refusal like the others (409, its
+    ``error`` "NoSpace"), not a server error: the server is fine, its disk's state forbids the
+    work until space is freed."""
 
 
 class Unauthorized(GoldfleetError):

@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -341,8 +342,23 @@ def _mounted_tmpfs(path: Path, size: str) -> bool:
     return done.returncode == 0
 
 
+def _fill(path: Path) -> Path:
+    """Write ``path`` until its disk is full."""
+    with path.open("wb") as f:
+        try:
+            while True:
+                f.write(b"\xa5" * (256 << 10))
+                f.flush()
+        except OSError:
+            pass
+    return path
+
+
 def test_disk_full_at_a_site(tmp_path, monkeypatch, qemu):
-    """The site's store is a 24 MiB tmpfs; the layer it must fetch holds 32 MiB."""
+    """The site's store is a 24 MiB tmpfs. A layer of 32 MiB is refused before a byte of it is
+    fetched, with the space needed and free. A layer of 12 MiB that fits when its sync starts
+    meets a disk that fills during its download: nothing of it is activated, the partial
+    download is released."""
     store = tmp_path / "a-store"
     if not _mounted_tmpfs(store, "24m"):
         pytest.skip("mounting a small tmpfs needs root (CI runs as root)")
@@ -362,18 +378,50 @@ def test_disk_full_at_a_site(tmp_path, monkeypatch, qemu):
             hq.client().post("/sites/a/templates", {"template": "base"})
             free = os.statvfs(store).f_bfree
             r = cli(a.home, "site", "sync")
-            assert r.returncode == 1 and "base: failed: the disk of this site's store is full" in (
-                r.stdout
-            )
-            r = cli(a.home, "site", "status", "--json")
-            shown = json.loads(r.stdout)
-            assert "disk of this site's store is full" in shown["last_error"]
-            assert "nothing of them was activated" in shown["last_error"]
+            assert r.returncode == 1, r.stdout + r.stderr
+            said = " ".join(r.stdout.split())  # the table may fold long lines
+            assert f"base: failed: not enough space for the layer of base from HQ at {store}:" in (
+                said
+            ), said
+            assert "it needs 3" in said and "MiB and a margin), 2" in said, said
+            assert "0 layers, 0B downloaded" in said
+            shown = json.loads(cli(a.home, "site", "status", "--json").stdout)
+            assert "not enough space for the layer of base" in shown["last_error"]
             assert a.client().get("/templates") == []
             layers = store / "layers"
             assert not [p for p in layers.iterdir() if p.name.startswith(".")]
-            assert os.statvfs(store).f_bfree == free  # the partial download was released
+            assert os.statvfs(store).f_bfree == free  # not a byte was fetched
             assert states(hq, "a")["base:v1"]["state"] == "failed"
+
+            # fits at the start, not once the disk fills during the (slowed) download
+            image = make_raw(tmp_path / "small.raw", fill={0: os.urandom(12 * MiB)})
+            hq.client().upload(
+                "/templates/import",
+                image,
+                {"name": "small", "format": "raw", "temp": [], "data": []},
+            )
+            hq.client().post("/sites/a/templates", {"template": "small"})
+            env = {k: v for k, v in os.environ.items() if not k.startswith("GOLDFLEET_")}
+            sync = subprocess.Popen(
+                [sys.executable, "-m", "goldfleet", "site", "sync", "--limit", "2MB/s"],
+                env={**env, "GOLDFLEET_HOME": str(a.home), "COLUMNS": "400"},
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            wait_for(lambda: [p for p in layers.iterdir() if p.name.startswith(".")])
+            ballast = _fill(store / "ballast")
+            out, err = sync.communicate(timeout=60)
+            said = " ".join(out.split())
+            assert sync.returncode == 1, out + err
+            assert "small: failed: the disk of this site's store is full" in said, said
+            shown = json.loads(cli(a.home, "site", "status", "--json").stdout)
+            assert "nothing of them was activated" in shown["last_error"]
+            assert a.client().get("/templates") == []
+            assert not [p for p in layers.iterdir() if p.name.startswith(".")]
+            ballast.unlink()
+            assert os.statvfs(store).f_bfree == free  # the partial download was released
+            assert states(hq, "a")["small:v1"]["state"] == "failed"
         finally:
             hq.stop()
             a.stop()

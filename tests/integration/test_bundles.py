@@ -23,7 +23,7 @@ from sqlalchemy import func, select
 from goldfleet.bootstrap import bootstrap
 from goldfleet.context import Context
 from goldfleet.db.tables import AuditEntry, Layer, Template, Version
-from goldfleet.errors import Conflict, InvalidInput, StoreError
+from goldfleet.errors import Conflict, InvalidInput, NoSpace, StoreError
 from goldfleet.home import init_home
 from goldfleet.services import catalog, fleet
 from goldfleet.services.distribution import _bundles as bundles
@@ -265,6 +265,39 @@ def test_layer_with_a_backing_reference_elsewhere_is_refused(
         ],
     )
     refused(receiver, path, InvalidInput, "backing reference is 'elsewhere.qcow2'")
+
+
+def test_a_bundle_larger_than_the_free_space_is_refused_before_a_layer_is_written(
+    make_ctx, sender, tmp_path, monkeypatch
+):
+    """The receiver's store is a 16 MiB tmpfs (root only; skipped elsewhere); the bundle's
+    layer holds 20 MiB of random bytes."""
+    store = tmp_path / "small-store"
+    store.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(store)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"mounting a small tmpfs needs root (CI runs as root): {mounted.stderr}")
+    try:
+        image = tmp_path / "big.raw"
+        image.write_bytes(os.urandom(20 * MiB))
+        catalog.import_template(sender, name="big", image=image, fmt="raw", actor="t")
+        path = tmp_path / "big.bundle"
+        with path.open("wb") as f:
+            bundles.export_bundle(sender, "big", None, False, f)
+        monkeypatch.setenv("GOLDFLEET_STORE_DIR", str(store))
+        small = make_ctx("small")
+        bundles.trust_key(small, "hq", bundles.show_keys(sender).own.public_key, actor="t")
+        free = os.statvfs(store).f_bavail
+        refused(small, path, NoSpace, f"not enough space for the layer of this bundle at {store}")
+        with pytest.raises(NoSpace, match=r"it needs 2\d\.\d MiB \(20\.\d MiB and a margin\), 1"):
+            bundles.import_bundle(small, path, actor="t")
+        assert os.statvfs(store).f_bavail == free  # not a byte of the layer was written
+    finally:
+        subprocess.run(["umount", "-l", str(store)], check=False)
 
 
 # --- export as a stream -------------------------------------------------------------------

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -20,7 +21,7 @@ from goldfleet.api.routers import admin, bundles, clones, hosts, pools, sim, sit
 from goldfleet.api.schemas import ERRORS
 from goldfleet.api.uploads import body_problem
 from goldfleet.context import Context
-from goldfleet.errors import Forbidden, GoldfleetError
+from goldfleet.errors import Forbidden, GoldfleetError, NoSpace
 
 log = logging.getLogger("goldfleet.api")
 
@@ -118,6 +119,8 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
 
     @app.exception_handler(GoldfleetError)
     async def goldfleet_error(request: Request, exc: GoldfleetError) -> JSONResponse:
+        if exc.status_code == 500 and (reason := ctx.disk_full_reason(exc)) is not None:
+            return error_response(NoSpace(f"{exc.message} ({reason}); free space there"))
         return error_response(exc)
 
     @app.exception_handler(HTTPException)
@@ -134,6 +137,22 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
             status_code=exc.status_code,
             headers=exc.headers,
         )
+
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(OSError)
+    async def disk_full(request: Request, exc: Exception) -> JSONResponse:
+        """A write that found the disk full (the database's or the store's) is said so, with
+        the place and the free space, instead of "Internal Server Error"."""
+        reason = ctx.disk_full_reason(exc)
+        if reason is None:
+            log.error("%s %s failed", request.method, request.url.path, exc_info=exc)
+            return JSONResponse(
+                {"error": "InternalError", "message": "internal error; see the server's log"},
+                status_code=500,
+            )
+        # a refused commit changed nothing; a file write may have done part of its work
+        unchanged = "; nothing was changed" if isinstance(exc, OperationalError) else ""
+        return error_response(NoSpace(f"{reason}{unchanged}; free space there and try again"))
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

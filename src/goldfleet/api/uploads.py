@@ -14,13 +14,22 @@ from fastapi import Request
 from goldfleet.context import Context
 from goldfleet.errors import GoldfleetError, InvalidInput, LengthRequired, TooLarge
 
+_ZEROS = memoryview(bytes(1 << 20))  # compared against, never copied
+
 
 @asynccontextmanager
 async def received_body(
     request: Request, ctx: Context, *, prefix: str, limit: int, what: str
 ) -> AsyncIterator[Path]:
     """Stream the body into a new file (at most ``limit`` bytes) and yield its path; the file
-    is removed when the block ends, whatever happened."""
+    is removed when the block ends, whatever happened. A body of known length that the store's
+    disk cannot hold is refused before a byte is read (NoSpace: needed and free).
+
+    Runs of zeros are left as holes: a raw disk image is mostly zeros, and its file then takes
+    only the space of its data, which is also what the import's own space check measures."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit():
+        ctx.layers.check_room(f"the {what} upload", int(length))
     incoming = ctx.layers.incoming_path(prefix)  # named with this server's id
     try:
         received = 0
@@ -29,7 +38,11 @@ async def received_body(
                 received += len(chunk)
                 if received > limit:
                     raise InvalidInput(f"the {what} is larger than the configured limit")
-                f.write(chunk)
+                if len(chunk) <= len(_ZEROS) and _ZEROS[: len(chunk)] == chunk:
+                    f.seek(len(chunk), os.SEEK_CUR)
+                    f.truncate()  # the file grows with the upload all the same, by a hole
+                else:
+                    f.write(chunk)
         yield incoming
     finally:
         if os.path.exists(incoming):

@@ -144,7 +144,7 @@ def _watch(client: Client, op: dict, label: str, *, quiet: bool = False) -> dict
         MofNCompleteColumn(),
         TextColumn("{task.fields[failed]} failed"),
         TimeElapsedColumn(),
-        TextColumn("{task.fields[line]}"),
+        TextColumn("{task.fields[line]}", markup=False),  # reasons may hold "[Errno 28]"
         console=output.err_console,
         transient=False,
     ) as progress:
@@ -166,13 +166,15 @@ def _finish(op: dict, as_json: bool, extra: dict | None = None) -> None:
             f"operation {op['id']} {op['status']}: {op['done']} done, {op['failed']} failed"
             f" of {op['total']}"
         )
-        if op.get("error"):
+        if op.get("error") and op["status"] != "paused":
             output.console.print(f"[yellow]{op['error']}[/yellow]")
         if op["status"] == "paused":
-            output.console.print(f"paused: {op.get('paused_reason') or ''}")
+            reason = op.get("paused_reason") or ""
+            output.console.print(f"paused: {reason}", markup=False, highlight=False, soft_wrap=True)
     if op["status"] in UNDER_WAY:
         return  # detached: still running
-    if op["status"] not in ("done", "paused"):
+    # paused on purpose (a canary, an admin) is fine; paused by a problem (a full disk) is not
+    if op["status"] not in ("done", "paused") or (op["status"] == "paused" and op.get("error")):
         raise typer.Exit(1)
 
 
@@ -781,7 +783,9 @@ def op_show(op_id: int, as_json: JsonOpt = False) -> None:
         f" {o['failed']}, skipped {o['skipped']}, cancelled {o['cancelled']}"
     )
     if o.get("paused_reason"):
-        output.console.print(f"paused: {o['paused_reason']}")
+        output.console.print(
+            f"paused: {o['paused_reason']}", markup=False, highlight=False, soft_wrap=True
+        )
     if o.get("start_at"):
         output.console.print(f"starts at: {o['start_at']} UTC")
     if o.get("current"):

@@ -8,6 +8,7 @@ from typing import Any
 
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from goldfleet.domain.sizes import format_size
 
@@ -58,7 +59,8 @@ def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:
         # names identify things: never cut them
         t.add_column(c, no_wrap=i == 0)
     for r in rows:
-        t.add_row(*("" if v is None else str(v) for v in r))
+        # plain text, not markup: an error's "[Errno 28]" or a path in brackets is shown as is
+        t.add_row(*(Text("" if v is None else str(v)) for v in r))
     console.print(t)
 
 

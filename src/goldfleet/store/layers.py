@@ -21,10 +21,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from goldfleet.domain.names import digest_of_filename, layer_filename
+from goldfleet.domain.space import check_room
 from goldfleet.errors import BadImage, StoreError
 from goldfleet.store.files import Abandoned, fsync_dir, work_name, work_owner
 from goldfleet.store.inspect import inspect_image
 from goldfleet.store.qemu import Limits, QemuError, QemuImg
+from goldfleet.store.space import free_bytes
 
 WORK_PREFIXES = (".import-", ".copy-", ".flat-")
 OVERLAY_PREFIX = ".overlay-"
@@ -61,6 +63,11 @@ class LayerStore:
     def path(self, digest: str) -> Path:
         return self.dir / layer_filename(digest)
 
+    def check_room(self, what: str, estimate: int) -> None:
+        """Refuse ``what`` (about ``estimate`` bytes into the store) if the store's disk cannot
+        hold it (:class:`NoSpace`, naming the space needed and free)."""
+        check_room(what, estimate, free_bytes(self.dir), str(self.root))
+
     def has(self, digest: str) -> bool:
         return self.path(digest).is_file()
 
@@ -76,8 +83,15 @@ class LayerStore:
     # --- making layers --------------------------------------------------------------------
 
     def import_image(self, src: Path, fmt: str, *, max_virtual_size: int) -> LayerInfo:
-        """Inspect an outside image, convert it to a standalone qcow2 and seal it as a base."""
-        inspect_image(self.qemu, src, fmt, max_virtual_size=max_virtual_size, limits=self.limits)
+        """Inspect an outside image, convert it to a standalone qcow2 and seal it as a base.
+        A layer the disk cannot hold is refused before the conversion starts; the estimate is
+        what the image holds: its allocated bytes, at most its virtual size."""
+        found = inspect_image(
+            self.qemu, src, fmt, max_virtual_size=max_virtual_size, limits=self.limits
+        )
+        self.check_room(
+            "the layer of this image", min(src.stat().st_blocks * 512, found.virtual_size)
+        )
         work = self.work_path(".import-")
         try:
             self.qemu.convert(src, fmt, work, limits=self.limits)

@@ -23,9 +23,11 @@ from pathlib import Path
 
 from goldfleet.domain.model import CloneKind, Outline, VolumeRole
 from goldfleet.domain.names import layer_filename
+from goldfleet.domain.space import check_room
 from goldfleet.store.files import Abandoned, fsync_dir, work_name, work_owner
 from goldfleet.store.layers import LayerStore
 from goldfleet.store.qemu import QemuError, QemuImg
+from goldfleet.store.space import free_bytes
 
 SYSTEM_FILE = "system.qcow2"
 
@@ -57,8 +59,11 @@ class VolumeStore:
         with self._lock:
             if not proto.exists():
                 work = self.cache / work_name(f".{key}.", self.layers.owner, secrets.token_hex(4))
-                make(work)
-                os.replace(work, proto)
+                try:
+                    make(work)
+                    os.replace(work, proto)
+                finally:  # a part written to a full disk would hold the space it lacked
+                    work.unlink(missing_ok=True)
         return proto
 
     def _blank_prototype(self, size: int) -> Path:
@@ -79,15 +84,28 @@ class VolumeStore:
             lambda work: self.qemu.convert(self.layers.path(top), "qcow2", work),
         )
 
+    def check_room(self, what: str, estimate: int) -> None:
+        """Refuse ``what`` (about ``estimate`` bytes of clone volumes) if the disk cannot hold
+        it (:class:`NoSpace`, naming the space needed and free)."""
+        check_room(what, estimate, free_bytes(self.dir), str(self.dir.parent))
+
+    def full_copy_size(self, top: str) -> int | None:
+        """The size of the flattened copy full clones of ``top`` are made from, once made."""
+        proto = self.cache / f"full-{top.removeprefix('sha256:')}.qcow2"
+        return proto.stat().st_size if proto.exists() else None
+
     @staticmethod
     def _place(src: Path, dest: Path) -> None:
         """Copy ``src`` beside ``dest``, flush it, and rename it over ``dest``."""
         work = dest.with_name(dest.name + ".new")
-        with src.open("rb") as fsrc, work.open("wb") as fdst:
-            shutil.copyfileobj(fsrc, fdst, 1 << 20)
-            fdst.flush()
-            os.fsync(fdst.fileno())
-        os.replace(work, dest)
+        try:
+            with src.open("rb") as fsrc, work.open("wb") as fdst:
+                shutil.copyfileobj(fsrc, fdst, 1 << 20)
+                fdst.flush()
+                os.fsync(fdst.fileno())
+            os.replace(work, dest)
+        finally:  # a part written to a full disk would hold the space it lacked
+            work.unlink(missing_ok=True)
 
     # --- volumes --------------------------------------------------------------------------
 

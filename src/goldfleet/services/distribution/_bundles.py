@@ -689,6 +689,14 @@ def _import(
             if check is not None:
                 check(m)
             check_catalog(ctx, m)
+            # refused before a layer is written, not when the disk fills half way
+            included = [x for x in m.layers if x.included]
+            ctx.layers.check_room(
+                "the layer of this bundle"
+                if len(included) == 1
+                else f"the {len(included)} layers of this bundle",
+                sum(x.size for x in included),
+            )
             for x in m.layers:
                 if x.included:
                     works[x.digest] = ctx.layers.work_path(".import-bundle-")

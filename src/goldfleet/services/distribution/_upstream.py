@@ -688,6 +688,12 @@ def _sync_template(
         reporter.states[key] = VersionState(state=state, done=0, total=total)
     reporter.send(force=True)
     bundles.check_catalog(ctx, m)
+    # refused before a byte is fetched, with the space needed and free, rather than when the
+    # disk fills half way (the versions already held stay)
+    lacking = {d for layers in needs.values() for d in layers}
+    ctx.layers.check_room(
+        f"{_layers(len(lacking))} of {m.template} from HQ", sum(sizes[d] for d in lacking)
+    )
 
     def progress(digest: str, so_far: int, wire: int) -> None:
         reporter.moved(digest, so_far)
@@ -741,6 +747,10 @@ def _sync_template(
         reporter.send()
     if conflicts:
         result.failed[m.template] = "; ".join(conflicts.values())
+
+
+def _layers(n: int) -> str:
+    return "the layer" if n == 1 else f"the {n} layers"
 
 
 def _check_sizes(ctx: Context, m: bundles.Manifest) -> None:

@@ -26,12 +26,12 @@ from sqlalchemy.orm import Session, aliased
 from goldfleet import crashpoints
 from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Operation, OperationItem, Template, Version
-from goldfleet.domain import rules
+from goldfleet.domain import rules, space
 from goldfleet.domain.model import CloneAction, CloneKind, CloneStatus, Outline, Power, VolumeRole
 from goldfleet.domain.names import check_name, numbered_names, parse_version_ref
 from goldfleet.domain.rollout import ItemState, Policy, check_policy
 from goldfleet.drivers.base import DiskSpec, DomainSpec, DriverError
-from goldfleet.errors import Conflict, GoldfleetError, InvalidInput
+from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, NoSpace
 from goldfleet.services import hosts, rollouts
 from goldfleet.services.common import (
     CloneView,
@@ -85,6 +85,7 @@ class Outcome:
     power: str
     host: str | None = None
     copied: tuple[tuple[str, int, int], ...] = ()  # into edge stores: (host, layers, bytes)
+    disk_full: str | None = None  # the work found goldfleet's disk full: the runner pauses
 
 
 # --- views --------------------------------------------------------------------------------
@@ -321,10 +322,11 @@ def execute(ctx: Context, plan: Plan, logoff: Sequence[str] = ()) -> Outcome:
             power = Power.RUNNING
         return Outcome(plan.clone_id, None, power, host, tuple(copied))
     except GoldfleetError as exc:
-        error = f"{plan.action} failed: {exc.message}"
+        error, full = f"{plan.action} failed: {exc.message}", ctx.disk_full_reason(exc)
     except Exception as exc:  # one clone's failure must never stop the others
         error = f"{plan.action} failed: {type(exc).__name__}: {exc}"
-    return Outcome(plan.clone_id, error, power, host, tuple(copied))
+        full = ctx.disk_full_reason(exc)
+    return Outcome(plan.clone_id, error, power, host, tuple(copied), full)
 
 
 def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
@@ -390,6 +392,11 @@ def _run_one(ctx: Context, clone_id: int) -> CloneView:
     with ctx.session() as s:
         record(s, [outcome])
         s.commit()
+    if outcome.disk_full is not None:
+        raise NoSpace(
+            f"clone {plan.name}: {outcome.disk_full}; {plan.action} did not finish; free space"
+            f" there and run: goldfleet clone retry {plan.name}"
+        )
     if outcome.error is not None:
         raise Conflict(
             f"clone {plan.name}: {outcome.error}; fix the cause and run: goldfleet clone retry"
@@ -439,6 +446,8 @@ def create_clones(
             taken = set(s.scalars(select(Clone.name).where(Clone.name.like(f"{t.name}-%"))))
             names = numbered_names(t.name, taken, count)  # type: ignore[arg-type]
         kind = CloneKind.FULL if full else t.kind
+        if kind == CloneKind.FULL:
+            _check_room_for_full(ctx, s, v, len(names), outline_of(t))
         clones = [
             Clone(
                 name=n,
@@ -485,6 +494,20 @@ def create_clones(
         op_id = op.id
     crashpoints.reached("clone-create.committed")
     return rollouts.launch(ctx, op_id, wait), names
+
+
+def _check_room_for_full(
+    ctx: Context, s: Session, v: Version, count: int, outline: Outline
+) -> None:
+    """Full clones are copies of their whole chain: refused up front (with the space needed
+    and free) when the store's disk cannot hold them, rather than filling it half way."""
+    made = ctx.volumes.full_copy_size(v.top_layer)
+    copy = made if made is not None else sum(layer.size for layer in chain(s, v.top_layer))
+    estimate = space.full_clones_estimate(
+        count, copy, copy_made=made is not None, volumes=len(outline.temp) + len(outline.data)
+    )
+    what = f"{count} full clones of {v.template.name}" if count > 1 else "a full clone"
+    ctx.volumes.check_room(what, estimate)
 
 
 @contextmanager

@@ -12,7 +12,7 @@ from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Operation, OperationItem, Version
 from goldfleet.domain.model import CloneAction
 from goldfleet.domain.rollout import ACTIVE, FINISHED, ItemState, OpStatus, Policy, check_policy
-from goldfleet.errors import Conflict
+from goldfleet.errors import Conflict, NoSpace
 from goldfleet.services.common import OperationView, audit, get_operation, operation_view
 
 # --- starting -----------------------------------------------------------------------------
@@ -87,15 +87,30 @@ def refuse_busy(s: Session, chosen: list[Clone]) -> None:
 # --- reading and steering -----------------------------------------------------------------
 
 
+def _as_held(ctx: Context, view: OperationView) -> OperationView:
+    """An operation this server paused while the database could not record it (a full disk)
+    is shown paused with its reason, not "running": nothing moves until it is resumed."""
+    held = ctx.runner.held(view.id) if ctx.runner is not None else None
+    if held is not None and view.status in (OpStatus.RUNNING, OpStatus.SCHEDULED):
+        reason, back = held
+        view.status, view.paused_reason = OpStatus.PAUSED, reason
+        view.error = reason.split(";")[0]
+        back = min(back, view.running)
+        view.running, view.queued = view.running - back, view.queued + back
+        if not view.running:
+            view.current = []
+    return view
+
+
 def list_operations(ctx: Context, *, limit: int = 50) -> list[OperationView]:
     with ctx.session() as s:
         ops = s.scalars(select(Operation).order_by(Operation.id.desc()).limit(limit))
-        return [operation_view(op, s, detail=0) for op in ops]
+        return [_as_held(ctx, operation_view(op, s, detail=0)) for op in ops]
 
 
 def show_operation(ctx: Context, op_id: int) -> OperationView:
     with ctx.session() as s:
-        return operation_view(get_operation(s, op_id), s)
+        return _as_held(ctx, operation_view(get_operation(s, op_id), s))
 
 
 def pause_operation(
@@ -114,6 +129,11 @@ def pause_operation(
 
 
 def resume_operation(ctx: Context, op_id: int, *, actor: str) -> OperationView:
+    runner = ctx.runner
+    if runner is not None and runner.held(op_id) is not None and not runner.record_held():
+        held = runner.held(op_id)
+        why = held[0] if held is not None else "its pause is not recorded yet"
+        raise NoSpace(f"operation {op_id} cannot be resumed yet: {why}; free space and try again")
     with ctx.session() as s:
         op = get_operation(s, op_id)
         if op.status != OpStatus.PAUSED:
@@ -121,6 +141,7 @@ def resume_operation(ctx: Context, op_id: int, *, actor: str) -> OperationView:
         later = op.start_at is not None and op.start_at > ctx.clock.now()
         op.status = OpStatus.SCHEDULED if later else OpStatus.RUNNING
         op.paused_reason = None
+        op.error = None  # what stopped it (a full disk) is over; the end fills it anew
         audit.record(s, actor, "operation.resume", str(op_id))
         s.commit()
         view = operation_view(op, s)
@@ -137,22 +158,28 @@ def cancel_operation(ctx: Context, op_id: int, *, actor: str) -> OperationView:
         op.status = OpStatus.CANCELLING
         audit.record(s, actor, "operation.cancel", str(op_id))
         s.commit()
-        # a create that never started leaves no clone behind
-        for it in s.scalars(
-            select(OperationItem).where(
-                OperationItem.operation_id == op_id,
-                OperationItem.state == ItemState.QUEUED,
-                OperationItem.action == CloneAction.CREATE,
-            )
-        ):
-            clone = s.get(Clone, it.clone_id) if it.clone_id else None
-            it.state, it.reason, it.clone_id = ItemState.CANCELLED, "cancelled", None
-            if clone is not None:
-                s.delete(clone)
+        drop_queued_creates(ctx, s, op_id)
         s.commit()
         view = operation_view(op, s)
     ctx.runner.start(op_id)  # type: ignore[union-attr]
     return view
+
+
+def drop_queued_creates(ctx: Context, s: Session, op_id: int) -> None:
+    """A create whose item is still queued leaves no clone behind when its operation is
+    cancelled: neither the row nor a folder (one a full disk interrupted has files)."""
+    for it in s.scalars(
+        select(OperationItem).where(
+            OperationItem.operation_id == op_id,
+            OperationItem.state == ItemState.QUEUED,
+            OperationItem.action == CloneAction.CREATE,
+        )
+    ):
+        clone = s.get(Clone, it.clone_id) if it.clone_id else None
+        it.state, it.reason, it.clone_id = ItemState.CANCELLED, "cancelled", None
+        if clone is not None:
+            ctx.volumes.remove_clone(clone.uid)
+            s.delete(clone)
 
 
 def recover_operations(ctx: Context) -> list[str]:

@@ -13,6 +13,14 @@ executed again, which is safe because executing is idempotent and the clone row 
 under way. So after ``kill -9`` the next ``goldfleet serve`` (or, with PostgreSQL, any other
 server sharing the database) finishes every operation: no clone lost, duplicated or half-made.
 With SQLite only one server uses a home, so a starting server takes over at once.
+
+A full disk (or an outcome that cannot be recorded) never leaves items ``running`` under the
+lease of this live server, where no one would take them over: the server that holds them puts
+them back in the queue and pauses the operation with the reason (``disk full at …: 12 MiB
+free``). When the database itself cannot be written, that is kept in memory (and shown by the
+API) and written as soon as it can be; nothing else is claimed meanwhile. ``op resume`` then
+finishes the work. A failure that repeats every pass (a heartbeat, a periodic task) is said in
+the log once, and its end once.
 """
 
 from __future__ import annotations
@@ -48,6 +56,7 @@ from goldfleet.domain.rollout import (
     session_step,
 )
 from goldfleet.errors import GoldfleetError
+from goldfleet.services.rollouts._operations import drop_queued_creates
 
 log = logging.getLogger("goldfleet.operations")
 
@@ -55,10 +64,13 @@ SCAN_LIMIT = 1000  # at most this many queued items are looked at per pass of on
 
 
 class Outcome(Protocol):
-    """What executing one clone's item came to (``error`` None: done)."""
+    """What executing one clone's item came to (``error`` None: done). ``disk_full``: the
+    work found its disk full (``disk full at …: N free``): the item goes back to the queue and
+    the operation pauses, instead of the clone counting as failed."""
 
     clone_id: int
     error: str | None
+    disk_full: str | None
 
 
 class Plan(Protocol):
@@ -127,6 +139,39 @@ class _Pass:
     notify: list[tuple[int, str]] = field(default_factory=list)  # (item id, clone name)
 
 
+@dataclass
+class _Held:
+    """An operation this server stopped (a full disk, an outcome it could not record) while
+    the database could not take that yet: what it still has to write. ``items``: its running
+    items, to put back in the queue (item id → the reason shown on it)."""
+
+    reason: str
+    disk: bool
+    items: dict[int, str] = field(default_factory=dict)
+    told: bool = False  # that it cannot be recorded yet was said in the log
+
+
+class _Trouble:
+    """A failure that repeats every pass (a heartbeat, a periodic task on a full disk) is said
+    in the log once, and its end once: 239 copies of one line hide everything else."""
+
+    def __init__(self, what: str) -> None:
+        self.what = what
+        self.failures = 0
+        self.said: str | None = None
+
+    def failed(self, detail: str, *, trace: bool = False) -> None:
+        self.failures += 1
+        if detail != self.said:
+            self.said = detail
+            log.warning("%s: %s; retrying quietly", self.what, detail, exc_info=trace)
+
+    def ok(self, again: str) -> None:
+        if self.failures:
+            log.warning("%s: %s after %d failed attempts", self.what, again, self.failures)
+        self.failures, self.said = 0, None
+
+
 class Runner:
     """Claims, executes and records the work of every active operation, in this server."""
 
@@ -146,6 +191,12 @@ class Runner:
         self.lock = threading.Lock()
         self.reconcile_enabled = True
         self._rotation: dict[int, int] = {}  # per operation: where the waiting scan goes on
+        self._held: dict[int, _Held] = {}  # operation id → what is still to be written
+        self._held_lock = threading.Lock()
+        # one writer of what is held at a time (the runner, or a resume in an API thread): a
+        # pause written late must not undo a resume that came after it
+        self._record_lock = threading.Lock()
+        self._troubles: dict[str, _Trouble] = {}
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -175,9 +226,11 @@ class Runner:
         self.wake.set()
 
     def wait(self, op_id: int, timeout: float | None = None) -> None:
-        """Until the operation is finished or paused."""
+        """Until the operation is finished or paused (also while the pause is only held)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while deadline is None or time.monotonic() < deadline:
+            if self.held(op_id) is not None:
+                return
             with self.ctx.session() as s:
                 status = s.scalar(select(Operation.status).where(Operation.id == op_id))
             if status is None or status in FINISHED or status == OpStatus.PAUSED:
@@ -190,9 +243,12 @@ class Runner:
         if self.thread is not None:
             self.thread.join(30)
         self.pool.shutdown(wait=True, cancel_futures=True)
-        with self.ctx.session() as s:
-            s.execute(delete(Server).where(Server.id == self.server_id))
-            s.commit()
+        try:
+            with self.ctx.session() as s:
+                s.execute(delete(Server).where(Server.id == self.server_id))
+                s.commit()
+        except Exception as exc:  # a full disk: the row ages out like a dead server's
+            log.warning("could not remove this server's row: %s", self._why(exc))
 
     def _register(self) -> None:
         ctx = self.ctx
@@ -223,7 +279,10 @@ class Runner:
             s.commit()
 
     def _beat(self) -> None:
-        """The heartbeat has its own thread: a long batch never makes a live server look dead."""
+        """The heartbeat has its own thread: a long batch never makes a live server look dead.
+        A beat that cannot be written (a full disk) is retried; that is said once, and reads
+        are served meanwhile (they need no write)."""
+        trouble = _Trouble("heartbeat")
         while not self.stopping.wait(self.ctx.settings.lease_seconds / 4):
             try:
                 with self.ctx.session() as s:
@@ -233,25 +292,45 @@ class Runner:
                         .values(heartbeat_at=self.ctx.clock.now())
                     )
                     s.commit()
-            except Exception:  # a missed beat is retried; the lease allows several
-                log.exception("heartbeat failed")
+            except Exception as exc:  # a missed beat is retried; the lease allows several
+                trouble.failed(
+                    f"cannot write this server's heartbeat ({self._why(exc)}); reads are still"
+                    " served"
+                )
+                continue
+            trouble.ok("written again")
 
     def _loop(self) -> None:
         while not self.stopping.is_set():
             worked = False
+            self._run_periodic()
             try:
-                self._run_periodic()
                 worked = self.tick()
-            except Exception:  # the loop must survive anything one pass throws
-                log.exception("operation runner pass failed")
+                self._trouble("runner").ok("passes work again")
+            except Exception as exc:  # the loop must survive anything one pass throws
+                self._trouble("runner").failed(
+                    f"a pass failed: {self._why(exc)}", trace=self.ctx.disk_full_reason(exc) is None
+                )
             if not worked:
-                self.wake.wait(0.25)
+                # while something is held, the database is not retried more than once a second
+                self.wake.wait(1.0 if self._held else 0.25)
                 self.wake.clear()
+
+    def _trouble(self, what: str) -> _Trouble:
+        return self._troubles.setdefault(what, _Trouble(what))
+
+    def _why(self, exc: BaseException) -> str:
+        """A failure in a few words: a full disk as ``disk full at …: N free``."""
+        text = str(exc).splitlines()[0] if str(exc) else ""
+        return self.ctx.disk_full_reason(exc) or f"{type(exc).__name__}: {text}"[:500]
 
     # --- one pass -----------------------------------------------------------------------
 
     def tick(self) -> bool:
         """One pass over every active operation; True if anything was executed."""
+        if self._held and not self.record_held():
+            # the database still cannot record what this server holds: claim nothing new
+            return False
         with self.ctx.session() as s:
             op_ids = list(
                 s.scalars(
@@ -266,17 +345,110 @@ class Runner:
                 break
             try:
                 worked |= self.step(op_id)
-            except Exception:  # one broken operation must not stall the others
-                log.exception("operation %s: pass failed", op_id)
+            except Exception as exc:  # one broken operation must not stall the others
+                if self.ctx.disk_full_reason(exc) is not None:
+                    self._hold(op_id, {}, exc)  # nothing was claimed; the operation pauses
+                else:
+                    log.exception("operation %s: pass failed", op_id)
         return worked
 
     def step(self, op_id: int) -> bool:
         claimed = self._claim(op_id)
-        self._notify(claimed.notify, op_id)
-        if claimed.claims:
-            self._execute(op_id, claimed.claims)
+        try:
+            self._notify(claimed.notify, op_id)
+            if claimed.claims:
+                self._execute(op_id, claimed.claims)
+        except Exception as exc:
+            # the claimed items are this live server's: nobody else would ever take them over
+            self._hold(op_id, {c.item_id: "" for c in claimed.claims}, exc)
+            return bool(claimed.claims)
         self._finish_if_done(op_id)
         return bool(claimed.claims)
+
+    # --- what could not be done or recorded ----------------------------------------------
+
+    def held(self, op_id: int) -> tuple[str, int] | None:
+        """An operation paused in memory only (its pause could not be written yet): its
+        paused reason and how many clones in work went back to the queue. The API shows it, so
+        that nobody waits on an operation the database still calls "running"."""
+        with self._held_lock:
+            held = self._held.get(op_id)
+            if held is None:
+                return None
+            reason = self._paused_reason(op_id, held)
+            return f"{reason} (not yet recorded: the database cannot be written)", len(held.items)
+
+    def _hold(self, op_id: int, items: dict[int, str], exc: BaseException) -> None:
+        """Stop an operation whose work this server could not do or record: its items go back
+        to the queue and it pauses with the reason, now, or as soon as the database can take
+        it (meanwhile the reason is kept here, and nothing new is claimed)."""
+        disk = self.ctx.disk_full_reason(exc)
+        if disk is None:
+            log.error("operation %s: its work could not be recorded", op_id, exc_info=exc)
+        reason = disk or f"its work could not be recorded: {self._why(exc)}"
+        with self._record_lock, self._held_lock:
+            held = self._held.setdefault(op_id, _Held(reason=reason, disk=disk is not None))
+            for item_id, why in items.items():
+                held.items.setdefault(item_id, why)
+        log.warning("operation %s: %s; pausing it", op_id, reason)
+        self.record_held()
+
+    def record_held(self) -> bool:
+        """Write what is held: the items back in the queue, the operations paused. True when
+        nothing is held any more."""
+        with self._record_lock:
+            with self._held_lock:
+                pending = list(self._held.items())
+            for op_id, held in pending:
+                try:
+                    with self.ctx.session() as s:
+                        self._release(s, op_id, held)
+                        s.commit()
+                except Exception as exc:
+                    if not held.told:
+                        held.told = True
+                        log.warning(
+                            "operation %s: cannot record its pause yet (%s); this server claims"
+                            " nothing more and tries again every second",
+                            op_id,
+                            self._why(exc),
+                        )
+                    return False
+                with self._held_lock:
+                    if self._held.get(op_id) is held:
+                        del self._held[op_id]
+                if held.told:
+                    log.warning("operation %s: its pause is recorded now", op_id)
+            return True
+
+    def _paused_reason(self, op_id: int, held: _Held) -> str:
+        back = f"; {len(held.items)} clones in work went back to the queue" if held.items else ""
+        fix = "free space there" if held.disk else "fix the cause"
+        return f"{held.reason}{back}; {fix}, then: goldfleet op resume {op_id}"
+
+    def _release(self, s: Session, op_id: int, held: _Held) -> None:
+        """In ``s``: this server's running items of ``held`` back to the queue (their clone rows
+        still say what was under way: executing again is idempotent), the operation paused."""
+        for item_id, why in held.items.items():
+            s.execute(
+                update(OperationItem)
+                .where(
+                    OperationItem.id == item_id,
+                    OperationItem.owner == self.server_id,
+                    OperationItem.state == ItemState.RUNNING,
+                )
+                .values(
+                    state=ItemState.QUEUED,
+                    owner=None,
+                    started_at=None,
+                    reason=f"{held.reason}{f' ({why})' if why else ''}; back in the queue",
+                )
+            )
+        op = s.get(Operation, op_id)
+        if op is not None and op.status in (OpStatus.RUNNING, OpStatus.SCHEDULED):
+            op.status = OpStatus.PAUSED
+            op.paused_reason = self._paused_reason(op_id, held)
+            op.error = held.reason
 
     def _live_servers(self, s: Session, now: datetime) -> set[str]:
         horizon = now - timedelta(seconds=self.ctx.settings.lease_seconds)
@@ -334,6 +506,7 @@ class Runner:
                 if it.clone_id is not None:
                     result.claims.append(Claim(it.id, it.clone_id))
             if op.status == OpStatus.CANCELLING:
+                drop_queued_creates(ctx, s, op_id)  # put back in the queue after the cancel
                 self._close_queued(s, op_id, ItemState.CANCELLED, "cancelled", now)
                 s.commit()
                 return result
@@ -454,7 +627,13 @@ class Runner:
             if clone is None:
                 self._close(it, ItemState.SKIPPED, "the clone was deleted", now)
                 continue
-            if self.work.busy(clone) and it.action != CloneAction.CREATE:
+            # a clone this operation marked and put back in the queue (a full disk) is not busy:
+            # its row says what was under way, and executing again finishes it
+            if (
+                self.work.busy(clone)
+                and it.action != CloneAction.CREATE
+                and clone.operation_id != op.id
+            ):
                 it.reason = f"busy: the clone is {clone.status}"
                 continue
             if clone.host is None:
@@ -545,10 +724,14 @@ class Runner:
             }
             outcomes = [o for o in outcomes if o.clone_id in kept]
             claims = [c for c in claims if c.clone_id in kept]
-            done, failed = self.work.record(s, outcomes)
+            # work that found its disk full is not a failure of the clone: back to the queue
+            full = {o.clone_id: o for o in outcomes if o.disk_full is not None}
+            done, failed = self.work.record(s, [o for o in outcomes if o.clone_id not in full])
             errors = {o.clone_id: o.error for o in outcomes}
             for claim in claims:
                 it = items[claim.item_id]
+                if claim.clone_id in full:
+                    continue
                 if claim.clone_id in errors:
                     error = errors[claim.clone_id]
                     state = ItemState.FAILED if error else ItemState.DONE
@@ -561,7 +744,21 @@ class Runner:
                 .where(Operation.id == op_id)
                 .values(done=Operation.done + done, failed=Operation.failed + failed)
             )
+            if full:
+                first = next(iter(full.values()))
+                held = _Held(reason=first.disk_full or "", disk=True)
+                held.items = {
+                    c.item_id: full[c.clone_id].error or "" for c in claims if c.clone_id in full
+                }
+                self._release(s, op_id, held)
             s.commit()
+        if full:
+            log.warning(
+                "operation %s: %s; %d clones back in the queue, operation paused",
+                op_id,
+                held.reason,
+                len(held.items),
+            )
 
     def _finish_if_done(self, op_id: int) -> None:
         ctx = self.ctx
@@ -606,10 +803,18 @@ class Runner:
     # --- periodic tasks -------------------------------------------------------------------
 
     def _run_periodic(self) -> None:
+        """Each task on its own: one that fails (a full disk) neither stops the others nor the
+        operations, and is said in the log once until it works again."""
         for task in self.periodic:
             if task.reconcile and not self.reconcile_enabled:
                 continue
             if time.monotonic() - self._last_run.get(task.name, 0.0) < task.seconds:
                 continue
             self._last_run[task.name] = time.monotonic()
-            task.run(self.ctx)
+            trouble = self._trouble(f"periodic task {task.name}")
+            try:
+                task.run(self.ctx)
+            except Exception as exc:
+                trouble.failed(self._why(exc), trace=self.ctx.disk_full_reason(exc) is None)
+                continue
+            trouble.ok("works")
