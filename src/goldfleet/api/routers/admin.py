@@ -6,7 +6,7 @@ from typing import Literal
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StrictBool
 
 from goldfleet.api.deps import Ctx, Reader, Writer
 from goldfleet.api.schemas import ListLimit, OperationId, TokenCreate, TokenCreated
@@ -21,7 +21,7 @@ class VerifyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     since: Literal["last"] | None = None  # "last": only what changed since the last clean verify
-    progress: bool = False  # answer with JSON lines (start, progress…, done or error)
+    progress: StrictBool = False  # answer with JSON lines (start, progress…, done or error)
 
 
 @router.get("/operations")
