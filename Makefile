@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SUM    := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint format bench setup setup-base system-base system-packages clean
+.PHONY: demo test lint format bench bench-scale setup setup-base system-base system-packages clean
 
 # the demo needs only qemu-utils and the package; the tests also libvirt, QEMU and PostgreSQL
 demo: setup-base
@@ -30,6 +30,10 @@ format: setup
 
 bench: setup
 	$(BIN)/python bench/clones.py
+
+# the 10,000-clone fleet on the sim driver, every figure of issue 10 next to its limit (minutes)
+bench-scale: setup
+	$(BIN)/python bench/scale.py
 
 setup-base: system-base $(VENV)/.installed-base-$(SUM)
 
