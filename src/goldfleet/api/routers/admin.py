@@ -9,7 +9,7 @@ from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, StrictBool
 
 from goldfleet.api.deps import Ctx, Reader, Writer
-from goldfleet.api.schemas import ListLimit, OperationId, TokenCreate, TokenCreated
+from goldfleet.api.schemas import JSON_LINES, ListLimit, OperationId, TokenCreate, TokenCreated
 from goldfleet.api.streaming import GuardedStream
 from goldfleet.services import access, catalog, rollouts
 from goldfleet.services.common import AuditView, OperationView, StoreReport, TokenView, audit
@@ -49,7 +49,11 @@ def cancel_operation(op_id: OperationId, ctx: Ctx, caller: Writer) -> OperationV
     return rollouts.cancel_operation(ctx, op_id, actor=caller.name)
 
 
-@router.post("/store/verify", response_model=None)
+@router.post(
+    "/store/verify",
+    response_model=None,
+    responses={200: {"model": StoreReport, "content": JSON_LINES}},
+)
 def verify_store(
     ctx: Ctx, caller: Writer, body: VerifyRequest | None = None
 ) -> StoreReport | StreamingResponse:
