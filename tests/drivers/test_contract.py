@@ -330,3 +330,61 @@ def test_migrate_to_an_unknown_host_or_of_an_unknown_vm_fails(
     unknown = new_vm()
     with pytest.raises(DriverError, match=unknown):
         driver.migrate(name=unknown, host=driver.hosts()[-1])
+
+
+# --- inside the guest (agent) and network filters -----------------------------------------
+
+
+def test_guest_files_round_trip_and_reset_on_redefine(
+    driver: Driver, defined: Callable[..., str], vm_spec: Callable[..., DomainSpec]
+) -> None:
+    name = defined(start=True)
+    requires(driver, "guest_agent", lambda: driver.guest_read(name=name, path="/etc/x"))
+    assert driver.guest_read(name=name, path="/etc/goldfleet/x") is None
+    driver.guest_write(name=name, path="/etc/goldfleet/x", data=b"one\n")
+    assert driver.guest_read(name=name, path="/etc/goldfleet/x") == b"one\n"
+    assert driver.guest_read(name=name, path="/etc/goldfleet/x", limit=2) == b"on"
+    many = driver.guest_read_many(names=[name], path="/etc/goldfleet/x")
+    assert many == {name: b"one\n"}
+    # the guest's files live on its system disk, which goldfleet rebuilds before a redefine
+    driver.shutdown(name=name, timeout=5)
+    with pytest.raises(DriverError, match="stopped"):
+        driver.guest_read(name=name, path="/etc/goldfleet/x")
+    assert isinstance(driver.guest_read_many(names=[name], path="/x")[name], DriverError)
+    driver.define(spec=vm_spec(name))
+    driver.start(name=name)
+    assert driver.guest_read(name=name, path="/etc/goldfleet/x") is None
+
+
+def test_guest_exec_runs_the_installed_tool(driver: Driver, defined: Callable[..., str]) -> None:
+    from goldfleet import guest
+
+    name = defined(start=True)
+    requires(driver, "guest_agent", lambda: driver.guest_exec(name=name, argv=["true"]))
+    assert driver.guest_exec(name=name, argv=[guest.GUEST_TOOL_PATH, "version"]).exit_code == 127
+    driver.guest_write(
+        name=name, path=guest.GUEST_TOOL_PATH, data=guest.tool_path().read_bytes(), mode=0o755
+    )
+    out = driver.guest_exec(name=name, argv=[guest.GUEST_TOOL_PATH, "version"])
+    assert (out.exit_code, out.stdout.strip()) == (0, guest.tool_version())
+    driver.guest_write(
+        name=name,
+        path=guest.GUEST_POLICY_PATH,
+        data=b"kind version\nversion 0xa a\nversion 0xb b\n",
+    )
+    tool = guest.GUEST_TOOL_PATH
+    assert driver.guest_exec(name=name, argv=[tool, "nq-set", "-n", "0xb"]).exit_code == 1
+    assert driver.guest_exec(name=name, argv=[tool, "nq-set", "0xa"]).exit_code == 0
+    assert driver.guest_read(name=name, path=guest.GUEST_DESCRIPTOR_PATH) == b"0xa\n"
+    assert driver.guest_exec(name=name, argv=[tool, "nq-get"]).stdout == "0xa\n"
+
+
+def test_filters_switch_on_a_vm(driver: Driver, defined: Callable[..., str]) -> None:
+    name = defined(start=True)
+    requires(driver, "nwfilter", lambda: driver.filter_of(name=name))
+    xml = "<filter name='gf-test-open' chain='root'/>"
+    with pytest.raises(DriverError, match="gf-test-open"):
+        driver.set_filter(name=name, filter_name="gf-test-open")
+    driver.define_filter(filter_name="gf-test-open", xml=xml)
+    driver.set_filter(name=name, filter_name="gf-test-open")
+    assert driver.filter_of(name=name) == "gf-test-open"

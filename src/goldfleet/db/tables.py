@@ -15,6 +15,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     UniqueConstraint,
@@ -326,3 +327,57 @@ class SimMessage(Base):
     vm: Mapped[str] = mapped_column(String(63), index=True)
     text: Mapped[str] = mapped_column(Text)
     at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class SimGuestFile(Base):
+    """A file inside a simulated guest, as its agent would read and write it. The guest's
+    files live on its system disk: (re)defining the VM, which goldfleet does when it rebuilds
+    that disk, starts it with none."""
+
+    __tablename__ = "sim_guest_files"
+
+    vm: Mapped[str] = mapped_column(String(63), primary_key=True)
+    path: Mapped[str] = mapped_column(String(255), primary_key=True)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class SimFilter(Base):
+    """A network filter defined on the simulated hosts (as libvirt's nwfilter keeps them)."""
+
+    __tablename__ = "sim_filters"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    xml: Mapped[str] = mapped_column(Text)
+
+
+class QuarantinePolicy(Base):
+    """A template's quarantine policy as applied: every applied text is kept, numbered."""
+
+    __tablename__ = "quarantine_policies"
+    __table_args__ = (UniqueConstraint("template_id", "number"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("templates.id"), index=True)
+    number: Mapped[int]
+    text: Mapped[str] = mapped_column(Text)
+    actor: Mapped[str] = mapped_column(String(63))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class GuestState(Base):
+    """What goldfleet last learnt from inside a clone: its guest tool's version, its
+    quarantine descriptor and the access that follows, since when and why. Keyed by clone id
+    without a foreign key: a row of a deleted clone is never shown and goes at the next pass."""
+
+    __tablename__ = "guest_states"
+
+    clone_id: Mapped[int] = mapped_column(primary_key=True, autoincrement=False)
+    tool_version: Mapped[str | None] = mapped_column(String(32))
+    descriptor: Mapped[str | None] = mapped_column(String(300))
+    version: Mapped[str | None] = mapped_column(String(63))
+    access: Mapped[str] = mapped_column(String(16), default="unknown")
+    reason: Mapped[str] = mapped_column(Text, default="")
+    filter: Mapped[str | None] = mapped_column(String(63))
+    policy_number: Mapped[int | None]
+    since: Mapped[datetime] = mapped_column(default=utcnow)
+    checked_at: Mapped[datetime] = mapped_column(default=utcnow)

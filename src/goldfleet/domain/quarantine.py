@@ -568,3 +568,18 @@ def guest_policy_text(policy: Policy) -> str:
     ]
     lines += [f"version {v.descriptor} {v.name}" for v in policy.versions]
     return "\n".join(lines) + "\n"
+
+
+def parse_guest_policy(text: str) -> Policy:
+    """The policy as a guest sees it, from :func:`guest_policy_text`'s format (what the sim's
+    model of the guest tool reads, as the shell tool does)."""
+    kind = Kind.VERSION
+    versions = []
+    for line in text.splitlines():
+        words = line.split()
+        if len(words) == 2 and words[0] == "kind" and words[1] in tuple(Kind):
+            kind = Kind(words[1])
+        elif len(words) >= 2 and words[0] == "version":
+            name = words[2] if len(words) > 2 else words[1]
+            versions.append(QVersion(name=name, descriptor=words[1]))
+    return Policy(kind=kind, versions=tuple(versions), threshold=None)

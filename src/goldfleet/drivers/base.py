@@ -36,6 +36,8 @@ class Capabilities:
     messages: bool = False  # send a message to the users of a VM
     logoff: bool = False  # log a user off
     migrate: bool = False  # move a VM to another host
+    guest_agent: bool = False  # read and write guest files, run programs in a guest
+    nwfilter: bool = False  # network filters defined and switched live per VM
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,6 +71,18 @@ class DomainSpec:
 class GuestSession:
     user: str
     since: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecResult:
+    """A program run in a guest through its agent."""
+
+    exit_code: int
+    stdout: str = ""
+    stderr: str = ""
+
+
+GUEST_READ_LIMIT = 64 * 1024  # bytes read of a guest file at most (guests are hostile)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +141,45 @@ class Driver(ABC):
 
     def logoff(self, *, name: str, user: str) -> None:
         raise Unsupported(f"driver {self.name} cannot log users off")
+
+    # -- inside the guest, through its agent (QEMU guest agent; the sim models it) ----------
+
+    def guest_read(self, *, name: str, path: str, limit: int = GUEST_READ_LIMIT) -> bytes | None:
+        """At most ``limit`` bytes of a file in the running guest; ``None`` when the file does
+        not exist. Raises :class:`DriverError` when the agent does not answer."""
+        raise Unsupported(f"driver {self.name} cannot read files in guests")
+
+    def guest_read_many(
+        self, *, names: Sequence[str], path: str, limit: int = GUEST_READ_LIMIT
+    ) -> dict[str, bytes | DriverError | None]:
+        """:meth:`guest_read` of one path in many guests; a guest whose agent failed maps to
+        its error (one silent guest must not hide the others)."""
+        found: dict[str, bytes | DriverError | None] = {}
+        for vm in names:
+            try:
+                found[vm] = self.guest_read(name=vm, path=path, limit=limit)
+            except DriverError as exc:
+                found[vm] = exc
+        return found
+
+    def guest_write(self, *, name: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        """Write a whole file in the running guest (its folders made), replacing it."""
+        raise Unsupported(f"driver {self.name} cannot write files in guests")
+
+    def guest_exec(self, *, name: str, argv: Sequence[str], timeout: float = 30.0) -> ExecResult:
+        """Run a program in the running guest and wait for it (at most ``timeout`` s)."""
+        raise Unsupported(f"driver {self.name} cannot run programs in guests")
+
+    # -- network filters (libvirt nwfilter; the sim models them) ---------------------------
+
+    def define_filter(self, *, filter_name: str, xml: str) -> None:
+        """Define (or redefine) a network filter on every host."""
+        raise Unsupported(f"driver {self.name} has no network filters")
+
+    def set_filter(self, *, name: str, filter_name: str) -> None:
+        """Make ``filter_name`` the filter of the VM's network interface, live if it runs."""
+        raise Unsupported(f"driver {self.name} has no network filters")
+
+    def filter_of(self, *, name: str) -> str | None:
+        """The filter on the VM's network interface, if any."""
+        raise Unsupported(f"driver {self.name} has no network filters")

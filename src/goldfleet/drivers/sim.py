@@ -35,9 +35,19 @@ from typing import Any
 from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from goldfleet.db.tables import SimDomain, SimMessage, SimSession, utcnow
+from goldfleet import guest as guest_tool
+from goldfleet.db.tables import (
+    SimDomain,
+    SimFilter,
+    SimGuestFile,
+    SimMessage,
+    SimSession,
+    utcnow,
+)
+from goldfleet.domain import quarantine
 from goldfleet.domain.names import NAME_RE
 from goldfleet.drivers.base import (
+    GUEST_READ_LIMIT,
     RUNNING,
     STOPPED,
     UNDEFINED,
@@ -45,6 +55,7 @@ from goldfleet.drivers.base import (
     DomainSpec,
     Driver,
     DriverError,
+    ExecResult,
     GuestSession,
     Unsupported,
 )
@@ -63,6 +74,12 @@ ACTIONS = (
     "sessions",
     "send_message",
     "logoff",
+    "guest_read",
+    "guest_write",
+    "guest_exec",
+    "define_filter",
+    "set_filter",
+    "filter_of",
 )
 ANY = "*"
 USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,62}")
@@ -267,7 +284,12 @@ class SimDriver(Driver):
         self.factory = sessions
         self.plan = plan or SimPlan()
         self.capabilities = Capabilities(
-            sessions=True, messages=True, logoff=True, migrate=len(hosts) > 1
+            sessions=True,
+            messages=True,
+            logoff=True,
+            migrate=len(hosts) > 1,
+            guest_agent=True,
+            nwfilter=True,
         )
         self._hosts = hosts
         self._calls: dict[str, int] = {}
@@ -337,7 +359,10 @@ class SimDriver(Driver):
         with self._placing, self.factory.begin() as s:
             dom = s.get(SimDomain, spec.name)
             if dom is not None:
-                dom.disks = {**config, "started_once": bool(dom.disks.get("started_once"))}
+                kept = {k: dom.disks[k] for k in ("started_once", "filter") if k in dom.disks}
+                dom.disks = {**config, **kept}
+                # its system disk was rebuilt: the guest's files start afresh
+                s.execute(delete(SimGuestFile).where(SimGuestFile.vm == spec.name))
                 return dom.host
             chosen = host or self._least_loaded(s)
             s.add(SimDomain(name=spec.name, host=chosen, state=STOPPED, disks=config))
@@ -471,6 +496,106 @@ class SimDriver(Driver):
             if not gone:
                 raise DriverError(f"sim: cannot log {user} off VM {name}: {user} is not logged in")
 
+    # -- the guest agent and the network filters -------------------------------------------
+
+    def _running(self, s: Session, name: str, what: str) -> SimDomain:
+        dom = _domain(s, name)
+        if dom.state != RUNNING:
+            raise DriverError(
+                f"sim: cannot {what} VM {name}: it is {dom.state}; its guest agent answers only"
+                " while it runs"
+            )
+        return dom
+
+    def guest_read(self, *, name: str, path: str, limit: int = GUEST_READ_LIMIT) -> bytes | None:
+        self._enter("guest_read", [name])
+        with self.factory() as s:
+            self._running(s, name, f"read {path} in")
+            data = s.scalar(
+                select(SimGuestFile.data).where(SimGuestFile.vm == name, SimGuestFile.path == path)
+            )
+        return None if data is None else bytes(data[:limit])
+
+    def guest_read_many(
+        self, *, names: Sequence[str], path: str, limit: int = GUEST_READ_LIMIT
+    ) -> dict[str, bytes | DriverError | None]:
+        """One query for all the guests (the plan applies per VM as in :meth:`guest_read`)."""
+        found: dict[str, bytes | DriverError | None] = {}
+        asked: list[str] = []
+        for vm in dict.fromkeys(names):
+            try:
+                self._enter("guest_read", [vm])
+                asked.append(vm)
+            except DriverError as exc:
+                found[vm] = exc
+        with self.factory() as s:
+            states: dict[str, str] = {}
+            files: dict[str, bytes] = {}
+            for chunk in range(0, len(asked), 500):
+                part = asked[chunk : chunk + 500]
+                states.update(
+                    s.execute(
+                        select(SimDomain.name, SimDomain.state).where(SimDomain.name.in_(part))
+                    ).all()
+                )
+                files.update(
+                    s.execute(
+                        select(SimGuestFile.vm, SimGuestFile.data).where(
+                            SimGuestFile.vm.in_(part), SimGuestFile.path == path
+                        )
+                    ).all()
+                )
+        for vm in asked:
+            state = states.get(vm)
+            if state != RUNNING:
+                found[vm] = DriverError(
+                    f"sim: cannot read {path} in VM {vm}: it is {state or 'not defined'}"
+                )
+            else:
+                data = files.get(vm)
+                found[vm] = None if data is None else bytes(data[:limit])
+        return found
+
+    def guest_write(self, *, name: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        self._enter("guest_write", [name])
+        if not path.startswith("/") or "\0" in path or len(path) > 255:
+            raise DriverError(f"sim: cannot write {path!r} in VM {name}: not an absolute path")
+        with self.factory.begin() as s:
+            self._running(s, name, f"write {path} in")
+            _put_file(s, name, path, data)
+
+    def guest_exec(self, *, name: str, argv: Sequence[str], timeout: float = 30.0) -> ExecResult:
+        """The model runs one program, the guest tool, as the shell tool would (its rules
+        are the domain's: ``quarantine.check_nq_set``); anything else is not found (127)."""
+        self._enter("guest_exec", [name])
+        with self.factory.begin() as s:
+            self._running(s, name, "run a program in")
+            return _run_tool(s, name, list(argv))
+
+    def define_filter(self, *, filter_name: str, xml: str) -> None:
+        self._enter("define_filter")
+        with self.factory.begin() as s:
+            row = s.get(SimFilter, filter_name)
+            if row is None:
+                s.add(SimFilter(name=filter_name, xml=xml))
+            else:
+                row.xml = xml
+
+    def set_filter(self, *, name: str, filter_name: str) -> None:
+        self._enter("set_filter", [name])
+        with self.factory.begin() as s:
+            dom = _domain(s, name)
+            if s.get(SimFilter, filter_name) is None:
+                raise DriverError(
+                    f"sim: cannot put filter {filter_name} on VM {name}: no such nwfilter"
+                )
+            dom.disks = {**dom.disks, "filter": filter_name}
+
+    def filter_of(self, *, name: str) -> str | None:
+        self._enter("filter_of", [name])
+        with self.factory() as s:
+            return _domain(s, name).disks.get("filter")
+
 
 def _undefined(names: Sequence[str]) -> str:
     shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
@@ -595,3 +720,81 @@ def vms(s: Session) -> list[SimVm]:
 def _vm_of(dom: SimDomain, logged: Iterable[str]) -> SimVm:
     disks = tuple(d["path"] for d in dom.disks.get("disks", []))
     return SimVm(name=dom.name, host=dom.host, state=dom.state, users=tuple(logged), disks=disks)
+
+
+def _put_file(s: Session, vm: str, path: str, data: bytes) -> None:
+    row = s.get(SimGuestFile, (vm, path))
+    if row is None:
+        s.add(SimGuestFile(vm=vm, path=path, data=data))
+    else:
+        row.data = data
+
+
+def _file(s: Session, vm: str, path: str) -> bytes | None:
+    return s.scalar(
+        select(SimGuestFile.data).where(SimGuestFile.vm == vm, SimGuestFile.path == path)
+    )
+
+
+def _run_tool(s: Session, vm: str, argv: list[str]) -> ExecResult:
+    """The guest tool's model: what ``goldfleet-guest`` (src/goldfleet/guest) does, on the
+    files of the simulated guest. tests/integration/test_guest_tool.py holds the shell tool
+    to the same domain rule."""
+    program = _file(s, vm, guest_tool.GUEST_TOOL_PATH) if argv else None
+    if not argv or argv[0] != guest_tool.GUEST_TOOL_PATH or program is None:
+        shown = argv[0] if argv else "(nothing)"
+        return ExecResult(127, "", f"{shown}: not found")
+    args = argv[1:]
+    if args == ["version"]:
+        found = guest_tool.version_in(program.decode("utf-8", "replace"))
+        return ExecResult(0, f"{found}\n", "") if found else ExecResult(2, "", "no version")
+    held_raw = _file(s, vm, guest_tool.GUEST_DESCRIPTOR_PATH)
+    held = held_raw.decode("utf-8", "replace").split("\n")[0] if held_raw is not None else None
+    if args == ["nq-get"]:
+        if held is None:
+            return ExecResult(1, "", "goldfleet-guest: no descriptor is set")
+        try:
+            quarantine.check_descriptor(held, quarantine.Kind.CUSTOM)
+        except InvalidInput:
+            return ExecResult(1, "", "goldfleet-guest: the descriptor file holds garbage")
+        return ExecResult(0, held + "\n", "")
+    if args[:1] == ["nq-set"] and len(args) in (2, 3) and (len(args) == 2 or args[1] == "-n"):
+        new = args[-1]
+        policy_raw = _file(s, vm, guest_tool.GUEST_POLICY_PATH)
+        if policy_raw is None:
+            return ExecResult(1, "", "goldfleet-guest: no quarantine policy in this guest")
+        policy = quarantine.parse_guest_policy(policy_raw.decode("utf-8", "replace"))
+        try:
+            quarantine.check_nq_set(policy, held, new)
+        except InvalidInput as exc:
+            return ExecResult(1, "", f"goldfleet-guest: {exc.message}")
+        if len(args) == 2:
+            _put_file(s, vm, guest_tool.GUEST_DESCRIPTOR_PATH, new.encode() + b"\n")
+        return ExecResult(0, "", "")
+    return ExecResult(2, "", "usage: goldfleet-guest version | nq-get | nq-set [-n] DESCRIPTOR")
+
+
+def guest_files(s: Session, *, vm: str) -> dict[str, bytes]:
+    """The simulated world: every file in a guest (what its users and goldfleet wrote)."""
+    _world_domain(s, vm)
+    return dict(
+        s.execute(select(SimGuestFile.path, SimGuestFile.data).where(SimGuestFile.vm == vm)).all()
+    )
+
+
+def guest_write(s: Session, *, vm: str, path: str, data: bytes) -> None:
+    """The simulated world: something inside the guest writes a file (a user, a patch, a
+    broken program writing garbage into the descriptor file)."""
+    dom = _world_domain(s, vm)
+    if dom.state != RUNNING:
+        raise Conflict(f"VM {vm} is {dom.state}; only a running guest writes files")
+    _put_file(s, vm, path, data)
+
+
+def guest_run(s: Session, *, vm: str, argv: Sequence[str]) -> ExecResult:
+    """The simulated world: a user inside the guest runs a program (``goldfleet-guest
+    nq-set …`` after patching)."""
+    dom = _world_domain(s, vm)
+    if dom.state != RUNNING:
+        raise Conflict(f"VM {vm} is {dom.state}; start it first")
+    return _run_tool(s, vm, list(argv))

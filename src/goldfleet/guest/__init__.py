@@ -19,6 +19,7 @@ __all__ = [
     "is_outdated",
     "tool_path",
     "tool_version",
+    "version_in",
     "version_key",
 ]
 
@@ -36,13 +37,19 @@ def tool_path() -> Path:
     return Path(__file__).with_name("goldfleet-guest")
 
 
+def version_in(program: str) -> str | None:
+    """The version a copy of the tool declares in its ``TOOL_VERSION=`` line, if any."""
+    m = _VERSION_LINE.search(program)
+    return m.group(1) if m else None
+
+
 @cache
 def tool_version() -> str:
     """The version of the packaged tool, read from its ``TOOL_VERSION=`` line."""
-    m = _VERSION_LINE.search(tool_path().read_text())
-    if not m:
+    found = version_in(tool_path().read_text())
+    if found is None:
         raise RuntimeError(f"{tool_path()} has no TOOL_VERSION line")
-    return m.group(1)
+    return found
 
 
 def version_key(version: str) -> tuple[int, ...] | None:
