@@ -17,7 +17,7 @@ from goldfleet.context import Clock, Context
 from goldfleet.db.engine import make_engine, migrate
 from goldfleet.drivers.base import Driver
 from goldfleet.errors import InvalidInput
-from goldfleet.services import distribution, fleet, pools, rollouts
+from goldfleet.services import distribution, fleet, guests, pools, rollouts
 from goldfleet.store.edge import EdgeStores
 from goldfleet.store.layers import LayerStore
 from goldfleet.store.qemu import Limits, QemuImg
@@ -78,5 +78,7 @@ def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:
         # at a site: scheduled syncs and versions reaching their publish time (a no-op at HQ)
         rollouts.Periodic("site", 1.0, distribution.site_tick, reconcile=False),
     ]
+    if settings.compliance_seconds > 0:  # guests' agents read, quarantine evaluated
+        periodic.append(rollouts.Periodic("compliance", settings.compliance_seconds, guests.tick))
     ctx.runner = rollouts.Runner(ctx, fleet.CloneWork(ctx), periodic=periodic)
     return ctx

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
     lease_seconds: float = 10.0  # a server silent this long loses the work it claimed
     per_host_limit: int = 4  # default: clones rebuilt at once on one host
     reconcile_seconds: float = 2.0  # how often power states are read back from the driver
+    # guests (docs/guests.md): how often running clones' agents are read and their network
+    # access evaluated against their template's quarantine policy; 0: only on request
+    compliance_seconds: float = 60.0
     # a streamed answer (bundle export, progress) whose client reads nothing this long is aborted
     stall_seconds: float = 60.0
     # sites (docs/sites.md)

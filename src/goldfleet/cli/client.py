@@ -128,6 +128,9 @@ class Client:
     def post(self, path: str, body: Any = None, **kw: Any) -> Any:
         return self.request("POST", path, json=body, **kw)
 
+    def put(self, path: str, body: Any = None, **kw: Any) -> Any:
+        return self.request("PUT", path, json=body, **kw)
+
     def delete(self, path: str, **kw: Any) -> Any:
         return self.request("DELETE", path, **kw)
 

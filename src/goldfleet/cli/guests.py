@@ -10,6 +10,7 @@ import typer
 
 from goldfleet.cli import output
 from goldfleet.cli.common import JsonOpt
+from goldfleet.cli.common import call as _call
 from goldfleet.cli.common import fail as _fail
 
 guest_tool_app = typer.Typer(
@@ -18,6 +19,10 @@ guest_tool_app = typer.Typer(
 compliance_app = typer.Typer(
     no_args_is_help=True, help="Version-based network quarantine: policies and their checks."
 )
+agent_app = typer.Typer(
+    no_args_is_help=True, help="The guest tool's version in templates and running clones."
+)
+TemplateOpt = Annotated[str | None, typer.Option("--template", help="Only this template.")]
 
 MAX_POLICY_BYTES = 1 << 20
 
@@ -38,7 +43,7 @@ def tool_version() -> None:
     print(guest.tool_version())
 
 
-def policy_json(policy: Any) -> dict[str, Any]:
+def _policy_json(policy: Any) -> dict[str, Any]:
     return {
         "kind": str(policy.kind),
         "threshold": policy.threshold,
@@ -101,10 +106,135 @@ def validate(
                 print(f"{file}:{p.line}: {p.message}" if p.line else f"{file}: {p.message}")
         raise typer.Exit(1) from None
     if as_json:
-        output.emit_json({"valid": True, "policy": policy_json(policy)})
+        output.emit_json({"valid": True, "policy": _policy_json(policy)})
         return
     levels = ", ".join(
         f"{v.name} ({v.descriptor})" + (" ← threshold" if v.name == policy.threshold else "")
         for v in policy.versions
     )
     print(f"{file}: valid {policy.kind} policy" + (f": {levels}" if levels else ""))
+
+
+def _print_policy(r: dict[str, Any]) -> None:
+    p = r["policy"]
+    print(f"template {r['template']}: policy {r['number']} ({p['kind']}), by {r['actor']}")
+    if p["versions"]:
+        rows = [
+            [
+                v["name"],
+                v["descriptor"],
+                "threshold" if v["name"] == p["threshold"] else "",
+                v["description"],
+            ]
+            for v in p["versions"]
+        ]
+        output.table(None, ["version", "descriptor", "", "description"], rows)
+    else:
+        print(f"plug-in: {p['plugin']['path']}")
+    allow = ", ".join(
+        [
+            *(["DHCP"] if p["restricted_access"]["dhcp"] else []),
+            *(["DNS"] if p["restricted_access"]["dns"] else []),
+            *p["restricted_access"]["allow"],
+        ]
+    )
+    print(f"restricted clones reach: {allow or 'nothing'}; silent agents: {p['unanswered']}")
+    print(f"filters: {r['filters']['normal']}, {r['filters']['restricted']}")
+
+
+@compliance_app.command("apply")
+def apply(
+    template: Annotated[str, typer.Argument(help="The template the policy is for.")],
+    file: Annotated[Path, typer.Argument(help="The policy, a TOML file.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Apply a policy to a template: validated again on the server, kept numbered, audited;
+    the template's running clones are evaluated under it at once."""
+    r = _call("PUT", f"/templates/{template}/compliance", json={"policy": read_policy_file(file)})
+    if as_json:
+        output.emit_json(r)
+    else:
+        _print_policy(r)
+
+
+@compliance_app.command("show")
+def show(
+    template: Annotated[str, typer.Argument(help="The template.")],
+    number: Annotated[int | None, typer.Option(help="An earlier policy number.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The template's quarantine policy (its latest, or --number N)."""
+    r = _call(
+        "GET",
+        f"/templates/{template}/compliance",
+        params={"number": number} if number is not None else None,
+    )
+    if as_json:
+        output.emit_json(r)
+    else:
+        _print_policy(r)
+
+
+@compliance_app.command("status")
+def status(template: TemplateOpt = None, as_json: JsonOpt = False) -> None:
+    """Per clone: descriptor, quarantine version, access (normal, restricted, unknown), since
+    when and why."""
+    r = _call("GET", "/compliance", params={"template": template} if template else None)
+    if as_json:
+        output.emit_json(r)
+        return
+    output.table(
+        None,
+        ["clone", "template", "descriptor", "version", "access", "since", "why"],
+        [
+            [
+                g["clone"],
+                g["template"],
+                g["descriptor"] or "-",
+                g["quarantine_version"] or "-",
+                g["access"],
+                (g["since"] or "-")[:19],
+                g["reason"],
+            ]
+            for g in r
+        ],
+    )
+
+
+@compliance_app.command("check")
+def check(template: TemplateOpt = None, as_json: JsonOpt = False) -> None:
+    """Evaluate now: read every running clone's agent, switch the filters of those whose
+    access changed, tell their users."""
+    r = _call("POST", "/compliance/check", json={"template": template})
+    if as_json:
+        output.emit_json(r)
+        return
+    print(
+        f"{r['clones']} running clones read, {r['evaluated']} under a policy:"
+        f" {r['normal']} normal, {r['restricted']} restricted ({r['unanswered']} silent);"
+        f" {r['changed']} changed, {r['switched']} filters switched, {r['messages']} messages"
+        f" in {r['seconds']:.2f} s"
+    )
+    for e in r["errors"]:
+        output.err_console.print(f"[yellow]warning:[/yellow] {e}", highlight=False)
+
+
+@agent_app.command("status")
+def agent_status(as_json: JsonOpt = False) -> None:
+    """Clones and templates whose guest tool is older than the packaged one, or missing."""
+    r = _call("GET", "/agents")
+    if as_json:
+        output.emit_json(r)
+        return
+    print(
+        f"packaged goldfleet-guest {r['packaged']}: {r['outdated']} clones outdated,"
+        f" {r['missing']} without it, {r['unknown']} not read yet"
+    )
+    if r["clones"]:
+        output.table(
+            None,
+            ["clone", "template", "tool"],
+            [[c["clone"], c["template"], c["tool_version"] or "missing"] for c in r["clones"]],
+        )
+    for t in r["templates"]:
+        print(f"template {t['template']} v{t['version']}: tool {t['tool_version'] or 'unknown'}")

@@ -16,7 +16,7 @@ from goldfleet.cli.bundles import bundle_app, keys_app
 from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
 from goldfleet.cli.common import JsonOpt, follow
 from goldfleet.cli.common import fail as _fail
-from goldfleet.cli.guests import compliance_app, guest_tool_app
+from goldfleet.cli.guests import agent_app, compliance_app, guest_tool_app
 from goldfleet.cli.hosts import host_app
 from goldfleet.cli.pools import pool_app
 from goldfleet.cli.sim import sim_app
@@ -55,6 +55,7 @@ template_app.command("publish")(_publish)
 app.add_typer(host_app, name="host")
 app.add_typer(guest_tool_app, name="guest-tool")
 app.add_typer(compliance_app, name="compliance")
+app.add_typer(agent_app, name="agent")
 
 R = "Rollout policy"
 LogoffOpt = Annotated[

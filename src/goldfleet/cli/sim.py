@@ -83,3 +83,28 @@ def vms(as_json: JsonOpt = False) -> None:
     """Every simulated VM with its host, power state and users."""
     items = _call("GET", "/sim/vms")
     output.emit_json(items) if as_json else _vm_rows(items)
+
+
+@sim_app.command("guest-run", context_settings={"ignore_unknown_options": True})
+def guest_run(
+    vm: str,
+    argv: Annotated[list[str], typer.Argument(help="The program and its arguments.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """A user inside the guest runs a program (e.g. /usr/local/bin/goldfleet-guest nq-set D);
+    exits with the program's exit code."""
+    r = _call("POST", f"/sim/vms/{vm}/run", json={"argv": argv})
+    if as_json:
+        output.emit_json(r)
+    else:
+        print(r["stdout"], end="")
+        if r["stderr"]:
+            output.err_console.print(r["stderr"].rstrip("\n"), highlight=False, markup=False)
+    raise typer.Exit(r["exit_code"])
+
+
+@sim_app.command("guest-write")
+def guest_write(vm: str, path: str, text: str) -> None:
+    """Something inside the guest writes TEXT into the file PATH."""
+    _call("PUT", f"/sim/vms/{vm}/files", json={"path": path, "text": text})
+    output.console.print(f"{vm}: wrote {path}")

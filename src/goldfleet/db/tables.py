@@ -90,6 +90,9 @@ class Version(Base):
     number: Mapped[int]
     top_layer: Mapped[str] = mapped_column(ForeignKey("layers.digest"))
     note: Mapped[str] = mapped_column(Text, default="")
+    # the guest tool version its image holds, and its quarantine version (docs/guests.md)
+    guest_tool_version: Mapped[str | None] = mapped_column(String(32))
+    quarantine_version: Mapped[str | None] = mapped_column(String(63))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     template: Mapped[Template] = relationship(back_populates="versions", foreign_keys=[template_id])
@@ -346,7 +349,7 @@ class SimFilter(Base):
 
     __tablename__ = "sim_filters"
 
-    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    name: Mapped[str] = mapped_column(String(120), primary_key=True)
     xml: Mapped[str] = mapped_column(Text)
 
 
@@ -377,7 +380,7 @@ class GuestState(Base):
     version: Mapped[str | None] = mapped_column(String(63))
     access: Mapped[str] = mapped_column(String(16), default="unknown")
     reason: Mapped[str] = mapped_column(Text, default="")
-    filter: Mapped[str | None] = mapped_column(String(63))
+    filter: Mapped[str | None] = mapped_column(String(120))
     policy_number: Mapped[int | None]
     since: Mapped[datetime] = mapped_column(default=utcnow)
     checked_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -35,6 +35,7 @@ except ImportError as exc:  # pragma: no cover - depends on the machine
 
 from goldfleet.drivers import domxml
 from goldfleet.drivers.base import (
+    GUEST_READ_LIMIT,
     RUNNING,
     STOPPED,
     UNDEFINED,
@@ -42,6 +43,7 @@ from goldfleet.drivers.base import (
     DomainSpec,
     Driver,
     DriverError,
+    ExecResult,
     GuestSession,
     Unsupported,
 )
@@ -212,7 +214,11 @@ class LibvirtDriver(Driver):
             self._hosts[host.name] = host
         agent = all(_has_agent(uri) for uri in uris)
         self.capabilities = Capabilities(
-            sessions=agent, messages=agent, logoff=agent, migrate=len(self._hosts) > 1
+            sessions=agent,
+            messages=agent,
+            logoff=agent,
+            migrate=len(self._hosts) > 1,
+            guest_agent=agent,
         )
         self._where: dict[str, str] = {}  # VM name → host name, a cache checked on use
         self._where_lock = threading.Lock()
@@ -440,10 +446,17 @@ class LibvirtDriver(Driver):
                 f"the guest agent of VM {name} answered {command['execute']} with {answer!r}"
             ) from exc
 
-    def _exec(
-        self, name: str, path: str, args: list[str], *, stdin: bytes | None, what: str
-    ) -> None:
-        """Run a program in the guest through the agent and wait for it to exit with 0."""
+    def _run(
+        self,
+        name: str,
+        path: str,
+        args: list[str],
+        *,
+        stdin: bytes | None,
+        what: str,
+        timeout: float = EXEC_TIMEOUT,
+    ) -> dict[str, Any]:
+        """Run a program in the guest through the agent; its ``guest-exec-status`` answer."""
         host, dom = self._agent_host(name, what)
         with _errors(f"cannot {what} on VM {name}"):
             if not _is_active(dom):
@@ -452,18 +465,24 @@ class LibvirtDriver(Driver):
         if stdin is not None:
             arguments["input-data"] = base64.b64encode(stdin).decode()
         pid = self._agent(host, dom, {"execute": "guest-exec", "arguments": arguments})["pid"]
-        deadline = time.monotonic() + EXEC_TIMEOUT
+        deadline = time.monotonic() + timeout
         while True:
             status = self._agent(
                 host, dom, {"execute": "guest-exec-status", "arguments": {"pid": pid}}
             )
             if status.get("exited"):
-                break
+                return status
             if time.monotonic() > deadline:
                 raise DriverError(
-                    f"{path} in VM {name} did not finish within {EXEC_TIMEOUT:.0f} s; cannot {what}"
+                    f"{path} in VM {name} did not finish within {timeout:.0f} s; cannot {what}"
                 )
             time.sleep(POLL)
+
+    def _exec(
+        self, name: str, path: str, args: list[str], *, stdin: bytes | None, what: str
+    ) -> None:
+        """Run a program in the guest through the agent and wait for it to exit with 0."""
+        status = self._run(name, path, args, stdin=stdin, what=what)
         if status.get("exitcode") != 0:
             how = (
                 f"was killed by signal {status['signal']}"
@@ -518,3 +537,92 @@ class LibvirtDriver(Driver):
             stdin=None,
             what=f"log off user {user}",
         )
+
+    # --- files and programs in the guest ------------------------------------------------------
+
+    def _file_handle(self, name: str, path: str, mode: str, what: str) -> tuple[Any, Any, int]:
+        host, dom = self._agent_host(name, what)
+        with _errors(f"cannot {what} on VM {name}"):
+            if not _is_active(dom):
+                raise DriverError(f"VM {name} is not running; cannot {what}")
+        handle = self._agent(
+            host, dom, {"execute": "guest-file-open", "arguments": {"path": path, "mode": mode}}
+        )
+        return host, dom, int(handle)
+
+    def _close(self, host: _Host, dom: libvirt.virDomain, handle: int) -> None:
+        with suppress(DriverError):
+            self._agent(host, dom, {"execute": "guest-file-close", "arguments": {"handle": handle}})
+
+    def guest_read(self, *, name: str, path: str, limit: int = GUEST_READ_LIMIT) -> bytes | None:
+        if not self.capabilities.guest_agent:
+            raise Unsupported("libvirt's test driver has no guest agent to read files")
+        what = f"read {path}"
+        # a missing file is an answer, not a silent agent: ask first with a program that
+        # cannot fail otherwise (test -e), so that a failing open means a silent agent
+        exists = self._run(
+            name, "/bin/sh", ["-c", 'test -e "$1"', "sh", path], stdin=None, what=what
+        )
+        if exists.get("exitcode") != 0:
+            return None
+        host, dom, handle = self._file_handle(name, path, "r", what)
+        data = b""
+        try:
+            while len(data) < limit:
+                part = self._agent(
+                    host,
+                    dom,
+                    {
+                        "execute": "guest-file-read",
+                        "arguments": {"handle": handle, "count": min(limit - len(data), 48 * 1024)},
+                    },
+                )
+                data += base64.b64decode(part.get("buf-b64", ""))
+                if part.get("eof") or not part.get("count"):
+                    break
+        finally:
+            self._close(host, dom, handle)
+        return data[:limit]
+
+    def guest_write(self, *, name: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        if not self.capabilities.guest_agent:
+            raise Unsupported("libvirt's test driver has no guest agent to write files")
+        what = f"write {path}"
+        folder = path.rsplit("/", 1)[0] or "/"
+        self._exec(name, "/bin/mkdir", ["-p", folder], stdin=None, what=what)
+        temporary = f"{path}.goldfleet-new"
+        host, dom, handle = self._file_handle(name, temporary, "w", what)
+        try:
+            for start in range(0, max(len(data), 1), 48 * 1024):
+                chunk = data[start : start + 48 * 1024]
+                self._agent(
+                    host,
+                    dom,
+                    {
+                        "execute": "guest-file-write",
+                        "arguments": {
+                            "handle": handle,
+                            "buf-b64": base64.b64encode(chunk).decode(),
+                        },
+                    },
+                )
+            self._agent(host, dom, {"execute": "guest-file-flush", "arguments": {"handle": handle}})
+        finally:
+            self._close(host, dom, handle)
+        self._exec(name, "/bin/chmod", [f"{mode:o}", temporary], stdin=None, what=what)
+        self._exec(name, "/bin/mv", ["-f", temporary, path], stdin=None, what=what)
+
+    def guest_exec(self, *, name: str, argv: Sequence[str], timeout: float = 30.0) -> ExecResult:
+        if not self.capabilities.guest_agent:
+            raise Unsupported("libvirt's test driver has no guest agent to run programs")
+        if not argv:
+            raise DriverError(f"cannot run nothing in VM {name}")
+        status = self._run(
+            name, argv[0], list(argv[1:]), stdin=None, what=f"run {argv[0]}", timeout=timeout
+        )
+        out = base64.b64decode(status.get("out-data", "")).decode(errors="replace")
+        err = base64.b64decode(status.get("err-data", "")).decode(errors="replace")
+        code = status.get("exitcode")
+        if code is None:  # killed by a signal: as a shell reports it
+            code = 128 + int(status.get("signal", 0))
+        return ExecResult(int(code), out, err)

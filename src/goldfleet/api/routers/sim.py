@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 from fastapi import APIRouter
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 from goldfleet.api.deps import Ctx, Writer
 from goldfleet.services import sim
-from goldfleet.services.sim import SimMessageView, SimSessionView, SimVmView
+from goldfleet.services.sim import SimExecView, SimMessageView, SimSessionView, SimVmView
 
 router = APIRouter(prefix="/sim", tags=["sim"])
 
@@ -47,3 +47,32 @@ def guest_shutdown(vm: str, ctx: Ctx, caller: Writer) -> SimVmView:
 @router.get("/vms")
 def list_vms(ctx: Ctx, caller: Writer) -> list[SimVmView]:
     return sim.list_vms(ctx)
+
+
+class SimRun(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    argv: list[str] = Field(min_length=1, max_length=16)
+
+
+class SimWrite(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(max_length=255)
+    text: str = Field(max_length=65536)
+
+
+@router.post("/vms/{vm}/run")
+def guest_run(vm: str, body: SimRun, ctx: Ctx, caller: Writer) -> SimExecView:
+    return sim.guest_run(ctx, vm=vm, argv=body.argv, actor=caller.name)
+
+
+@router.put("/vms/{vm}/files", status_code=204)
+def guest_write(vm: str, body: SimWrite, ctx: Ctx, caller: Writer) -> None:
+    sim.guest_write(
+        ctx,
+        vm=vm,
+        path=body.path,
+        data=body.text.encode("utf-8", "surrogateescape"),
+        actor=caller.name,
+    )

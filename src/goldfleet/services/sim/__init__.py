@@ -4,10 +4,13 @@ messages they received, guests that shut themselves down."""
 from __future__ import annotations
 
 from goldfleet.services.sim._world import (
+    SimExecView,
     SimMessageView,
     SimSessionView,
     SimVmView,
+    guest_run,
     guest_shutdown,
+    guest_write,
     list_messages,
     list_sessions,
     list_vms,
@@ -16,10 +19,13 @@ from goldfleet.services.sim._world import (
 )
 
 __all__ = [
+    "SimExecView",
     "SimMessageView",
     "SimSessionView",
     "SimVmView",
+    "guest_run",
     "guest_shutdown",
+    "guest_write",
     "list_messages",
     "list_sessions",
     "list_vms",

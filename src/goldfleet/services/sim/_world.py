@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from goldfleet.context import Context
 from goldfleet.domain.names import check_name
 from goldfleet.drivers import sim
-from goldfleet.errors import Conflict
+from goldfleet.errors import Conflict, InvalidInput
 from goldfleet.services.common import audit
 
 
@@ -29,6 +29,14 @@ class SimMessageView(BaseModel):
     vm: str
     text: str
     at: datetime
+
+
+class SimExecView(BaseModel):
+    vm: str
+    argv: list[str]
+    exit_code: int
+    stdout: str
+    stderr: str
 
 
 class SimVmView(BaseModel):
@@ -101,3 +109,30 @@ def list_vms(ctx: Context) -> list[SimVmView]:
     _require_sim(ctx)
     with ctx.session() as s:
         return [_vm_view(v) for v in sim.vms(s)]
+
+
+def guest_run(ctx: Context, *, vm: str, argv: list[str], actor: str) -> SimExecView:
+    """A user inside the guest runs a program (the guest tool: ``goldfleet-guest nq-set …``
+    after patching); its exit code and output, as the user would see them."""
+    _require_sim(ctx)
+    check_name(vm, "VM name")
+    with ctx.session() as s:
+        done = sim.guest_run(s, vm=vm, argv=argv)
+        audit.record(s, actor, "sim.guest-run", vm, argv=argv, exit_code=done.exit_code)
+        s.commit()
+        return SimExecView(
+            vm=vm, argv=argv, exit_code=done.exit_code, stdout=done.stdout, stderr=done.stderr
+        )
+
+
+def guest_write(ctx: Context, *, vm: str, path: str, data: bytes, actor: str) -> None:
+    """Something inside the guest writes a file (a broken program writing garbage into the
+    descriptor file, say)."""
+    _require_sim(ctx)
+    check_name(vm, "VM name")
+    if not path.startswith("/") or len(path) > 255:
+        raise InvalidInput(f"{path!r} is not an absolute path of at most 255 characters")
+    with ctx.session() as s:
+        sim.guest_write(s, vm=vm, path=path, data=data)
+        audit.record(s, actor, "sim.guest-write", vm, path=path, size=len(data))
+        s.commit()

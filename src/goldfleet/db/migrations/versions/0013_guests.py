@@ -17,6 +17,9 @@ ID = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
 
 
 def upgrade() -> None:
+    with op.batch_alter_table("versions", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("guest_tool_version", sa.String(length=32), nullable=True))
+        batch_op.add_column(sa.Column("quarantine_version", sa.String(length=63), nullable=True))
     op.create_table(
         "quarantine_policies",
         sa.Column("id", ID, autoincrement=True, nullable=False),
@@ -40,7 +43,7 @@ def upgrade() -> None:
         sa.Column("version", sa.String(length=63), nullable=True),
         sa.Column("access", sa.String(length=16), nullable=False),
         sa.Column("reason", sa.Text(), nullable=False),
-        sa.Column("filter", sa.String(length=63), nullable=True),
+        sa.Column("filter", sa.String(length=120), nullable=True),
         sa.Column("policy_number", ID, nullable=True),
         sa.Column("since", sa.DateTime(), nullable=False),
         sa.Column("checked_at", sa.DateTime(), nullable=False),
@@ -55,7 +58,7 @@ def upgrade() -> None:
     )
     op.create_table(
         "sim_filters",
-        sa.Column("name", sa.String(length=63), nullable=False),
+        sa.Column("name", sa.String(length=120), nullable=False),
         sa.Column("xml", sa.Text(), nullable=False),
         sa.PrimaryKeyConstraint("name"),
     )
@@ -67,3 +70,6 @@ def downgrade() -> None:
     op.drop_table("guest_states")
     op.drop_index(op.f("ix_quarantine_policies_template_id"), table_name="quarantine_policies")
     op.drop_table("quarantine_policies")
+    with op.batch_alter_table("versions", schema=None) as batch_op:
+        batch_op.drop_column("quarantine_version")
+        batch_op.drop_column("guest_tool_version")
