@@ -388,3 +388,21 @@ def test_filters_switch_on_a_vm(driver: Driver, defined: Callable[..., str]) -> 
     driver.define_filter(filter_name="gf-test-open", xml=xml)
     driver.set_filter(name=name, filter_name="gf-test-open")
     assert driver.filter_of(name=name) == "gf-test-open"
+
+
+def test_batched_guest_writes_filters_and_messages(
+    driver: Driver, defined: Callable[..., str]
+) -> None:
+    up, down = defined(start=True), defined()
+    requires(driver, "guest_agent", lambda: driver.guest_write_many(files={}, path="/x"))
+    done = driver.guest_write_many(files={up: b"a\n", down: b"b\n"}, path="/etc/goldfleet/p")
+    assert done[up] is None and isinstance(done[down], DriverError)
+    assert driver.guest_read(name=up, path="/etc/goldfleet/p") == b"a\n"
+    if driver.capabilities.nwfilter:
+        driver.define_filter(filter_name="gf-test-batch", xml="<filter name='gf-test-batch'/>")
+        done = driver.set_filters(filters={up: "gf-test-batch", down: "gf-test-missing"})
+        assert done[up] is None and isinstance(done[down], DriverError)
+        assert driver.filter_of(name=up) == "gf-test-batch"
+    if driver.capabilities.messages:
+        done = driver.send_messages(messages={up: "hello", down: "hello"})
+        assert done[up] is None and isinstance(done[down], DriverError)

@@ -9,7 +9,7 @@ same contract test suite (tests/drivers/test_contract.py).
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -139,6 +139,19 @@ class Driver(ABC):
     def send_message(self, *, name: str, text: str) -> None:
         raise Unsupported(f"driver {self.name} cannot send messages")
 
+    def send_messages(self, *, messages: Mapping[str, str]) -> dict[str, DriverError | None]:
+        """:meth:`send_message` to many VMs (VM name → text); each VM's error, or None."""
+        if not self.capabilities.messages:
+            raise Unsupported(f"driver {self.name} cannot send messages")
+        done: dict[str, DriverError | None] = {}
+        for vm, text in messages.items():
+            try:
+                self.send_message(name=vm, text=text)
+                done[vm] = None
+            except DriverError as exc:
+                done[vm] = exc
+        return done
+
     def logoff(self, *, name: str, user: str) -> None:
         raise Unsupported(f"driver {self.name} cannot log users off")
 
@@ -166,6 +179,22 @@ class Driver(ABC):
         """Write a whole file in the running guest (its folders made), replacing it."""
         raise Unsupported(f"driver {self.name} cannot write files in guests")
 
+    def guest_write_many(
+        self, *, files: Mapping[str, bytes], path: str
+    ) -> dict[str, DriverError | None]:
+        """:meth:`guest_write` of one path in many guests (VM name → its data); each guest's
+        error, or None when written."""
+        if not self.capabilities.guest_agent:
+            raise Unsupported(f"driver {self.name} cannot write files in guests")
+        done: dict[str, DriverError | None] = {}
+        for vm, data in files.items():
+            try:
+                self.guest_write(name=vm, path=path, data=data)
+                done[vm] = None
+            except DriverError as exc:
+                done[vm] = exc
+        return done
+
     def guest_exec(self, *, name: str, argv: Sequence[str], timeout: float = 30.0) -> ExecResult:
         """Run a program in the running guest and wait for it (at most ``timeout`` s)."""
         raise Unsupported(f"driver {self.name} cannot run programs in guests")
@@ -179,6 +208,19 @@ class Driver(ABC):
     def set_filter(self, *, name: str, filter_name: str) -> None:
         """Make ``filter_name`` the filter of the VM's network interface, live if it runs."""
         raise Unsupported(f"driver {self.name} has no network filters")
+
+    def set_filters(self, *, filters: Mapping[str, str]) -> dict[str, DriverError | None]:
+        """:meth:`set_filter` of many VMs (VM name → filter); each VM's error, or None."""
+        if not self.capabilities.nwfilter:
+            raise Unsupported(f"driver {self.name} has no network filters")
+        done: dict[str, DriverError | None] = {}
+        for vm, filter_name in filters.items():
+            try:
+                self.set_filter(name=vm, filter_name=filter_name)
+                done[vm] = None
+            except DriverError as exc:
+                done[vm] = exc
+        return done
 
     def filter_of(self, *, name: str) -> str | None:
         """The filter on the VM's network interface, if any."""

@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from goldfleet import guest as guest_tool
@@ -486,6 +486,36 @@ class SimDriver(Driver):
                 )
             s.add(SimMessage(vm=name, text=text, at=utcnow()))
 
+    def send_messages(self, *, messages: Mapping[str, str]) -> dict[str, DriverError | None]:
+        """One transaction for all the VMs (the plan applies per VM)."""
+        done: dict[str, DriverError | None] = {}
+        asked: list[str] = []
+        for vm in messages:
+            try:
+                self._enter("send_message", [vm])
+                asked.append(vm)
+            except DriverError as exc:
+                done[vm] = exc
+        with self.factory.begin() as s:
+            now = utcnow()
+            for chunk in range(0, len(asked), 500):
+                part = asked[chunk : chunk + 500]
+                states = dict(
+                    s.execute(
+                        select(SimDomain.name, SimDomain.state).where(SimDomain.name.in_(part))
+                    ).all()
+                )
+                for vm in part:
+                    if states.get(vm) != RUNNING:
+                        done[vm] = DriverError(
+                            f"sim: cannot send a message to VM {vm}: it is"
+                            f" {states.get(vm) or 'not defined'}"
+                        )
+                    else:
+                        s.add(SimMessage(vm=vm, text=messages[vm], at=now))
+                        done[vm] = None
+        return done
+
     def logoff(self, *, name: str, user: str) -> None:
         self._enter("logoff", [name])
         with self.factory.begin() as s:
@@ -564,6 +594,51 @@ class SimDriver(Driver):
             self._running(s, name, f"write {path} in")
             _put_file(s, name, path, data)
 
+    def guest_write_many(
+        self, *, files: Mapping[str, bytes], path: str
+    ) -> dict[str, DriverError | None]:
+        """One transaction for all the guests (the plan applies per VM)."""
+        done: dict[str, DriverError | None] = {}
+        asked: list[str] = []
+        for vm in files:
+            try:
+                self._enter("guest_write", [vm])
+                asked.append(vm)
+            except DriverError as exc:
+                done[vm] = exc
+        with self.factory.begin() as s:
+            for chunk in range(0, len(asked), 500):
+                part = asked[chunk : chunk + 500]
+                states = dict(
+                    s.execute(
+                        select(SimDomain.name, SimDomain.state).where(SimDomain.name.in_(part))
+                    ).all()
+                )
+                have = set(
+                    s.scalars(
+                        select(SimGuestFile.vm).where(
+                            SimGuestFile.vm.in_(part), SimGuestFile.path == path
+                        )
+                    )
+                )
+                for vm in part:
+                    if states.get(vm) != RUNNING:
+                        done[vm] = DriverError(
+                            f"sim: cannot write {path} in VM {vm}: it is"
+                            f" {states.get(vm) or 'not defined'}"
+                        )
+                        continue
+                    if vm in have:
+                        s.execute(
+                            update(SimGuestFile)
+                            .where(SimGuestFile.vm == vm, SimGuestFile.path == path)
+                            .values(data=files[vm])
+                        )
+                    else:
+                        s.add(SimGuestFile(vm=vm, path=path, data=files[vm]))
+                    done[vm] = None
+        return done
+
     def guest_exec(self, *, name: str, argv: Sequence[str], timeout: float = 30.0) -> ExecResult:
         """The model runs one program, the guest tool, as the shell tool would (its rules
         are the domain's: ``quarantine.check_nq_set``); anything else is not found (127)."""
@@ -590,6 +665,38 @@ class SimDriver(Driver):
                     f"sim: cannot put filter {filter_name} on VM {name}: no such nwfilter"
                 )
             dom.disks = {**dom.disks, "filter": filter_name}
+
+    def set_filters(self, *, filters: Mapping[str, str]) -> dict[str, DriverError | None]:
+        """One transaction for all the VMs (the plan applies per VM)."""
+        done: dict[str, DriverError | None] = {}
+        asked: list[str] = []
+        for vm in filters:
+            try:
+                self._enter("set_filter", [vm])
+                asked.append(vm)
+            except DriverError as exc:
+                done[vm] = exc
+        with self.factory.begin() as s:
+            known = set(s.scalars(select(SimFilter.name)))
+            for chunk in range(0, len(asked), 500):
+                doms = {
+                    d.name: d
+                    for d in s.scalars(
+                        select(SimDomain).where(SimDomain.name.in_(asked[chunk : chunk + 500]))
+                    )
+                }
+                for vm in asked[chunk : chunk + 500]:
+                    dom, wanted = doms.get(vm), filters[vm]
+                    if dom is None:
+                        done[vm] = DriverError(f"sim: VM {vm} is not defined on any sim host")
+                    elif wanted not in known:
+                        done[vm] = DriverError(
+                            f"sim: cannot put filter {wanted} on VM {vm}: no such nwfilter"
+                        )
+                    else:
+                        dom.disks = {**dom.disks, "filter": wanted}
+                        done[vm] = None
+        return done
 
     def filter_of(self, *, name: str) -> str | None:
         self._enter("filter_of", [name])

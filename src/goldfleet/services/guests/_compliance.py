@@ -448,20 +448,22 @@ def _check(ctx: Context, template: str | None) -> CheckView:
         if drv.capabilities.nwfilter and (old is None or old.filter != wanted):
             switch.append((t.name, wanted, len(updates)))
         updates.append(row)
-    for name, wanted, index in switch:
-        try:
-            call_driver(ctx, drv.set_filter, name=name, filter_name=wanted)
-            updates[index]["filter"] = wanted
-            view.switched += 1
-        except GoldfleetError as exc:
-            view.errors.append(f"{name}: filter {wanted} not set: {exc.message}")
+    if switch:
+        done = call_driver(ctx, drv.set_filters, filters={name: w for name, w, _ in switch})
+        for name, wanted, index in switch:
+            error = done.get(name)
+            if error is None:
+                updates[index]["filter"] = wanted
+                view.switched += 1
+            else:
+                view.errors.append(f"{name}: filter {wanted} not set: {error.message}")
     if tell and drv.capabilities.messages:
-        for name, message in tell:
-            try:
-                call_driver(ctx, drv.send_message, name=name, text=message)
+        done = call_driver(ctx, drv.send_messages, messages=dict(tell))
+        for name, error in done.items():
+            if error is None:
                 view.messages += 1
-            except GoldfleetError as exc:
-                view.errors.append(f"{name}: message not delivered: {exc.message}")
+            else:
+                view.errors.append(f"{name}: message not delivered: {error.message}")
     _store(ctx, updates, known)
     view.seconds = round(time.monotonic() - started, 3)
     if view.changed or view.errors:
@@ -485,18 +487,22 @@ def _write_policies(
     if not names:
         return []
     held = ctx.driver.guest_read_many(names=names, path=guest.GUEST_POLICY_PATH, limit=1 << 20)
+    stale = {
+        t.name: wanted[t.template_id]
+        for t in targets
+        if t.template_id in wanted
+        and held.get(t.name) != wanted[t.template_id]
+        and not isinstance(held.get(t.name), DriverError)  # a silent agent: judged below
+    }
     errors: list[str] = []
-    for t in targets:
-        text = wanted.get(t.template_id)
-        current = held.get(t.name)
-        if text is None or current == text or isinstance(current, DriverError):
-            continue  # no policy, up to date, or a silent agent (judged below)
-        try:
-            call_driver(
-                ctx, ctx.driver.guest_write, name=t.name, path=guest.GUEST_POLICY_PATH, data=text
-            )
-        except GoldfleetError as exc:
-            errors.append(f"{t.name}: policy file not written: {exc.message}")
+    by_text: dict[bytes, dict[str, bytes]] = {}
+    for vm, text in stale.items():
+        by_text.setdefault(text, {})[vm] = text
+    for files in by_text.values():
+        done = call_driver(
+            ctx, ctx.driver.guest_write_many, files=files, path=guest.GUEST_POLICY_PATH
+        )
+        errors += [f"{vm}: policy file not written: {e.message}" for vm, e in done.items() if e]
     return errors
 
 
