@@ -217,3 +217,96 @@ def test_silent_agents_fail_closed_and_the_periodic_pass_runs(home: Path, tmp_pa
         assert st["silent-001"]["filter"] == "goldfleet-restricted-desk"
     finally:
         srv.stop()
+
+
+def test_a_version_carries_its_tool_and_quarantine_version(fleet, template: str) -> None:
+    """Sealed at p2 with the tool read from the maintenance VM: fresh clones of that version
+    start compliant (their descriptor written through the agent), and one recreated while
+    restricted comes back at its version's descriptor."""
+    (old,) = fleet.create(count=1)
+    fleet.client.post(f"/clones/{old}/start")
+    fleet.client.put(f"/templates/{template}/compliance", {"policy": POLICY})
+    assert statuses(fleet)[old]["access"] == "restricted"
+
+    fleet.client.post(f"/templates/{template}/maintenance/enter")
+    # refusals come first and change nothing: a name the policy lacks, auto without the VM
+    msg = fleet.error(
+        422,
+        fleet.client.post,
+        f"/templates/{template}/maintenance/exit",
+        {"quarantine_version": "p7"},
+    )
+    assert "no version 'p7'" in msg
+    msg = fleet.error(
+        409,
+        fleet.client.post,
+        f"/templates/{template}/maintenance/exit",
+        {"guest_tool_version": "auto"},
+    )
+    assert "maintenance start" in msg
+    fleet.client.post(f"/templates/{template}/maintenance/start")
+    vm = next(
+        v["name"] for v in fleet.client.get("/sim/vms") if v["name"].startswith("maintenance.")
+    )
+    install_tool(fleet, vm)
+    done = fleet.client.post(
+        f"/templates/{template}/maintenance/exit",
+        {
+            "shutdown": True,
+            "guest_tool_version": "auto",
+            "quarantine_version": "p2",
+            "recreate": "linked",
+        },
+    )
+    fleet.wait(done["operation"]["id"])
+    v2 = fleet.client.get(f"/templates/{template}/versions")[-1]
+    assert (v2["guest_tool_version"], v2["quarantine_version"]) == (guest.tool_version(), "p2")
+
+    # the recreated clone is back on v2, running, with no descriptor on its new system disk:
+    # the evaluation writes its version's (p2) and releases it
+    fleet.client.post("/compliance/check", {})
+    st = statuses(fleet)[old]
+    assert (st["version"], st["access"], st["quarantine_version"]) == (2, "normal", "p2")
+    assert run_in(fleet, old, "nq-get")["exit_code"] == 127  # the tool came with v1's disk only
+    (fresh,) = fleet.create(count=1)
+    fleet.client.post(f"/clones/{fresh}/start")
+    fleet.client.post("/compliance/check", {})
+    assert statuses(fleet)[fresh]["access"] == "normal"
+    assert statuses(fleet)[fresh]["descriptor"] == D2
+
+
+def test_custom_policy_plugin_judges_and_fails_closed(fleet, template: str, tmp_path: Path) -> None:
+    """A custom policy's plug-in gets the descriptor string: exit 0 normal, 1 restricted; a
+    plug-in that hangs past its time limit or crashes leaves the clone restricted, with why."""
+    plugin = tmp_path / "judge"
+    plugin.write_text(
+        "#!/bin/sh\n"
+        'case "$1" in\n'
+        "  *sig=ok*) exit 0 ;;\n"
+        "  *hang*) sleep 30 ;;\n"
+        "  *crash*) kill -SEGV $$ ;;\n"
+        "esac\n"
+        "exit 1\n"
+    )
+    plugin.chmod(0o755)
+    policy = f'kind = "custom"\n[plugin]\npath = "{plugin}"\ntimeout_s = 1\n'
+    vms = fleet.create(count=4)
+    said = dict(zip(vms, ["av sig=ok", "av sig=stale", "please hang", "crash now"], strict=True))
+    for vm in vms:
+        fleet.client.post(f"/clones/{vm}/start")
+        install_tool(fleet, vm)
+    fleet.client.put(f"/templates/{template}/compliance", {"policy": policy})
+    for vm, text in said.items():
+        assert run_in(fleet, vm, "nq-set", text)["exit_code"] == 0
+    fleet.client.post("/compliance/check", {})
+    st = statuses(fleet)
+    a, b, c, d = vms
+    assert st[a]["access"] == "normal" and "exit 0" in st[a]["reason"]
+    assert st[b]["access"] == "restricted" and "exit 1" in st[b]["reason"]
+    assert st[c]["access"] == "restricted" and "no answer within 1 s" in st[c]["reason"]
+    assert st[d]["access"] == "restricted" and "signal 11" in st[d]["reason"]
+    # a plug-in missing on the server: the policy is refused there, nothing changes
+    gone = policy.replace(str(plugin), str(tmp_path / "nowhere"))
+    msg = fleet.error(422, fleet.client.put, f"/templates/{template}/compliance", {"policy": gone})
+    assert "is missing" in msg
+    assert fleet.client.get(f"/templates/{template}/compliance")["number"] == 1

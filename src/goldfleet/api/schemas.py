@@ -126,6 +126,11 @@ class MaintenanceExit(Body):
     recreate: RecreateScope = RecreateScope.NONE
     shutdown: StrictBool = False  # stop a running maintenance VM first
     rollout: Rollout | None = None
+    # the guest tool version the new version's image holds: "auto" reads it from the running
+    # maintenance VM through its agent; a version such as "1.0.0" is taken as given
+    guest_tool_version: str | None = Field(default=None, max_length=32)
+    # the quarantine version of the template's policy the new version is at (docs/guests.md)
+    quarantine_version: str | None = Field(default=None, max_length=63)
 
 
 class TokenCreate(Body):

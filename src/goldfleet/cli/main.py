@@ -426,6 +426,17 @@ def maintenance_exit(
     max_failures: MaxFailuresOpt = None,
     at: AtOpt = None,
     detach: DetachOpt = False,
+    guest_tool_version: Annotated[
+        str | None,
+        typer.Option(
+            help="The guest tool in the new version: auto (read from the running maintenance"
+            " VM) or a version such as 1.0.0."
+        ),
+    ] = None,
+    quarantine_version: Annotated[
+        str | None,
+        typer.Option(help="The new version's quarantine version (a name in the policy)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Seal the overlay as the new current version (and recreate clones on it)."""
@@ -433,6 +444,8 @@ def maintenance_exit(
     body = {
         "recreate": recreate,
         "shutdown": shutdown,
+        "guest_tool_version": guest_tool_version,
+        "quarantine_version": quarantine_version,
         "rollout": _rollout(
             logoff=logoff,
             deadline=deadline,

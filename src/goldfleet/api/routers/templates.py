@@ -96,6 +96,8 @@ def exit_maintenance(
         actor=caller.name,
         policy=policy,
         start_at=start_at,
+        guest_tool_version=body.guest_tool_version,
+        quarantine_version=body.quarantine_version,
     )
 
 

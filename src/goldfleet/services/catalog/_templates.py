@@ -12,10 +12,18 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from goldfleet import crashpoints
+from goldfleet import crashpoints, guest
 from goldfleet.context import Context
-from goldfleet.db.tables import Clone, Layer, OperationItem, Pool, Template, Version
-from goldfleet.domain import rules
+from goldfleet.db.tables import (
+    Clone,
+    Layer,
+    OperationItem,
+    Pool,
+    QuarantinePolicy,
+    Template,
+    Version,
+)
+from goldfleet.domain import quarantine, rules
 from goldfleet.domain.model import CloneKind, Outline, RecreateScope, TemplateStatus
 from goldfleet.domain.names import check_name
 from goldfleet.domain.rollout import Policy
@@ -422,6 +430,8 @@ class _ExitRequest:
     recreate: RecreateScope = RecreateScope.NONE
     policy: Policy | None = None
     start_at: datetime | None = None
+    guest_tool_version: str | None = None
+    quarantine_version: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -429,6 +439,8 @@ class _ExitRequest:
             "recreate": str(self.recreate),
             "policy": self.policy.to_json() if self.policy is not None else None,
             "start_at": self.start_at.isoformat() if self.start_at is not None else None,
+            "guest_tool_version": self.guest_tool_version,
+            "quarantine_version": self.quarantine_version,
         }
 
     @classmethod
@@ -440,7 +452,60 @@ class _ExitRequest:
             recreate=RecreateScope(data.get("recreate") or RecreateScope.NONE),
             policy=Policy.from_json(data["policy"]) if data.get("policy") else None,
             start_at=datetime.fromisoformat(data["start_at"]) if data.get("start_at") else None,
+            guest_tool_version=data.get("guest_tool_version"),
+            quarantine_version=data.get("quarantine_version"),
         )
+
+
+def _guest_tool_version(ctx: Context, t: Template, asked: str | None) -> str | None:
+    """The guest tool version a new version's image holds: ``auto`` reads it from the running
+    maintenance VM through its agent (before a ``--shutdown`` stops it)."""
+    if asked is None:
+        return None
+    if asked != "auto":
+        if guest.version_key(asked) is None:
+            raise InvalidInput(
+                f"guest tool version {asked!r} is not a version (such as 1.0.0) nor auto"
+            )
+        return asked.strip()
+    vm = t.maintenance_vm
+    if vm is None or fleet.call_driver(ctx, ctx.driver.state, name=vm) != "running":
+        raise Conflict(
+            f"--guest-tool-version auto reads the tool from the running maintenance VM of"
+            f" template {t.name}; start it (goldfleet template maintenance start {t.name}) or"
+            " give the version"
+        )
+    raw = fleet.call_driver(
+        ctx, ctx.driver.guest_read, name=vm, path=guest.GUEST_TOOL_PATH, limit=4096
+    )
+    found = guest.version_in(raw.decode("utf-8", "replace")) if raw else None
+    if found is None:
+        raise Conflict(
+            f"the maintenance VM of template {t.name} has no goldfleet-guest at"
+            f" {guest.GUEST_TOOL_PATH} (or it declares no version); install it or give the version"
+        )
+    return found
+
+
+def _quarantine_version(s: Session, t: Template, asked: str | None) -> str | None:
+    """The quarantine version a new version carries: one of the template's policy."""
+    if asked is None:
+        return None
+    text = s.scalar(
+        select(QuarantinePolicy.text)
+        .where(QuarantinePolicy.template_id == t.id)
+        .order_by(QuarantinePolicy.number.desc())
+        .limit(1)
+    )
+    if text is None:
+        raise Conflict(
+            f"template {t.name} has no quarantine policy; apply one (goldfleet compliance apply"
+            f" {t.name} FILE) before naming a quarantine version"
+        )
+    policy = quarantine.parse_policy(text, check_plugin=False)
+    if policy.kind is quarantine.Kind.CUSTOM:
+        raise InvalidInput(f"template {t.name}'s policy is custom: it has no versions to name")
+    return policy.version(asked).name
 
 
 def exit_maintenance(
@@ -452,6 +517,8 @@ def exit_maintenance(
     actor: str,
     policy: Policy | None = None,
     start_at: datetime | None = None,
+    guest_tool_version: str | None = None,
+    quarantine_version: str | None = None,
 ) -> MaintenanceExitView:
     """Seal the overlay as the new current version; optionally recreate clones on it.
 
@@ -460,7 +527,6 @@ def exit_maintenance(
     crash at any instant the template is either still in maintenance with its overlay (run the
     exit again) or the version and its rollout both exist (recovery finishes what was sealed,
     :func:`recover_templates`)."""
-    request = _ExitRequest(actor=actor, recreate=recreate, policy=policy, start_at=start_at)
     with ctx.template_lock(name):
         with ctx.session() as s:
             t = get_template(s, name)
@@ -468,6 +534,14 @@ def exit_maintenance(
             do_recreate, include_full = rules.recreate_flags(recreate)
             if do_recreate:
                 fleet.check_recreate(s, t, policy, include_full)
+            request = _ExitRequest(
+                actor=actor,
+                recreate=recreate,
+                policy=policy,
+                start_at=start_at,
+                guest_tool_version=_guest_tool_version(ctx, t, guest_tool_version),
+                quarantine_version=_quarantine_version(s, t, quarantine_version),
+            )
             _stop_maintenance_vm(ctx, t, shutdown=shutdown)
             parent = get_version(s, t, None).top_layer
             overlay = ctx.layers.dir / t.overlay
@@ -521,6 +595,8 @@ def _finish_exit(
         info, flattened = _maybe_flatten(ctx, s, sealed)
         add_layer(s, info)
         v = _add_version(s, t, info.digest, "maintenance" + flattened)
+        v.guest_tool_version = request.guest_tool_version
+        v.quarantine_version = request.quarantine_version
         op = None
         do_recreate, include_full = rules.recreate_flags(request.recreate)
         if do_recreate:

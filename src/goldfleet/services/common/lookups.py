@@ -107,6 +107,8 @@ def version_view(s: Session, t: Template, v: Version) -> VersionView:
         current=t.current_version_id == v.id,
         clones=clones,
         note=v.note,
+        guest_tool_version=v.guest_tool_version,
+        quarantine_version=v.quarantine_version,
         created_at=v.created_at,
     )
 

@@ -15,6 +15,8 @@ class VersionView(BaseModel):
     current: bool
     clones: int
     note: str
+    guest_tool_version: str | None = None  # the guest tool its image holds, when known
+    quarantine_version: str | None = None  # its quarantine version (docs/guests.md)
     created_at: datetime
 
 

@@ -11,7 +11,10 @@ whose agent does not answer gets the policy's ``unanswered`` access (restricted:
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -207,25 +210,6 @@ def _define_filters(ctx: Context, template: str, policy: q.Policy) -> None:
         call_driver(ctx, ctx.driver.define_filter, filter_name=f.name, xml=f.to_xml())
 
 
-def check_quarantine_version(ctx: Context, template: str, name: str | None) -> str | None:
-    """The quarantine version a new template version carries (``maintenance exit
-    --quarantine-version``): it must be in the template's policy."""
-    if name is None:
-        return None
-    with ctx.session() as s:
-        t = get_template(s, template)
-        row = _latest(s, t.id)
-        if row is None:
-            raise Conflict(
-                f"template {t.name} has no quarantine policy; apply one before naming a"
-                " quarantine version"
-            )
-        policy = q.parse_policy(row.text, check_plugin=False)
-    if policy.kind is q.Kind.CUSTOM:
-        raise InvalidInput("a custom policy has no versions to name")
-    return policy.version(name).name
-
-
 # --- evaluation ---------------------------------------------------------------------------------
 
 
@@ -260,21 +244,28 @@ def _decode(raw: bytes | DriverError | None) -> tuple[bool, str | None]:
 
 
 def _run_plugin(plugin: q.Plugin, descriptor: str) -> tuple[int | None, str | None]:
+    """Run the plug-in on a descriptor in its own process group, which is killed whole when
+    the time limit passes (a hung plug-in leaves nothing behind)."""
     try:
-        done = subprocess.run(
+        proc = subprocess.Popen(
             [plugin.path, descriptor],
-            capture_output=True,
-            timeout=plugin.timeout_s,
             stdin=subprocess.DEVNULL,
-            check=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
         )
-    except subprocess.TimeoutExpired:
-        return None, f"no answer within {plugin.timeout_s:g} s"
     except OSError as exc:
         return None, f"cannot run {plugin.path}: {exc.strerror}"
-    if done.returncode < 0:
-        return None, f"killed by signal {-done.returncode}"
-    return done.returncode, None
+    try:
+        code = proc.wait(timeout=plugin.timeout_s)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        return None, f"no answer within {plugin.timeout_s:g} s"
+    if code < 0:
+        return None, f"killed by signal {-code}"
+    return code, None
 
 
 _one_check = threading.Lock()  # in this server; the lease orders the servers of a database
