@@ -152,6 +152,11 @@ def test_agent_status_counts_outdated_and_missing_tools(fleet, template: str) ->
     assert json.loads(out.stdout)["outdated"] == 1
     out = fleet.cli("agent", "status")
     assert "1 clones outdated, 1 without it" in out.stdout
+    # serve says it at start, as RAS's console does
+    fleet.server.stop()
+    fleet.server.start()
+    log = (fleet.home.parent / f"server-{fleet.server.port}.log").read_text()
+    assert f"1 clones have an older goldfleet-guest than {guest.tool_version()}, 1 have none" in log
 
 
 def test_cli_apply_show_status_check(fleet, template: str, tmp_path: Path) -> None:

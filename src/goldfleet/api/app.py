@@ -32,6 +32,7 @@ from goldfleet.api.schemas import ERRORS
 from goldfleet.api.uploads import body_problem
 from goldfleet.context import Context
 from goldfleet.errors import Forbidden, GoldfleetError, NoSpace
+from goldfleet.services import guests as guest_service
 
 log = logging.getLogger("goldfleet.api")
 
@@ -110,6 +111,17 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
             ctx.runner.register()  # type: ignore[union-attr]
             for note in run_recovery(ctx):
                 log.warning("recovery: %s", note)
+            agents = guest_service.agents(ctx)  # RAS: "N agents need an update" at console start
+            if agents.outdated or agents.missing or agents.templates:
+                log.warning(
+                    "guest tool: %d clones have an older goldfleet-guest than %s, %d have none,"
+                    " %d templates' current versions hold an older or unknown one"
+                    " (goldfleet agent status)",
+                    agents.outdated,
+                    agents.packaged,
+                    agents.missing,
+                    len(agents.templates),
+                )
         ctx.runner.start_background()  # type: ignore[union-attr]
         yield
         ctx.runner.shutdown()  # type: ignore[union-attr]
