@@ -82,6 +82,15 @@ system-packages: system-base
 	  $(SUDO) useradd --system --user-group --no-create-home --home-dir /var/lib/libvirt \
 	    --shell /usr/sbin/nologin libvirt-qemu; \
 	fi
+	@# the nwfilter test hands goldfleet's quarantine filters to a private libvirtd (its nwfilter
+	@# driver is in libvirt-daemon; iptables and ebtables are its firewall tools)
+	@if ! command -v libvirtd >/dev/null && ! test -x /usr/sbin/libvirtd \
+	    || ! dpkg -s iptables ebtables >/dev/null 2>&1; then \
+	  echo "installing Debian packages: libvirt-daemon iptables ebtables"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    libvirt-daemon iptables ebtables >/dev/null; \
+	fi
 	@# the real-boot test fetches its guest's kernel and agent with apt-get download
 	@if ! apt-cache show linux-image-cloud-amd64 qemu-guest-agent >/dev/null 2>&1; then \
 	  echo "updating apt's package lists"; \

@@ -51,6 +51,9 @@ class Settings(BaseSettings):
     # guests (docs/guests.md): how often running clones' agents are read and their network
     # access evaluated against their template's quarantine policy; 0: only on request
     compliance_seconds: float = 60.0
+    # the libvirt network each clone's one interface joins (its nwfilter is switched by the
+    # quarantine); empty: clones have no network interface
+    network: str = ""
     # a streamed answer (bundle export, progress) whose client reads nothing this long is aborted
     stall_seconds: float = 60.0
     # sites (docs/sites.md)

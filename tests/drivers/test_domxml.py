@@ -7,6 +7,7 @@ test_libvirt.py checks that libvirt itself accepts this XML and keeps the declar
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -92,6 +93,12 @@ CASES = {
     "kernel_boot_tcg": from_spec(KERNEL_BOOT, domain_type="qemu"),
     "redefined_keeps_uuid": from_spec(
         LINKED_CLONE, domain_type="kvm", uuid="6f1c0d7e-2a59-4c8f-9d3e-0b6a1e2f3c4d"
+    ),
+    # a clone on a network, redefined (recreated) while restricted: its filter is kept
+    "linked_clone_quarantined": from_spec(
+        dataclasses.replace(LINKED_CLONE, network="desks"),
+        domain_type="kvm",
+        kept_filter="goldfleet-restricted-desk",
     ),
 }
 

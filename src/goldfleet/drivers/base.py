@@ -65,6 +65,11 @@ class DomainSpec:
     vcpus: int = 2
     boot: KernelBoot | None = None
     serial_log: str | None = None  # a file that receives the guest's serial console
+    # the virtual network its one interface joins (libvirt network name); None: no interface
+    network: str | None = None
+    # the network filter on that interface (goldfleet-normal-T / -restricted-T); None: keep
+    # the one a redefined VM has (goldfleet switches it after evaluating the clone)
+    filter: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -130,6 +130,22 @@ class AgentChannelXML:
 
 
 @dataclass(frozen=True, slots=True)
+class InterfaceXML:
+    """One virtio NIC on a libvirt network, with its network filter (docs/guests.md)."""
+
+    network: str
+    filter: str | None = None
+
+    def element(self) -> ET.Element:
+        iface = ET.Element("interface", type="network")
+        ET.SubElement(iface, "source", network=self.network)
+        ET.SubElement(iface, "model", type="virtio")
+        if self.filter is not None:
+            ET.SubElement(iface, "filterref", filter=self.filter)
+        return iface
+
+
+@dataclass(frozen=True, slots=True)
 class DomainXML:
     name: str
     disks: tuple[DiskXML, ...]
@@ -140,6 +156,7 @@ class DomainXML:
     serial: SerialXML | None = None
     agent: AgentChannelXML | None = AgentChannelXML()
     uuid: str | None = None  # kept on redefinition: libvirt refuses a name with a new uuid
+    interface: InterfaceXML | None = None
 
     def element(self) -> ET.Element:
         domain = ET.Element("domain", type=self.domain_type)
@@ -158,6 +175,8 @@ class DomainXML:
         devices = ET.SubElement(domain, "devices")
         for disk in self.disks:
             devices.append(disk.element())
+        if self.interface is not None:
+            devices.append(self.interface.element())
         if self.serial is not None:
             devices.append(self.serial.element())
         if self.agent is not None:
@@ -177,10 +196,16 @@ def _absolute(path: str, what: str) -> str:
 
 
 def from_spec(
-    spec: DomainSpec, *, domain_type: str = "kvm", arch: str = "x86_64", uuid: str | None = None
+    spec: DomainSpec,
+    *,
+    domain_type: str = "kvm",
+    arch: str = "x86_64",
+    uuid: str | None = None,
+    kept_filter: str | None = None,
 ) -> DomainXML:
     """The domain XML of a goldfleet VM: the system disk, then temp, then data disks (each
-    role's disks in spec order), as a clone's outline lists its volumes.
+    role's disks in spec order), as a clone's outline lists its volumes. ``kept_filter``: the
+    filter a redefined VM's interface has, kept when the spec names none.
 
     Raises :class:`ValueError` for a disk of unknown role, a relative path, no disks, or no
     memory or vCPU."""
@@ -226,4 +251,9 @@ def from_spec(
         os=os_,
         serial=None if spec.serial_log is None else SerialXML(_absolute(spec.serial_log, "log")),
         uuid=uuid,
+        interface=(
+            None
+            if spec.network is None
+            else InterfaceXML(spec.network, spec.filter if spec.filter is not None else kept_filter)
+        ),
     )

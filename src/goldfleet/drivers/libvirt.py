@@ -91,6 +91,12 @@ def _has_agent(uri: str) -> bool:
     return urlsplit(uri).scheme.split("+", 1)[0] == "qemu"
 
 
+def _filter_in(xml: str) -> str | None:
+    """The filter on a domain's first interface, if any."""
+    ref = ET.fromstring(xml).find("./devices/interface/filterref")
+    return None if ref is None else ref.get("filter")
+
+
 def _message(exc: libvirt.libvirtError) -> str:
     return exc.get_error_message() or str(exc)
 
@@ -219,6 +225,7 @@ class LibvirtDriver(Driver):
             logoff=agent,
             migrate=len(self._hosts) > 1,
             guest_agent=agent,
+            nwfilter=agent,
         )
         self._where: dict[str, str] = {}  # VM name → host name, a cache checked on use
         self._where_lock = threading.Lock()
@@ -301,12 +308,15 @@ class LibvirtDriver(Driver):
                 )
             with _errors(f"cannot read VM {spec.name} on libvirt host {target.name}"):
                 uuid = dom.UUIDString()
+                kept = _filter_in(dom.XMLDesc(libvirt.VIR_DOMAIN_XML_INACTIVE))
         else:
             target = self._host(host) if host is not None else self._placement()
-            uuid = None
+            uuid, kept = None, None
         domain_type, arch = target.guest()
         try:
-            xml = domxml.from_spec(spec, domain_type=domain_type, arch=arch, uuid=uuid).to_xml()
+            xml = domxml.from_spec(
+                spec, domain_type=domain_type, arch=arch, uuid=uuid, kept_filter=kept
+            ).to_xml()
         except ValueError as exc:
             raise DriverError(f"cannot define VM {spec.name}: {exc}") from exc
         with _errors(f"libvirt host {target.name} refused the definition of VM {spec.name}"):
@@ -626,3 +636,45 @@ class LibvirtDriver(Driver):
         if code is None:  # killed by a signal: as a shell reports it
             code = 128 + int(status.get("signal", 0))
         return ExecResult(int(code), out, err)
+
+    # --- network filters (nwfilter) -------------------------------------------------------
+
+    def define_filter(self, *, filter_name: str, xml: str) -> None:
+        if not self.capabilities.nwfilter:
+            raise Unsupported("libvirt's test driver has no nwfilter driver")
+        if ET.fromstring(xml).get("name") != filter_name:
+            raise DriverError(f"the XML of filter {filter_name} names another filter")
+        for host in self._hosts.values():
+            with _errors(f"libvirt host {host.name} refused network filter {filter_name}"):
+                host.conn().nwfilterDefineXML(xml)
+
+    def set_filter(self, *, name: str, filter_name: str) -> None:
+        if not self.capabilities.nwfilter:
+            raise Unsupported("libvirt's test driver has no nwfilter driver")
+        host, dom = self._get(name)
+        with _errors(f"cannot switch the network filter of VM {name} on host {host.name}"):
+            live = _is_active(dom)
+            flags = libvirt.VIR_DOMAIN_XML_INACTIVE if not live else 0
+            iface = ET.fromstring(dom.XMLDesc(flags)).find("./devices/interface")
+            if iface is None:
+                raise DriverError(
+                    f"VM {name} has no network interface to filter (set network in the config)"
+                )
+            ref = iface.find("filterref")
+            if ref is None:
+                ref = ET.SubElement(iface, "filterref")
+            for child in list(ref):
+                ref.remove(child)
+            ref.attrib.clear()
+            ref.set("filter", filter_name)
+            affect = libvirt.VIR_DOMAIN_AFFECT_CONFIG
+            if live:
+                affect |= libvirt.VIR_DOMAIN_AFFECT_LIVE
+            dom.updateDeviceFlags(ET.tostring(iface, encoding="unicode"), affect)
+
+    def filter_of(self, *, name: str) -> str | None:
+        if not self.capabilities.nwfilter:
+            raise Unsupported("libvirt's test driver has no nwfilter driver")
+        host, dom = self._get(name)
+        with _errors(f"cannot read VM {name} on host {host.name}"):
+            return _filter_in(dom.XMLDesc(0))

@@ -245,7 +245,7 @@ def _domain_spec(ctx: Context, plan: Plan, host: str | None = None) -> DomainSpe
         )
         for role, _, path in ctx.volumes.volume_paths(plan.uid, plan.outline)
     )
-    return DomainSpec(name=plan.name, disks=disks)
+    return DomainSpec(name=plan.name, disks=disks, network=ctx.settings.network or None)
 
 
 def call_driver(ctx: Context, fn: Callable[..., T], **kwargs: Any) -> T:
