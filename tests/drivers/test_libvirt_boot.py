@@ -14,6 +14,8 @@ in. The test then proves, from the host:
   that order (``vda``, ``vdb``, ``vdc``);
 - sessions, messages and log-off go through the real agent with the right programs and
   arguments, and a failing program's words come back;
+- the guest tool is installed, run and read back through the agent (version, `nq-set -n`
+  exit codes, `nq-set` saving in order, the descriptor read back and judged);
 - a graceful shutdown goes through the agent and does not need the forced one;
 - the guest's writes landed in the clone's own files and the sealed layer is unchanged.
 
@@ -41,6 +43,8 @@ from typing import TypeVar
 
 import pytest
 
+from goldfleet import guest
+from goldfleet.domain import quarantine
 from goldfleet.domain.model import CloneKind, Outline
 from goldfleet.drivers.base import DiskSpec, DomainSpec, DriverError, GuestSession, KernelBoot
 from goldfleet.store.layers import LayerStore
@@ -239,6 +243,8 @@ done
 echo "GOLDFLEET-READY port=$port"
 while :; do sleep 3600; done
 """
+
+GUEST_POLICY = 'threshold = "b"\n[[versions]]\nname = "a"\n[[versions]]\nname = "b"\n'
 
 # stand-ins for the programs the driver runs through the agent: they report on the console
 WALL = """#!/bin/busybox sh
@@ -496,6 +502,31 @@ def test_linked_clone_boots_sees_its_volumes_and_answers_through_the_agent(
         assert console.wait_for("GOLDFLEET-LOGINCTL terminate-user -- alice", 10)
         with pytest.raises(DriverError, match=r"exit code 1.*User nobody is not logged in"):
             driver.logoff(name=NAME, user="nobody")
+
+        # the guest tool (docs/guests.md): installed, run and read back through the agent, its
+        # verdict computed by goldfleet's rules
+        tool, policy_path = guest.GUEST_TOOL_PATH, guest.GUEST_POLICY_PATH
+        assert driver.guest_read(name=NAME, path=tool) is None
+        driver.guest_write(name=NAME, path=tool, data=guest.tool_path().read_bytes(), mode=0o755)
+        out = driver.guest_exec(name=NAME, argv=[tool, "version"])
+        assert (out.exit_code, out.stdout.strip()) == (0, guest.tool_version()), out
+        policy = quarantine.parse_policy(GUEST_POLICY)
+        d1, d2 = (v.descriptor for v in policy.versions)
+        driver.guest_write(
+            name=NAME, path=policy_path, data=quarantine.guest_policy_text(policy).encode()
+        )
+        skip = driver.guest_exec(name=NAME, argv=[tool, "nq-set", "-n", d2])
+        assert skip.exit_code == 1 and "not the next version" in skip.stderr, skip
+        assert driver.guest_exec(name=NAME, argv=[tool, "nq-set", "-n", d1]).exit_code == 0
+        assert driver.guest_read(name=NAME, path=guest.GUEST_DESCRIPTOR_PATH) is None
+        assert driver.guest_exec(name=NAME, argv=[tool, "nq-set", d1]).exit_code == 0
+        held = driver.guest_read(name=NAME, path=guest.GUEST_DESCRIPTOR_PATH)
+        assert held == d1.encode() + b"\n"
+        verdict = quarantine.evaluate(policy, held.decode().split("\n")[0])
+        assert (verdict.access, verdict.version) == (quarantine.Access.RESTRICTED, "a")
+        assert driver.guest_exec(name=NAME, argv=[tool, "nq-set", d2]).exit_code == 0
+        held = driver.guest_read(name=NAME, path=guest.GUEST_DESCRIPTOR_PATH)
+        assert quarantine.evaluate(policy, held.decode().strip()).access == quarantine.Access.NORMAL
 
         # a graceful shutdown: through the agent, well before the forced one
         t0 = time.monotonic()

@@ -73,6 +73,6 @@ def guest_write(vm: str, body: SimWrite, ctx: Ctx, caller: Writer) -> None:
         ctx,
         vm=vm,
         path=body.path,
-        data=body.text.encode("utf-8", "surrogateescape"),
+        data=body.text.encode("utf-8", "surrogatepass"),
         actor=caller.name,
     )

@@ -151,7 +151,11 @@ def apply_policy(ctx: Context, template: str, text: str, *, actor: str) -> Polic
     """Validate ``text`` here (plug-in present and executable on this server), keep it as the
     template's next policy number, define its two filters, audit it, then evaluate the
     template's running clones under it."""
-    if len(text.encode()) > MAX_POLICY_BYTES:
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise InvalidInput("the policy is not UTF-8 text") from None
+    if size > MAX_POLICY_BYTES:
         raise InvalidInput(f"a policy is at most {MAX_POLICY_BYTES} bytes")
     policy = q.parse_policy(text)
     with ctx.session() as s:

@@ -116,6 +116,8 @@ def guest_run(ctx: Context, *, vm: str, argv: list[str], actor: str) -> SimExecV
     after patching); its exit code and output, as the user would see them."""
     _require_sim(ctx)
     check_name(vm, "VM name")
+    for arg in argv:
+        _text(arg, "an argument")
     with ctx.session() as s:
         done = sim.guest_run(s, vm=vm, argv=argv)
         audit.record(s, actor, "sim.guest-run", vm, argv=argv, exit_code=done.exit_code)
@@ -130,9 +132,19 @@ def guest_write(ctx: Context, *, vm: str, path: str, data: bytes, actor: str) ->
     descriptor file, say)."""
     _require_sim(ctx)
     check_name(vm, "VM name")
+    _text(path, "the path")
     if not path.startswith("/") or len(path) > 255:
         raise InvalidInput(f"{path!r} is not an absolute path of at most 255 characters")
     with ctx.session() as s:
         sim.guest_write(s, vm=vm, path=path, data=data)
         audit.record(s, actor, "sim.guest-write", vm, path=path, size=len(data))
         s.commit()
+
+
+def _text(value: str, what: str) -> None:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidInput(f"{what} is not UTF-8 text") from None
+    if "\0" in value:
+        raise InvalidInput(f"{what} holds a NUL character")
