@@ -102,11 +102,12 @@ def build(ctx, n: int) -> list[str]:
         )
         files = []
         for i, name in enumerate(names):
-            files.append({"vm": name, "path": guest.GUEST_TOOL_PATH, "data": tool})
+            # a VM without disks keeps its guest's files under its name (drivers/sim.py)
+            files.append({"disk": f"vm:{name}", "path": guest.GUEST_TOOL_PATH, "data": tool})
             descriptor = d_low if i % 3 == 0 else d_ok
             files.append(
                 {
-                    "vm": name,
+                    "disk": f"vm:{name}",
                     "path": guest.GUEST_DESCRIPTOR_PATH,
                     "data": descriptor.encode() + b"\n",
                 }
@@ -158,7 +159,7 @@ def main() -> int:
             s.execute(
                 update(SimGuestFile)
                 .where(
-                    SimGuestFile.vm.in_(restricted),
+                    SimGuestFile.disk.in_([f"vm:{name}" for name in restricted]),
                     SimGuestFile.path == guest.GUEST_DESCRIPTOR_PATH,
                 )
                 .values(data=policy.versions[1].descriptor.encode() + b"\n")

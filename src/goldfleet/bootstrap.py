@@ -78,6 +78,8 @@ def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:
         # at a site: scheduled syncs and versions reaching their publish time (a no-op at HQ)
         rollouts.Periodic("site", 1.0, distribution.site_tick, reconcile=False),
     ]
+    # guest tool updates: each open request advanced by its next step
+    periodic.append(rollouts.Periodic("agent-update", 1.0, guests.agent_tick, reconcile=False))
     if settings.compliance_seconds > 0:  # guests' agents read, quarantine evaluated
         periodic.append(rollouts.Periodic("compliance", settings.compliance_seconds, guests.tick))
     ctx.runner = rollouts.Runner(ctx, fleet.CloneWork(ctx), periodic=periodic)

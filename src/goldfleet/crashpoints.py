@@ -39,6 +39,10 @@ POINTS: dict[str, str] = {
     "template-flatten.flattened": "flattened layer written; no version yet",
     "template-delete.committed": "template deleted; its layer files not yet removed",
     "version-delete.committed": "version deleted; its layer files not yet removed",
+    # guests: agent update (services/guests/_agents.py)
+    "agent-update.requested": "agent update requests stored; no step done",
+    "agent-update.entered": "template in maintenance for the update; the request not yet told",
+    "agent-update.installed": "tool installed in the maintenance VM; the request not yet told",
     # fleet
     "clone-create.committed": "clones and their create operation stored; runner not yet woken",
     # pools

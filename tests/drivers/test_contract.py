@@ -9,8 +9,10 @@ with the reason. ``libvirt-test`` runs against libvirt's built-in ``test:///defa
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -333,33 +335,131 @@ def test_migrate_to_an_unknown_host_or_of_an_unknown_vm_fails(
 
 
 # --- inside the guest (agent) and network filters -----------------------------------------
+# A guest's files live on its disks: each test VM here gets disks of its own.
 
 
-def test_guest_files_round_trip_and_reset_on_redefine(
-    driver: Driver, defined: Callable[..., str], vm_spec: Callable[..., DomainSpec]
+@pytest.fixture
+def own_disks(tmp_path_factory: pytest.TempPathFactory) -> Callable[[], tuple[DiskSpec, ...]]:
+    """Fresh disks for one VM: a system overlay on a base layer."""
+
+    def make() -> tuple[DiskSpec, ...]:
+        folder = tmp_path_factory.mktemp("own")
+        base, system = folder / "base.qcow2", folder / "system.qcow2"
+        for cmd in (
+            ["qemu-img", "create", "-q", "-f", "qcow2", str(base), "16M"],
+            [
+                "qemu-img",
+                "create",
+                "-q",
+                "-f",
+                "qcow2",
+                "-b",
+                "base.qcow2",
+                "-F",
+                "qcow2",
+                str(system),
+            ],
+        ):
+            subprocess.run(cmd, check=True, cwd=folder)
+        return (DiskSpec(role="system", path=str(system), backing=(str(base),)),)
+
+    return make
+
+
+@pytest.fixture
+def running_vm(
+    driver: Driver,
+    new_vm: Callable[[], str],
+    vm_spec: Callable[..., DomainSpec],
+    own_disks: Callable[[], tuple[DiskSpec, ...]],
+) -> Callable[..., tuple[str, tuple[DiskSpec, ...]]]:
+    def make(*, start: bool = True) -> tuple[str, tuple[DiskSpec, ...]]:
+        name, disks = new_vm(), own_disks()
+        driver.define(spec=vm_spec(name, disks))
+        if start:
+            driver.start(name=name)
+        return name, disks
+
+    return make
+
+
+def test_guest_files_round_trip_and_follow_the_system_disk(
+    driver: Driver, running_vm, vm_spec: Callable[..., DomainSpec], tmp_path: Path
 ) -> None:
-    name = defined(start=True)
+    name, disks = running_vm()
     requires(driver, "guest_agent", lambda: driver.guest_read(name=name, path="/etc/x"))
     assert driver.guest_read(name=name, path="/etc/goldfleet/x") is None
     driver.guest_write(name=name, path="/etc/goldfleet/x", data=b"one\n")
     assert driver.guest_read(name=name, path="/etc/goldfleet/x") == b"one\n"
     assert driver.guest_read(name=name, path="/etc/goldfleet/x", limit=2) == b"on"
-    many = driver.guest_read_many(names=[name], path="/etc/goldfleet/x")
-    assert many == {name: b"one\n"}
-    # the guest's files live on its system disk, which goldfleet rebuilds before a redefine
+    assert driver.guest_read_many(names=[name], path="/etc/goldfleet/x") == {name: b"one\n"}
     driver.shutdown(name=name, timeout=5)
     with pytest.raises(DriverError, match="stopped"):
         driver.guest_read(name=name, path="/etc/goldfleet/x")
     assert isinstance(driver.guest_read_many(names=[name], path="/x")[name], DriverError)
-    driver.define(spec=vm_spec(name))
+    # redefined on the same disks: the files are there (they live on the disk, not the VM)
+    driver.define(spec=vm_spec(name, disks))
+    driver.start(name=name)
+    assert driver.guest_read(name=name, path="/etc/goldfleet/x") == b"one\n"
+    # a rebuilt system volume (what restore and recreate make) starts without them
+    driver.shutdown(name=name, timeout=5)
+    system = Path(disks[0].path)
+    system.unlink()
+    subprocess.run(
+        ["qemu-img", "create", "-q", "-f", "qcow2", "-b", "base.qcow2", "-F", "qcow2", str(system)],
+        check=True,
+        cwd=system.parent,
+    )
+    driver.define(spec=vm_spec(name, disks))
     driver.start(name=name)
     assert driver.guest_read(name=name, path="/etc/goldfleet/x") is None
 
 
-def test_guest_exec_runs_the_installed_tool(driver: Driver, defined: Callable[..., str]) -> None:
+def test_guest_files_of_a_layer_are_seen_by_every_clone_on_it(
+    driver: Driver, running_vm, new_vm: Callable[[], str], vm_spec: Callable[..., DomainSpec]
+) -> None:
+    """A maintenance VM writes into its overlay; sealed (renamed) into a layer, its files are
+    what every linked clone on that layer sees, under the clone's own writes."""
+    maint, disks = running_vm()
+    requires(driver, "guest_agent", lambda: driver.guest_read(name=maint, path="/x"))
+    driver.guest_write(name=maint, path="/etc/image", data=b"v2\n")
+    driver.shutdown(name=maint, timeout=5)
+    overlay = Path(disks[0].path)
+    layer = overlay.with_name("sealed-layer.qcow2")
+    overlay.rename(layer)  # what the store does when it seals an overlay
+    clone_disk = overlay.with_name("clone-system.qcow2")
+    subprocess.run(
+        [
+            "qemu-img",
+            "create",
+            "-q",
+            "-f",
+            "qcow2",
+            "-b",
+            layer.name,
+            "-F",
+            "qcow2",
+            str(clone_disk),
+        ],
+        check=True,
+        cwd=layer.parent,
+    )
+    clone = new_vm()
+    spec = vm_spec(
+        clone,
+        (DiskSpec(role="system", path=str(clone_disk), backing=(str(layer), *disks[0].backing)),),
+    )
+    driver.define(spec=spec)
+    driver.start(name=clone)
+    assert driver.guest_read(name=clone, path="/etc/image") == b"v2\n"
+    driver.guest_write(name=clone, path="/etc/image", data=b"mine\n")
+    assert driver.guest_read(name=clone, path="/etc/image") == b"mine\n"
+
+
+def test_guest_exec_runs_the_installed_tool(driver: Driver, running_vm) -> None:
     from goldfleet import guest
 
-    name = defined(start=True)
+    name, _ = running_vm()
     requires(driver, "guest_agent", lambda: driver.guest_exec(name=name, argv=["true"]))
     assert driver.guest_exec(name=name, argv=[guest.GUEST_TOOL_PATH, "version"]).exit_code == 127
     driver.guest_write(
@@ -379,8 +479,8 @@ def test_guest_exec_runs_the_installed_tool(driver: Driver, defined: Callable[..
     assert driver.guest_exec(name=name, argv=[tool, "nq-get"]).stdout == "0xa\n"
 
 
-def test_filters_switch_on_a_vm(driver: Driver, defined: Callable[..., str]) -> None:
-    name = defined(start=True)
+def test_filters_switch_on_a_vm(driver: Driver, running_vm) -> None:
+    name, _ = running_vm()
     requires(driver, "nwfilter", lambda: driver.filter_of(name=name))
     xml = "<filter name='gf-test-open' chain='root'/>"
     with pytest.raises(DriverError, match="gf-test-open"):
@@ -390,10 +490,9 @@ def test_filters_switch_on_a_vm(driver: Driver, defined: Callable[..., str]) -> 
     assert driver.filter_of(name=name) == "gf-test-open"
 
 
-def test_batched_guest_writes_filters_and_messages(
-    driver: Driver, defined: Callable[..., str]
-) -> None:
-    up, down = defined(start=True), defined()
+def test_batched_guest_writes_filters_and_messages(driver: Driver, running_vm) -> None:
+    up, _ = running_vm()
+    down, _ = running_vm(start=False)
     requires(driver, "guest_agent", lambda: driver.guest_write_many(files={}, path="/x"))
     done = driver.guest_write_many(files={up: b"a\n", down: b"b\n"}, path="/etc/goldfleet/p")
     assert done[up] is None and isinstance(done[down], DriverError)

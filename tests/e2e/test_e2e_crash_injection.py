@@ -629,6 +629,28 @@ def test_site_sync_killed_between_a_version_and_its_activation(hq_and_site, qemu
     _server_store_clean(site)
 
 
+AGENT_POINTS = [p for p in crashpoints.POINTS if p.startswith("agent-update.")]
+
+
+@kills_at(*AGENT_POINTS)
+@pytest.mark.parametrize("point", AGENT_POINTS)
+def test_agent_update_killed_at_each_step(fleet, template, point):
+    """kill -9 at each step of an agent update: the next server carries the stored request
+    on from where it stopped; the template ends on a version holding the packaged tool, with
+    its linked clones recreated and its running full clone updated, nothing done twice."""
+    import test_e2e_guests as guests_e2e
+
+    linked = fleet.create(count=2)
+    full = fleet.create(count=1, full=True)
+    for vm in (*linked, *full):
+        fleet.client.post(f"/clones/{vm}/start")
+    crash_at(fleet.server, point, lambda: fleet.client.post("/agents/update", {}))
+    guests_e2e.check_updated(fleet, "base", linked, full)
+    assert len(fleet.client.get("/templates/base/versions")) == 2  # one exit, not two
+    assert len(_ops(fleet, "clone.recreate")) == 1
+    _store_clean(fleet)
+
+
 def test_every_crash_point_has_a_test():
     """Every point goldfleet.crashpoints lists (and the source marks) has a test above."""
     assert sorted(TESTED) == sorted(crashpoints.POINTS)

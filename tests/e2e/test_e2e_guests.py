@@ -272,7 +272,9 @@ def test_a_version_carries_its_tool_and_quarantine_version(fleet, template: str)
     fleet.client.post("/compliance/check", {})
     st = statuses(fleet)[old]
     assert (st["version"], st["access"], st["quarantine_version"]) == (2, "normal", "p2")
-    assert run_in(fleet, old, "nq-get")["exit_code"] == 127  # the tool came with v1's disk only
+    # the tool installed in the maintenance VM is in v2's image: every clone on v2 has it
+    assert run_in(fleet, old, "version")["stdout"] == guest.tool_version() + "\n"
+    assert statuses(fleet)[old]["tool_version"] == guest.tool_version()
     (fresh,) = fleet.create(count=1)
     fleet.client.post(f"/clones/{fresh}/start")
     fleet.client.post("/compliance/check", {})
@@ -315,3 +317,62 @@ def test_custom_policy_plugin_judges_and_fails_closed(fleet, template: str, tmp_
     msg = fleet.error(422, fleet.client.put, f"/templates/{template}/compliance", {"policy": gone})
     assert "is missing" in msg
     assert fleet.client.get(f"/templates/{template}/compliance")["number"] == 1
+
+
+def wait_updates(client, timeout: float = 90) -> list[dict]:
+    deadline = time.monotonic() + timeout
+    while True:
+        ups = client.get("/agents/updates")
+        if ups and all(u["status"] in ("done", "failed") for u in ups):
+            return ups
+        assert time.monotonic() < deadline, ups
+        time.sleep(0.2)
+
+
+def check_updated(fleet, template: str, linked: list[str], full: list[str]) -> dict:
+    """The update's outcome: a version holding the packaged tool, the linked clones recreated
+    on it and seeing the tool from its image, the running full clones with it pushed in."""
+    (up,) = [u for u in wait_updates(fleet.client) if u["template"] == template]
+    assert up["status"] == "done", up
+    v = fleet.client.get(f"/templates/{template}/versions")[-1]
+    assert (v["number"], v["guest_tool_version"]) == (up["version"], guest.tool_version())
+    if up["operation_id"] is not None:
+        assert fleet.wait(up["operation_id"])["status"] == "done"
+    assert sorted(up["pushed"]) == sorted(full)
+    assert all(r == f"installed {guest.tool_version()}" for r in up["pushed"].values())
+    for vm in linked:
+        assert fleet.show(vm)["version"] == up["version"]
+        if fleet.show(vm)["power"] != "running":
+            fleet.client.post(f"/clones/{vm}/start")
+    fleet.client.post("/compliance/check", {})
+    agents = fleet.client.get("/agents")
+    assert (agents["outdated"], agents["missing"], agents["templates"]) == (0, 0, [])
+    return up
+
+
+def test_agent_update_linked_and_full_clones(fleet, template: str) -> None:
+    linked = fleet.create(count=2)
+    full = fleet.create(count=1, full=True)
+    stopped_full = fleet.create(count=1, full=True)
+    for vm in (*linked, *full):
+        fleet.client.post(f"/clones/{vm}/start")
+    fleet.client.post("/compliance/check", {})
+    assert fleet.client.get("/agents")["missing"] == 3
+
+    # refusals first, nothing stored: an unknown template, one in maintenance
+    fleet.error(404, fleet.client.post, "/agents/update", {"templates": ["nope"]})
+    fleet.client.post(f"/templates/{template}/maintenance/enter")
+    msg = fleet.error(409, fleet.client.post, "/agents/update", {})
+    assert "maintenance" in msg
+    fleet.client.post(f"/templates/{template}/maintenance/abort")
+    assert fleet.client.get("/agents/updates") == []
+
+    made = fleet.client.post("/agents/update", {"rollout": {"logoff": "force"}})
+    assert [(u["template"], u["status"]) for u in made] == [(template, "queued")]
+    up = check_updated(fleet, template, linked, full)
+    assert stopped_full[0] not in up["pushed"]  # pushed into running clones only
+    # the template's current version now holds the packaged tool: nothing left to update
+    msg = fleet.error(422, fleet.client.post, "/agents/update", {})
+    assert "no template to update" in msg
+    out = fleet.cli("agent", "updates")
+    assert out.returncode == 0 and "done" in out.stdout

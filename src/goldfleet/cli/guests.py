@@ -238,3 +238,33 @@ def agent_status(as_json: JsonOpt = False) -> None:
         )
     for t in r["templates"]:
         print(f"template {t['template']} v{t['version']}: tool {t['tool_version'] or 'unknown'}")
+
+
+def print_updates(items: list[dict[str, Any]]) -> None:
+    output.table(
+        None,
+        ["id", "template", "status", "version", "operation", "pushed", "note"],
+        [
+            [
+                u["id"],
+                u["template"],
+                u["status"],
+                f"v{u['version']}" if u["version"] else "-",
+                u["operation_id"] or "-",
+                len(u["pushed"]),
+                u["error"] or "",
+            ]
+            for u in items
+        ],
+    )
+
+
+@agent_app.command("updates")
+def updates(as_json: JsonOpt = False) -> None:
+    """Every agent update request: its step, the version and recreate it made, full clones
+    pushed, and what it waits on."""
+    r = _call("GET", "/agents/updates")
+    if as_json:
+        output.emit_json(r)
+    else:
+        print_updates(r)

@@ -16,7 +16,7 @@ from goldfleet.cli.bundles import bundle_app, keys_app
 from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
 from goldfleet.cli.common import JsonOpt, follow
 from goldfleet.cli.common import fail as _fail
-from goldfleet.cli.guests import agent_app, compliance_app, guest_tool_app
+from goldfleet.cli.guests import agent_app, compliance_app, guest_tool_app, print_updates
 from goldfleet.cli.hosts import host_app
 from goldfleet.cli.pools import pool_app
 from goldfleet.cli.sim import sim_app
@@ -405,6 +405,65 @@ def maintenance_enter(name: str, as_json: JsonOpt = False) -> None:
         )
         output.console.print(f"  {t['overlay_path']}", highlight=False)
         output.console.print(f"then: goldfleet template maintenance exit {name}")
+
+
+@agent_app.command("update")
+def agent_update(
+    template: Annotated[
+        list[str] | None, typer.Option("--template", help="A template (repeat); default: outdated.")
+    ] = None,
+    exclude: Annotated[
+        list[str] | None, typer.Option("--exclude", help="Leave this template out (repeat).")
+    ] = None,
+    recreate_full: Annotated[
+        bool, typer.Option("--recreate-full", help="Recreate full clones instead of pushing.")
+    ] = False,
+    logoff: LogoffOpt = "wait",
+    deadline: DeadlineOpt = None,
+    grace: GraceOpt = None,
+    message: MessageOpt = None,
+    max_parallel: MaxParallelOpt = None,
+    per_host: PerHostOpt = None,
+    canary: CanaryOpt = 0,
+    canary_auto: CanaryAutoOpt = False,
+    stop_on_error: StopOnErrorOpt = True,
+    max_failures: MaxFailuresOpt = None,
+    at: AtOpt = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow until every update ends.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Update the guest tool of templates' clones in bulk: maintenance, install in the
+    maintenance VM, exit with a recreate (rollout flags apply); full clones get it pushed (or
+    recreated with --recreate-full). Durable: a killed server carries on where it stopped."""
+    client = _client()
+    body = {
+        "templates": template or None,
+        "exclude": exclude or [],
+        "recreate_full": recreate_full,
+        "rollout": _rollout(
+            logoff=logoff,
+            deadline=deadline,
+            grace=grace,
+            message=message,
+            max_parallel=max_parallel,
+            per_host=per_host,
+            canary=canary,
+            canary_auto=canary_auto,
+            stop_on_error=stop_on_error,
+            max_failures=max_failures,
+            at=at,
+        ),
+    }
+    made = _call(client.post, "/agents/update", body)
+    while wait and any(u["status"] not in ("done", "failed") for u in made):
+        time.sleep(0.5)
+        made = [_call(client.get, f"/agents/updates/{u['id']}") for u in made]
+    if as_json:
+        output.emit_json(made)
+    else:
+        print_updates(made)
+    if wait and any(u["status"] == "failed" for u in made):
+        raise typer.Exit(1)
 
 
 @maintenance_app.command("exit")

@@ -333,13 +333,13 @@ class SimMessage(Base):
 
 
 class SimGuestFile(Base):
-    """A file inside a simulated guest, as its agent would read and write it. The guest's
-    files live on its system disk: (re)defining the VM, which goldfleet does when it rebuilds
-    that disk, starts it with none."""
+    """A file inside a simulated guest, as its agent would read and write it. A guest's files
+    live on its disks: each row belongs to one disk file (its sim id, drivers/sim.py), and a
+    guest sees its system volume's files over those of the layers below it."""
 
     __tablename__ = "sim_guest_files"
 
-    vm: Mapped[str] = mapped_column(String(63), primary_key=True)
+    disk: Mapped[str] = mapped_column(String(80), primary_key=True)
     path: Mapped[str] = mapped_column(String(255), primary_key=True)
     data: Mapped[bytes] = mapped_column(LargeBinary)
 
@@ -384,3 +384,25 @@ class GuestState(Base):
     policy_number: Mapped[int | None]
     since: Mapped[datetime] = mapped_column(default=utcnow)
     checked_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class AgentUpdate(Base):
+    """A bulk update of the guest tool of one template's clones (``goldfleet agent update``),
+    stored before its first step and advanced step by step by the runner's periodic pass: a
+    server killed at any point leaves a row that the next pass carries on from."""
+
+    __tablename__ = "agent_updates"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    template_id: Mapped[int] = mapped_column(ForeignKey("templates.id"), index=True)
+    # queued → entering → installing → exiting → pushing → done | failed
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    recreate_full: Mapped[bool] = mapped_column(default=False)
+    rollout: Mapped[dict[str, Any] | None]  # the recreate's policy and start time
+    actor: Mapped[str] = mapped_column(String(63))
+    operation_id: Mapped[int | None]  # the recreate started by the maintenance exit
+    version: Mapped[int | None]  # the version the exit made
+    pushed: Mapped[dict[str, Any]] = mapped_column(default=dict)  # full clone → result
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -23,9 +23,13 @@ the admin reaches them through ``/sim`` (services/sim.py).
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import json
+import os
 import re
 import threading
+import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
@@ -361,8 +365,6 @@ class SimDriver(Driver):
             if dom is not None:
                 kept = {k: dom.disks[k] for k in ("started_once", "filter") if k in dom.disks}
                 dom.disks = {**config, **kept}
-                # its system disk was rebuilt: the guest's files start afresh
-                s.execute(delete(SimGuestFile).where(SimGuestFile.vm == spec.name))
                 return dom.host
             chosen = host or self._least_loaded(s)
             s.add(SimDomain(name=spec.name, host=chosen, state=STOPPED, disks=config))
@@ -540,16 +542,14 @@ class SimDriver(Driver):
     def guest_read(self, *, name: str, path: str, limit: int = GUEST_READ_LIMIT) -> bytes | None:
         self._enter("guest_read", [name])
         with self.factory() as s:
-            self._running(s, name, f"read {path} in")
-            data = s.scalar(
-                select(SimGuestFile.data).where(SimGuestFile.vm == name, SimGuestFile.path == path)
-            )
+            dom = self._running(s, name, f"read {path} in")
+            data = _read(s, dom, path)
         return None if data is None else bytes(data[:limit])
 
     def guest_read_many(
         self, *, names: Sequence[str], path: str, limit: int = GUEST_READ_LIMIT
     ) -> dict[str, bytes | DriverError | None]:
-        """One query for all the guests (the plan applies per VM as in :meth:`guest_read`)."""
+        """A few queries for all the guests (the plan applies per VM as in :meth:`guest_read`)."""
         found: dict[str, bytes | DriverError | None] = {}
         asked: list[str] = []
         for vm in dict.fromkeys(names):
@@ -559,31 +559,34 @@ class SimDriver(Driver):
             except DriverError as exc:
                 found[vm] = exc
         with self.factory() as s:
-            states: dict[str, str] = {}
-            files: dict[str, bytes] = {}
             for chunk in range(0, len(asked), 500):
                 part = asked[chunk : chunk + 500]
-                states.update(
+                doms = {
+                    n: (state, config)
+                    for n, state, config in s.execute(
+                        select(SimDomain.name, SimDomain.state, SimDomain.disks).where(
+                            SimDomain.name.in_(part)
+                        )
+                    )
+                }
+                chains = {vm: _chain_of(vm, doms[vm][1]) for vm in part if vm in doms}
+                keys = {k for chain in chains.values() for k in chain}
+                files = dict(
                     s.execute(
-                        select(SimDomain.name, SimDomain.state).where(SimDomain.name.in_(part))
-                    ).all()
-                )
-                files.update(
-                    s.execute(
-                        select(SimGuestFile.vm, SimGuestFile.data).where(
-                            SimGuestFile.vm.in_(part), SimGuestFile.path == path
+                        select(SimGuestFile.disk, SimGuestFile.data).where(
+                            SimGuestFile.disk.in_(keys), SimGuestFile.path == path
                         )
                     ).all()
                 )
-        for vm in asked:
-            state = states.get(vm)
-            if state != RUNNING:
-                found[vm] = DriverError(
-                    f"sim: cannot read {path} in VM {vm}: it is {state or 'not defined'}"
-                )
-            else:
-                data = files.get(vm)
-                found[vm] = None if data is None else bytes(data[:limit])
+                for vm in part:
+                    state = doms[vm][0] if vm in doms else "not defined"
+                    if state != RUNNING:
+                        found[vm] = DriverError(
+                            f"sim: cannot read {path} in VM {vm}: it is {state}"
+                        )
+                        continue
+                    data = next((files[k] for k in chains[vm] if k in files), None)
+                    found[vm] = None if data is None else bytes(data[:limit])
         return found
 
     def guest_write(self, *, name: str, path: str, data: bytes, mode: int = 0o644) -> None:
@@ -591,8 +594,8 @@ class SimDriver(Driver):
         if not path.startswith("/") or "\0" in path or len(path) > 255:
             raise DriverError(f"sim: cannot write {path!r} in VM {name}: not an absolute path")
         with self.factory.begin() as s:
-            self._running(s, name, f"write {path} in")
-            _put_file(s, name, path, data)
+            dom = self._running(s, name, f"write {path} in")
+            _write(s, dom, path, data)
 
     def guest_write_many(
         self, *, files: Mapping[str, bytes], path: str
@@ -609,33 +612,34 @@ class SimDriver(Driver):
         with self.factory.begin() as s:
             for chunk in range(0, len(asked), 500):
                 part = asked[chunk : chunk + 500]
-                states = dict(
-                    s.execute(
-                        select(SimDomain.name, SimDomain.state).where(SimDomain.name.in_(part))
-                    ).all()
-                )
+                doms = {
+                    d.name: d for d in s.scalars(select(SimDomain).where(SimDomain.name.in_(part)))
+                }
+                tops = {vm: _chain(doms[vm])[0] for vm in part if vm in doms}
                 have = set(
                     s.scalars(
-                        select(SimGuestFile.vm).where(
-                            SimGuestFile.vm.in_(part), SimGuestFile.path == path
+                        select(SimGuestFile.disk).where(
+                            SimGuestFile.disk.in_(set(tops.values())), SimGuestFile.path == path
                         )
                     )
                 )
                 for vm in part:
-                    if states.get(vm) != RUNNING:
+                    dom = doms.get(vm)
+                    if dom is None or dom.state != RUNNING:
+                        state = dom.state if dom is not None else "not defined"
                         done[vm] = DriverError(
-                            f"sim: cannot write {path} in VM {vm}: it is"
-                            f" {states.get(vm) or 'not defined'}"
+                            f"sim: cannot write {path} in VM {vm}: it is {state}"
                         )
                         continue
-                    if vm in have:
+                    if tops[vm] in have:
                         s.execute(
                             update(SimGuestFile)
-                            .where(SimGuestFile.vm == vm, SimGuestFile.path == path)
+                            .where(SimGuestFile.disk == tops[vm], SimGuestFile.path == path)
                             .values(data=files[vm])
                         )
                     else:
-                        s.add(SimGuestFile(vm=vm, path=path, data=files[vm]))
+                        s.add(SimGuestFile(disk=tops[vm], path=path, data=files[vm]))
+                        have.add(tops[vm])
                     done[vm] = None
         return done
 
@@ -644,8 +648,8 @@ class SimDriver(Driver):
         are the domain's: ``quarantine.check_nq_set``); anything else is not found (127)."""
         self._enter("guest_exec", [name])
         with self.factory.begin() as s:
-            self._running(s, name, "run a program in")
-            return _run_tool(s, name, list(argv))
+            dom = self._running(s, name, "run a program in")
+            return _run_tool(s, dom, list(argv))
 
     def define_filter(self, *, filter_name: str, xml: str) -> None:
         self._enter("define_filter")
@@ -829,25 +833,70 @@ def _vm_of(dom: SimDomain, logged: Iterable[str]) -> SimVm:
     return SimVm(name=dom.name, host=dom.host, state=dom.state, users=tuple(logged), disks=disks)
 
 
-def _put_file(s: Session, vm: str, path: str, data: bytes) -> None:
-    row = s.get(SimGuestFile, (vm, path))
+DISK_XATTR = "user.goldfleet.sim-disk"
+
+
+def _disk_key(path: str) -> str:
+    """The identity of a disk file, which its guest files belong to: an id the sim keeps in
+    the file's extended attribute ``user.goldfleet.sim-disk`` (set on first sight). A rename —
+    the store sealing an overlay into a layer — keeps it; a new file (a rebuilt system volume, a
+    full clone's copy) has none and gets a new one. Where the file is missing or its file system
+    keeps no user attributes, the path stands in."""
+    try:
+        return "disk:" + os.getxattr(path, DISK_XATTR).decode()
+    except OSError as exc:
+        if exc.errno == errno.ENODATA:
+            ident = uuid.uuid4().hex
+            try:
+                os.setxattr(path, DISK_XATTR, ident.encode(), os.XATTR_CREATE)
+                return "disk:" + ident
+            except OSError as again:
+                if again.errno == errno.EEXIST:
+                    return "disk:" + os.getxattr(path, DISK_XATTR).decode()
+        return "path:" + hashlib.sha256(path.encode()).hexdigest()[:40]
+
+
+def _chain(dom: SimDomain) -> list[str]:
+    """The disks a guest's files are read from, top first: its system volume, then the layers
+    it is declared on (a qcow2 chain reads through to its backing files). A VM without a
+    system disk keeps its files under its name."""
+    return _chain_of(dom.name, dom.disks)
+
+
+def _chain_of(name: str, config: Mapping[str, Any]) -> list[str]:
+    for disk in config.get("disks", []):
+        if disk.get("role") == "system":
+            return [_disk_key(p) for p in (disk["path"], *disk.get("backing", ()))]
+    return ["vm:" + name]
+
+
+def _read(s: Session, dom: SimDomain, path: str) -> bytes | None:
+    chain = _chain(dom)
+    found = dict(
+        s.execute(
+            select(SimGuestFile.disk, SimGuestFile.data).where(
+                SimGuestFile.disk.in_(chain), SimGuestFile.path == path
+            )
+        ).all()
+    )
+    return next((found[k] for k in chain if k in found), None)
+
+
+def _write(s: Session, dom: SimDomain, path: str, data: bytes) -> None:
+    """Writes land on the top disk (the clone's own system volume), never on a layer."""
+    top = _chain(dom)[0]
+    row = s.get(SimGuestFile, (top, path))
     if row is None:
-        s.add(SimGuestFile(vm=vm, path=path, data=data))
+        s.add(SimGuestFile(disk=top, path=path, data=data))
     else:
         row.data = data
 
 
-def _file(s: Session, vm: str, path: str) -> bytes | None:
-    return s.scalar(
-        select(SimGuestFile.data).where(SimGuestFile.vm == vm, SimGuestFile.path == path)
-    )
-
-
-def _run_tool(s: Session, vm: str, argv: list[str]) -> ExecResult:
+def _run_tool(s: Session, dom: SimDomain, argv: list[str]) -> ExecResult:
     """The guest tool's model: what ``goldfleet-guest`` (src/goldfleet/guest) does, on the
     files of the simulated guest. tests/integration/test_guest_tool.py holds the shell tool
     to the same domain rule."""
-    program = _file(s, vm, guest_tool.GUEST_TOOL_PATH) if argv else None
+    program = _read(s, dom, guest_tool.GUEST_TOOL_PATH) if argv else None
     if not argv or argv[0] != guest_tool.GUEST_TOOL_PATH or program is None:
         shown = argv[0] if argv else "(nothing)"
         return ExecResult(127, "", f"{shown}: not found")
@@ -855,7 +904,7 @@ def _run_tool(s: Session, vm: str, argv: list[str]) -> ExecResult:
     if args == ["version"]:
         found = guest_tool.version_in(program.decode("utf-8", "replace"))
         return ExecResult(0, f"{found}\n", "") if found else ExecResult(2, "", "no version")
-    held_raw = _file(s, vm, guest_tool.GUEST_DESCRIPTOR_PATH)
+    held_raw = _read(s, dom, guest_tool.GUEST_DESCRIPTOR_PATH)
     held = held_raw.decode("utf-8", "replace").split("\n")[0] if held_raw is not None else None
     if args == ["nq-get"]:
         if held is None:
@@ -867,7 +916,7 @@ def _run_tool(s: Session, vm: str, argv: list[str]) -> ExecResult:
         return ExecResult(0, held + "\n", "")
     if args[:1] == ["nq-set"] and len(args) in (2, 3) and (len(args) == 2 or args[1] == "-n"):
         new = args[-1]
-        policy_raw = _file(s, vm, guest_tool.GUEST_POLICY_PATH)
+        policy_raw = _read(s, dom, guest_tool.GUEST_POLICY_PATH)
         if policy_raw is None:
             return ExecResult(1, "", "goldfleet-guest: no quarantine policy in this guest")
         policy = quarantine.parse_guest_policy(policy_raw.decode("utf-8", "replace"))
@@ -876,17 +925,22 @@ def _run_tool(s: Session, vm: str, argv: list[str]) -> ExecResult:
         except InvalidInput as exc:
             return ExecResult(1, "", f"goldfleet-guest: {exc.message}")
         if len(args) == 2:
-            _put_file(s, vm, guest_tool.GUEST_DESCRIPTOR_PATH, new.encode() + b"\n")
+            _write(s, dom, guest_tool.GUEST_DESCRIPTOR_PATH, new.encode() + b"\n")
         return ExecResult(0, "", "")
     return ExecResult(2, "", "usage: goldfleet-guest version | nq-get | nq-set [-n] DESCRIPTOR")
 
 
 def guest_files(s: Session, *, vm: str) -> dict[str, bytes]:
-    """The simulated world: every file in a guest (what its users and goldfleet wrote)."""
-    _world_domain(s, vm)
-    return dict(
-        s.execute(select(SimGuestFile.path, SimGuestFile.data).where(SimGuestFile.vm == vm)).all()
-    )
+    """The simulated world: every file a guest sees (its own over its image's)."""
+    chain = _chain(_world_domain(s, vm))
+    seen: dict[str, bytes] = {}
+    for key in reversed(chain):
+        seen.update(
+            s.execute(
+                select(SimGuestFile.path, SimGuestFile.data).where(SimGuestFile.disk == key)
+            ).all()
+        )
+    return seen
 
 
 def guest_write(s: Session, *, vm: str, path: str, data: bytes) -> None:
@@ -895,7 +949,7 @@ def guest_write(s: Session, *, vm: str, path: str, data: bytes) -> None:
     dom = _world_domain(s, vm)
     if dom.state != RUNNING:
         raise Conflict(f"VM {vm} is {dom.state}; only a running guest writes files")
-    _put_file(s, vm, path, data)
+    _write(s, dom, path, data)
 
 
 def guest_run(s: Session, *, vm: str, argv: Sequence[str]) -> ExecResult:
@@ -904,4 +958,4 @@ def guest_run(s: Session, *, vm: str, argv: Sequence[str]) -> ExecResult:
     dom = _world_domain(s, vm)
     if dom.state != RUNNING:
         raise Conflict(f"VM {vm} is {dom.state}; start it first")
-    return _run_tool(s, vm, list(argv))
+    return _run_tool(s, dom, list(argv))

@@ -7,8 +7,15 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
 from goldfleet.api.deps import Ctx, Reader, Writer
-from goldfleet.services import guests
-from goldfleet.services.guests import AgentsView, CheckView, GuestView, PolicyView
+from goldfleet.api.schemas import Rollout
+from goldfleet.services import guests, rollouts
+from goldfleet.services.guests import (
+    AgentsView,
+    AgentUpdateView,
+    CheckView,
+    GuestView,
+    PolicyView,
+)
 
 router = APIRouter(tags=["guests"])
 
@@ -55,3 +62,38 @@ def compliance_check(body: CheckRequest, ctx: Ctx, caller: Writer) -> CheckView:
 @router.get("/agents")
 def agent_status(ctx: Ctx, caller: Reader) -> AgentsView:
     return guests.agents(ctx)
+
+
+class AgentUpdateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    templates: list[str] | None = Field(default=None, max_length=1000)  # None: the outdated
+    exclude: list[str] = Field(default_factory=list, max_length=1000)
+    recreate_full: bool = False  # recreate full clones instead of pushing the tool into them
+    rollout: Rollout | None = None  # the recreate's policy (logoff, grace, message, canary…)
+
+
+@router.post("/agents/update", status_code=201)
+def agent_update(body: AgentUpdateRequest, ctx: Ctx, caller: Writer) -> list[AgentUpdateView]:
+    """One durable request per template, advanced by the server step by step (see
+    GET /agents/updates)."""
+    policy, start_at = rollouts.policy_from(ctx, body.rollout)
+    return guests.start_update(
+        ctx,
+        templates=body.templates,
+        exclude=body.exclude,
+        recreate_full=body.recreate_full,
+        policy=policy,
+        start_at=start_at,
+        actor=caller.name,
+    )
+
+
+@router.get("/agents/updates")
+def agent_updates(ctx: Ctx, caller: Reader) -> list[AgentUpdateView]:
+    return guests.list_updates(ctx)
+
+
+@router.get("/agents/updates/{update_id}")
+def agent_update_show(update_id: int, ctx: Ctx, caller: Reader) -> AgentUpdateView:
+    return guests.show_update(ctx, update_id)

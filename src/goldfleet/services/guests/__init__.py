@@ -3,6 +3,13 @@ templates, and each running clone's network access under them (docs/guests.md)."
 
 from __future__ import annotations
 
+from goldfleet.services.guests._agents import (
+    AgentUpdateView,
+    agent_tick,
+    list_updates,
+    show_update,
+    start_update,
+)
 from goldfleet.services.guests._compliance import (
     AgentsView,
     CheckView,
@@ -19,16 +26,21 @@ from goldfleet.services.guests._compliance import (
 )
 
 __all__ = [
+    "AgentUpdateView",
     "AgentsView",
     "CheckView",
     "GuestView",
     "PolicyView",
+    "agent_tick",
     "agents",
     "apply_policy",
     "check",
     "count_outdated",
+    "list_updates",
     "policy_json",
     "show_policy",
+    "show_update",
+    "start_update",
     "status",
     "tick",
 ]

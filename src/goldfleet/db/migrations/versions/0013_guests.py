@@ -51,11 +51,30 @@ def upgrade() -> None:
     )
     op.create_table(
         "sim_guest_files",
-        sa.Column("vm", sa.String(length=63), nullable=False),
+        sa.Column("disk", sa.String(length=80), nullable=False),
         sa.Column("path", sa.String(length=255), nullable=False),
         sa.Column("data", sa.LargeBinary(), nullable=False),
-        sa.PrimaryKeyConstraint("vm", "path"),
+        sa.PrimaryKeyConstraint("disk", "path"),
     )
+    op.create_table(
+        "agent_updates",
+        sa.Column("id", ID, autoincrement=True, nullable=False),
+        sa.Column("template_id", ID, nullable=False),
+        sa.Column("status", sa.String(length=16), nullable=False),
+        sa.Column("recreate_full", sa.Boolean(), nullable=False),
+        sa.Column("rollout", sa.JSON(), nullable=True),
+        sa.Column("actor", sa.String(length=63), nullable=False),
+        sa.Column("operation_id", ID, nullable=True),
+        sa.Column("version", ID, nullable=True),
+        sa.Column("pushed", sa.JSON(), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("updated_at", sa.DateTime(), nullable=False),
+        sa.ForeignKeyConstraint(["template_id"], ["templates.id"]),
+        sa.PrimaryKeyConstraint("id"),
+    )
+    op.create_index(op.f("ix_agent_updates_template_id"), "agent_updates", ["template_id"])
+    op.create_index(op.f("ix_agent_updates_status"), "agent_updates", ["status"])
     op.create_table(
         "sim_filters",
         sa.Column("name", sa.String(length=120), nullable=False),
@@ -66,6 +85,9 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("sim_filters")
+    op.drop_index(op.f("ix_agent_updates_status"), table_name="agent_updates")
+    op.drop_index(op.f("ix_agent_updates_template_id"), table_name="agent_updates")
+    op.drop_table("agent_updates")
     op.drop_table("sim_guest_files")
     op.drop_table("guest_states")
     op.drop_index(op.f("ix_quarantine_policies_template_id"), table_name="quarantine_policies")
