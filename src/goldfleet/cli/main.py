@@ -18,6 +18,7 @@ from goldfleet.cli.common import JsonOpt, follow
 from goldfleet.cli.common import fail as _fail
 from goldfleet.cli.hosts import host_app
 from goldfleet.cli.pools import pool_app
+from goldfleet.cli.sessions import session_app
 from goldfleet.cli.sim import sim_app
 from goldfleet.cli.sites import publish as _publish
 from goldfleet.cli.sites import site_app
@@ -52,6 +53,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(site_app, name="site")
 template_app.command("publish")(_publish)
 app.add_typer(host_app, name="host")
+app.add_typer(session_app, name="session")
 
 R = "Rollout policy"
 LogoffOpt = Annotated[
