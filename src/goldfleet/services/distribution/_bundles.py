@@ -1029,6 +1029,8 @@ def check_bundle(ctx: Context, file: Path) -> BundleCheck:
     binding, manifest, catalog rules, room, each carried layer's size and digest, read and
     hashed but written nowhere) and what it would change. Writes nothing; a refusal is the
     answer's ``refusal``, not an error."""
+    if file.stat().st_size == 0:  # no request body: nothing to judge
+        raise InvalidInput("no bundle was sent: send the bundle file as the request body")
     report = BundleCheck(file_ok=False)
     try:
         with file.open("rb") as raw, _open_tar(raw) as tar:
