@@ -781,6 +781,7 @@ def _take_back(ctx: Context, name: str, now: datetime) -> list[str]:
         except GoldfleetError as exc:  # tried again next pass
             log.warning("pool %s: users of %s not told: %s", name, clone, exc.message)
     if told:
+        crashpoints.reached("pool-window.told")
         with _locked(ctx, name) as s:  # the grace starts once the message is out
             get_pool(s, name, lock=True).window_notified_at = now
             s.commit()
@@ -799,6 +800,7 @@ def _unassign(
         running = c.power == Power.RUNNING
     if running:
         fleet.stop_clone(ctx, clone, actor=WINDOW_ACTOR)
+        crashpoints.reached("pool-window.stopped")
     with _locked(ctx, pool) as s:
         taken = s.execute(
             update(Clone)
