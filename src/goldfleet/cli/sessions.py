@@ -59,9 +59,12 @@ def list_(
 @session_app.command("message")
 def message(
     target: Annotated[
-        str | None, typer.Argument(help="The clone whose users get the message.")
+        str | None,
+        typer.Argument(
+            metavar="CLONE", help="The clone whose users get the message (with --all-of: TEXT)."
+        ),
     ] = None,
-    text: Annotated[str | None, typer.Argument(help="The message.")] = None,
+    text: Annotated[str | None, typer.Argument(metavar="TEXT", help="The message.")] = None,
     all_of: Annotated[
         str | None,
         typer.Option(
