@@ -46,20 +46,23 @@ def test_sessions_listed_messaged_and_logged_off_by_hand(fleet, template):
     login(fleet, two, "dave")
     login(fleet, pooled, "carol")
 
-    listed = fleet.cli_json("session", "list")
+    answer = fleet.cli_json("session", "list")
+    listed = answer["sessions"]
+    assert answer["errors"] == []
     assert sorted((s["clone"], s["user"]) for s in listed) == sorted(
         [(one, "alice"), (one, "bob"), (two, "dave"), (pooled, "carol")]
     )
     first = next(s for s in listed if s["user"] == "alice")
     assert first["since"] is not None and first["idle_seconds"] is None  # the sim has no idle
     assert (first["template"], first["pool"]) == (template, None)
-    assert [s["user"] for s in fleet.cli_json("session", "list", "--pool", "desks")] == ["carol"]
+    in_pool = fleet.cli_json("session", "list", "--pool", "desks")["sessions"]
+    assert [s["user"] for s in in_pool] == ["carol"]
     [(host,)] = fleet.rows("SELECT host FROM clones WHERE name = ?", two)
-    on_host = fleet.cli_json("session", "list", "--host", host)
+    on_host = fleet.cli_json("session", "list", "--host", host)["sessions"]
     assert ("dave", host) in {(s["user"], s["host"]) for s in on_host}
     assert all(s["host"] == host for s in on_host)
-    assert fleet.cli_json("session", "list", "--host", "no-such-host") == []
-    assert len(fleet.client.get("/sessions", params={"template": template})) == 4
+    assert fleet.cli_json("session", "list", "--host", "no-such-host")["sessions"] == []
+    assert len(fleet.client.get("/sessions", params={"template": template})["sessions"]) == 4
     table = fleet.cli("session", "list")
     assert table.returncode == 0 and "alice" in table.stdout and "desks" in table.stdout
 
@@ -106,7 +109,7 @@ def test_sessions_listed_messaged_and_logged_off_by_hand(fleet, template):
     # readers list, only admins act
     token = fleet.client.post("/tokens", {"name": "desk", "role": "reader"})["token"]
     reader = fleet.server.client(token)
-    assert len(reader.get("/sessions")) == 3
+    assert len(reader.get("/sessions")["sessions"]) == 3
     try:
         reader.delete(f"/sessions/{one}/alice")
     except ClientError as exc:
@@ -115,3 +118,32 @@ def test_sessions_listed_messaged_and_logged_off_by_hand(fleet, template):
         raise AssertionError("a reader logged a user off")
     assert users_on(fleet, one) == ["alice"]
     json.dumps(listed)  # plain JSON for scripts
+
+
+def test_a_vm_the_driver_cannot_answer_for_is_reported_and_hides_nothing(fleet, template):
+    good, bad = fleet.create(count=2)
+    for name in (good, bad):
+        fleet.client.post(f"/clones/{name}/start")
+        login(fleet, name, "erin" if name == good else "frank")
+    fleet.server.env["GOLDFLEET_SIM_PLAN"] = json.dumps({"fail_vms": [bad]})
+    fleet.server.restart()
+
+    proc = fleet.cli("session", "list", "--json")
+    assert proc.returncode == 1  # not every clone could be asked
+    answer = json.loads(proc.stdout)
+    assert [(s["clone"], s["user"]) for s in answer["sessions"]] == [(good, "erin")]
+    [error] = answer["errors"]
+    assert error["clone"] == bad and "injected by the sim plan" in error["error"]
+    table = fleet.cli("session", "list")
+    assert table.returncode == 1 and "erin" in table.stdout
+    assert f"{bad}: sessions not listed: sim:" in table.stderr
+
+    proc = fleet.cli("session", "message", "--all-of", template, "Hello", "--json")
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    outcomes = {o["clone"]: o for o in report["clones"]}
+    assert outcomes[good]["sent"] and outcomes[good]["users"] == ["erin"]
+    assert not outcomes[bad]["sent"] and "sim: send_message of VM" in outcomes[bad]["error"]
+    assert messages_to(fleet, good) == ["Hello"]
+    proc = fleet.cli("session", "logoff", bad, "frank")
+    assert proc.returncode == 1 and "failed (injected by the sim plan" in proc.stderr

@@ -37,7 +37,17 @@ def list_(
     r = _call("GET", "/sessions", params=params)
     if as_json:
         output.emit_json(r)
-        return
+    else:
+        _session_rows(r["sessions"])
+        for e in r["errors"]:
+            output.err_console.print(
+                f"{e['clone']}: sessions not listed: {e['error']}", markup=False, highlight=False
+            )
+    if r["errors"]:
+        raise typer.Exit(1)
+
+
+def _session_rows(items: list[dict[str, Any]]) -> None:
     output.table(
         None,
         ["clone", "user", "since", "idle", "template", "pool", "host"],
@@ -51,7 +61,7 @@ def list_(
                 x["pool"] or "-",
                 x["host"] or "-",
             ]
-            for x in r
+            for x in items
         ],
     )
 

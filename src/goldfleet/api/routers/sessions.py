@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from goldfleet.api.deps import Ctx, Reader, Writer
 from goldfleet.services import fleet
-from goldfleet.services.fleet import LogoffView, MessageReport, SessionView
+from goldfleet.services.fleet import LogoffView, MessageReport, SessionList
 
 router = APIRouter(prefix="/sessions", tags=["sessions"])
 
@@ -28,7 +28,8 @@ def list_sessions(
     template: str | None = None,
     pool: str | None = None,
     host: str | None = None,
-) -> list[SessionView]:
+) -> SessionList:
+    """The users of running clones; ``errors``: clones the driver could not answer for."""
     return fleet.list_sessions(ctx, template=template, pool=pool, host=host)
 
 

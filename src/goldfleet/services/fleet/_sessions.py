@@ -78,21 +78,44 @@ def _running(s: Session, *, template: str | None, pool: str | None, host: str | 
     return list(s.execute(q))
 
 
+class SessionError(BaseModel):
+    clone: str
+    error: str  # the driver's words
+
+
+class SessionList(BaseModel):
+    sessions: list[SessionView]
+    errors: list[SessionError] = []  # running clones whose users the driver could not list
+
+
 def list_sessions(
     ctx: Context,
     *,
     template: str | None = None,
     pool: str | None = None,
     host: str | None = None,
-) -> list[SessionView]:
+) -> SessionList:
     """The users logged into running clones (of a template, a pool, on a host), asked of the
-    driver in one call; a driver that cannot tell refuses with its words."""
+    driver in one call. If that call fails, each clone is asked alone, so one VM the driver
+    cannot answer for is reported with the driver's words and does not hide the others."""
     with ctx.session() as s:
         rows = _running(s, template=template, pool=pool, host=host)
     if not rows:
-        return []
-    found = call_driver(ctx, ctx.driver.sessions, names=[r[0] for r in rows])
-    return [
+        return SessionList(sessions=[])
+    names = [r[0] for r in rows]
+    errors: list[SessionError] = []
+    try:
+        found = call_driver(ctx, ctx.driver.sessions, names=names)
+    except GoldfleetError as first:
+        if len(names) == 1:
+            raise first
+        found = {}
+        for name in names:
+            try:
+                found.update(call_driver(ctx, ctx.driver.sessions, names=[name]))
+            except GoldfleetError as exc:
+                errors.append(SessionError(clone=name, error=exc.message))
+    sessions = [
         SessionView(
             clone=name,
             user=g.user,
@@ -105,6 +128,7 @@ def list_sessions(
         for name, t, p, h in rows
         for g in found.get(name, [])
     ]
+    return SessionList(sessions=sessions, errors=errors)
 
 
 def _check_text(text: str) -> str:
@@ -142,9 +166,11 @@ def send_message(
             names = [r[0] for r in _running(s, template=all_of, pool=None, host=None)]
     users: dict[str, list[str]] = {}
     if all_of is not None and names and ctx.driver.capabilities.sessions:
-        found = call_driver(ctx, ctx.driver.sessions, names=names)
-        users = {n: [g.user for g in found.get(n, [])] for n in names}
-        names = [n for n in names if users[n]]
+        listed = list_sessions(ctx, template=all_of)
+        for x in listed.sessions:
+            users.setdefault(x.clone, []).append(x.user)
+        unknown = {e.clone for e in listed.errors}  # tried anyway: the driver will say
+        names = [n for n in names if n in users or n in unknown]
     outcomes = []
     failure: GoldfleetError | None = None  # a single clone's refusal, raised once audited
     for name in names:
