@@ -18,7 +18,6 @@ from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Pool, Template
 from goldfleet.domain.model import Power
 from goldfleet.domain.names import check_name
-from goldfleet.domain.pools import check_user
 from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, NotFound
 from goldfleet.services.common import audit, get_clone, get_template
 from goldfleet.services.fleet._clones import call_driver
@@ -204,10 +203,19 @@ def send_message(
     )
 
 
+def _check_session_user(user: str) -> str:
+    """A user as a guest names them (``DOMAIN\\alice`` too): printable, no spaces."""
+    if not isinstance(user, str) or not 0 < len(user) <= 256:
+        raise InvalidInput("the user name must have 1 to 256 characters")
+    if any(c.isspace() or not c.isprintable() for c in user):
+        raise InvalidInput(f"user name {user!r} is not valid: no spaces or control characters")
+    return user
+
+
 def logoff(ctx: Context, clone: str, user: str, *, actor: str) -> LogoffView:
     """Log ``user`` off ``clone`` now (the clone keeps running); audited, refused with the
     driver's words."""
-    check_user(user)
+    _check_session_user(user)
     with ctx.session() as s:
         c = get_clone(s, clone)
         if c.power != Power.RUNNING:
