@@ -49,6 +49,9 @@ POINTS: dict[str, str] = {
     "pool-create.committed": "pool stored; its first provisioning not yet started",
     "pool-assign.committed": "clone assigned to the user; not yet started",
     "pool-window.committed": "window recreate operation stored; runner not yet woken",
+    "pool-window.told": "window message sent to the users of assigned clones; the time not"
+    " yet stored",
+    "pool-window.stopped": "a clone the window takes back stopped; not yet unassigned",
     # distribution
     "bundle-import.sealed": "received layers sealed; their versions not yet stored",
     "site-sync.added": "a version received by a site's sync stored; not yet made current",

@@ -51,6 +51,7 @@ def _endpoints(fleet) -> list[tuple[str, str, str]]:
         "number": "1",
         "op_id": "1",
         "vm": "base-001",
+        "clone": "base-001",
         "user": "alice",
         "digest": "sha256:" + "0" * 64,
         "template": "base",

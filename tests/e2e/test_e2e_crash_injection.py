@@ -540,6 +540,46 @@ def test_pool_window_recreate_killed_before_the_runner_is_woken(fleet, template)
     _store_clean(fleet)
 
 
+def _window_now(fleet, **policy: str) -> None:
+    """Give pool desks a window open from now on (every minute, for 5: one long window)."""
+    body = {"cron": "* * * * *", "minutes": 5, **policy}
+    fleet.client.request("PUT", "/pools/desks/window", json=body)
+
+
+@kills_at("pool-window.told")
+def test_pool_window_killed_after_telling_users_tells_them_again(fleet, template):
+    fleet.client.post("/pools", {"name": "desks", "template": "base", "max": 1, "buffer": 1})
+    _pool_ready(fleet, "desks", 1)
+    clone = fleet.client.post("/pools/desks/assign", {"user": "alice"})["clone"]["name"]
+    fleet.client.post("/sim/sessions", {"vm": clone, "user": "alice"})
+    text = "Maintenance now"
+    crash_at(
+        fleet.server,
+        "pool-window.told",
+        lambda: _window_now(fleet, logoff="notify-force", grace="1s", message=text),
+    )
+    # the message was out, its time not stored: sent again (never skipped), then the grace
+    # counts from the second one, alice is logged off and the clone taken back
+    wait_until(lambda: fleet.client.get("/pools/desks")["assigned"] == 0, "the take-back")
+    told = [m["text"] for m in fleet.client.get("/sim/messages", params={"vm": clone})]
+    assert told == [text, text]
+    assert fleet.client.get("/sim/sessions") == []
+    assert fleet.show(clone)["power"] == "stopped"
+
+
+@kills_at("pool-window.stopped")
+def test_pool_window_killed_after_stopping_a_clone_unassigns_it_after(fleet, template):
+    fleet.client.post("/pools", {"name": "desks", "template": "base", "max": 1, "buffer": 1})
+    _pool_ready(fleet, "desks", 1)
+    clone = fleet.client.post("/pools/desks/assign", {"user": "alice"})["clone"]["name"]
+    crash_at(fleet.server, "pool-window.stopped", lambda: _window_now(fleet))
+    # stopped and still assigned after the crash; the next pass finds nobody on it
+    wait_until(lambda: fleet.client.get("/pools/desks")["assigned"] == 0, "the unassignment")
+    assert (fleet.show(clone)["power"], fleet.show(clone)["status"]) == ("stopped", "ready")
+    taken = [e for e in fleet.client.get("/audit") if e["action"] == "pool.unassign"]
+    assert [(e["detail"]["user"], e["detail"]["clone"]) for e in taken] == [("alice", clone)]
+
+
 # --- distribution: two real servers ------------------------------------------------------
 
 

@@ -265,7 +265,7 @@ def test_drain_stops_assigning_and_provisioning_enable_resumes(ctx: Context, bas
 # --- maintenance windows ------------------------------------------------------------------
 
 
-def test_window_recreates_idle_clones_inside_and_leaves_assigned_ones(
+def test_window_takes_assigned_clones_back_recreates_them_and_assigns_afresh_after(
     ctx: Context, base: str, clock: FakeClock
 ) -> None:
     make_pool(ctx, max_size=6, buffer=3, window_cron=WINDOW, window_minutes=120)
@@ -274,11 +274,12 @@ def test_window_recreates_idle_clones_inside_and_leaves_assigned_ones(
     assert len(members(ctx, "desks")) == 4
     assert new_version(ctx, "base", 0x22) == 2
 
-    # outside the window nothing is recreated, however often the pass runs
+    # outside the window nothing is recreated or taken back, however often the pass runs
     for _ in range(3):
         pools.reconcile_pools(ctx)
     settle(ctx)
     assert {v[1] for v in members(ctx, "desks").values()} == {1}
+    assert members(ctx, "desks")[alice.clone.name][2] == "alice"
     assert pool_ops(ctx, "desks", "pool.recreate") == []
     view = pools.show_pool(ctx, "desks")
     assert (view.behind, view.window_open, view.next_window) == (
@@ -286,38 +287,135 @@ def test_window_recreates_idle_clones_inside_and_leaves_assigned_ones(
         False,
         datetime(2026, 1, 10, 22),
     )
+    assert (view.window_logoff, view.window_grace_seconds) == ("wait", 600.0)
 
-    # inside it the idle clones behind are recreated while the pool assigns nothing
+    # inside it: alice (nobody logged on) loses her clone at once, stopped; all four idle
+    # clones behind are recreated; the pool assigns nothing for the whole window
     clock.at = SATURDAY_2230
     notes = pools.reconcile_pools(ctx)
-    assert any("3 idle clones being recreated" in n for n in notes)
+    assert f"pool desks: clone {alice.clone.name} taken back from alice for the window" in notes
+    assert any("4 idle clones being recreated" in n for n in notes)
     (op,) = pool_ops(ctx, "desks", "pool.recreate")
-    assert op.total == 3
-    if pools.show_pool(ctx, "desks").state == "maintenance":  # unless already done
-        with pytest.raises(Conflict, match="maintenance window"):
-            pools.assign(ctx, "desks", "bob", actor="t")
+    assert op.total == 4
+    with pytest.raises(Conflict, match="in its maintenance window until 2026-01-11 00:00 UTC"):
+        pools.assign(ctx, "desks", "bob", actor="t")
     settle(ctx)
     got = members(ctx, "desks")
-    assert got[alice.clone.name] == ("ready", 1, "alice", "running")  # left alone
-    assert {v[1] for n, v in got.items() if n != alice.clone.name} == {2}
+    assert got[alice.clone.name] == ("ready", 2, None, "stopped")
+    assert {v[:3] for v in got.values()} == {("ready", 2, None)}
     assert pools.reconcile_pools(ctx) == []  # done: nothing more in this window
     view = pools.show_pool(ctx, "desks")
-    assert (view.state, view.behind, view.window_open) == ("enabled", 1, True)
+    assert (view.state, view.behind, view.assigned, view.window_open) == (
+        "maintenance",
+        0,
+        0,
+        True,
+    )
     assert view.window_closes_at == datetime(2026, 1, 11, 0, 0)
     assert view.next_window == datetime(2026, 1, 17, 22, 0)
-    bob = pools.assign(ctx, "desks", "bob", actor="t")  # re-enabled
-    assert members(ctx, "desks")[bob.clone.name][1] == 2
+    with pytest.raises(Conflict, match="maintenance window"):
+        pools.assign(ctx, "desks", "alice", actor="t")
+    taken = [a for a in audit.list_audit(ctx) if a.action == "pool.unassign"]
+    assert [(a.actor, a.detail["user"], a.detail["clone"]) for a in taken] == [
+        ("pool-window", "alice", alice.clone.name)
+    ]
 
-    # alice gives hers back: the next window (not this pass outside one) brings it up to date
-    pools.release(ctx, "desks", "alice", actor="t")
+    # the window ends: the pool is enabled again and assignments start afresh, on v2
     clock.at = SUNDAY_0030
+    assert pools.show_pool(ctx, "desks").state == "enabled"
+    for user in ("bob", "alice"):
+        got_one = pools.assign(ctx, "desks", user, actor="t")
+        assert (got_one.clone.version, got_one.clone.power) == (2, "running")
+
+
+def _assigned_with_users(ctx: Context, clock: FakeClock, **window: object) -> dict[str, str]:
+    """A windowed pool (its logoff policy from ``window``), v2 made, three users assigned;
+    alice and bob logged on to theirs, carol not. Returns user → clone."""
+    make_pool(ctx, max_size=3, buffer=3, window_cron=WINDOW, window_minutes=120, **window)
+    clones = {u: pools.assign(ctx, "desks", u, actor="t").clone.name for u in ("alice", "bob")}
+    clones["carol"] = pools.assign(ctx, "desks", "carol", actor="t").clone.name
+    world.login(ctx, vm=clones["alice"], user="alice", actor="t")
+    world.login(ctx, vm=clones["bob"], user="bob", actor="t")
+    new_version(ctx, "base", 0x22)
+    return clones
+
+
+def test_window_notify_force_messages_waits_the_grace_then_logs_off_and_takes_back(
+    ctx: Context, base: str, clock: FakeClock
+) -> None:
+    text = "Maintenance tonight: save your work"
+    clones = _assigned_with_users(
+        ctx, clock, window_logoff="notify-force", window_grace="10m", window_message=text
+    )
+    clock.at = SATURDAY_2230
+    notes = pools.reconcile_pools(ctx)
+    assert f"pool desks: clone {clones['carol']} taken back from carol for the window" in notes
+    assert any("told of the window" in n for n in notes)
+    settle(ctx)
+    got = members(ctx, "desks")
+    assert (got[clones["alice"]][2], got[clones["bob"]][2]) == ("alice", "bob")
+    assert got[clones["carol"]][1:3] == (2, None)  # taken back, then recreated
+    for user in ("alice", "bob"):
+        assert [m.text for m in world.list_messages(ctx, vm=clones[user])] == [text]
+
+    clock.at = datetime(2026, 1, 10, 22, 35)  # within the grace: told once, nobody logged off
+    pools.reconcile_pools(ctx)
+    assert {u.user for u in world.list_sessions(ctx)} == {"alice", "bob"}
+    assert len(world.list_messages(ctx, vm=clones["alice"])) == 1
+
+    clock.at = datetime(2026, 1, 10, 22, 41)  # the grace is over: logged off, taken back
     pools.reconcile_pools(ctx)
     settle(ctx)
-    assert members(ctx, "desks")[alice.clone.name][1] == 1
-    clock.at = NEXT_SATURDAY_2210
+    pools.reconcile_pools(ctx)  # the next pass recreates what was taken back
+    settle(ctx)
+    assert world.list_sessions(ctx) == []
+    assert {v[1:3] for v in members(ctx, "desks").values()} == {(2, None)}
+    taken = {
+        a.detail["user"]: a.detail for a in audit.list_audit(ctx) if a.action == "pool.unassign"
+    }
+    assert taken["alice"]["logged_off"] == ["alice"] and taken["carol"]["logged_off"] == []
+    logoffs = [a for a in audit.list_audit(ctx) if a.action == "session.logoff"]
+    assert {(a.actor, a.detail["user"]) for a in logoffs} == {
+        ("pool-window", "alice"),
+        ("pool-window", "bob"),
+    }
+
+
+def test_window_wait_leaves_a_clone_in_use_with_its_user_until_they_log_off(
+    ctx: Context, base: str, clock: FakeClock
+) -> None:
+    clones = _assigned_with_users(ctx, clock)  # the default: wait
+    clock.at = SATURDAY_2230
     pools.reconcile_pools(ctx)
     settle(ctx)
-    assert members(ctx, "desks")[alice.clone.name][:3] == ("ready", 2, None)
+    got = members(ctx, "desks")
+    assert got[clones["alice"]][:3] == ("ready", 1, "alice")  # untouched, still v1
+    assert got[clones["carol"]][1:3] == (2, None)
+    assert world.list_messages(ctx) == []  # wait sends nothing
+    world.logout(ctx, vm=clones["alice"], user="alice", actor="t")
+    clock.at = datetime(2026, 1, 10, 23, 0)
+    notes = pools.reconcile_pools(ctx)
+    assert f"pool desks: clone {clones['alice']} taken back from alice for the window" in notes
+    assert members(ctx, "desks")[clones["bob"]][2] == "bob"  # bob stays logged on
+
+
+def test_window_options_are_checked_and_can_be_changed(
+    ctx: Context, base: str, clock: FakeClock
+) -> None:
+    with pytest.raises(InvalidInput, match="--window-logoff 'soon' is not valid"):
+        make_pool(ctx, window_cron=WINDOW, window_minutes=60, window_logoff="soon")
+    with pytest.raises(InvalidInput, match="go with a window"):
+        make_pool(ctx, window_logoff="force")
+    make_pool(ctx)
+    view = pools.set_window(ctx, "desks", cron=WINDOW, minutes=60, logoff="force", actor="t")
+    assert (view.window_cron, view.window_logoff, view.next_window) == (
+        WINDOW,
+        "force",
+        datetime(2026, 1, 10, 22),
+    )
+    view = pools.set_window(ctx, "desks", cron=None, minutes=None, actor="t")
+    assert (view.window_cron, view.window_logoff) == (None, None)
+    assert [a.action for a in audit.list_audit(ctx)].count("pool.window") == 2
 
 
 def _window_pool_with_a_busy_clone(ctx: Context, clock: FakeClock) -> tuple[int, str, list[str]]:
@@ -414,7 +512,12 @@ def test_assigning_between_windows_takes_a_waiting_clone_out_of_the_operation(
     ctx.runner.wait(op_id, timeout=60)  # type: ignore[union-attr]
     view = rollouts.show_operation(ctx, op_id)
     assert (view.status, view.done, view.skipped) == ("done", 2, 1)
-    assert members(ctx, "desks")[busy][:3] == ("ready", 1, "u3")  # the user's clone untouched
+    # the operation left u3's clone alone; the window took it back from u3 (nobody logged
+    # on), and the window's next pass recreates it as an idle clone
+    assert members(ctx, "desks")[busy][:3] == ("ready", 1, None)
+    pools.reconcile_pools(ctx)
+    settle(ctx)
+    assert members(ctx, "desks")[busy][:3] == ("ready", 2, None)
 
 
 def test_no_window_means_no_automatic_recreate(ctx: Context, base: str, clock: FakeClock) -> None:

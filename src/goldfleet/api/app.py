@@ -28,6 +28,7 @@ from goldfleet.api.routers import (
     sites,
     templates,
 )
+from goldfleet.api.routers import sessions as sessions_router
 from goldfleet.api.schemas import ERRORS
 from goldfleet.api.uploads import body_problem
 from goldfleet.context import Context
@@ -208,6 +209,17 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
     def openapi(caller: Reader) -> dict:
         return app.openapi()
 
-    for module in (templates, clones, admin, sim, pools, bundles, sites, hosts, guests):
+    for module in (
+        templates,
+        clones,
+        admin,
+        sim,
+        pools,
+        bundles,
+        sites,
+        hosts,
+        guests,
+        sessions_router,
+    ):
         app.include_router(module.router, responses=ERRORS)
     return app

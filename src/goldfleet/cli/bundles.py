@@ -78,14 +78,28 @@ def export(
 
 
 @bundle_app.command("import")
-def import_(file: Path, as_json: JsonOpt = False) -> None:
+def import_(
+    file: Path,
+    check: Annotated[
+        bool,
+        typer.Option(
+            "--check",
+            help="Only check: signature, binding, digests and what would change; writes"
+            " nothing, exits 0 if the import would succeed and 1 if not.",
+        ),
+    ] = False,
+    as_json: JsonOpt = False,
+) -> None:
     """Check a bundle's signature and every layer, then add its versions."""
     if not file.is_file():
         _fail(f"{file} is not a readable file")
     try:
-        r = Client.from_home().upload("/bundles/import", file, {})
+        r = Client.from_home().upload("/bundles/check" if check else "/bundles/import", file, {})
     except ClientError as exc:
         _fail(exc.message)
+    if check:
+        _print_check(r, as_json)
+        return
     if as_json:
         output.emit_json(r)
         return
@@ -97,6 +111,63 @@ def import_(file: Path, as_json: JsonOpt = False) -> None:
     if r["versions_skipped"]:
         held = ", ".join(f"v{n}" for n in r["versions_skipped"])
         output.console.print(f"already held: {held}")
+    if r.get("bound_now"):
+        output.console.print(f"{r['template']} is now bound to key {r['bound_to']}")
+    for p in r.get("policies", []):
+        output.console.print(
+            f"{p['name']}: {p['before']} -> {p['after']}: {p['note']}", markup=False
+        )
+
+
+def _versions(numbers: list[int]) -> str:
+    return ", ".join(f"v{n}" for n in numbers) or "none"
+
+
+def _print_check(r: dict[str, Any], as_json: bool) -> None:
+    """The answer of ``import --check``; exit 1 when the import would be refused."""
+    if as_json:
+        output.emit_json(r)
+    elif not r["file_ok"]:
+        output.err_console.print(f"error: {r['refusal']}", markup=False, highlight=False)
+    else:
+        t = r["template"]
+        made = " (a new template)" if r["creates_template"] else ""
+        output.console.print(f"the import would succeed: template {t}{made}", highlight=False)
+        bound = "would be bound" if r["bound_now"] else "is bound"
+        output.console.print(f"signed by {r['signer']}; {t} {bound} to key {r['bound_to']}")
+        output.console.print(
+            f"versions added: {_versions(r['versions_added'])}; already held:"
+            f" {_versions(r['versions_skipped'])}; current: v{r['current_before'] or 0} ->"
+            f" v{r['current_after'] or 0}"
+        )
+        output.console.print(
+            f"layers checked: {r['layers_checked']} ({output.size(r['layer_bytes'])})"
+        )
+        for p in r["policies"]:
+            output.console.print(
+                f"{p['name']}: {p['before']} -> {p['after']}: {p['note']}", markup=False
+            )
+        behind = r["clones_behind"]
+        output.console.print(
+            f"clones: {r['clones']}, of which {len(behind)} not on v{r['current_after'] or 0}"
+            + (f" (clone recreate --template {t} would move them)" if behind else "")
+        )
+    if not r["file_ok"]:
+        raise typer.Exit(1)
+
+
+@bundle_app.command("rebind")
+def rebind(template: str, key: str, as_json: JsonOpt = False) -> None:
+    """Bind TEMPLATE to the trusted KEY (its name or public key): its bundles must then be
+    signed by that key."""
+    r = _call("POST", f"/templates/{template}/rebind", json={"key": key})
+    if as_json:
+        output.emit_json(r)
+    else:
+        before = f" (was {r['previous']})" if r["previous"] else ""
+        output.console.print(
+            f"{template} is bound to key {r['key']} ({r['fingerprint']}){before}", highlight=False
+        )
 
 
 @keys_app.command("show")

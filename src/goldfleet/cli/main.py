@@ -19,6 +19,7 @@ from goldfleet.cli.common import fail as _fail
 from goldfleet.cli.guests import agent_app, compliance_app, guest_tool_app, print_updates
 from goldfleet.cli.hosts import host_app
 from goldfleet.cli.pools import pool_app
+from goldfleet.cli.sessions import session_app
 from goldfleet.cli.sim import sim_app
 from goldfleet.cli.sites import publish as _publish
 from goldfleet.cli.sites import site_app
@@ -56,6 +57,7 @@ app.add_typer(host_app, name="host")
 app.add_typer(guest_tool_app, name="guest-tool")
 app.add_typer(compliance_app, name="compliance")
 app.add_typer(agent_app, name="agent")
+app.add_typer(session_app, name="session")
 
 R = "Rollout policy"
 LogoffOpt = Annotated[

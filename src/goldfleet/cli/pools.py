@@ -10,11 +10,29 @@ import typer
 from goldfleet.cli import output
 from goldfleet.cli.common import JsonOpt
 from goldfleet.cli.common import call as _call
+from goldfleet.cli.common import fail as _fail
 
 pool_app = typer.Typer(
     no_args_is_help=True,
     help="Pools: clones of a template kept at a size, with a buffer of idle ones for users.",
 )
+
+
+LogoffOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--window-logoff",
+        help="When a window opens, users of assigned clones are: waited for (wait, the"
+        " default), told then logged off after the grace (notify-force), logged off (force).",
+    ),
+]
+GraceOpt = Annotated[
+    str | None,
+    typer.Option("--window-grace", help="notify-force: time between message and logoff (10m)."),
+]
+MessageOpt = Annotated[
+    str | None, typer.Option("--window-message", help="What the users are told.")
+]
 
 
 def _when(value: str | None) -> str:
@@ -24,7 +42,7 @@ def _when(value: str | None) -> str:
 def _window(p: dict) -> str:
     if not p.get("window_cron"):
         return "-"
-    text = f"{p['window_cron']} ({p['window_minutes']} min)"
+    text = f"{p['window_cron']} ({p['window_minutes']} min, {p.get('window_logoff') or 'wait'})"
     if p.get("window_open"):
         text += f", open until {_when(p.get('window_closes_at'))}"
     return text
@@ -89,6 +107,9 @@ def create(
     window_minutes: Annotated[
         int | None, typer.Option(help="How long each maintenance window lasts.")
     ] = None,
+    window_logoff: LogoffOpt = None,
+    window_grace: GraceOpt = None,
+    window_message: MessageOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Create a pool; its first clones are provisioned at once."""
@@ -100,8 +121,41 @@ def create(
         "buffer": buffer,
         "window_cron": window_cron,
         "window_minutes": window_minutes,
+        "window_logoff": window_logoff,
+        "window_grace": window_grace,
+        "window_message": window_message,
     }
     _show(_call("POST", "/pools", json=body), as_json)
+
+
+@pool_app.command("window")
+def window(
+    name: str,
+    cron: Annotated[
+        str | None, typer.Option(help="Window start, cron in UTC (e.g. '0 22 * * 6').")
+    ] = None,
+    minutes: Annotated[int | None, typer.Option(help="How long each window lasts.")] = None,
+    none: Annotated[bool, typer.Option("--none", help="No maintenance window.")] = False,
+    logoff: Annotated[
+        str | None,
+        typer.Option(
+            help="When the window opens, users of assigned clones are: waited for (wait, the"
+            " default), told then logged off after the grace (notify-force), logged off (force)."
+        ),
+    ] = None,
+    grace: Annotated[
+        str | None, typer.Option(help="notify-force: time between message and logoff (10m).")
+    ] = None,
+    message: Annotated[str | None, typer.Option(help="What the users are told.")] = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Set the pool's maintenance window and how it takes assigned clones back, or remove it."""
+    if none and (cron or minutes or logoff or grace or message):
+        _fail("--none removes the window: give it alone")
+    if not none and (cron is None or minutes is None):
+        _fail("give --cron and --minutes, or --none to remove the window")
+    body = {"cron": cron, "minutes": minutes, "logoff": logoff, "grace": grace, "message": message}
+    _show(_call("PUT", f"/pools/{name}/window", json=body), as_json)
 
 
 @pool_app.command("list")

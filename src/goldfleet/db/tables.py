@@ -69,6 +69,9 @@ class Template(Base):
     maintenance_vm: Mapped[str | None] = mapped_column(String(63))  # VM booting the overlay
     # at HQ: when a new version becomes current at the sites (goldfleet.domain.sites)
     activate: Mapped[str] = mapped_column(String(24), default="on-verify")
+    # the raw Ed25519 public key (hex) that signed the first bundle imported for it: bundles
+    # signed by another key are refused until an admin rebinds it (services/distribution)
+    bundle_key: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     versions: Mapped[list[Version]] = relationship(
@@ -222,6 +225,10 @@ class Pool(Base):
     enabled: Mapped[bool] = mapped_column(default=True)
     window_cron: Mapped[str | None] = mapped_column(String(100))
     window_minutes: Mapped[int | None]
+    # how a window treats users of assigned clones (logoff, grace, message: a rollout Policy's
+    # fields as JSON; none: wait), and when they were told of the window open at that time
+    window_policy: Mapped[dict[str, Any] | None]
+    window_notified_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     template: Mapped[Template] = relationship()

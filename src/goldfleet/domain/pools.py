@@ -8,6 +8,12 @@ A pool may have a *maintenance window*: a cron expression (five fields, UTC) say
 window opens, and a duration in minutes. Recreating the pool's clones after a new version
 happens only inside a window. :func:`window_state` says whether a window is open at a moment
 and when it opens and closes; windows that overlap or touch count as one.
+
+A window disables the pool as Parallels RAS's schedule disables an RDSH group: while it is
+open the pool assigns nothing, and the clones assigned to users are taken back (unassigned)
+under the window's logoff policy, the rollouts' one (:func:`unassign_step`): ``wait`` takes a
+clone back once nobody is logged on, ``notify-force`` messages its users, waits the grace and
+logs them off, ``force`` logs them off at once. When the window ends assignments start afresh.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from typing import NamedTuple
 
 from cronsim import CronSim, CronSimError
 
+from goldfleet.domain.rollout import Logoff, Policy, SessionStep, parse_duration, session_step
 from goldfleet.errors import InvalidInput
 
 MAX_POOL_SIZE = 10_000  # as many clones as one bulk create makes
@@ -178,3 +185,51 @@ def window_state(cron: str, minutes: int, now: datetime) -> Window:
         return Window(True, last, _merged_close(expr, last, length))
     opens = _next_start(expr, now)
     return Window(False, opens, _merged_close(expr, opens, length))
+
+
+WINDOW_MESSAGE = (
+    "This desktop is being taken back for maintenance; please save your work and log off."
+)
+
+
+def check_window_policy(
+    logoff: str | None, grace: str | float | None, message: str | None
+) -> dict[str, object]:
+    """A window's logoff policy from what an admin typed, as JSON (the rollout policy's
+    ``logoff``, ``grace_seconds`` and ``message``); unset fields take the rollout defaults."""
+    try:
+        mode = Logoff(logoff or Logoff.WAIT)
+    except ValueError:
+        raise InvalidInput(
+            f"--window-logoff {logoff!r} is not valid: use wait, notify-force or force"
+        ) from None
+    seconds = Policy().grace_seconds if grace is None else parse_duration(grace)
+    text = WINDOW_MESSAGE if message is None else message
+    if not text.strip() or len(text) > 1000:
+        raise InvalidInput("--window-message must have 1 to 1000 characters")
+    return {"logoff": str(mode), "grace_seconds": seconds, "message": text}
+
+
+def window_policy(data: dict[str, object] | None) -> Policy:
+    """The stored window policy as a rollout :class:`Policy` (none stored: wait)."""
+    data = data or check_window_policy(None, None, None)
+    return Policy(
+        logoff=Logoff(str(data["logoff"])),
+        grace_seconds=float(data["grace_seconds"]),  # type: ignore[arg-type]
+        message=str(data["message"]),
+    )
+
+
+def unassign_step(
+    policy: Policy,
+    users: list[str],
+    notified_at: datetime | None,
+    opened_at: datetime,
+    now: datetime,
+) -> tuple[SessionStep, str | None]:
+    """What an open window does with a clone assigned to a user whose logged-in users are
+    ``users``: the rollouts' :func:`session_step`, with the message counted only if it was
+    sent in this window (``notified_at`` at or after ``opened_at``). ``GO`` takes the clone
+    back at once, ``LOGOFF`` after logging its users off; a window has no deadline."""
+    told = notified_at if notified_at is not None and notified_at >= opened_at else None
+    return session_step(policy, users, told, now)

@@ -76,6 +76,7 @@ class DomainSpec:
 class GuestSession:
     user: str
     since: datetime | None = None
+    idle_seconds: float | None = None  # how long the user has been idle, if the driver knows
 
 
 @dataclass(frozen=True, slots=True)

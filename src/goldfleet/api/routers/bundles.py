@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 
 from goldfleet.api.deps import Ctx, Writer
 from goldfleet.api.schemas import BYTES, UPLOAD, QueryFlag
@@ -22,6 +22,12 @@ router = APIRouter(tags=["bundles"])
 class KeyTrust(BaseModel):
     name: str
     public_key: str
+
+
+class Rebind(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str  # a trusted key's name, or its public key
 
 
 @router.get(
@@ -53,6 +59,21 @@ async def import_bundle(request: Request, ctx: Ctx, caller: Writer) -> distribut
     limit = ctx.settings.max_virtual_size * 4 + (64 << 20)
     async with received_body(request, ctx, prefix="bundle", limit=limit, what="bundle") as file:
         return await run_in_threadpool(distribution.import_bundle, ctx, file, actor=caller.name)
+
+
+@router.post("/bundles/check", openapi_extra=UPLOAD)
+async def check_bundle(request: Request, ctx: Ctx, caller: Writer) -> distribution.BundleCheck:
+    """``bundle import --check``: what importing the bundle (the request body) would do, with
+    ``file_ok`` false and the refusal when it would be refused. Nothing is imported."""
+    limit = ctx.settings.max_virtual_size * 4 + (64 << 20)
+    async with received_body(request, ctx, prefix="bundle", limit=limit, what="bundle") as file:
+        return await run_in_threadpool(distribution.check_bundle, ctx, file)
+
+
+@router.post("/templates/{name}/rebind")
+def rebind(name: str, body: Rebind, ctx: Ctx, caller: Writer) -> distribution.BindingView:
+    """Bind the template to another trusted key: its next bundles must be signed by it."""
+    return distribution.rebind(ctx, name, body.key, actor=caller.name)
 
 
 @router.get("/keys")

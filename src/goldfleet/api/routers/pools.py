@@ -26,6 +26,22 @@ class PoolCreate(BaseModel):
     buffer: int = Field(default=0, ge=0, le=MAX_POOL_SIZE)
     window_cron: str | None = None
     window_minutes: int | None = Field(default=None, ge=1, le=MAX_WINDOW_MINUTES)
+    window_logoff: str | None = None  # wait | notify-force | force
+    window_grace: str | None = None  # e.g. 10m
+    window_message: str | None = Field(default=None, max_length=1000)
+
+
+class PoolWindow(BaseModel):
+    """A pool's maintenance window and how it treats the users of assigned clones; cron and
+    minutes both null: no window."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    cron: str | None = None
+    minutes: int | None = Field(default=None, ge=1, le=MAX_WINDOW_MINUTES)
+    logoff: str | None = None
+    grace: str | None = None
+    message: str | None = Field(default=None, max_length=1000)
 
 
 class PoolUser(BaseModel):
@@ -50,6 +66,23 @@ def create_pool(body: PoolCreate, ctx: Ctx, caller: Writer) -> PoolView:
         buffer=body.buffer,
         window_cron=body.window_cron,
         window_minutes=body.window_minutes,
+        window_logoff=body.window_logoff,
+        window_grace=body.window_grace,
+        window_message=body.window_message,
+        actor=caller.name,
+    )
+
+
+@router.put("/{name}/window")
+def set_window(name: str, body: PoolWindow, ctx: Ctx, caller: Writer) -> PoolView:
+    return pools.set_window(
+        ctx,
+        name,
+        cron=body.cron,
+        minutes=body.minutes,
+        logoff=body.logoff,
+        grace=body.grace,
+        message=body.message,
         actor=caller.name,
     )
 

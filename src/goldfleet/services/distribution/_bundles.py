@@ -20,6 +20,7 @@ import base64
 import binascii
 import contextlib
 import hashlib
+import io
 import json
 import logging
 import os
@@ -45,6 +46,7 @@ from sqlalchemy.orm import Session
 from goldfleet import crashpoints
 from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Layer, Template, Version
+from goldfleet.domain import bundles as policy_rules
 from goldfleet.domain import rules
 from goldfleet.domain.model import CloneKind, Outline
 from goldfleet.domain.names import DIGEST_PATTERN, check_name, layer_filename
@@ -239,12 +241,55 @@ class SignatureFile(_Strict):
     signature: str
 
 
+class PolicyChangeView(BaseModel):
+    name: str  # kind | outline
+    before: str
+    after: str
+    applies: str  # all clones | new clones
+    note: str
+
+
 class BundleView(BaseModel):
     template: str
     versions_added: list[int]
     versions_skipped: list[int]
     layers_received: int
     signer: str
+    # the key the template is bound to after the import (None: imported by a site's token)
+    bound_to: str | None = None
+    bound_now: bool = False  # this import bound the template to its signer's key
+    policies: list[PolicyChangeView] = []  # the template policies this import changed
+
+
+class BundleCheck(BaseModel):
+    """What ``bundle import --check`` found: whether the import would succeed, and what it
+    would change. Nothing was written."""
+
+    file_ok: bool  # would the import succeed
+    refusal: str | None = None  # why not
+    template: str | None = None
+    signer: str | None = None
+    bound_to: str | None = None  # the key the template is (or would be) bound to
+    bound_now: bool = False  # the import would bind the template
+    creates_template: bool = False
+    versions_added: list[int] = []
+    versions_skipped: list[int] = []
+    current_before: int | None = None
+    current_after: int | None = None
+    policies: list[PolicyChangeView] = []
+    layers_checked: int = 0  # carried layers whose size and digest were checked
+    layer_bytes: int = 0
+    clones: int = 0  # clones of the template
+    # clones not on the version current after the import: what `clone recreate --template`
+    # would move (the import itself rebuilds none)
+    clones_behind: list[str] = []
+
+
+class BindingView(BaseModel):
+    template: str
+    key: str  # the trusted key's name ("this server" for the own key)
+    fingerprint: str
+    previous: str | None  # fingerprint of the key it was bound to
 
 
 @dataclass(frozen=True)
@@ -526,8 +571,10 @@ def _read_small(tar: tarfile.TarFile, member: tarfile.TarInfo, limit: int) -> by
     return data
 
 
-def _verify(ctx: Context, manifest: bytes, signature: bytes, trusted_as: str | None = None) -> str:
-    """The name of the trusted key that signed ``manifest``; refuse anything else. With
+def _verify(
+    ctx: Context, manifest: bytes, signature: bytes, trusted_as: str | None = None
+) -> tuple[str, bytes]:
+    """The name and raw key of the trusted key that signed ``manifest``; refuse anything else. With
     ``trusted_as`` (a sender authenticated otherwise) any key will do, but the signature must
     still match the manifest."""
     try:
@@ -552,7 +599,73 @@ def _verify(ctx: Context, manifest: bytes, signature: bytes, trusted_as: str | N
             f"the signature does not match the manifest (tampered with after signing by"
             f" {names[raw]})"
         ) from None
-    return names[raw]
+    return names[raw], raw
+
+
+def _key_names(ctx: Context) -> dict[bytes, str]:
+    own = _raw(signing_key(ctx).public_key())
+    return {own: "this server"} | {k: n for n, k in _read_trusted(ctx).items()}
+
+
+def _key_label(ctx: Context, raw: bytes) -> str:
+    name = _key_names(ctx).get(raw)
+    shown = f"key {name}" if name else "a key no longer trusted"
+    return f"{shown} ({fingerprint(raw)})"
+
+
+def _check_binding(ctx: Context, t: Template | None, template: str, raw: bytes) -> bool:
+    """Refuse a bundle for a template bound to another key than ``raw``, the one that signed
+    the bundle; True when the import would bind the template now (its first bundle)."""
+    if t is None or t.bundle_key is None:
+        return True
+    if t.bundle_key == raw.hex():
+        return False
+    bound = bytes.fromhex(t.bundle_key)
+    signer = _key_names(ctx).get(raw, raw.hex())
+    raise Conflict(
+        f"bundle refused: template {template} is bound to {_key_label(ctx, bound)}, which"
+        f" signed its first bundle; this one is signed by {_key_label(ctx, raw)}, of another"
+        f" project. If the template moved to that key's project on purpose, rebind it first:"
+        f" goldfleet bundle rebind {template} {signer}; nothing was imported"
+    )
+
+
+def rebind(ctx: Context, template: str, key: str, *, actor: str) -> BindingView:
+    """Bind ``template`` to the trusted key ``key`` (its name, or its public key) so that its
+    next bundles may come from that key's project; audited."""
+    names = _key_names(ctx)
+    raw = next((k for k, n in names.items() if n == key), None)
+    if raw is None:
+        try:
+            raw = parse_public_key(key)
+        except InvalidInput:
+            raw = None
+        if raw is not None and raw not in names:
+            raise Conflict(
+                f"key {fingerprint(raw)} is not trusted here; trust it first with: goldfleet"
+                f" keys trust NAME {raw.hex()}"
+            )
+    if raw is None:
+        raise NotFound(
+            f"no trusted key is named {key!r}; give a name or public key from: goldfleet keys show"
+        )
+    with ctx.template_lock(template), ctx.session() as s:
+        t = get_template(s, template)
+        previous = fingerprint(bytes.fromhex(t.bundle_key)) if t.bundle_key else None
+        t.bundle_key = raw.hex()
+        audit.record(
+            s,
+            actor,
+            "bundle.rebind",
+            template,
+            key=names[raw],
+            fingerprint=fingerprint(raw),
+            previous=previous,
+        )
+        s.commit()
+    return BindingView(
+        template=template, key=names[raw], fingerprint=fingerprint(raw), previous=previous
+    )
 
 
 def parse_manifest(data: bytes) -> Manifest:
@@ -603,13 +716,7 @@ def check_catalog(ctx: Context, m: Manifest) -> None:
                         f" v{v.number} (layer {held[v.number]}, the bundle's is {v.top_layer});"
                         " nothing was imported"
                     )
-            if Outline.from_json(m.outline) != Outline.from_json(t.outline):
-                clones = s.scalar(select(func.count()).where(Clone.template_id == t.id)) or 0
-                if clones:
-                    raise Conflict(
-                        f"bundle refused: it changes the outline of template {m.template}, which"
-                        f" has {clones} clones; nothing was imported"
-                    )
+            _policy_changes(s, t, m)  # refuses what the bundle may not change
         missing = [
             x.digest
             for x in m.layers
@@ -624,7 +731,48 @@ def check_catalog(ctx: Context, m: Manifest) -> None:
         )
 
 
-def _receive_layer(ctx: Context, tar: tarfile.TarFile, x: LayerEntry, work: Path) -> None:
+class _Discard(io.RawIOBase):
+    """Where a check's layer bytes go once hashed."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        return len(data)
+
+
+def _policies(kind: str, outline: dict[str, list[int]]) -> dict[str, str]:
+    return {"kind": kind, "outline": policy_rules.outline_text(outline)}
+
+
+def _policy_changes(s: Session, t: Template | None, m: Manifest) -> list[PolicyChangeView]:
+    """What ``m`` changes in ``t``'s policies, each with what it means for its clones; refuses
+    (domain/bundles.py) what a bundle, or a policy-only one, may not change."""
+    if t is None:
+        return []
+    if Outline.from_json(m.outline) == Outline.from_json(t.outline):
+        outline = t.outline  # the same outline, however its JSON is spelt
+    else:
+        outline = m.outline
+    clones = s.scalar(select(func.count()).where(Clone.template_id == t.id)) or 0
+    changes = policy_rules.policy_changes(
+        m.template,
+        _policies(t.kind, t.outline),
+        _policies(m.kind, outline),
+        clones=clones,
+        policy_only=m.policy_only,
+    )
+    return [
+        PolicyChangeView(
+            name=c.name, before=c.before, after=c.after, applies=c.applies, note=c.note
+        )
+        for c in changes
+    ]
+
+
+def _receive_layer(ctx: Context, tar: tarfile.TarFile, x: LayerEntry, work: Path | None) -> None:
+    """Read layer ``x`` from the bundle into ``work`` while hashing it; without ``work`` (a
+    check) only hash it."""
     member = _next_member(tar, f"layers/{layer_filename(x.digest)}")
     if member.size != x.size:
         raise _refuse(
@@ -634,8 +782,12 @@ def _receive_layer(ctx: Context, tar: tarfile.TarFile, x: LayerEntry, work: Path
     assert src is not None
     h = hashlib.sha256()
     received = 0
-    fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as f:
+    f: IO[bytes] | io.RawIOBase
+    if work is None:
+        f = _Discard()
+    else:
+        f = os.fdopen(os.open(work, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb")
+    with f:
         while received < x.size:
             try:
                 block = src.read(min(CHUNK, x.size - received))
@@ -646,8 +798,9 @@ def _receive_layer(ctx: Context, tar: tarfile.TarFile, x: LayerEntry, work: Path
             h.update(block)
             f.write(block)
             received += len(block)
-        f.flush()
-        os.fsync(f.fileno())  # the install step takes this digest and neither rereads nor syncs
+        if work is not None:
+            f.flush()
+            os.fsync(f.fileno())  # the install step takes this digest and neither rereads nor syncs
     if "sha256:" + h.hexdigest() != x.digest:
         raise _refuse(
             f"layer {x.digest} does not match its digest (its bytes were changed after signing)"
@@ -684,8 +837,15 @@ def _import(
         with file.open("rb") as raw, _open_tar(raw) as tar:
             manifest = _read_small(tar, _next_member(tar, MANIFEST), MAX_MANIFEST)
             signature = _read_small(tar, _next_member(tar, SIGNATURE), MAX_SIGNATURE)
-            signer = _verify(ctx, manifest, signature, trusted_as)
+            signer, key = _verify(ctx, manifest, signature, trusted_as)
             m = parse_manifest(manifest)
+            # a bundle trusted by its key is bound to its template's project; a site's publish
+            # (trusted by the site's token) is not
+            bind = key if trusted_as is None else None
+            if bind is not None:
+                with ctx.session() as s:
+                    t = s.scalar(select(Template).where(Template.name == m.template))
+                    _check_binding(ctx, t, m.template, bind)
             if check is not None:
                 check(m)
             check_catalog(ctx, m)
@@ -716,7 +876,7 @@ def _import(
     # each work file was made here (O_EXCL, 0600), hashed to its digest while written and
     # fsynced: the install step need not read it again
     return install_layers(
-        ctx, m, works, committed, source=signer, actor=actor, action=action, hashed=True
+        ctx, m, works, committed, source=signer, actor=actor, action=action, hashed=True, bind=bind
     )
 
 
@@ -730,12 +890,14 @@ def install_layers(
     actor: str,
     action: str = "bundle.import",
     hashed: bool = False,
+    bind: bytes | None = None,
 ) -> BundleView:
     """Check received work files like outside images, seal them, then add the versions.
 
     ``works`` holds a received, digest-checked work file for every layer of ``m`` marked
     ``included``; the others must already be in the store. Shared by bundle import and site
-    sync: both receive layers from outside. A refusal removes every file this made. ``hashed``:
+    sync: both receive layers from outside. A refusal removes every file this made. ``bind``: the
+    key that signed a bundle, which the template must be bound to (or is bound to now). ``hashed``:
     each work file was created, hashed to its digest and fsynced by this process while it
     received it (site sync), so it is not read again (LayerStore.check_and_hash)."""
     try:
@@ -758,7 +920,7 @@ def install_layers(
             ctx.layers.commit_work(works.pop(x.digest), info)
             infos.append(info)
         crashpoints.reached("bundle-import.sealed")
-        return _register(ctx, m, infos, source, actor, action)
+        return _register(ctx, m, infos, source, actor, action, bind)
     except BadImage as exc:
         _discard(ctx, works, committed)
         raise _refuse(exc.message) from None
@@ -793,7 +955,13 @@ def _discard(ctx: Context, works: dict[str, Path], committed: list[str]) -> None
 
 
 def _register(
-    ctx: Context, m: Manifest, infos: list[LayerInfo], signer: str, actor: str, action: str
+    ctx: Context,
+    m: Manifest,
+    infos: list[LayerInfo],
+    signer: str,
+    actor: str,
+    action: str,
+    bind: bytes | None,
 ) -> BundleView:
     with ctx.template_lock(m.template):
         check_catalog(ctx, m)
@@ -801,12 +969,21 @@ def _register(
             for info in infos:
                 add_layer(s, info)
             t = s.scalar(select(Template).where(Template.name == m.template))
+            bound_now = _check_binding(ctx, t, m.template, bind) if bind is not None else False
+            policies = _policy_changes(s, t, m)
             if t is None:
                 t = Template(name=m.template, kind=m.kind, outline=m.outline)
                 s.add(t)
                 s.flush()
             else:
                 t.kind, t.outline = m.kind, m.outline
+            if bound_now:
+                t.bundle_key = bind.hex()  # type: ignore[union-attr]
+            bound_to = (
+                _key_names(ctx).get(bytes.fromhex(t.bundle_key), t.bundle_key)
+                if t.bundle_key
+                else None
+            )
             held = {v.number for v in t.versions}
             added, skipped = [], []
             for v in m.versions:
@@ -831,6 +1008,8 @@ def _register(
                 added=added,
                 skipped=skipped,
                 policy_only=m.policy_only,
+                policies=[f"{p.name}: {p.before} -> {p.after} ({p.note})" for p in policies],
+                bound=fingerprint(bind) if bound_now and bind else None,
             )
             s.commit()
     return BundleView(
@@ -839,4 +1018,76 @@ def _register(
         versions_skipped=skipped,
         layers_received=len(infos),
         signer=signer,
+        bound_to=bound_to if bind is not None else None,
+        bound_now=bound_now,
+        policies=policies,
     )
+
+
+def check_bundle(ctx: Context, file: Path) -> BundleCheck:
+    """``bundle import --check``: everything an import checks before it writes (signature,
+    binding, manifest, catalog rules, room, each carried layer's size and digest, read and
+    hashed but written nowhere) and what it would change. Writes nothing; a refusal is the
+    answer's ``refusal``, not an error."""
+    if file.stat().st_size == 0:  # no request body: nothing to judge
+        raise InvalidInput("no bundle was sent: send the bundle file as the request body")
+    report = BundleCheck(file_ok=False)
+    try:
+        with file.open("rb") as raw, _open_tar(raw) as tar:
+            manifest = _read_small(tar, _next_member(tar, MANIFEST), MAX_MANIFEST)
+            signature = _read_small(tar, _next_member(tar, SIGNATURE), MAX_SIGNATURE)
+            report.signer, key = _verify(ctx, manifest, signature)
+            m = parse_manifest(manifest)
+            report.template = m.template
+            with ctx.session() as s:
+                t = s.scalar(select(Template).where(Template.name == m.template))
+                report.bound_now = _check_binding(ctx, t, m.template, key)
+                bound = bytes.fromhex(t.bundle_key) if t and t.bundle_key else key
+                report.bound_to = _key_names(ctx).get(bound, bound.hex())
+            check_catalog(ctx, m)
+            included = [x for x in m.layers if x.included]
+            ctx.layers.check_room(
+                f"the {len(included)} layers of this bundle", sum(x.size for x in included)
+            )
+            for x in included:
+                _receive_layer(ctx, tar, x, None)
+                report.layers_checked += 1
+                report.layer_bytes += x.size
+            try:
+                extra = tar.next()
+            except tarfile.TarError:
+                extra = None
+            if extra is not None:
+                raise _refuse(f"unexpected member {extra.name!r} after the last layer")
+        _what_changes(ctx, m, report)
+        report.file_ok = True
+    except tarfile.TarError as exc:
+        report.refusal = f"bundle refused: the file is truncated or not a bundle ({exc})"
+    except GoldfleetError as exc:
+        report.refusal = exc.message
+    return report
+
+
+def _what_changes(ctx: Context, m: Manifest, report: BundleCheck) -> None:
+    with ctx.session() as s:
+        t = s.scalar(select(Template).where(Template.name == m.template))
+        held = {v.number for v in t.versions} if t is not None else set()
+        report.creates_template = t is None
+        report.versions_added = [v.number for v in m.versions if v.number not in held]
+        report.versions_skipped = [v.number for v in m.versions if v.number in held]
+        before = t.current_version.number if t is not None and t.current_version else None
+        report.current_before = before
+        after = before
+        if m.current is not None and m.current > (before or 0):
+            after = m.current
+        report.current_after = after
+        report.policies = _policy_changes(s, t, m)
+        if t is not None:
+            rows = s.execute(
+                select(Clone.name, Version.number)
+                .join(Version, Version.id == Clone.version_id)
+                .where(Clone.template_id == t.id)
+                .order_by(Clone.name)
+            ).all()
+            report.clones = len(rows)
+            report.clones_behind = [name for name, number in rows if number != after]

@@ -962,6 +962,14 @@ def _sessions(ctx: Context, names: list[str]) -> dict[str, list[str]]:
     return {name: [g.user for g in found.get(name, [])] for name in names}
 
 
+def logged_in(ctx: Context, names: list[str]) -> dict[str, list[str]]:
+    """The users logged into each named VM, as a rollout sees them: nobody where the driver
+    cannot list sessions, and a VM the driver no longer knows does not blind the rest."""
+    if not names or not ctx.driver.capabilities.sessions:
+        return {name: [] for name in names}
+    return _sessions(ctx, names)
+
+
 def reconcile_power(ctx: Context) -> list[str]:
     """Read power states back from the driver. A clone that stopped without goldfleet asking
     (the guest shut itself down) gets its temp volumes emptied, like every shutdown."""

@@ -1,5 +1,5 @@
 """Pools: clones of one template kept at a size with a buffer of idle ones, assigned to users,
-recreated inside maintenance windows."""
+recreated inside maintenance windows, which take assigned clones back from their users."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from goldfleet.services.pools._pools import (
     list_pools,
     reconcile_pools,
     release,
+    set_window,
     show_pool,
 )
 
@@ -28,5 +29,6 @@ __all__ = [
     "list_pools",
     "reconcile_pools",
     "release",
+    "set_window",
     "show_pool",
 ]

@@ -4,10 +4,12 @@ A pool's clones are ordinary clones with ``pool_id`` set; a clone given to a use
 ``assigned_user`` set, the others are *idle*. :func:`reconcile_pools`, called by every server's
 runner, keeps each enabled pool at its size (a ``clone.create`` operation of the pool when
 clones are missing, never more than ``max``) and carries out its maintenance window: inside the
-window the pool stops assigning while its idle clones behind the template's current version are
-recreated (a ``pool.recreate`` operation of the pool); when the window closes with work left
-the operation is paused, and the next window resumes it. Clones assigned to users are never
-recreated by a window; once released they are idle and the next window takes them.
+window the pool assigns nothing, takes back the clones assigned to users under the window's
+logoff policy (:func:`_take_back`: message, grace, logoff, as a rollout's), and recreates its
+idle clones behind the template's current version (a ``pool.recreate`` operation of the pool);
+when the window closes with work left the operation is paused, and the next window resumes it.
+A clone is recreated only once it is idle: one whose users stay logged on under ``wait`` stays
+assigned, untouched; when the window ends, assignments start afresh.
 
 Nothing here keeps state in memory: every pass reads the pool, its clones and its operations
 from the database and the time from ``ctx.clock``, so a pass repeated, or run by another
@@ -34,8 +36,8 @@ from goldfleet.domain import pools as rules
 from goldfleet.domain.model import CloneAction, CloneStatus, Power, TemplateStatus
 from goldfleet.domain.names import check_name
 from goldfleet.domain.pools import PoolState, Window
-from goldfleet.domain.rollout import ACTIVE, ItemState, OpStatus
-from goldfleet.errors import Conflict, GoldfleetError, NotFound
+from goldfleet.domain.rollout import ACTIVE, ItemState, OpStatus, SessionStep
+from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, NotFound
 from goldfleet.services import fleet, rollouts
 from goldfleet.services.common import CloneView, OperationView, audit, get_template
 
@@ -71,6 +73,11 @@ class PoolView(BaseModel):
     window_open: bool | None = None
     window_closes_at: datetime | None = None  # the open window's end
     next_window: datetime | None = None  # when the next window opens
+    # how a window treats the users of assigned clones (as a rollout's --logoff, --grace,
+    # --message)
+    window_logoff: str | None = None
+    window_grace_seconds: float | None = None
+    window_message: str | None = None
     operations: list[int] = []  # the pool's operations under way
     note: str | None = None  # why the pool does not grow or assign, if it does not
     created_at: datetime
@@ -149,10 +156,12 @@ def _window(p: Pool, now: datetime) -> Window | None:
     return rules.window_state(p.window_cron, p.window_minutes, now)
 
 
-def _state(p: Pool, ops: list[Operation]) -> PoolState:
+def _state(p: Pool, ops: list[Operation], window: Window | None = None) -> PoolState:
     if not p.enabled:
         return PoolState.DRAINING
     if any(op.kind == RECREATE and op.status != OpStatus.PAUSED for op in ops):
+        return PoolState.MAINTENANCE
+    if window is not None and window.is_open:
         return PoolState.MAINTENANCE
     return PoolState.ENABLED
 
@@ -161,7 +170,11 @@ def _note(p: Pool, counts: Counts, state: PoolState) -> str | None:
     if state == PoolState.DRAINING:
         return f"drained: assigns nothing; resume with: goldfleet pool enable {p.name}"
     if state == PoolState.MAINTENANCE:
-        return "in its maintenance window: idle clones are being recreated; assigns nothing"
+        taken = f"; {counts.assigned} clones still assigned to users" if counts.assigned else ""
+        return (
+            "in its maintenance window: assigns nothing, takes assigned clones back and"
+            f" recreates idle ones behind{taken}"
+        )
     if counts.failed:
         return (
             f"provisioning stopped: {counts.failed} failed clones; retry them (goldfleet clone"
@@ -177,8 +190,9 @@ def _note(p: Pool, counts: Counts, state: PoolState) -> str | None:
 def _view(ctx: Context, s: Session, p: Pool) -> PoolView:
     counts = _counts(s, p)
     ops = _active_ops(s, p)
-    state = _state(p, ops)
     window = _window(p, ctx.clock.now())
+    state = _state(p, ops, window)
+    policy = rules.window_policy(p.window_policy) if window is not None else None
     next_window = None
     if window is not None:
         # while a window is open, the next one is the first that opens after it closes
@@ -203,6 +217,9 @@ def _view(ctx: Context, s: Session, p: Pool) -> PoolView:
         window_open=window.is_open if window else None,
         window_closes_at=window.closes_at if window and window.is_open else None,
         next_window=next_window,
+        window_logoff=str(policy.logoff) if policy else None,
+        window_grace_seconds=policy.grace_seconds if policy else None,
+        window_message=policy.message if policy else None,
         operations=[op.id for op in ops],
         note=_note(p, counts, state),
         created_at=p.created_at,
@@ -232,12 +249,16 @@ def create_pool(
     buffer: int,
     window_cron: str | None = None,
     window_minutes: int | None = None,
+    window_logoff: str | None = None,
+    window_grace: str | float | None = None,
+    window_message: str | None = None,
     actor: str,
 ) -> PoolView:
     """A new pool, enabled; its first clones are provisioned at once."""
     check_name(name, "pool name")
     rules.check_sizes(name, min_size, max_size, buffer)
     window = rules.check_window(window_cron, window_minutes)
+    policy = _check_window_options(window, window_logoff, window_grace, window_message)
     with _locked(ctx, name) as s:
         t = get_template(s, template)
         if s.scalar(select(Pool.id).where(Pool.name == name)) is not None:
@@ -251,6 +272,7 @@ def create_pool(
             enabled=True,
             window_cron=window[0] if window else None,
             window_minutes=window[1] if window else None,
+            window_policy=policy,
         )
         s.add(p)
         audit.record(
@@ -264,6 +286,7 @@ def create_pool(
             buffer=buffer,
             window_cron=p.window_cron,
             window_minutes=p.window_minutes,
+            window_policy=policy,
         )
         try:
             s.commit()
@@ -271,6 +294,55 @@ def create_pool(
             raise Conflict(f"pool {name} was created by another request at the same time") from None
     crashpoints.reached("pool-create.committed")
     _provision_quietly(ctx, name)
+    return show_pool(ctx, name)
+
+
+def _check_window_options(
+    window: tuple[str, int] | None,
+    logoff: str | None,
+    grace: str | float | None,
+    message: str | None,
+) -> dict[str, object] | None:
+    if window is None:
+        if (logoff, grace, message) != (None, None, None):
+            raise InvalidInput(
+                "--window-logoff, --window-grace and --window-message go with a window"
+                " (--window-cron and --window-minutes)"
+            )
+        return None
+    return rules.check_window_policy(logoff, grace, message)
+
+
+def set_window(
+    ctx: Context,
+    name: str,
+    *,
+    cron: str | None,
+    minutes: int | None,
+    logoff: str | None = None,
+    grace: str | float | None = None,
+    message: str | None = None,
+    actor: str,
+) -> PoolView:
+    """Give the pool a new maintenance window and its logoff policy, or none (``cron`` and
+    ``minutes`` both None): the pool's next pass follows it."""
+    window = rules.check_window(cron, minutes)
+    policy = _check_window_options(window, logoff, grace, message)
+    with _locked(ctx, name) as s:
+        p = get_pool(s, name, lock=True)
+        p.window_cron = window[0] if window else None
+        p.window_minutes = window[1] if window else None
+        p.window_policy = policy
+        audit.record(
+            s,
+            actor,
+            "pool.window",
+            name,
+            window_cron=p.window_cron,
+            window_minutes=p.window_minutes,
+            window_policy=policy,
+        )
+        s.commit()
     return show_pool(ctx, name)
 
 
@@ -401,7 +473,7 @@ def assign(ctx: Context, pool: str, user: str, *, actor: str) -> AssignmentView:
         p = get_pool(s, pool, lock=True)
         mine = s.scalar(select(Clone).where(Clone.pool_id == p.id, Clone.assigned_user == user))
         if mine is None:
-            _check_assigning(s, p)
+            _check_assigning(s, p, ctx.clock.now())
             picked = _pick_idle(s, p)
             if picked is None:
                 counts, max_size = _counts(s, p), p.max_size
@@ -462,11 +534,18 @@ def assign(ctx: Context, pool: str, user: str, *, actor: str) -> AssignmentView:
     return AssignmentView(pool=pool, user=user, clone=view)
 
 
-def _check_assigning(s: Session, p: Pool) -> None:
+def _check_assigning(s: Session, p: Pool, now: datetime) -> None:
     if not p.enabled:
         raise Conflict(
             f"pool {p.name} is drained and assigns no clones; enable it with: goldfleet pool"
             f" enable {p.name}"
+        )
+    window = _window(p, now)
+    if window is not None and window.is_open:
+        raise Conflict(
+            f"pool {p.name} is in its maintenance window until"
+            f" {window.closes_at:%Y-%m-%d %H:%M} UTC and assigns no clones until then; try"
+            " again after it"
         )
     for op in _active_ops(s, p):
         if op.kind == RECREATE and op.status != OpStatus.PAUSED:
@@ -647,6 +726,102 @@ def _maintain(ctx: Context, name: str, now: datetime) -> str | None:
     return f"pool {name}: window open, {len(work)} idle clones being recreated (operation {op_id})"
 
 
+def _take_back(ctx: Context, name: str, now: datetime) -> list[str]:
+    """The window's first part of a pass: take back the clones assigned to users, under the
+    window's logoff policy. Clones nobody is logged on (or whose users were logged off) are
+    stopped, their temp volumes emptied, and become idle; the message is sent once per window
+    to the users then logged on, the grace counting from it."""
+    with ctx.session() as s:
+        p = get_pool(s, name)
+        window = _window(p, now)
+        if window is None or not window.is_open or not p.enabled:
+            return []
+        policy = rules.window_policy(p.window_policy)
+        notified = p.window_notified_at
+        assigned = [
+            (c.name, c.assigned_user, c.power == Power.RUNNING)
+            for c in s.scalars(
+                select(Clone)
+                .where(
+                    Clone.pool_id == p.id,
+                    Clone.assigned_user.is_not(None),
+                    Clone.status == CloneStatus.READY,
+                )
+                .order_by(Clone.name)
+            )
+        ]
+    if not assigned:
+        return []
+    users = fleet.logged_in(ctx, [n for n, _, running in assigned if running])
+    notes: list[str] = []
+    to_notify: list[str] = []
+    for clone, owner, _ in assigned:
+        on = users.get(clone, [])
+        step, _reason = rules.unassign_step(policy, on, notified, window.opens_at, now)
+        if step == SessionStep.NOTIFY:
+            to_notify.append(clone)
+            continue
+        if step not in (SessionStep.GO, SessionStep.LOGOFF):
+            continue  # users still on under wait, or within the grace
+        try:
+            for user in on if step == SessionStep.LOGOFF else ():
+                fleet.logoff(ctx, clone, user, actor=WINDOW_ACTOR)
+            note = _unassign(ctx, name, clone, str(owner), on, step)
+        except GoldfleetError as exc:
+            log.warning("pool %s: clone %s not taken back: %s", name, clone, exc.message)
+            notes.append(f"pool {name}: clone {clone} not taken back: {exc.message}")
+            continue
+        if note:
+            notes.append(note)
+    told = []
+    for clone in to_notify:
+        try:
+            fleet.send_message(ctx, text=policy.message, clone=clone, actor=WINDOW_ACTOR)
+            told.append(clone)
+        except GoldfleetError as exc:  # tried again next pass
+            log.warning("pool %s: users of %s not told: %s", name, clone, exc.message)
+    if told:
+        crashpoints.reached("pool-window.told")
+        with _locked(ctx, name) as s:  # the grace starts once the message is out
+            get_pool(s, name, lock=True).window_notified_at = now
+            s.commit()
+        notes.append(f"pool {name}: users of {', '.join(told)} told of the window")
+    return notes
+
+
+def _unassign(
+    ctx: Context, pool: str, clone: str, user: str, logged_off: list[str], step: SessionStep
+) -> str | None:
+    """Stop a clone taken back by the window and make it idle, unless it changed hands."""
+    with ctx.session() as s:
+        c = s.scalar(select(Clone).where(Clone.name == clone))
+        if c is None or c.assigned_user != user:
+            return None
+        running = c.power == Power.RUNNING
+    if running:
+        fleet.stop_clone(ctx, clone, actor=WINDOW_ACTOR)
+        crashpoints.reached("pool-window.stopped")
+    with _locked(ctx, pool) as s:
+        taken = s.execute(
+            update(Clone)
+            .where(Clone.name == clone, Clone.assigned_user == user)
+            .values(assigned_user=None)
+        ).rowcount
+        if not taken:
+            return None
+        audit.record(
+            s,
+            WINDOW_ACTOR,
+            "pool.unassign",
+            pool,
+            user=user,
+            clone=clone,
+            logged_off=logged_off if step == SessionStep.LOGOFF else [],
+        )
+        s.commit()
+    return f"pool {pool}: clone {clone} taken back from {user} for the window"
+
+
 def reconcile_pools(ctx: Context) -> list[str]:
     """One pass over every pool: its window first, then its size. Returns what was done."""
     now = ctx.clock.now()
@@ -655,6 +830,7 @@ def reconcile_pools(ctx: Context) -> list[str]:
     notes = []
     for name in names:
         try:
+            notes += _take_back(ctx, name, now)
             note = _maintain(ctx, name, now)
             if note:
                 notes.append(note)
