@@ -16,8 +16,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from goldfleet import __version__
-from goldfleet.api.deps import Reader, authenticate
-from goldfleet.api.routers import admin, bundles, clones, hosts, pools, sim, sites, templates
+from goldfleet.api.deps import Caller, authenticate
+from goldfleet.api.routers import admin, bundles, clones, hosts, pools, sim, sites, templates, users
 from goldfleet.api.schemas import ERRORS
 from goldfleet.api.uploads import body_problem
 from goldfleet.context import Context
@@ -35,8 +35,12 @@ def error_response(exc: GoldfleetError) -> JSONResponse:
     )
 
 
+OPEN = ("/health", "/auth/login")  # no token: the server's health, and a user's login
+
+
 class RequireToken:
-    """Authenticate before anything else (body parsing included); only /health is open. Then
+    """Authenticate before anything else (body parsing included); only OPEN paths need no
+    token. Then
     refuse a body too large to be parsed in memory (api/uploads.py), before a byte is read.
 
     Plain ASGI, not ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware ends a streamed
@@ -55,11 +59,12 @@ class RequireToken:
             request = Request(scope, receive)
             if request.url.path != "/health":
                 try:
-                    request.state.caller = caller = await authenticate(request)
-                    if caller.role == "site" and not request.url.path.startswith("/sync/"):
-                        raise Forbidden(
-                            f"token {caller.name} is a site token: it may only read /sync/"
-                        )
+                    if request.url.path not in OPEN:
+                        request.state.caller = caller = await authenticate(request)
+                        if caller.role == "site" and not request.url.path.startswith("/sync/"):
+                            raise Forbidden(
+                                f"token {caller.name} is a site token: it may only read /sync/"
+                            )
                     problem = body_problem(request.method, request.url.path, request.headers)
                     if problem is not None:
                         raise problem
@@ -183,9 +188,10 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
     app.openapi = described  # type: ignore[method-assign]
 
     @app.get("/openapi.json", tags=["health"], include_in_schema=False)
-    def openapi(caller: Reader) -> dict:
+    def openapi(caller: Caller) -> dict:
         return app.openapi()
 
     for module in (templates, clones, admin, sim, pools, bundles, sites, hosts):
         app.include_router(module.router, responses=ERRORS)
+    app.include_router(users.router, responses=ERRORS)
     return app

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict
 
-from goldfleet.api.deps import Ctx, Writer
-from goldfleet.services import sim
+from goldfleet.api.deps import Allow, Ctx
+from goldfleet.services import access, sim
 from goldfleet.services.sim import SimMessageView, SimSessionView, SimVmView
 
 router = APIRouter(prefix="/sim", tags=["sim"])
+
+SimRead = Annotated[access.Caller, Allow("sim.read")]
+SimWrite = Annotated[access.Caller, Allow("sim.write")]
 
 
 class SimSessionCreate(BaseModel):
@@ -20,30 +25,30 @@ class SimSessionCreate(BaseModel):
 
 
 @router.post("/sessions", status_code=201)
-def login(body: SimSessionCreate, ctx: Ctx, caller: Writer) -> SimSessionView:
+def login(body: SimSessionCreate, ctx: Ctx, caller: SimWrite) -> SimSessionView:
     return sim.login(ctx, vm=body.vm, user=body.user, actor=caller.name)
 
 
 @router.delete("/sessions/{vm}/{user}", status_code=204)
-def logout(vm: str, user: str, ctx: Ctx, caller: Writer) -> None:
+def logout(vm: str, user: str, ctx: Ctx, caller: SimWrite) -> None:
     sim.logout(ctx, vm=vm, user=user, actor=caller.name)
 
 
 @router.get("/sessions")
-def list_sessions(ctx: Ctx, caller: Writer, vm: str | None = None) -> list[SimSessionView]:
+def list_sessions(ctx: Ctx, caller: SimRead, vm: str | None = None) -> list[SimSessionView]:
     return sim.list_sessions(ctx, vm=vm)
 
 
 @router.get("/messages")
-def list_messages(ctx: Ctx, caller: Writer, vm: str | None = None) -> list[SimMessageView]:
+def list_messages(ctx: Ctx, caller: SimRead, vm: str | None = None) -> list[SimMessageView]:
     return sim.list_messages(ctx, vm=vm)
 
 
 @router.post("/vms/{vm}/guest-shutdown")
-def guest_shutdown(vm: str, ctx: Ctx, caller: Writer) -> SimVmView:
+def guest_shutdown(vm: str, ctx: Ctx, caller: SimWrite) -> SimVmView:
     return sim.guest_shutdown(ctx, vm=vm, actor=caller.name)
 
 
 @router.get("/vms")
-def list_vms(ctx: Ctx, caller: Writer) -> list[SimVmView]:
+def list_vms(ctx: Ctx, caller: SimRead) -> list[SimVmView]:
     return sim.list_vms(ctx)

@@ -113,6 +113,7 @@ class TokenView(BaseModel):
     role: str
     created_at: datetime
     revoked: bool
+    grants: list[str] = []  # "ROLE on SCOPE"
 
 
 class AuditView(BaseModel):
