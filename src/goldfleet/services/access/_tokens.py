@@ -49,7 +49,7 @@ def token_grant(
         if scope is not None:
             raise InvalidInput("a site token holds no scope: it reads /sync/ only")
         return "site", None
-    role = role or "admin"
+    role = "admin" if role is None else role
     if role in rules.TOKEN_ROLE_GRANTS and scope is None:
         return role, rules.TOKEN_ROLE_GRANTS[role]
     granted = "auditor" if role == "reader" else role
