@@ -140,7 +140,11 @@ def test_a_grant_of_a_deleted_role_gives_nothing():
 def test_the_denial_names_the_permission_the_scope_and_what_is_held():
     g = grants(("helpdesk", "pool:lab"))
     message = rules.denial("user hd", g, "clone.restore", CLONE_ELSEWHERE)
-    assert "user hd lacks clone.restore" in message
+    assert message.startswith("user hd lacks clone.restore on clone:desk-9: it needs a role")
+    assert "on /, template:win11, pool:office or clone:desk-9 (" in message
+    assert rules.denial("token t (reader)", g, "user.write", rules.ROOT).startswith(
+        "token t (reader) lacks user.write on /: it needs a role with user.write on / ("
+    )
     assert "pool:office" in message and "template:win11" in message and "clone:desk-9" in message
     assert "helpdesk on pool:lab" in message
     assert "self" not in message

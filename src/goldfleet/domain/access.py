@@ -205,11 +205,13 @@ def denial(who: str, grants: Iterable[Grant], permission: str, path: frozenset[s
     """The 403 message: the permission missing, the scopes that would have given it, and what
     the caller holds."""
     grants = tuple(grants)
-    scopes = sorted(path - {"self"}, key=lambda s: (s != "/", s))
+    order = ("/", "template", "pool", "site", "cluster", "clone")  # the widest first
+    scopes = sorted(path - {"self"}, key=lambda s: (order.index(s.partition(":")[0]), s))
     held = ", ".join(str(g) for g in grants) or "no grants"
+    wanted = ", ".join(scopes[:-1]) + (" or " if len(scopes) > 1 else "") + scopes[-1]
     return (
         f"{who} lacks {permission} on {scopes[-1]}: it needs a role with {permission} on"
-        f" {' or '.join(scopes)} (it holds {held})"
+        f" {wanted} (it holds {held})"
     )
 
 
