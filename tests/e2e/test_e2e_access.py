@@ -133,6 +133,26 @@ def test_helpdesk_scoped_to_a_pool_restores_its_clones_and_nothing_else(fleet, t
     assert {n: after[n] for n in office} == {r[0]: r[1:3] for r in before if r[0] in office}
     assert fleet.client.get("/templates/base")["status"] == "ready"
 
+    # operations: those working on the pool's clones only
+    def ops_of(pool: str) -> set[int]:
+        return {
+            op
+            for (op,) in fleet.rows(
+                "SELECT DISTINCT i.operation_id FROM operation_items i JOIN clones c"
+                " ON c.id = i.clone_id JOIN pools p ON p.id = c.pool_id WHERE p.name = ?",
+                pool,
+            )
+        }
+
+    lab_ops, office_ops = ops_of("lab"), ops_of("office")
+    assert lab_ops and office_ops and not lab_ops & office_ops
+    assert {o["id"] for o in hd.get("/operations")} == lab_ops
+    assert hd.get(f"/operations/{min(lab_ops)}")["id"] == min(lab_ops)
+    status, message = refused(hd.get, f"/operations/{min(office_ops)}")
+    assert status == 403 and "operation.read" in message
+    assert refused(hd.post, f"/operations/{min(lab_ops)}/cancel")[0] == 403  # not in the role
+    assert refused(hd.get, "/operations/not-a-number")[0] in (403, 422)
+
     # the audit log records the user
     entries = fleet.client.get("/audit", params={"limit": 50})
     seen = {(a["action"], a["target"], a["actor"]) for a in entries}
@@ -270,6 +290,11 @@ def test_a_disabled_user_cannot_log_in_and_its_sessions_end(fleet, template):
     assert refused(carol.get, "/templates")[0] == 401
     assert login_status(fleet, "carol", PASSWORDS["carol"])[0] == 401
     carol = login(fleet, "carol", "carol-New-Passw0rd")
+    # a user changes its own password (not another's)
+    assert carol.post("/users/carol/password", {"password": "carol-Own-Passw0rd"}) is None
+    carol = login(fleet, "carol", "carol-Own-Passw0rd")
+    status, message = refused(carol.post, "/users/admin/password", {"password": "x" * 12})
+    assert status == 403 and "user.write" in message
     # logging out ends the session
     assert carol.delete("/auth/session") is None
     assert refused(carol.get, "/templates")[0] == 401

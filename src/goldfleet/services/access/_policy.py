@@ -133,6 +133,8 @@ def path_of(ctx: Context, kind: str | None, name: str | None, caller: Caller) ->
         if kind == "pool":
             return pool_path(s, name)
         if kind == "operation":
+            if not name.isdigit():  # not an operation id: only / covers it (422 for those)
+                return rules.ROOT
             return operation_paths(s, [int(name)], caller.user)[int(name)]
     raise ValueError(f"no path for objects of kind {kind}")
 

@@ -101,9 +101,9 @@ def authenticate(ctx: Context, token: str | None) -> Caller:
                 raise Unauthorized("the session is not valid or was ended: log in again")
             if login.expires_at <= utcnow():
                 raise Unauthorized("the session expired: log in again")
-            user = s.scalar(select(User).where(User.name == login.user))
+            user = s.scalar(select(User).where(User.name == login.user_name))
             if user is None or user.disabled_at is not None:
-                raise Unauthorized(f"user {login.user} is disabled")
+                raise Unauthorized(f"user {login.user_name} is disabled")
             return Caller(
                 name=f"user:{user.name}",
                 role="user",

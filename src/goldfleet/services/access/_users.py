@@ -145,7 +145,7 @@ def set_password(ctx: Context, name: str, password: str, *, actor: str) -> None:
     with ctx.session() as s:
         row = _user(s, name)
         row.password_hash = digest
-        s.execute(delete(LoginSession).where(LoginSession.user == name))
+        s.execute(delete(LoginSession).where(LoginSession.user_name == name))
         audit.record(s, actor, "user.passwd", name)
         s.commit()
 
@@ -156,7 +156,7 @@ def set_disabled(ctx: Context, name: str, disabled: bool, *, actor: str) -> User
         row = _user(s, name)
         row.disabled_at = utcnow() if disabled else None
         if disabled:
-            s.execute(delete(LoginSession).where(LoginSession.user == name))
+            s.execute(delete(LoginSession).where(LoginSession.user_name == name))
         audit.record(s, actor, "user.disable" if disabled else "user.enable", name)
         s.commit()
         return UserView(
@@ -193,7 +193,7 @@ def login(ctx: Context, name: str, password: str) -> LoginView:
         secret = SESSION_PREFIX + secrets.token_urlsafe(32)
         expires = utcnow() + timedelta(hours=SESSION_HOURS)
         s.execute(delete(LoginSession).where(LoginSession.expires_at <= utcnow()))
-        s.add(LoginSession(token_hash=hash_token(secret), user=name, expires_at=expires))
+        s.add(LoginSession(token_hash=hash_token(secret), user_name=name, expires_at=expires))
         audit.record(s, f"user:{name}", "auth.login", name)
         s.commit()
         return LoginView(user=name, token=secret, expires_at=expires)

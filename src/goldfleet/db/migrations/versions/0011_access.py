@@ -53,13 +53,13 @@ def upgrade() -> None:
         "login_sessions",
         sa.Column("id", ID, autoincrement=True, nullable=False),
         sa.Column("token_hash", sa.String(length=64), nullable=False),
-        sa.Column("user", sa.String(length=63), nullable=False),
+        sa.Column("user_name", sa.String(length=63), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("expires_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("token_hash"),
     )
-    op.create_index("ix_login_sessions_user", "login_sessions", ["user"], unique=False)
+    op.create_index("ix_login_sessions_user_name", "login_sessions", ["user_name"], unique=False)
     # the tokens made before grants keep what their role meant
     conn = op.get_bind()
     tokens = sa.table("tokens", sa.column("name", sa.String), sa.column("role", sa.String))
@@ -75,7 +75,7 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    op.drop_index("ix_login_sessions_user", table_name="login_sessions")
+    op.drop_index("ix_login_sessions_user_name", table_name="login_sessions")
     op.drop_table("login_sessions")
     op.drop_index("ix_grants_holder", table_name="grants")
     op.drop_table("grants")
