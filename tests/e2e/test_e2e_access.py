@@ -376,7 +376,7 @@ def test_init_makes_the_first_admin_user(tmp_path):
         assert admin.get("/auth/me") == {
             "name": "user:admin",
             "kind": "user",
-            "role": "user",
+            "role": None,
             "grants": ["admin on /"],
         }
         assert admin.post("/tokens", {"name": "made-by-user", "role": "reader"})["token"]

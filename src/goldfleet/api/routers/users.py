@@ -57,7 +57,7 @@ class GrantChange(Body):
 class Me(BaseModel):
     name: str  # as the audit log records the caller
     kind: str  # user | token
-    role: str
+    role: str | None  # a token's role as made; none for a user (its roles are its grants)
     grants: list[str]
 
 
@@ -86,7 +86,7 @@ def me(caller: Caller) -> Me:
     return Me(
         name=caller.name,
         kind="user" if caller.user else "token",
-        role=caller.role,
+        role=caller.role or None,
         grants=[str(g) for g in caller.grants],
     )
 

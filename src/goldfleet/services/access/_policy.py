@@ -27,7 +27,7 @@ class Caller:
     a logged-in user (``name`` ``user:NAME``, ``user`` NAME), with the grants it holds."""
 
     name: str
-    role: str  # a token's role as made (admin, reader, site, or a role name); "user" for users
+    role: str  # a token's role as made (admin, reader, site, or a role name); "" for users
     grants: tuple[Grant, ...] = ()
     user: str | None = None
 

@@ -106,7 +106,7 @@ def authenticate(ctx: Context, token: str | None) -> Caller:
                 raise Unauthorized(f"user {login.user_name} is disabled")
             return Caller(
                 name=f"user:{user.name}",
-                role="user",
+                role="",  # a user's roles are its grants
                 grants=grants_of(s, "user", user.name),
                 user=user.name,
             )
