@@ -27,6 +27,7 @@ from goldfleet.services.access._tokens import SESSION_PREFIX, hash_token
 from goldfleet.services.common import audit
 
 SESSION_HOURS = 12
+MAX_USER_NAME = 58  # "user:" + the name fits the audit log's actor (63)
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024
 _hasher = PasswordHasher()
@@ -106,6 +107,11 @@ def create_user(
     """A user with a password and one grant (``scope`` default ``/``; ``self`` for the role
     user)."""
     check_name(name, "user name")
+    if len(name) > MAX_USER_NAME:
+        raise InvalidInput(
+            f"user name {name!r} is too long: {MAX_USER_NAME} characters at most (the audit log"
+            " records user:NAME)"
+        )
     check_password(password)
     scope = scope or ("self" if role in rules.OWN_ONLY_ROLES else "/")
     rules.check_grant(role, scope, holder_kind="user")
@@ -204,7 +210,7 @@ def check_name_ok(name: str) -> bool:
         check_name(name)
     except InvalidInput:
         return False
-    return True
+    return len(name) <= MAX_USER_NAME
 
 
 def logout(ctx: Context, secret: str, *, actor: str) -> None:
