@@ -21,6 +21,7 @@ from goldfleet.services.access._tokens import (
     revoke_token,
 )
 from goldfleet.services.access._users import (
+    SESSION_HOURS,
     GrantView,
     Holder,
     LoginView,
@@ -43,6 +44,7 @@ from goldfleet.services.access._users import (
 __all__ = [
     "PERMISSIONS",
     "ROLES",
+    "SESSION_HOURS",
     "Caller",
     "GrantView",
     "Holder",

@@ -99,7 +99,7 @@ def authenticate(ctx: Context, token: str | None) -> Caller:
             login = s.scalar(select(LoginSession).where(LoginSession.token_hash == digest))
             if login is None or not hmac.compare_digest(login.token_hash, digest):
                 raise Unauthorized("the session is not valid or was ended: log in again")
-            if login.expires_at <= utcnow():
+            if login.expires_at <= ctx.clock.now():
                 raise Unauthorized("the session expired: log in again")
             user = s.scalar(select(User).where(User.name == login.user_name))
             if user is None or user.disabled_at is not None:

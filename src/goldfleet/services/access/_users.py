@@ -197,8 +197,8 @@ def login(ctx: Context, name: str, password: str) -> LoginView:
         if _hasher.check_needs_rehash(row.password_hash):
             row.password_hash = _hasher.hash(password)
         secret = SESSION_PREFIX + secrets.token_urlsafe(32)
-        expires = utcnow() + timedelta(hours=SESSION_HOURS)
-        s.execute(delete(LoginSession).where(LoginSession.expires_at <= utcnow()))
+        expires = ctx.clock.now() + timedelta(hours=SESSION_HOURS)
+        s.execute(delete(LoginSession).where(LoginSession.expires_at <= ctx.clock.now()))
         s.add(LoginSession(token_hash=hash_token(secret), user_name=name, expires_at=expires))
         audit.record(s, f"user:{name}", "auth.login", name)
         s.commit()
