@@ -40,8 +40,8 @@ OPEN = ("/health", "/auth/login")  # no token: the server's health, and a user's
 
 class RequireToken:
     """Authenticate before anything else (body parsing included); only OPEN paths need no
-    token. Then
-    refuse a body too large to be parsed in memory (api/uploads.py), before a byte is read.
+    token. Then refuse a body too large to be parsed in memory (api/uploads.py), before a byte
+    is read. What the caller may do is decided per route (api/deps.py ``Allow``).
 
     Plain ASGI, not ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware ends a streamed
     response normally when its body fails half way (a bundle whose layer cannot be read), so a
