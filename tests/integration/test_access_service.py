@@ -72,3 +72,35 @@ def test_custom_roles_and_grants(ctx: Context) -> None:
     with pytest.raises(InvalidInput, match="site token"):
         access.create_token(ctx, name="s1", role="site", actor="t")
         access.add_grant(ctx, access.Holder("token", "s1"), "auditor", "/", actor="t")
+
+
+def test_failed_logins_are_throttled_audited_and_reset_by_a_good_one(ctx: Context) -> None:
+    from goldfleet.domain import access as rules
+    from goldfleet.errors import TooManyRequests
+    from goldfleet.services.common import audit
+
+    clock = FakeClock(ctx.clock.now())
+    ctx.clock = clock  # type: ignore[assignment]
+    access.create_user(
+        ctx, name="bo", password="bo-Passw0rd!", role="auditor", scope=None, actor="t"
+    )
+    for _ in range(rules.FREE_FAILURES):
+        with pytest.raises(Unauthorized, match="wrong"):
+            access.login(ctx, "bo", "guess-guess")
+    # throttled: even the right password waits, unchecked
+    with pytest.raises(TooManyRequests, match="try again in 30 s"):
+        access.login(ctx, "bo", "bo-Passw0rd!")
+    clock.at += timedelta(seconds=rules.THROTTLE_SECONDS)
+    with pytest.raises(Unauthorized, match="wrong"):
+        access.login(ctx, "bo", "guess-guess")
+    with pytest.raises(TooManyRequests, match="try again in 60 s"):
+        access.login(ctx, "bo", "guess-guess")
+    clock.at += timedelta(seconds=2 * rules.THROTTLE_SECONDS)
+    assert access.login(ctx, "bo", "bo-Passw0rd!").user == "bo"  # and the count starts over
+    with pytest.raises(Unauthorized, match="wrong"):
+        access.login(ctx, "bo", "guess-guess")
+    assert access.login(ctx, "bo", "bo-Passw0rd!").user == "bo"
+    actions = [a.action for a in audit.list_audit(ctx, limit=100) if a.target == "bo"]
+    assert actions.count("auth.login-failed") == 7
+    assert actions.count("auth.login-throttled") == 2
+    assert actions.count("auth.login") == 2

@@ -166,3 +166,16 @@ def test_reach_lists_the_scopes_of_one_permission():
 
 def test_legacy_token_roles_map_to_grants_on_root():
     assert rules.TOKEN_ROLE_GRANTS == {"admin": ("admin", "/"), "reader": ("auditor", "/")}
+
+
+def test_failed_logins_are_throttled_after_the_free_ones():
+    from datetime import datetime, timedelta
+
+    t = datetime(2026, 12, 1, 12, 0, 0)
+    assert rules.login_wait(0, None, t) == 0
+    assert rules.login_wait(rules.FREE_FAILURES - 1, t, t) == 0
+    assert rules.login_wait(rules.FREE_FAILURES, t, t) == rules.THROTTLE_SECONDS
+    assert rules.login_wait(rules.FREE_FAILURES, t, t + timedelta(seconds=29.5)) == 1
+    assert rules.login_wait(rules.FREE_FAILURES, t, t + timedelta(seconds=30)) == 0
+    assert rules.login_wait(rules.FREE_FAILURES + 2, t, t) == 4 * rules.THROTTLE_SECONDS
+    assert rules.login_wait(100, t, t) == rules.MAX_THROTTLE

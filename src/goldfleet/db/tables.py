@@ -244,6 +244,8 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(255))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     disabled_at: Mapped[datetime | None]
+    failed_logins: Mapped[int] = mapped_column(default=0)  # since the last good login
+    last_failed_at: Mapped[datetime | None]
 
 
 class Role(Base):

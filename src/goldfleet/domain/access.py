@@ -14,6 +14,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 
 from goldfleet.errors import InvalidInput
 
@@ -273,3 +274,19 @@ def reach(grants: Iterable[Grant], permission: str, user: str | None) -> Reach:
         clones=named("clone"),
         own=user if "self" in scopes and user else None,
     )
+
+
+# failed logins of one user: the first FREE_FAILURES cost nothing; then each further attempt
+# waits, from the last failure, THROTTLE_SECONDS doubled per failure beyond, at most MAX_THROTTLE
+FREE_FAILURES = 5
+THROTTLE_SECONDS = 30
+MAX_THROTTLE = 15 * 60
+
+
+def login_wait(failures: int, last_failure: datetime | None, now: datetime) -> int:
+    """Seconds a user must wait before its password is checked again (0: not throttled)."""
+    if failures < FREE_FAILURES or last_failure is None:
+        return 0
+    pause = min(THROTTLE_SECONDS * 2 ** (failures - FREE_FAILURES), MAX_THROTTLE)
+    left = last_failure + timedelta(seconds=pause) - now
+    return max(0, int(left.total_seconds() + 0.999))

@@ -21,7 +21,7 @@ from goldfleet.db.tables import Grant as GrantRow
 from goldfleet.db.tables import LoginSession, Role, Token, User, utcnow
 from goldfleet.domain import access as rules
 from goldfleet.domain.names import check_name
-from goldfleet.errors import Conflict, InvalidInput, NotFound, Unauthorized
+from goldfleet.errors import Conflict, InvalidInput, NotFound, TooManyRequests, Unauthorized
 from goldfleet.services.access._policy import custom_roles
 from goldfleet.services.access._tokens import SESSION_PREFIX, hash_token
 from goldfleet.services.common import audit
@@ -151,6 +151,7 @@ def set_password(ctx: Context, name: str, password: str, *, actor: str) -> None:
     with ctx.session() as s:
         row = _user(s, name)
         row.password_hash = digest
+        row.failed_logins, row.last_failed_at = 0, None
         s.execute(delete(LoginSession).where(LoginSession.user_name == name))
         audit.record(s, actor, "user.passwd", name)
         s.commit()
@@ -178,18 +179,31 @@ def login(ctx: Context, name: str, password: str) -> LoginView:
     and says no more than that the name or password is wrong, or that the user is disabled."""
     wrong = Unauthorized("the user name or the password is wrong")
     valid_name = isinstance(name, str) and check_name_ok(name)
+    now = ctx.clock.now()
     with ctx.session() as s:
         row = s.scalar(select(User).where(User.name == name)) if valid_name else None
+        if row is not None:
+            wait = rules.login_wait(row.failed_logins, row.last_failed_at, now)
+            if wait:
+                audit.record(s, f"user:{name}", "auth.login-throttled", name, wait=wait)
+                s.commit()
+                raise TooManyRequests(
+                    f"{row.failed_logins} failed logins of {name}: try again in {wait} s"
+                )
         try:
             _hasher.verify(row.password_hash if row else _NOBODY, password)
             ok = row is not None
         except (VerificationError, InvalidHashError):
             ok = False
         if not ok or row is None:
+            if row is not None:
+                row.failed_logins += 1
+                row.last_failed_at = now
             if valid_name:
                 audit.record(s, f"user:{name}", "auth.login-failed", name)
-                s.commit()
+            s.commit()
             raise wrong
+        row.failed_logins, row.last_failed_at = 0, None
         if row.disabled_at is not None:
             audit.record(s, f"user:{name}", "auth.login-refused", name, reason="disabled")
             s.commit()

@@ -1,6 +1,6 @@
-"""users with Argon2 passwords, custom roles, grants of a role on a scope (held by users and
-tokens), login sessions; the tokens made before grants get theirs: admin → admin on /, reader →
-auditor on /
+"""users with Argon2 passwords (and their failed logins, for throttling), custom roles,
+grants of a role on a scope (held by users and tokens), login sessions; the tokens made before
+grants get theirs: admin → admin on /, reader → auditor on /
 
 Revision ID: 0011
 Revises: 0008
@@ -25,6 +25,8 @@ def upgrade() -> None:
         sa.Column("password_hash", sa.String(length=255), nullable=False),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.Column("disabled_at", sa.DateTime(), nullable=True),
+        sa.Column("failed_logins", ID, nullable=False),
+        sa.Column("last_failed_at", sa.DateTime(), nullable=True),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
     )
