@@ -79,6 +79,12 @@ class Forbidden(GoldfleetError):
     status_code = 403
 
 
+class TooManyRequests(GoldfleetError):
+    """Too many attempts (failed logins of one user): wait, as the message says."""
+
+    status_code = 429
+
+
 class StoreError(GoldfleetError):
     """qemu-img or the file system failed while goldfleet was working on an image."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -11,7 +12,7 @@ from sqlalchemy import select
 from goldfleet.bootstrap import bootstrap
 from goldfleet.config import Settings
 from goldfleet.context import Context
-from goldfleet.db.tables import Server, Template, Token
+from goldfleet.db.tables import Server, Template, Token, User
 from goldfleet.services import access
 
 TOKEN_FILE = "admin.token"
@@ -53,6 +54,30 @@ def init_home(home: Path, *, port: int = 8437) -> tuple[Settings, bool]:
             _write_private(home / TOKEN_FILE, token + "\n")
             made = True
         return settings, made
+    finally:
+        ctx.engine.dispose()
+
+
+ADMIN_USER = "admin"
+
+
+def init_admin_user(home: Path, password: str | None = None) -> tuple[bool, str | None]:
+    """The first admin user (``admin``, the role admin on /), as the admin token is made: only
+    when the home has no user yet. Its password is ``password``, or one made here and returned
+    to be shown once (it is stored only as its Argon2 hash). Returns (made, password made)."""
+    settings = Settings(home=home)
+    ctx = bootstrap(settings)
+    try:
+        with ctx.session() as s:
+            if s.scalar(select(User.id).limit(1)) is not None:
+                return False, None
+        made = None
+        if password is None:
+            password = made = secrets.token_urlsafe(18)
+        access.create_user(
+            ctx, name=ADMIN_USER, password=password, role="admin", scope="/", actor="goldfleet init"
+        )
+        return True, made
     finally:
         ctx.engine.dispose()
 

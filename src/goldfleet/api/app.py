@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from goldfleet import __version__
-from goldfleet.api.deps import Reader, authenticate
+from goldfleet.api.deps import Caller, authenticate
 from goldfleet.api.routers import (
     admin,
     bundles,
@@ -27,6 +27,7 @@ from goldfleet.api.routers import (
     sim,
     sites,
     templates,
+    users,
 )
 from goldfleet.api.routers import sessions as sessions_router
 from goldfleet.api.schemas import ERRORS
@@ -47,9 +48,13 @@ def error_response(exc: GoldfleetError) -> JSONResponse:
     )
 
 
+OPEN = ("/health", "/auth/login")  # no token: the server's health, and a user's login
+
+
 class RequireToken:
-    """Authenticate before anything else (body parsing included); only /health is open. Then
-    refuse a body too large to be parsed in memory (api/uploads.py), before a byte is read.
+    """Authenticate before anything else (body parsing included); only OPEN paths need no
+    token. Then refuse a body too large to be parsed in memory (api/uploads.py), before a byte
+    is read. What the caller may do is decided per route (api/deps.py ``Allow``).
 
     Plain ASGI, not ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware ends a streamed
     response normally when its body fails half way (a bundle whose layer cannot be read), so a
@@ -67,11 +72,12 @@ class RequireToken:
             request = Request(scope, receive)
             if request.url.path != "/health":
                 try:
-                    request.state.caller = caller = await authenticate(request)
-                    if caller.role == "site" and not request.url.path.startswith("/sync/"):
-                        raise Forbidden(
-                            f"token {caller.name} is a site token: it may only read /sync/"
-                        )
+                    if request.url.path not in OPEN:
+                        request.state.caller = caller = await authenticate(request)
+                        if caller.role == "site" and not request.url.path.startswith("/sync/"):
+                            raise Forbidden(
+                                f"token {caller.name} is a site token: it may only read /sync/"
+                            )
                     problem = body_problem(request.method, request.url.path, request.headers)
                     if problem is not None:
                         raise problem
@@ -206,7 +212,7 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
     app.openapi = described  # type: ignore[method-assign]
 
     @app.get("/openapi.json", tags=["health"], include_in_schema=False)
-    def openapi(caller: Reader) -> dict:
+    def openapi(caller: Caller) -> dict:
         return app.openapi()
 
     for module in (
@@ -222,4 +228,5 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
         sessions_router,
     ):
         app.include_router(module.router, responses=ERRORS)
+    app.include_router(users.router, responses=ERRORS)
     return app

@@ -135,10 +135,13 @@ class MaintenanceExit(Body):
 
 class TokenCreate(Body):
     name: str
-    role: str = "admin"
+    role: str | None = None  # admin, reader, site or a role; none: admin (user with a clone)
+    scope: str | None = None  # where the role is granted (default /)
+    clone: str | None = None  # the role user on this one clone (self-service restore)
 
 
 class TokenCreated(BaseModel):
     name: str
     role: str
     token: str
+    grants: list[str] = []  # "ROLE on SCOPE"

@@ -12,6 +12,7 @@ from typing import Annotated, Any
 import typer
 
 from goldfleet.cli import options, output
+from goldfleet.cli.access import grant_app, read_password, role_app, user_app
 from goldfleet.cli.bundles import bundle_app, keys_app
 from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
 from goldfleet.cli.common import JsonOpt, follow
@@ -58,6 +59,9 @@ app.add_typer(guest_tool_app, name="guest-tool")
 app.add_typer(compliance_app, name="compliance")
 app.add_typer(agent_app, name="agent")
 app.add_typer(session_app, name="session")
+app.add_typer(user_app, name="user")
+app.add_typer(role_app, name="role")
+app.add_typer(grant_app, name="grant")
 
 R = "Rollout policy"
 LogoffOpt = Annotated[
@@ -190,23 +194,37 @@ def _finish(op: dict, as_json: bool, extra: dict | None = None) -> None:
 @app.command()
 def init(
     port: Annotated[int, typer.Option(help="Port the server will listen on.")] = 8437,
+    password_file: Annotated[
+        Path | None,
+        typer.Option(help="The first admin user's password (else one is made and shown once)."),
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Make a home ($GOLDFLEET_HOME): config, database, store and an admin token."""
-    from goldfleet.home import init_home
+    """Make a home ($GOLDFLEET_HOME): config, database, store, an admin token and the first
+    admin user (admin)."""
+    from goldfleet.home import ADMIN_USER, init_admin_user, init_home
 
     home = home_dir()
+    password = None if password_file is None else read_password(password_file)
     try:
         _, made = init_home(home, port=port)
+        user_made, shown = init_admin_user(home, password)
     except Exception as exc:  # a clear line, never a traceback
         _fail(f"cannot initialise {home}: {exc}")
     info = {"home": str(home), "token_file": str(home / TOKEN_FILE), "token_created": made}
+    info |= {"user": ADMIN_USER, "user_created": user_made}
+    if shown is not None:
+        info["password"] = shown  # shown once: only its hash is stored
     if as_json:
         output.emit_json(info)
     else:
         output.console.print(f"home ready at {home}")
         if made:
             output.console.print(f"admin token written to {home / TOKEN_FILE} (mode 0600)")
+        if user_made:
+            output.console.print(f"admin user {ADMIN_USER} created", highlight=False)
+        if shown is not None:
+            output.console.print(f"its password (shown once): {shown}", highlight=False)
 
 
 @app.command()
@@ -907,11 +925,22 @@ def op_watch(op_id: int, as_json: JsonOpt = False) -> None:
 @token_app.command("create")
 def token_create(
     name: str,
-    role: Annotated[str, typer.Option(help="admin, reader or site.")] = "reader",
+    role: Annotated[
+        str | None, typer.Option(help="admin, reader, site or a role (default reader).")
+    ] = None,
+    scope: Annotated[
+        str | None, typer.Option(help="Where the role holds: /, template:T, pool:P… (/).")
+    ] = None,
+    clone: Annotated[
+        str | None, typer.Option(help="Only this clone: restore, start, stop (role user).")
+    ] = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Make an API token; it is shown once and stored only as a hash."""
-    r = _call(_client().post, "/tokens", {"name": name, "role": role})
+    if role is None and clone is None:
+        role = "reader"
+    body = {"name": name, "role": role, "scope": scope, "clone": clone}
+    r = _call(_client().post, "/tokens", {k: v for k, v in body.items() if v is not None})
     output.emit_json(r) if as_json else output.console.print(r["token"], highlight=False)
 
 
@@ -924,8 +953,17 @@ def token_list(as_json: JsonOpt = False) -> None:
     else:
         output.table(
             None,
-            ["name", "role", "created", "revoked"],
-            [[t["name"], t["role"], str(t["created_at"])[:19], t["revoked"]] for t in items],
+            ["name", "role", "grants", "created", "revoked"],
+            [
+                [
+                    t["name"],
+                    t["role"],
+                    ", ".join(t["grants"]),
+                    str(t["created_at"])[:19],
+                    t["revoked"],
+                ]
+                for t in items
+            ],
         )
 
 

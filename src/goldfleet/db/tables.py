@@ -245,6 +245,57 @@ class Token(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class User(Base):
+    """A person who logs in with a password (stored only as its Argon2 hash)."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(255))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[datetime | None]
+    failed_logins: Mapped[int] = mapped_column(default=0)  # since the last good login
+    last_failed_at: Mapped[datetime | None]
+
+
+class Role(Base):
+    """A custom role: a named set of permissions (the built-in roles are in domain/access)."""
+
+    __tablename__ = "roles"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(16), unique=True)
+    permissions: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"allow": [...]}
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Grant(Base):
+    """A role on a scope, held by a user or a token (``holder_kind`` user | token)."""
+
+    __tablename__ = "grants"
+    __table_args__ = (UniqueConstraint("holder_kind", "holder", "role", "scope"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    holder_kind: Mapped[str] = mapped_column(String(8))
+    holder: Mapped[str] = mapped_column(String(63), index=True)
+    role: Mapped[str] = mapped_column(String(16))
+    scope: Mapped[str] = mapped_column(String(80))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class LoginSession(Base):
+    """A user's login: a bearer secret (stored as sha256) that expires."""
+
+    __tablename__ = "login_sessions"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user_name: Mapped[str] = mapped_column(String(63), index=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]
+
+
 class Site(Base):
     """At HQ: a site that pulls versions with its own token, and what it last reported."""
 

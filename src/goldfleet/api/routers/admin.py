@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, StrictBool
 
-from goldfleet.api.deps import Ctx, Reader, Writer
+from goldfleet.api.deps import Allow, Caller, Ctx
 from goldfleet.api.schemas import JSON_LINES, ListLimit, OperationId, TokenCreate, TokenCreated
 from goldfleet.api.streaming import GuardedStream
 from goldfleet.services import access, catalog, rollouts
@@ -25,27 +25,45 @@ class VerifyRequest(BaseModel):
 
 
 @router.get("/operations")
-def list_operations(ctx: Ctx, caller: Reader, limit: ListLimit = 50) -> list[OperationView]:
-    return rollouts.list_operations(ctx, limit=limit)
+def list_operations(ctx: Ctx, caller: Caller, limit: ListLimit = 50) -> list[OperationView]:
+    """The newest ``limit`` operations, of which those the caller may read (an operation is
+    covered by the scopes of the clones it works on)."""
+    return access.visible_operations(ctx, caller, rollouts.list_operations(ctx, limit=limit))
 
 
 @router.get("/operations/{op_id}")
-def show_operation(op_id: OperationId, ctx: Ctx, caller: Reader) -> OperationView:
+def show_operation(
+    op_id: OperationId,
+    ctx: Ctx,
+    caller: Annotated[access.Caller, Allow("operation.read", "operation", "op_id")],
+) -> OperationView:
     return rollouts.show_operation(ctx, op_id)
 
 
 @router.post("/operations/{op_id}/pause")
-def pause_operation(op_id: OperationId, ctx: Ctx, caller: Writer) -> OperationView:
+def pause_operation(
+    op_id: OperationId,
+    ctx: Ctx,
+    caller: Annotated[access.Caller, Allow("operation.control", "operation", "op_id")],
+) -> OperationView:
     return rollouts.pause_operation(ctx, op_id, actor=caller.name)
 
 
 @router.post("/operations/{op_id}/resume")
-def resume_operation(op_id: OperationId, ctx: Ctx, caller: Writer) -> OperationView:
+def resume_operation(
+    op_id: OperationId,
+    ctx: Ctx,
+    caller: Annotated[access.Caller, Allow("operation.control", "operation", "op_id")],
+) -> OperationView:
     return rollouts.resume_operation(ctx, op_id, actor=caller.name)
 
 
 @router.post("/operations/{op_id}/cancel")
-def cancel_operation(op_id: OperationId, ctx: Ctx, caller: Writer) -> OperationView:
+def cancel_operation(
+    op_id: OperationId,
+    ctx: Ctx,
+    caller: Annotated[access.Caller, Allow("operation.control", "operation", "op_id")],
+) -> OperationView:
     return rollouts.cancel_operation(ctx, op_id, actor=caller.name)
 
 
@@ -55,7 +73,9 @@ def cancel_operation(op_id: OperationId, ctx: Ctx, caller: Writer) -> OperationV
     responses={200: {"model": StoreReport, "content": JSON_LINES}},
 )
 def verify_store(
-    ctx: Ctx, caller: Writer, body: VerifyRequest | None = None
+    ctx: Ctx,
+    caller: Annotated[access.Caller, Allow("store.verify")],
+    body: VerifyRequest | None = None,
 ) -> StoreReport | StreamingResponse:
     """Rehash every layer and qemu-img check every file on all cores. An admin action: it
     keeps every core busy for minutes on a large store."""
@@ -72,21 +92,35 @@ def verify_store(
 
 
 @router.get("/tokens")
-def list_tokens(ctx: Ctx, caller: Writer) -> list[TokenView]:
+def list_tokens(ctx: Ctx, caller: Annotated[access.Caller, Allow("user.read")]) -> list[TokenView]:
     return access.list_tokens(ctx)
 
 
 @router.post("/tokens", status_code=201)
-def create_token(body: TokenCreate, ctx: Ctx, caller: Writer) -> TokenCreated:
-    token = access.create_token(ctx, name=body.name, role=body.role, actor=caller.name)
-    return TokenCreated(name=body.name, role=body.role, token=token)
+def create_token(
+    body: TokenCreate, ctx: Ctx, caller: Annotated[access.Caller, Allow("user.write")]
+) -> TokenCreated:
+    token = access.create_token(
+        ctx,
+        name=body.name,
+        role=body.role,
+        scope=body.scope,
+        clone=body.clone,
+        actor=caller.name,
+    )
+    made = {t.name: t for t in access.list_tokens(ctx)}[body.name]
+    return TokenCreated(name=body.name, role=made.role, token=token, grants=made.grants)
 
 
 @router.delete("/tokens/{name}", status_code=204)
-def revoke_token(name: str, ctx: Ctx, caller: Writer) -> None:
+def revoke_token(
+    name: str, ctx: Ctx, caller: Annotated[access.Caller, Allow("user.write")]
+) -> None:
     access.revoke_token(ctx, name, actor=caller.name)
 
 
 @router.get("/audit")
-def list_audit(ctx: Ctx, caller: Writer, limit: ListLimit = 100) -> list[AuditView]:
+def list_audit(
+    ctx: Ctx, caller: Annotated[access.Caller, Allow("audit.read")], limit: ListLimit = 100
+) -> list[AuditView]:
     return audit.list_audit(ctx, limit=limit)

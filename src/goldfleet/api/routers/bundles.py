@@ -1,4 +1,4 @@
-"""Offline update bundles and the keys that sign them (admin only)."""
+"""Offline update bundles and the keys that sign them (the bundle.* and key.* permissions)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,19 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict
 
-from goldfleet.api.deps import Ctx, Writer
+from goldfleet.api.deps import Allow, Ctx
 from goldfleet.api.schemas import BYTES, UPLOAD, QueryFlag
 from goldfleet.api.streaming import GuardedStream
 from goldfleet.api.uploads import received_body
 from goldfleet.domain.names import MAX_VERSION
-from goldfleet.services import distribution
+from goldfleet.services import access, distribution
 
 router = APIRouter(tags=["bundles"])
+
+BundleExport = Annotated[access.Caller, Allow("bundle.export", "template")]
+BundleImport = Annotated[access.Caller, Allow("bundle.import")]
+KeyRead = Annotated[access.Caller, Allow("key.read")]
+KeyWrite = Annotated[access.Caller, Allow("key.write")]
 
 
 class KeyTrust(BaseModel):
@@ -38,7 +43,7 @@ class Rebind(BaseModel):
 async def export_bundle(
     name: str,
     ctx: Ctx,
-    caller: Writer,
+    caller: BundleExport,
     since: Annotated[int | None, Query(ge=1, le=MAX_VERSION)] = None,
     policy_only: QueryFlag = False,
 ) -> StreamingResponse:
@@ -54,7 +59,9 @@ async def export_bundle(
 
 
 @router.post("/bundles/import", status_code=201, openapi_extra=UPLOAD)
-async def import_bundle(request: Request, ctx: Ctx, caller: Writer) -> distribution.BundleView:
+async def import_bundle(
+    request: Request, ctx: Ctx, caller: BundleImport
+) -> distribution.BundleView:
     """Receive a bundle (the request body) into the incoming folder, then check and import it."""
     limit = ctx.settings.max_virtual_size * 4 + (64 << 20)
     async with received_body(request, ctx, prefix="bundle", limit=limit, what="bundle") as file:
@@ -62,7 +69,9 @@ async def import_bundle(request: Request, ctx: Ctx, caller: Writer) -> distribut
 
 
 @router.post("/bundles/check", openapi_extra=UPLOAD)
-async def check_bundle(request: Request, ctx: Ctx, caller: Writer) -> distribution.BundleCheck:
+async def check_bundle(
+    request: Request, ctx: Ctx, caller: BundleImport
+) -> distribution.BundleCheck:
     """``bundle import --check``: what importing the bundle (the request body) would do, with
     ``file_ok`` false and the refusal when it would be refused. Nothing is imported."""
     limit = ctx.settings.max_virtual_size * 4 + (64 << 20)
@@ -71,21 +80,23 @@ async def check_bundle(request: Request, ctx: Ctx, caller: Writer) -> distributi
 
 
 @router.post("/templates/{name}/rebind")
-def rebind(name: str, body: Rebind, ctx: Ctx, caller: Writer) -> distribution.BindingView:
+def rebind(
+    name: str, body: Rebind, ctx: Ctx, caller: Annotated[access.Caller, Allow("key.write")]
+) -> distribution.BindingView:
     """Bind the template to another trusted key: its next bundles must be signed by it."""
     return distribution.rebind(ctx, name, body.key, actor=caller.name)
 
 
 @router.get("/keys")
-def show_keys(ctx: Ctx, caller: Writer) -> distribution.KeysView:
+def show_keys(ctx: Ctx, caller: KeyRead) -> distribution.KeysView:
     return distribution.show_keys(ctx)
 
 
 @router.post("/keys/trust", status_code=201)
-def trust_key(body: KeyTrust, ctx: Ctx, caller: Writer) -> distribution.KeyView:
+def trust_key(body: KeyTrust, ctx: Ctx, caller: KeyWrite) -> distribution.KeyView:
     return distribution.trust_key(ctx, body.name, body.public_key, actor=caller.name)
 
 
 @router.delete("/keys/{name}", status_code=204)
-def untrust_key(name: str, ctx: Ctx, caller: Writer) -> None:
+def untrust_key(name: str, ctx: Ctx, caller: KeyWrite) -> None:
     distribution.untrust_key(ctx, name, actor=caller.name)

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from goldfleet.api.deps import Ctx, Reader, Writer
+from goldfleet.api.deps import Allow, Caller, Ctx
 from goldfleet.api.schemas import (
     CloneBulkPublic,
     CloneCreate,
@@ -13,7 +13,7 @@ from goldfleet.api.schemas import (
     CloneRecreate,
     CloneRetry,
 )
-from goldfleet.services import fleet, rollouts
+from goldfleet.services import access, fleet, rollouts
 from goldfleet.services.common import CloneView, OperationView
 
 router = APIRouter(prefix="/clones", tags=["clones"])
@@ -24,7 +24,7 @@ MAX_PAGE = 1000  # clones in one page of GET /clones?limit=
 @router.get("")
 def list_clones(
     ctx: Ctx,
-    caller: Reader,
+    caller: Caller,
     request: Request,
     response: Response,
     template: str | None = None,
@@ -36,9 +36,11 @@ def list_clones(
 ) -> list[CloneView]:
     """Clones in name order, filtered here rather than by the client. Without ``limit``, every
     match, as before paging existed; with it, one page and, while more follow, a header
-    ``Link: </clones?…&after=NAME>; rel="next"`` (RFC 8288), so the body stays a plain list."""
+    ``Link: </clones?…&after=NAME>; rel="next"`` (RFC 8288), so the body stays a plain list.
+    Only the clones the caller may read are listed."""
     page = fleet.list_clones(
         ctx,
+        reach=access.reach(caller, "clone.read"),
         template=template,
         state=state,
         host=host,
@@ -54,7 +56,8 @@ def list_clones(
 
 
 @router.post("", status_code=202)
-def create_clones(body: CloneCreate, ctx: Ctx, caller: Writer) -> CloneBulkPublic:
+def create_clones(body: CloneCreate, ctx: Ctx, caller: Caller) -> CloneBulkPublic:
+    access.authorize(ctx, caller, "clone.create", "template", body.template)
     policy, start_at = rollouts.policy_from(ctx, body.rollout)
     op, names = fleet.create_clones(
         ctx,
@@ -71,7 +74,11 @@ def create_clones(body: CloneCreate, ctx: Ctx, caller: Writer) -> CloneBulkPubli
 
 
 @router.post("/recreate", status_code=202)
-def recreate(body: CloneRecreate, ctx: Ctx, caller: Writer) -> OperationView:
+def recreate(body: CloneRecreate, ctx: Ctx, caller: Caller) -> OperationView:
+    if body.name is not None:
+        access.authorize(ctx, caller, "clone.recreate", "clone", body.name)
+    else:
+        access.authorize(ctx, caller, "clone.recreate", "template", body.template)
     policy, start_at = rollouts.policy_from(ctx, body.rollout)
     return fleet.recreate(
         ctx,
@@ -87,8 +94,9 @@ def recreate(body: CloneRecreate, ctx: Ctx, caller: Writer) -> OperationView:
 
 
 @router.post("/rebase", status_code=202)
-def rebase_many(body: CloneRebaseMany, ctx: Ctx, caller: Writer) -> OperationView:
+def rebase_many(body: CloneRebaseMany, ctx: Ctx, caller: Caller) -> OperationView:
     """Rebase every clone of a template (onto ``to``, default its current version)."""
+    access.authorize(ctx, caller, "clone.rebase", "template", body.template)
     policy, start_at = rollouts.policy_from(ctx, body.rollout)
     return fleet.rebase_many(
         ctx,
@@ -102,35 +110,53 @@ def rebase_many(body: CloneRebaseMany, ctx: Ctx, caller: Writer) -> OperationVie
 
 
 @router.post("/retry", status_code=202)
-def retry(body: CloneRetry, ctx: Ctx, caller: Writer) -> OperationView:
+def retry(body: CloneRetry, ctx: Ctx, caller: Caller) -> OperationView:
+    """A clone's failed action again (clone.recreate on it), or every failed clone's
+    (clone.recreate on /)."""
+    access.authorize(ctx, caller, "clone.recreate", "clone" if body.name else None, body.name)
     return fleet.retry(ctx, name=body.name, all_failed=body.all, actor=caller.name, wait=body.wait)
 
 
 @router.get("/{name}")
-def show_clone(name: str, ctx: Ctx, caller: Reader) -> CloneView:
+def show_clone(
+    name: str, ctx: Ctx, caller: Annotated[access.Caller, Allow("clone.read", "clone")]
+) -> CloneView:
     return fleet.show_clone(ctx, name)
 
 
 @router.post("/{name}/start")
-def start_clone(name: str, ctx: Ctx, caller: Writer) -> CloneView:
+def start_clone(
+    name: str, ctx: Ctx, caller: Annotated[access.Caller, Allow("clone.start", "clone")]
+) -> CloneView:
     return fleet.start_clone(ctx, name, actor=caller.name)
 
 
 @router.post("/{name}/stop")
-def stop_clone(name: str, ctx: Ctx, caller: Writer) -> CloneView:
+def stop_clone(
+    name: str, ctx: Ctx, caller: Annotated[access.Caller, Allow("clone.stop", "clone")]
+) -> CloneView:
     return fleet.stop_clone(ctx, name, actor=caller.name)
 
 
 @router.post("/{name}/restore")
-def restore_clone(name: str, ctx: Ctx, caller: Writer) -> CloneView:
+def restore_clone(
+    name: str, ctx: Ctx, caller: Annotated[access.Caller, Allow("clone.restore", "clone")]
+) -> CloneView:
     return fleet.restore_clone(ctx, name, actor=caller.name)
 
 
 @router.post("/{name}/rebase")
-def rebase_clone(name: str, ctx: Ctx, caller: Writer, body: CloneRebase | None = None) -> CloneView:
+def rebase_clone(
+    name: str,
+    ctx: Ctx,
+    caller: Annotated[access.Caller, Allow("clone.rebase", "clone")],
+    body: CloneRebase | None = None,
+) -> CloneView:
     return fleet.rebase_clone(ctx, name, to=(body or CloneRebase()).to, actor=caller.name)
 
 
 @router.delete("/{name}", status_code=204)
-def delete_clone(name: str, ctx: Ctx, caller: Writer) -> None:
+def delete_clone(
+    name: str, ctx: Ctx, caller: Annotated[access.Caller, Allow("clone.delete", "clone")]
+) -> None:
     fleet.delete_clone(ctx, name, actor=caller.name)

@@ -1,14 +1,18 @@
 """Guests: quarantine policies of templates, compliance of clones, guest tool versions
-(docs/guests.md). Reader tokens read; admin tokens apply policies and run checks."""
+(docs/guests.md). compliance.read reads, compliance.write applies policies and runs checks,
+agent.update updates guest tools (docs/access.md)."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field
 
-from goldfleet.api.deps import Ctx, Reader, Writer
+from goldfleet.api.deps import Allow, Caller, Ctx
 from goldfleet.api.schemas import Rollout
-from goldfleet.services import guests, rollouts
+from goldfleet.domain.access import template_path
+from goldfleet.services import access, guests, rollouts
 from goldfleet.services.guests import (
     AgentsView,
     AgentUpdateView,
@@ -18,6 +22,9 @@ from goldfleet.services.guests import (
 )
 
 router = APIRouter(tags=["guests"])
+
+PolicyWriter = Annotated[access.Caller, Allow("compliance.write", "template")]
+PolicyReader = Annotated[access.Caller, Allow("compliance.read", "template")]
 
 
 class PolicyRequest(BaseModel):
@@ -33,7 +40,7 @@ class CheckRequest(BaseModel):
 
 
 @router.put("/templates/{name}/compliance")
-def apply_policy(name: str, body: PolicyRequest, ctx: Ctx, caller: Writer) -> PolicyView:
+def apply_policy(name: str, body: PolicyRequest, ctx: Ctx, caller: PolicyWriter) -> PolicyView:
     """Validate the policy on this server, keep it numbered, define its filters and evaluate
     the template's running clones under it. A policy with problems is refused (422) with
     every problem and its line; nothing changes."""
@@ -42,25 +49,37 @@ def apply_policy(name: str, body: PolicyRequest, ctx: Ctx, caller: Writer) -> Po
 
 @router.get("/templates/{name}/compliance")
 def show_policy(
-    name: str, ctx: Ctx, caller: Reader, number: int | None = Query(default=None, ge=1)
+    name: str, ctx: Ctx, caller: PolicyReader, number: int | None = Query(default=None, ge=1)
 ) -> PolicyView:
     return guests.show_policy(ctx, name, number)
 
 
 @router.get("/compliance")
 def compliance_status(
-    ctx: Ctx, caller: Reader, template: str | None = Query(default=None, max_length=63)
+    ctx: Ctx, caller: Caller, template: str | None = Query(default=None, max_length=63)
 ) -> list[GuestView]:
-    return guests.status(ctx, template=template)
+    """The clones the caller may see (compliance.read on them, their template or /)."""
+    return access.visible(
+        caller,
+        "compliance.read",
+        guests.status(ctx, template=template),
+        lambda g: template_path(g.template) | {f"clone:{g.clone}"},
+    )
 
 
 @router.post("/compliance/check")
-def compliance_check(body: CheckRequest, ctx: Ctx, caller: Writer) -> CheckView:
+def compliance_check(body: CheckRequest, ctx: Ctx, caller: Caller) -> CheckView:
+    """Of one template (compliance.write on it), or of every template (on /)."""
+    access.authorize(
+        ctx, caller, "compliance.write", "template" if body.template else None, body.template
+    )
     return guests.check(ctx, template=body.template)
 
 
 @router.get("/agents")
-def agent_status(ctx: Ctx, caller: Reader) -> AgentsView:
+def agent_status(
+    ctx: Ctx, caller: Annotated[access.Caller, Allow("compliance.read")]
+) -> AgentsView:
     return guests.agents(ctx)
 
 
@@ -74,9 +93,12 @@ class AgentUpdateRequest(BaseModel):
 
 
 @router.post("/agents/update", status_code=201)
-def agent_update(body: AgentUpdateRequest, ctx: Ctx, caller: Writer) -> list[AgentUpdateView]:
+def agent_update(body: AgentUpdateRequest, ctx: Ctx, caller: Caller) -> list[AgentUpdateView]:
     """One durable request per template, advanced by the server step by step (see
-    GET /agents/updates)."""
+    GET /agents/updates). agent.update on each named template, or on / for the default
+    selection (every outdated template)."""
+    for name in body.templates or [None]:
+        access.authorize(ctx, caller, "agent.update", "template" if name else None, name)
     policy, start_at = rollouts.policy_from(ctx, body.rollout)
     return guests.start_update(
         ctx,
@@ -90,10 +112,14 @@ def agent_update(body: AgentUpdateRequest, ctx: Ctx, caller: Writer) -> list[Age
 
 
 @router.get("/agents/updates")
-def agent_updates(ctx: Ctx, caller: Reader) -> list[AgentUpdateView]:
-    return guests.list_updates(ctx)
+def agent_updates(ctx: Ctx, caller: Caller) -> list[AgentUpdateView]:
+    return access.visible(
+        caller, "compliance.read", guests.list_updates(ctx), lambda u: template_path(u.template)
+    )
 
 
 @router.get("/agents/updates/{update_id}")
-def agent_update_show(update_id: int, ctx: Ctx, caller: Reader) -> AgentUpdateView:
-    return guests.show_update(ctx, update_id)
+def agent_update_show(update_id: int, ctx: Ctx, caller: Caller) -> AgentUpdateView:
+    found = guests.show_update(ctx, update_id)
+    access.authorize(ctx, caller, "compliance.read", "template", found.template)
+    return found

@@ -3,18 +3,24 @@ prune."""
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from fastapi import APIRouter
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
-from goldfleet.api.deps import Ctx, Reader, Writer
+from goldfleet.api.deps import Allow, Ctx
 from goldfleet.api.schemas import JSON_LINES
 from goldfleet.api.streaming import GuardedStream
 from goldfleet.domain.names import MAX_VERSION
-from goldfleet.services import hosts
+from goldfleet.services import access, hosts
 from goldfleet.services.hosts import HostsView, PrefetchView, PruneView
 
 router = APIRouter(prefix="/hosts", tags=["hosts"])
+
+# hosts belong to clusters (cluster:NAME grants) once clusters exist; until then, on /
+HostRead = Annotated[access.Caller, Allow("cluster.read")]
+HostWrite = Annotated[access.Caller, Allow("cluster.write")]
 
 
 class PrefetchRequest(BaseModel):
@@ -33,7 +39,7 @@ class PruneRequest(BaseModel):
 
 
 @router.get("")
-def list_hosts(ctx: Ctx, caller: Reader) -> HostsView:
+def list_hosts(ctx: Ctx, caller: HostRead) -> HostsView:
     return hosts.list_hosts(ctx)
 
 
@@ -43,7 +49,7 @@ def list_hosts(ctx: Ctx, caller: Reader) -> HostsView:
     responses={200: {"model": PrefetchView, "content": JSON_LINES}},
 )
 def prefetch(
-    host: str, body: PrefetchRequest, ctx: Ctx, caller: Writer
+    host: str, body: PrefetchRequest, ctx: Ctx, caller: HostWrite
 ) -> PrefetchView | StreamingResponse:
     """Copy the version's layers the host lacks into its edge store; refusals (edge stores
     off, unknown host or version, folder not mounted) come before any byte moves."""
@@ -58,13 +64,13 @@ def prefetch(
 
 
 @router.post("/prune")
-def prune_all(ctx: Ctx, caller: Writer, body: PruneRequest | None = None) -> PruneView:
+def prune_all(ctx: Ctx, caller: HostWrite, body: PruneRequest | None = None) -> PruneView:
     """Every host's edge store; hosts not reachable are reported with a note and skipped."""
     return _prune(ctx, None, body or PruneRequest(), caller.name)
 
 
 @router.post("/{host}/prune")
-def prune(host: str, ctx: Ctx, caller: Writer, body: PruneRequest | None = None) -> PruneView:
+def prune(host: str, ctx: Ctx, caller: HostWrite, body: PruneRequest | None = None) -> PruneView:
     """Remove the layers no clone on the host needs (and, unless told, no current version);
     refusals (edge stores off, unknown host, folder not mounted) come before any removal."""
     return _prune(ctx, host, body or PruneRequest(), caller.name)

@@ -1,15 +1,18 @@
 """Pools: clones of one template kept at a size with a buffer of idle ones; users are assigned
-clones from them. Reader tokens read, admin tokens change."""
+clones from them. A grant on the pool (or its template) covers the pool and its clones."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 from fastapi import APIRouter
 from pydantic import BaseModel, ConfigDict, Field
 
-from goldfleet.api.deps import Ctx, Reader, Writer
+from goldfleet.api.deps import Allow, Caller, Ctx
 from goldfleet.api.schemas import QueryFlag
+from goldfleet.domain.access import pool_path
 from goldfleet.domain.pools import MAX_POOL_SIZE, MAX_WINDOW_MINUTES
-from goldfleet.services import pools
+from goldfleet.services import access, pools
 from goldfleet.services.common import CloneView, OperationView
 from goldfleet.services.pools import AssignmentView, PoolView
 
@@ -56,7 +59,8 @@ class PoolDeleted(BaseModel):
 
 
 @router.post("", status_code=201)
-def create_pool(body: PoolCreate, ctx: Ctx, caller: Writer) -> PoolView:
+def create_pool(body: PoolCreate, ctx: Ctx, caller: Caller) -> PoolView:
+    access.authorize(ctx, caller, "pool.write", "template", body.template)
     return pools.create_pool(
         ctx,
         name=body.name,
@@ -74,7 +78,12 @@ def create_pool(body: PoolCreate, ctx: Ctx, caller: Writer) -> PoolView:
 
 
 @router.put("/{name}/window")
-def set_window(name: str, body: PoolWindow, ctx: Ctx, caller: Writer) -> PoolView:
+def set_window(
+    name: str,
+    body: PoolWindow,
+    ctx: Ctx,
+    caller: Annotated[access.Caller, Allow("pool.write", "pool")],
+) -> PoolView:
     return pools.set_window(
         ctx,
         name,
@@ -88,36 +97,59 @@ def set_window(name: str, body: PoolWindow, ctx: Ctx, caller: Writer) -> PoolVie
 
 
 @router.get("")
-def list_pools(ctx: Ctx, caller: Reader) -> list[PoolView]:
-    return pools.list_pools(ctx)
+def list_pools(ctx: Ctx, caller: Caller) -> list[PoolView]:
+    return access.visible(
+        caller, "pool.read", pools.list_pools(ctx), lambda p: pool_path(p.name, p.template)
+    )
 
 
 @router.get("/{name}")
-def show_pool(name: str, ctx: Ctx, caller: Reader) -> PoolView:
+def show_pool(
+    name: str, ctx: Ctx, caller: Annotated[access.Caller, Allow("pool.read", "pool")]
+) -> PoolView:
     return pools.show_pool(ctx, name)
 
 
 @router.post("/{name}/assign")
-def assign(name: str, body: PoolUser, ctx: Ctx, caller: Writer) -> AssignmentView:
+def assign(
+    name: str,
+    body: PoolUser,
+    ctx: Ctx,
+    caller: Annotated[access.Caller, Allow("pool.assign", "pool")],
+) -> AssignmentView:
     return pools.assign(ctx, name, body.user, actor=caller.name)
 
 
 @router.post("/{name}/release")
-def release(name: str, body: PoolUser, ctx: Ctx, caller: Writer) -> CloneView:
+def release(
+    name: str,
+    body: PoolUser,
+    ctx: Ctx,
+    caller: Annotated[access.Caller, Allow("pool.assign", "pool")],
+) -> CloneView:
     return pools.release(ctx, name, body.user, actor=caller.name)
 
 
 @router.post("/{name}/drain")
-def drain(name: str, ctx: Ctx, caller: Writer) -> PoolView:
+def drain(
+    name: str, ctx: Ctx, caller: Annotated[access.Caller, Allow("pool.write", "pool")]
+) -> PoolView:
     return pools.drain_pool(ctx, name, actor=caller.name)
 
 
 @router.post("/{name}/enable")
-def enable(name: str, ctx: Ctx, caller: Writer) -> PoolView:
+def enable(
+    name: str, ctx: Ctx, caller: Annotated[access.Caller, Allow("pool.write", "pool")]
+) -> PoolView:
     return pools.enable_pool(ctx, name, actor=caller.name)
 
 
 @router.delete("/{name}")
-def delete_pool(name: str, ctx: Ctx, caller: Writer, keep_clones: QueryFlag = False) -> PoolDeleted:
+def delete_pool(
+    name: str,
+    ctx: Ctx,
+    caller: Annotated[access.Caller, Allow("pool.write", "pool")],
+    keep_clones: QueryFlag = False,
+) -> PoolDeleted:
     op = pools.delete_pool(ctx, name, keep_clones=keep_clones, actor=caller.name)
     return PoolDeleted(pool=name, operation=op)

@@ -4,24 +4,32 @@ reads. At a site: joining HQ, the sync and its schedule, and publishing a versio
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated
 
 from fastapi import APIRouter, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, Field, StrictBool
 
-from goldfleet.api.deps import Ctx, Reader, SiteCaller, Writer
+from goldfleet.api.deps import Allow, Caller, Ctx, SiteCaller
 from goldfleet.api.files import LayerResponse
 from goldfleet.api.schemas import BYTES, JSON_LINES, UPLOAD
 from goldfleet.api.streaming import GuardedStream
 from goldfleet.api.uploads import received_body
+from goldfleet.domain.access import site_path
 from goldfleet.domain.names import MAX_VERSION, check_name
 from goldfleet.domain.rollout import parse_time
 from goldfleet.domain.sizes import MAX_RATE
-from goldfleet.services import distribution
+from goldfleet.services import access, distribution
 from goldfleet.services.common import streams
 
 router = APIRouter(tags=["sites"])
+
+# the site objects at HQ (a grant on site:NAME covers that site); a site's own link to HQ (/)
+SiteRead = Annotated[access.Caller, Allow("site.read")]
+SiteWrite = Annotated[access.Caller, Allow("site.write")]
+ThisSite = Annotated[access.Caller, Allow("site.write", "site")]
+TemplateWrite = Annotated[access.Caller, Allow("template.write", "template")]
 
 
 class SiteCreate(BaseModel):
@@ -75,29 +83,33 @@ class PublishAsk(BaseModel):
 
 
 @router.get("/sites")
-def list_sites(ctx: Ctx, caller: Reader) -> list[distribution.SiteView]:
-    return distribution.list_sites(ctx)
+def list_sites(ctx: Ctx, caller: Caller) -> list[distribution.SiteView]:
+    return access.visible(
+        caller, "site.read", distribution.list_sites(ctx), lambda v: site_path(v.name)
+    )
 
 
 @router.post("/sites", status_code=201)
-def create_site(body: SiteCreate, ctx: Ctx, caller: Writer) -> distribution.SiteCreated:
+def create_site(body: SiteCreate, ctx: Ctx, caller: SiteWrite) -> distribution.SiteCreated:
     return distribution.create_site(
         ctx, body.name, local_patches=body.local_patches, actor=caller.name
     )
 
 
 @router.post("/sites/{name}/rights")
-def set_rights(name: str, body: SiteRights, ctx: Ctx, caller: Writer) -> distribution.SiteView:
+def set_rights(name: str, body: SiteRights, ctx: Ctx, caller: ThisSite) -> distribution.SiteView:
     return distribution.set_rights(ctx, name, local_patches=body.local_patches, actor=caller.name)
 
 
 @router.post("/sites/{name}/revoke")
-def revoke_site(name: str, ctx: Ctx, caller: Writer) -> distribution.SiteView:
+def revoke_site(name: str, ctx: Ctx, caller: ThisSite) -> distribution.SiteView:
     return distribution.revoke_site(ctx, name, actor=caller.name)
 
 
 @router.post("/sites/{name}/templates")
-def assign_template(name: str, body: SiteAssign, ctx: Ctx, caller: Writer) -> distribution.SiteView:
+def assign_template(
+    name: str, body: SiteAssign, ctx: Ctx, caller: ThisSite
+) -> distribution.SiteView:
     at: datetime | None = None
     if body.publish_at:
         at = parse_time(body.publish_at, ctx.clock.now(), "--publish-at")
@@ -113,7 +125,9 @@ def assign_template(name: str, body: SiteAssign, ctx: Ctx, caller: Writer) -> di
 
 
 @router.delete("/sites/{name}/templates/{template}")
-def unassign_template(name: str, template: str, ctx: Ctx, caller: Writer) -> distribution.SiteView:
+def unassign_template(
+    name: str, template: str, ctx: Ctx, caller: ThisSite
+) -> distribution.SiteView:
     return distribution.unassign_template(ctx, name, template, actor=caller.name)
 
 
@@ -121,12 +135,12 @@ def unassign_template(name: str, template: str, ctx: Ctx, caller: Writer) -> dis
 
 
 @router.get("/site")
-def site_status(ctx: Ctx, caller: Reader) -> distribution.UpstreamView:
+def site_status(ctx: Ctx, caller: SiteRead) -> distribution.UpstreamView:
     return distribution.status(ctx)
 
 
 @router.post("/site/join")
-def join(body: SiteJoin, ctx: Ctx, caller: Writer) -> dict[str, str]:
+def join(body: SiteJoin, ctx: Ctx, caller: SiteWrite) -> dict[str, str]:
     return distribution.join(ctx, body.url, body.token, actor=caller.name)
 
 
@@ -136,7 +150,7 @@ def join(body: SiteJoin, ctx: Ctx, caller: Writer) -> dict[str, str]:
     responses={200: {"model": distribution.SyncResult, "content": JSON_LINES}},
 )
 async def sync(
-    body: SyncRequest, ctx: Ctx, caller: Writer
+    body: SyncRequest, ctx: Ctx, caller: SiteWrite
 ) -> distribution.SyncResult | StreamingResponse:
     """Pull from HQ what this site lacks; with ``progress`` the answer is JSON lines whose
     ``progress`` counts the layer bytes received of those the sync must fetch."""
@@ -155,13 +169,13 @@ async def sync(
 
 
 @router.post("/site/schedule")
-def schedule(body: ScheduleRequest, ctx: Ctx, caller: Writer) -> distribution.UpstreamView:
+def schedule(body: ScheduleRequest, ctx: Ctx, caller: SiteWrite) -> distribution.UpstreamView:
     return distribution.set_schedule(ctx, **_given(body, "schedule", "limit"), actor=caller.name)
 
 
 @router.post("/templates/{name}/publish")
 async def publish(
-    name: str, body: PublishRequest, ctx: Ctx, caller: Writer
+    name: str, body: PublishRequest, ctx: Ctx, caller: TemplateWrite
 ) -> distribution.PublishResult:
     return await run_in_threadpool(
         distribution.publish, ctx, name, version=body.version, actor=caller.name

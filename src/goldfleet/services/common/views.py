@@ -115,6 +115,7 @@ class TokenView(BaseModel):
     role: str
     created_at: datetime
     revoked: bool
+    grants: list[str] = []  # "ROLE on SCOPE"
 
 
 class AuditView(BaseModel):

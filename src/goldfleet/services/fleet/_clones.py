@@ -19,14 +19,15 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import select
+from sqlalchemy import ColumnElement, false, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
 from goldfleet import crashpoints
 from goldfleet.context import Context
-from goldfleet.db.tables import Clone, Operation, OperationItem, Template, Version
+from goldfleet.db.tables import Clone, Operation, OperationItem, Pool, Template, Version
 from goldfleet.domain import rules, space
+from goldfleet.domain.access import Reach
 from goldfleet.domain.model import CloneAction, CloneKind, CloneStatus, Outline, Power, VolumeRole
 from goldfleet.domain.names import check_name, numbered_names, parse_version_ref
 from goldfleet.domain.rollout import ItemState, Policy, check_policy
@@ -134,12 +135,14 @@ def list_clones(
     version: int | None = None,
     after: str | None = None,
     limit: int | None = None,
+    reach: Reach | None = None,
 ) -> list[CloneView]:
     """Clones in name order, filtered in one query (template, version and target version
     joined: no query per clone). ``state`` is a status (ready, failed…) or a power state
     (running, stopped); ``version`` a version number, of every template unless ``template`` is
     given. ``after`` (a clone name) and ``limit`` page by name: a keyset, so a page does not
-    shift when clones before it come or go."""
+    shift when clones before it come or go. ``reach`` (services/access): only the clones under
+    one of its scopes, in the same query."""
     if state is not None and state not in STATES:
         raise InvalidInput(f"state {state!r} is not a clone state: use {', '.join(STATES)}")
     if after is not None:
@@ -174,12 +177,30 @@ def list_clones(
         q = q.where(Version.number == version)
     if after is not None:
         q = q.where(Clone.name > after)
+    if reach is not None and not reach.everything:
+        q = q.where(_within(reach))
     if limit is not None:
         q = q.limit(limit)
     with ctx.session() as s:
         if template is not None:
             q = q.where(Clone.template_id == get_template(s, template).id)
         return [CloneView(**row) for row in s.execute(q).mappings()]
+
+
+def _within(reach: Reach) -> ColumnElement[bool]:
+    """The clones under one of ``reach``'s scopes, as a condition on ``clones``."""
+    parts: list[ColumnElement[bool]] = []
+    if reach.templates:
+        parts.append(
+            Clone.template_id.in_(select(Template.id).where(Template.name.in_(reach.templates)))
+        )
+    if reach.pools:
+        parts.append(Clone.pool_id.in_(select(Pool.id).where(Pool.name.in_(reach.pools))))
+    if reach.clones:
+        parts.append(Clone.name.in_(reach.clones))
+    if reach.own:
+        parts.append(Clone.assigned_user == reach.own)
+    return or_(false(), *parts)
 
 
 def show_clone(ctx: Context, name: str) -> CloneView:
