@@ -166,7 +166,8 @@ def join(
 
 @site_app.command("status")
 def status(as_json: JsonOpt = False) -> None:
-    """At a site: HQ's URL, the schedule, the last and next sync, rights, waiting versions."""
+    """At a site: HQ's URL, the schedule, the last attempt, its problem and the last successful
+    sync, the next sync, rights, waiting versions."""
     r = _call("GET", "/site")
     if as_json:
         output.emit_json(r)
@@ -184,6 +185,7 @@ def status(as_json: JsonOpt = False) -> None:
         ["syncing since", r["syncing_since"] or "-"],
         ["last sync", r["last_sync_at"] or "never"],
         ["last problem", r["last_error"] or "-"],
+        ["last successful sync", r.get("last_success_at") or "never"],
         ["local patches", "yes" if r["rights"].get("local-patches") else "no"],
         ["templates", ", ".join(r["templates"]) or "-"],
         ["waiting to go live", pending or "-"],

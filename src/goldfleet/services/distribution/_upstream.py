@@ -89,8 +89,9 @@ class UpstreamView(BaseModel):
     limit: int | None  # bytes a second of every sync, unless a sync names its own; None: none
     next_sync_at: datetime | None
     syncing_since: datetime | None
-    last_sync_at: datetime | None
-    last_error: str | None
+    last_sync_at: datetime | None  # the last attempt, successful or not
+    last_error: str | None  # the last attempt's problem; None when it had none
+    last_success_at: datetime | None  # the last sync that ended without a problem
     rights: dict[str, bool]
     templates: list[str]  # the templates HQ sends this site
     pending: dict[str, dict[str, Any]]
@@ -284,6 +285,7 @@ def status(ctx: Context) -> UpstreamView:
             syncing_since=link.sync_started_at if link.sync_owner else None,
             last_sync_at=link.last_sync_at,
             last_error=link.last_error,
+            last_success_at=link.last_success_at,
             rights={LOCAL_PATCHES: bool((link.rights or {}).get(LOCAL_PATCHES))},
             templates=sorted(link.managed or {}),
             pending=dict(link.pending or {}),
@@ -387,6 +389,8 @@ def _finish(ctx: Context, me: str, problem: str | None) -> None:
                 if link.sync_owner == me:
                     link.sync_owner = None
                 link.last_sync_at, link.last_error = now, problem
+                if not problem:
+                    link.last_success_at = now
                 if problem:
                     link.next_sync_at = now + timedelta(seconds=ctx.settings.sync_retry_seconds)
                 elif link.schedule:
