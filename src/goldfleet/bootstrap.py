@@ -72,6 +72,7 @@ def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:
         edges=EdgeStores(settings.edge_root, qemu, limits) if settings.edge_root else None,
     )
     ctx.template_guards.append(distribution.check_local_change)
+    ctx.version_hold = distribution.held_for_validation
     periodic = [
         rollouts.Periodic("power", settings.reconcile_seconds, fleet.reconcile_power),
         rollouts.Periodic("pools", settings.reconcile_seconds, pools.reconcile_pools),

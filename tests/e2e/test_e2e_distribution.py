@@ -275,9 +275,11 @@ def test_local_patches_are_published_upstream(trio, qemu, tmp_path):
         b.client().post("/templates/base/publish", {})
     assert info.value.status == 403 and "no local-patches right" in info.value.message
 
-    # a patches base, seals v2 and publishes it: HQ checks it and holds the same v2
+    # a patches base, seals v2 (it waits for HQ's validation there) and publishes it: HQ
+    # checks it and holds the same v2, waiting too until an admin at HQ validates it
     new_version(a, qemu, MiB, os.urandom(256 * 1024))
     v2 = a.client().get("/templates/base/versions")[-1]
+    assert v2["status"] == "pending-validation" and current(a) == 1
     r = cli(a.home, "template", "publish", "base", "--json")
     assert r.returncode == 0, r.stderr
     sent = json.loads(r.stdout)
@@ -285,6 +287,8 @@ def test_local_patches_are_published_upstream(trio, qemu, tmp_path):
     assert sent["bytes_sent"] == layer_path(a, v2["top_layer"]).stat().st_size
     at_hq = hq.client().get("/templates/base/versions")[-1]
     assert (at_hq["number"], at_hq["top_layer"]) == (2, v2["top_layer"])
+    assert at_hq["status"] == "pending-validation" and current(hq) == 1
+    assert cli(hq.home, "template", "validate", "base", "v2").returncode == 0
     assert current(hq) == 2
     again = a.client().post("/templates/base/publish", {})
     assert again["already_at_hq"] and again["bytes_sent"] == 0
@@ -297,6 +301,7 @@ def test_local_patches_are_published_upstream(trio, qemu, tmp_path):
     assert r["bytes_downloaded"] == sent["bytes_sent"]
     r = a.client().post("/site/sync", {})
     assert r["bytes_downloaded"] == 0 and r["versions_added"] == {"base": []}
+    assert r["validated"] == {"base": [2]} and current(a) == 2
 
     # HQ and a both seal a v3: a's is refused, HQ's stays
     new_version(hq, qemu, 2 * MiB, os.urandom(64 * 1024))

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sitekit import MiB, cli, layer_path, make_raw, new_version, start_servers
+from sitekit import MiB, cli, layer_path, make_raw, new_version, start_servers  # noqa: F401
 
 from goldfleet.cli.client import ClientError
 
@@ -90,3 +90,92 @@ def test_site_status_keeps_the_last_successful_sync(trio, tmp_path):
     as_json = json.loads(cli(a.home, "site", "status", "--json").stdout)
     assert as_json["last_success_at"] == ok["last_success_at"]
     hq.start()
+
+
+# --- 1. a patch of an HQ-managed template waits for HQ --------------------------------------
+
+
+def test_a_site_patch_waits_for_hq_validation(trio, qemu, tmp_path):
+    hq, a, b = trio
+    import_base(hq, tmp_path)
+    join(hq, a, "a", local_patches=True)
+    join(hq, b, "b")
+    for site in (a, b):
+        assert site.client().post("/site/sync", {})["versions_added"] == {"base": [1]}
+
+    # a recreate cannot be asked of an exit whose version will wait: refused before sealing
+    t = a.client().post("/templates/base/maintenance/enter")
+    with pytest.raises(ClientError) as info:
+        a.client().post("/templates/base/maintenance/exit", {"recreate": "all"})
+    assert info.value.status == 409 and "wait for validation" in info.value.message
+    assert a.client().get("/templates/base")["status"] == "maintenance"
+    qemu.write(Path(t["overlay_path"]), MiB, os.urandom(256 * 1024), scratch=tmp_path / "s1")
+    a.client().post("/templates/base/maintenance/exit", {"recreate": "none"})
+
+    # sealed at a: pending-validation, not current
+    held = versions(a)
+    assert held[2]["status"] == "pending-validation" and not held[2]["current"]
+    assert current(a) == 1
+    assert a.client().get("/site")["awaiting_validation"] == {"base": [2]}
+    shown = cli(a.home, "template", "versions", "base")
+    assert "pending-validation" in shown.stdout
+
+    # published: HQ holds it pending too, not current, and sends it to no site
+    r = cli(a.home, "template", "publish", "base", "--json")
+    assert r.returncode == 0, r.stderr
+    sent = json.loads(r.stdout)
+    assert sent["version"] == 2 and sent["layers_sent"] == 1
+    at_hq = versions(hq)
+    assert at_hq[2]["status"] == "pending-validation"
+    assert at_hq[2]["top_layer"] == held[2]["top_layer"]
+    assert current(hq) == 1
+    for site in (a, b):
+        r = site.client().post("/site/sync", {})
+        assert r["versions_added"] == {"base": []} and r["activated"] == {}
+        assert r["bytes_downloaded"] == 0
+    assert 2 not in versions(b) and current(a) == 1
+    assert versions(a)[2]["status"] == "pending-validation"
+    # the layer is not served to b's token either
+    token_b = (b.home / "site.token").read_text().strip()
+    with pytest.raises(ClientError) as info:
+        hq.client(token_b).get(f"/sync/layers/{held[2]['top_layer']}")
+    assert info.value.status == 404
+
+    # validation is HQ's: refused at the site, and for a version that does not wait
+    r = cli(a.home, "template", "validate", "base", "v2")
+    assert r.returncode == 1 and "at HQ" in r.stderr
+    r = cli(hq.home, "template", "validate", "base", "v1")
+    assert r.returncode == 1 and "does not wait for validation" in r.stderr
+
+    # HQ validates it (CLI), audited; it becomes current at HQ
+    r = cli(hq.home, "template", "validate", "base", "v2")
+    assert r.returncode == 0, r.stderr
+    assert "validated base v2" in r.stdout
+    assert versions(hq)[2]["status"] == "enabled" and current(hq) == 2
+    audit = hq.client().get("/audit")
+    assert any(e["action"] == "template.validate" and e["target"] == "base" for e in audit)
+
+    # every assigned site takes it on its next sync; a recognises its own layers: no bytes
+    r = b.client().post("/site/sync", {})
+    assert r["versions_added"] == {"base": [2]} and r["activated"] == {"base": 2}
+    assert r["bytes_downloaded"] == sent["bytes_sent"]
+    r = a.client().post("/site/sync", {})
+    assert r["bytes_downloaded"] == 0 and r["versions_added"] == {"base": []}
+    assert r["validated"] == {"base": [2]} and r["activated"] == {"base": 2}
+    assert versions(a)[2]["status"] == "enabled" and current(a) == 2
+    assert a.client().get("/site")["awaiting_validation"] == {}
+
+
+def test_a_template_local_to_the_site_is_current_at_once(trio, qemu, tmp_path):
+    hq, a, _ = trio
+    import_base(hq, tmp_path)
+    join(hq, a, "a", local_patches=True)
+    image = make_raw(tmp_path / "own.raw", fill={0: os.urandom(MiB)})
+    a.client().upload(
+        "/templates/import", image, {"name": "own", "format": "raw", "temp": [], "data": []}
+    )
+    t = a.client().post("/templates/own/maintenance/enter")
+    qemu.write(Path(t["overlay_path"]), MiB, os.urandom(4096), scratch=tmp_path / "s")
+    a.client().post("/templates/own/maintenance/exit", {"recreate": "all"})
+    own = {v["number"]: v for v in a.client().get("/templates/own/versions")}
+    assert own[2]["status"] == "enabled" and own[2]["current"]

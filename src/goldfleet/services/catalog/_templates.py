@@ -16,7 +16,13 @@ from goldfleet import crashpoints
 from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Layer, OperationItem, Pool, Template, Version
 from goldfleet.domain import rules
-from goldfleet.domain.model import CloneKind, Outline, RecreateScope, TemplateStatus
+from goldfleet.domain.model import (
+    CloneKind,
+    Outline,
+    RecreateScope,
+    TemplateStatus,
+    VersionStatus,
+)
 from goldfleet.domain.names import check_name
 from goldfleet.domain.rollout import Policy
 from goldfleet.domain.sizes import parse_size
@@ -57,13 +63,17 @@ def add_layer(s: Session, info: LayerInfo) -> Layer:
     return layer
 
 
-def _add_version(s: Session, t: Template, top: str, note: str) -> Version:
+def _add_version(
+    s: Session, t: Template, top: str, note: str, *, status: str = VersionStatus.ENABLED
+) -> Version:
+    """The next version of ``t``; current at once unless it waits for validation."""
     number = rules.next_version_number(v.number for v in t.versions)
-    v = Version(template_id=t.id, number=number, top_layer=top, note=note)
+    v = Version(template_id=t.id, number=number, top_layer=top, note=note, status=status)
     s.add(v)
     s.flush()
-    t.current_version_id = v.id
-    t.current_version = v
+    if status == VersionStatus.ENABLED:
+        t.current_version_id = v.id
+        t.current_version = v
     s.flush()
     s.refresh(t)
     return v
@@ -422,9 +432,11 @@ class _ExitRequest:
     recreate: RecreateScope = RecreateScope.NONE
     policy: Policy | None = None
     start_at: datetime | None = None
+    held: str | None = None  # why the new version waits for validation (ctx.version_hold)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "held": self.held,
             "actor": self.actor,
             "recreate": str(self.recreate),
             "policy": self.policy.to_json() if self.policy is not None else None,
@@ -440,6 +452,7 @@ class _ExitRequest:
             recreate=RecreateScope(data.get("recreate") or RecreateScope.NONE),
             policy=Policy.from_json(data["policy"]) if data.get("policy") else None,
             start_at=datetime.fromisoformat(data["start_at"]) if data.get("start_at") else None,
+            held=data.get("held"),
         )
 
 
@@ -453,14 +466,25 @@ def exit_maintenance(
     policy: Policy | None = None,
     start_at: datetime | None = None,
 ) -> MaintenanceExitView:
-    """Seal the overlay as the new current version; optionally recreate clones on it.
+    """Seal the overlay as the new version, current at once (optionally with clones recreated
+    on it) unless it waits for validation: at a site, a version of a template HQ sends stays
+    ``pending-validation`` until HQ validates it (``ctx.version_hold``, docs/sites.md).
 
     The request, with its rollout, is stored on the template before anything is sealed, and
     the new version and the rollout's operation are committed in one transaction: after a
     crash at any instant the template is either still in maintenance with its overlay (run the
     exit again) or the version and its rollout both exist (recovery finishes what was sealed,
     :func:`recover_templates`)."""
-    request = _ExitRequest(actor=actor, recreate=recreate, policy=policy, start_at=start_at)
+    held = ctx.held_for_validation(check_name(name, "template name"))
+    if held is not None and rules.recreate_flags(recreate)[0]:
+        raise Conflict(
+            f"template {name}: the version this exit seals will wait for validation ({held}),"
+            " so no clone can be recreated on it now; exit with --recreate none, and recreate"
+            f" once it is current here (goldfleet clone recreate --template {name})"
+        )
+    request = _ExitRequest(
+        actor=actor, recreate=recreate, policy=policy, start_at=start_at, held=held
+    )
     with ctx.template_lock(name):
         with ctx.session() as s:
             t = get_template(s, name)
@@ -520,7 +544,8 @@ def _finish_exit(
         add_layer(s, sealed)
         info, flattened = _maybe_flatten(ctx, s, sealed)
         add_layer(s, info)
-        v = _add_version(s, t, info.digest, "maintenance" + flattened)
+        status = VersionStatus.PENDING_VALIDATION if request.held else VersionStatus.ENABLED
+        v = _add_version(s, t, info.digest, "maintenance" + flattened, status=status)
         op = None
         do_recreate, include_full = rules.recreate_flags(request.recreate)
         if do_recreate:
@@ -544,6 +569,7 @@ def _finish_exit(
             name,
             version=v.number,
             layer=info.digest,
+            **({"status": status, "held": request.held} if request.held else {}),
             **({"finished_by": "recovery"} if recovered else {}),
         )
         s.commit()

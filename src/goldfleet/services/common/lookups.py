@@ -108,6 +108,7 @@ def version_view(s: Session, t: Template, v: Version) -> VersionView:
         clones=clones,
         note=v.note,
         created_at=v.created_at,
+        status=v.status,
     )
 
 

@@ -16,6 +16,7 @@ class VersionView(BaseModel):
     clones: int
     note: str
     created_at: datetime
+    status: str = "enabled"  # or pending-validation (domain.model.VersionStatus)
 
 
 class TemplateView(BaseModel):

@@ -43,7 +43,7 @@ from goldfleet.db.tables import (
     Version,
 )
 from goldfleet.domain import sites as rules
-from goldfleet.domain.model import TemplateStatus
+from goldfleet.domain.model import TemplateStatus, VersionStatus
 from goldfleet.domain.names import DIGEST_PATTERN, NAME_PATTERN
 from goldfleet.domain.rollout import ACTIVE
 from goldfleet.domain.rules import chain_of
@@ -77,6 +77,8 @@ class SyncResult(BaseModel):
     bytes_downloaded: int  # body bytes received from HQ, retries and re-fetches included
     failed: dict[str, str]  # template -> reason
     skipped: dict[str, str]  # template -> why it waits (being applied, in maintenance)
+    # template -> versions sealed here that HQ has validated since: recognised, no bytes
+    validated: dict[str, list[int]] = {}
     limit: float | None = None  # the bandwidth limit it ran under, bytes a second
 
 
@@ -95,6 +97,8 @@ class UpstreamView(BaseModel):
     rights: dict[str, bool]
     templates: list[str]  # the templates HQ sends this site
     pending: dict[str, dict[str, Any]]
+    # template -> versions sealed here waiting for HQ's validation (pending-validation)
+    awaiting_validation: dict[str, list[int]] = {}
 
 
 class _CatalogLayer(BaseModel):
@@ -289,7 +293,20 @@ def status(ctx: Context) -> UpstreamView:
             rights={LOCAL_PATCHES: bool((link.rights or {}).get(LOCAL_PATCHES))},
             templates=sorted(link.managed or {}),
             pending=dict(link.pending or {}),
+            awaiting_validation=_awaiting_validation(s),
         )
+
+
+def _awaiting_validation(s: Any) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for name, number in s.execute(
+        select(Template.name, Version.number)
+        .join(Version, Version.template_id == Template.id)
+        .where(Version.status == VersionStatus.PENDING_VALIDATION)
+        .order_by(Template.name, Version.number)
+    ):
+        out.setdefault(name, []).append(number)
+    return out
 
 
 _KEEP: Any = object()  # set_schedule: leave this setting as it is
@@ -333,6 +350,22 @@ def check_local_change(ctx: Context, template: str) -> None:
                 " patch it at HQ, or ask HQ for the right (goldfleet site rights SITE"
                 " --local-patches at HQ, then goldfleet site sync here)"
             )
+
+
+def held_for_validation(ctx: Context, template: str) -> str | None:
+    """At a site, a version sealed here of a template HQ sends waits for HQ's validation (Dell
+    Wyse WSM's rule for a patch of an HQ-managed image); a template local to the site does not
+    wait. Returns why it waits, or None."""
+    if ctx.settings.role != "site":
+        return None
+    with ctx.session() as s:
+        link = s.get(Upstream, LINK_ID)
+        if link is None or template not in (link.managed or {}):
+            return None
+    return (
+        f"template {template} comes from HQ: a version sealed here waits for HQ's validation;"
+        f" send it with: goldfleet template publish {template}"
+    )
 
 
 # --- one sync at a time -------------------------------------------------------------------
@@ -633,6 +666,7 @@ def _sync(
             bytes=result.bytes_downloaded,
             added=result.versions_added,
             activated=result.activated,
+            validated=result.validated,
             failed=result.failed,
             skipped=result.skipped,
         )
@@ -681,6 +715,9 @@ def _sync_template(
             reporter.states[f"{m.template}:v{number}"] = VersionState(
                 state="failed", done=0, total=0, reason=reason
             )
+    validated = _recognise(ctx, m, actor)
+    if validated:
+        result.validated[m.template] = validated
     parents = {x.digest: x.parent for x in m.layers}
     sizes = {x.digest: x.size for x in m.layers if x.included}
     needs: dict[str, list[str]] = {}  # version key -> layers of its chain this site lacks
@@ -753,6 +790,23 @@ def _sync_template(
         result.failed[m.template] = "; ".join(conflicts.values())
 
 
+def _recognise(ctx: Context, m: bundles.Manifest, actor: str) -> list[int]:
+    """Versions sealed here and waiting for validation that HQ now distributes with the same
+    top layer: HQ validated them. They are enabled here (their layers are this site's own,
+    nothing is fetched) and become current as HQ says (:func:`_activate`)."""
+    tops = {v.number: v.top_layer for v in m.versions}
+    done = []
+    with ctx.template_lock(m.template), ctx.session() as s:
+        t = s.scalar(select(Template).where(Template.name == m.template))
+        for v in t.versions if t is not None else []:
+            if v.status == VersionStatus.PENDING_VALIDATION and tops.get(v.number) == v.top_layer:
+                v.status = VersionStatus.ENABLED
+                audit.record(s, actor, "template.validated", t.name, version=v.number, by="HQ")
+                done.append(v.number)
+        s.commit()
+    return done
+
+
 def _layers(n: int) -> str:
     return "the layer" if n == 1 else f"the {n} layers"
 
@@ -794,7 +848,7 @@ def _conflicts(ctx: Context, m: bundles.Manifest) -> dict[int, str]:
 def _make_current(ctx: Context, s: Any, t: Template, number: int, actor: str) -> bool:
     v = next((v for v in t.versions if v.number == number), None)
     held = t.current_version.number if t.current_version else 0
-    if v is None or number <= held:
+    if v is None or number <= held or v.status != VersionStatus.ENABLED:
         return False
     t.current_version_id = v.id
     audit.record(s, actor, "template.activate", t.name, version=number)
@@ -874,12 +928,15 @@ def _mark_current(ctx: Context, reporter: _Reporter) -> None:
 def publish(
     ctx: Context, template: str, *, version: int | None = None, actor: str
 ) -> PublishResult:
-    """Send a version sealed here to HQ: only the layers HQ lacks travel. HQ checks it like any
-    layer from outside and distributes it to the other sites assigned the template."""
+    """Send a version sealed here to HQ (default: the newest one waiting for validation, else
+    the current one): only the layers HQ lacks travel. HQ checks it like any layer from
+    outside and holds it ``pending-validation`` until an admin there validates it; then it
+    goes to every site assigned the template, this one included (:func:`_recognise`)."""
     url, token = _upstream(ctx)
     with ctx.session() as s:
         t = get_template(s, template)
-        v = get_version(s, t, version)
+        waiting = [x.number for x in t.versions if x.status == VersionStatus.PENDING_VALIDATION]
+        v = get_version(s, t, version if version is not None or not waiting else max(waiting))
         digests = [x.digest for x in chain(s, v.top_layer)]
         number, top = v.number, v.top_layer
     with _http(url, token) as http:
