@@ -5,15 +5,18 @@ beforehand are checksummed, not trusted; site status keeps the last successful s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sitekit import MiB, cli, layer_path, make_raw, new_version, start_servers  # noqa: F401
+from sitekit import MiB, cli, layer_path, make_raw, new_version, start_servers
 
 from goldfleet.cli.client import ClientError
 
@@ -179,3 +182,104 @@ def test_a_template_local_to_the_site_is_current_at_once(trio, qemu, tmp_path):
     a.client().post("/templates/own/maintenance/exit", {"recreate": "all"})
     own = {v["number"]: v for v in a.client().get("/templates/own/versions")}
     assert own[2]["status"] == "enabled" and own[2]["current"]
+
+
+# --- 3. layer files placed beforehand are checksummed, not trusted --------------------------
+
+
+def tamper(path: Path) -> None:
+    os.chmod(path, 0o644)
+    with path.open("r+b") as f:
+        f.seek(-1, os.SEEK_END)
+        last = f.read(1)
+        f.seek(-1, os.SEEK_END)
+        f.write(bytes([last[0] ^ 0xFF]))
+    os.chmod(path, 0o444)
+
+
+def sha(path: Path) -> str:
+    return "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_site_checks_seeded_and_held_layer_files(trio, qemu, tmp_path):
+    hq, a, _ = trio
+    import_base(hq, tmp_path)
+    join(hq, a, "a")
+    assert a.client().post("/site/sync", {})["versions_added"] == {"base": [1]}
+    v1 = versions(a)[1]["top_layer"]
+    seed = a.home / "store" / "seed"
+    seed.mkdir()
+    rejected = a.home / "store" / "rejected"
+
+    # a layer seeded by hand (a USB disk) is checked and taken: not a byte from HQ
+    new_version(hq, qemu, MiB, os.urandom(256 * 1024))
+    top2 = versions(hq)[2]["top_layer"]
+    shutil.copyfile(layer_path(hq, top2), seed / layer_path(hq, top2).name)
+    r = a.client().post("/site/sync", {})
+    assert r["versions_added"] == {"base": [2]} and r["bytes_downloaded"] == 0
+    assert r["seeded"] == [top2] and r["rejected"] == []
+    assert sha(layer_path(a, top2)) == top2 and not (seed / layer_path(hq, top2).name).exists()
+
+    # a seeded file whose bytes do not match its name is moved aside and fetched
+    new_version(hq, qemu, 2 * MiB, os.urandom(256 * 1024))
+    top3 = versions(hq)[3]["top_layer"]
+    placed = seed / layer_path(hq, top3).name
+    shutil.copyfile(layer_path(hq, top3), placed)
+    tamper(placed)
+    r = a.client().post("/site/sync", {})
+    assert r["versions_added"] == {"base": [3]} and r["rejected"] == [top3]
+    assert r["bytes_downloaded"] == layer_path(hq, top3).stat().st_size
+    assert sha(layer_path(a, top3)) == top3 and not placed.exists()
+    assert [p.name.split(".qcow2.")[0] + ".qcow2" for p in rejected.iterdir()] == [placed.name]
+
+    # a layer this site holds (a row and a file) whose file was changed: not trusted, moved
+    # aside and fetched again, though its version is already here
+    tamper(layer_path(a, v1))
+    new_version(hq, qemu, 3 * MiB, os.urandom(64 * 1024))
+    r = a.client().post("/site/sync", {})
+    assert r["versions_added"] == {"base": [4]} and v1 in r["rejected"]
+    top4 = versions(hq)[4]["top_layer"]
+    fetched = layer_path(hq, v1).stat().st_size + layer_path(hq, top4).stat().st_size
+    assert r["bytes_downloaded"] == fetched
+    assert sha(layer_path(a, v1)) == v1 and len(list(rejected.iterdir())) == 2
+    # nothing changed since: the next sync hashes nothing new and fetches nothing
+    r = a.client().post("/site/sync", {})
+    assert r["bytes_downloaded"] == 0 and r["rejected"] == []
+    assert cli(a.home, "store", "verify").returncode == 0
+
+
+@pytest.fixture
+def edge_root(fleet, tmp_path: Path) -> Path:
+    """The (HQ) server restarted with edge stores on, each sim host's disk at edge_root/HOST."""
+    root = tmp_path / "edge"
+    for host in (H1, H2):
+        (root / host / "layers").mkdir(parents=True)
+    fleet.server.env["GOLDFLEET_EDGE_ROOT"] = str(root)
+    fleet.server.restart()
+    return root
+
+
+H1, H2 = "sim-host-1", "sim-host-2"
+
+
+def test_an_edge_store_checks_files_placed_beforehand(fleet, edge_root):
+    fleet.import_template("base", {0: b"\x11" * 4096})
+    (v1,) = fleet.versions()[0]["chain"]
+    name = fleet.layer_file(v1).name
+    good, bad = edge_root / H1 / "layers" / name, edge_root / H2 / "layers" / name
+    for path in (good, bad):
+        shutil.copyfile(fleet.layer_file(v1), path)  # seeded by hand: 0644
+    tamper(bad)
+
+    # the right bytes are checked, made read-only and kept: nothing copied
+    r = fleet.cli_json("host", "prefetch", H1, "base")
+    assert r["copied"] == [] and r["complete"]
+    assert stat.S_IMODE(good.stat().st_mode) == 0o444 and sha(good) == v1
+    # the wrong ones are moved aside and the layer copied again
+    r = fleet.cli_json("host", "prefetch", H2, "base")
+    assert r["copied"] == [v1] and r["complete"]
+    assert sha(bad) == v1
+    aside = list((edge_root / H2 / "rejected").iterdir())
+    assert len(aside) == 1 and aside[0].name.startswith(name) and sha(aside[0]) != v1
+    # a clone created on each host runs on the checked copy
+    fleet.create(count=2)

@@ -79,6 +79,8 @@ class SyncResult(BaseModel):
     skipped: dict[str, str]  # template -> why it waits (being applied, in maintenance)
     # template -> versions sealed here that HQ has validated since: recognised, no bytes
     validated: dict[str, list[int]] = {}
+    seeded: list[str] = []  # layers taken from the store's seed/ folder (checked), not fetched
+    rejected: list[str] = []  # layer files here whose bytes did not match: moved aside, fetched
     limit: float | None = None  # the bandwidth limit it ran under, bytes a second
 
 
@@ -593,9 +595,21 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _held(ctx: Context, digests: list[str]) -> set[str]:
+def _held(ctx: Context, digests: list[str], result: SyncResult) -> set[str]:
+    """The layers this site holds and may build on without fetching them: a row in the
+    catalog and a file whose bytes hash to its digest (hashed once per file and server, then
+    known by its size, time and inode). A file that does not match is moved aside into the
+    store's ``rejected/`` and fetched again."""
     with ctx.session() as s:
-        return {d for d in digests if s.get(Layer, d) is not None and ctx.layers.has(d)}
+        rows = {d for d in digests if s.get(Layer, d) is not None}
+    held = set()
+    for d in sorted(rows):
+        checked = ctx.layers.check_file(d)
+        if checked == "ok":
+            held.add(d)
+        elif checked == "rejected":
+            result.rejected.append(d)
+    return held
 
 
 def _sync(
@@ -611,8 +625,6 @@ def _sync(
         s.commit()
     reporter = _Reporter(http, progress)
     sizes = {x["digest"]: x["size"] for e in answer["templates"] for x in e["layers"]}
-    held = _held(ctx, list(sizes))  # grows as the templates' versions are installed
-    reporter.total = sum(size for digest, size in sizes.items() if digest not in held)
     result = SyncResult(
         templates=[],
         versions_added={},
@@ -622,6 +634,12 @@ def _sync(
         bytes_downloaded=0,
         failed={},
         skipped={},
+    )
+    held = _held(ctx, list(sizes), result)  # grows as the templates' versions are installed
+    reporter.total = sum(
+        size
+        for digest, size in sizes.items()
+        if digest not in held and not ctx.layers.seed_path(digest).is_file()
     )
     for entry in answer["templates"]:
         name = entry["template"]
@@ -667,6 +685,8 @@ def _sync(
             added=result.versions_added,
             activated=result.activated,
             validated=result.validated,
+            seeded=result.seeded,
+            rejected=result.rejected,
             failed=result.failed,
             skipped=result.skipped,
         )
@@ -755,6 +775,14 @@ def _sync_template(
         key = f"{m.template}:v{v.number}"
         todo = [d for d in reversed(needs[key]) if d not in fetched]  # parents first
         for digest in todo:
+            placed = ctx.layers.seed_path(digest).exists()
+            seeded = ctx.layers.take_seed(digest) if placed else None
+            if seeded is not None:  # placed by hand and checked: no byte from HQ
+                works[digest] = seeded
+                result.seeded.append(digest)
+                continue
+            if placed:  # its bytes did not match: moved aside, fetched now
+                result.rejected.append(digest)
             works[digest] = ctx.layers.work_path(".import-sync-")
             transfer.download(
                 http,
