@@ -283,3 +283,76 @@ def test_an_edge_store_checks_files_placed_beforehand(fleet, edge_root):
     assert len(aside) == 1 and aside[0].name.startswith(name) and sha(aside[0]) != v1
     # a clone created on each host runs on the checked copy
     fleet.create(count=2)
+
+
+# --- 2. edge stores fed when a version becomes current at a site ----------------------------
+
+
+def feeds(site: Any) -> dict[str, dict]:
+    """Each host's feed of template base."""
+    return {
+        h["name"]: next((f for f in h["feeds"] if f["template"] == "base"), {})
+        for h in site.client().get("/hosts")["hosts"]
+    }
+
+
+def test_a_current_version_is_fed_to_the_sites_edge_stores(tmp_path, monkeypatch, qemu):
+    monkeypatch.setenv("GOLDFLEET_HOME", str(tmp_path / "unused"))
+    root = tmp_path / "edge"
+    for host in (H1, H2):
+        (root / host).mkdir(parents=True)
+    limit = MiB  # bytes a second
+    env = {"GOLDFLEET_EDGE_ROOT": str(root), "GOLDFLEET_EDGE_FEED_LIMIT": str(limit)}
+    hq, a = start_servers(tmp_path, {"hq": "hq", "a": "site"}, env=env)
+    try:
+        import_base(hq, tmp_path, size=3 * MiB)
+        join(hq, a, "a")
+        assert a.client().post("/site/sync", {})["activated"] == {"base": 1}
+        (v1,) = versions(a)[1]["chain"]
+        size = layer_path(a, v1).stat().st_size
+        assert size > 3 * MiB
+
+        # v1 is current at a: its chain goes out to both hosts, no clone asked for it; shown
+        # per host while it is copied, at the limit's pace
+        copying = wait_for(
+            lambda: (f := feeds(a)[H1]).get("state") == "copying" and f["done"] > 0 and f
+        )
+        assert copying["version"] == 1 and copying["done"] < copying["total"] == size
+        shown = cli(a.home, "host", "list")
+        assert "base:v1 copying" in shown.stdout
+        # the server is killed in the middle of the copy into H1: the partial copy stays
+        a.kill9()
+        partial = [p for p in (root / H1 / "layers").iterdir() if p.name.startswith(".edge-feed")]
+        assert len(partial) == 1 and 0 < partial[0].stat().st_size < size
+        held = partial[0].stat().st_size
+        a.start()
+        started = time.monotonic()
+        wait_for(lambda: all(f.get("state") == "done" for f in feeds(a).values()), timeout=60)
+        took = time.monotonic() - started
+        assert took >= 0.8 * (2 * size - held) / limit  # the limit held
+        for host in (H1, H2):
+            copy = root / host / "layers" / layer_path(a, v1).name
+            assert sha(copy) == v1 and stat.S_IMODE(copy.stat().st_mode) == 0o444
+            assert [p.name for p in (root / host / "layers").iterdir()] == [copy.name]
+        audit = {
+            e["target"]: e["detail"] for e in a.client().get("/audit") if e["action"] == "host.feed"
+        }
+        assert (
+            audit[H1]["resumed_from"] >= held
+            and audit[H1]["bytes_copied"] == size - audit[H1]["resumed_from"]
+        )
+        assert audit[H2]["resumed_from"] == 0 and audit[H2]["bytes_copied"] == size
+        assert a.client().get("/clones") == []
+
+        # HQ's v2 becomes current at a: its new layer is fed too
+        new_version(hq, qemu, MiB, os.urandom(64 * 1024))
+        assert a.client().post("/site/sync", {})["activated"] == {"base": 2}
+        top = versions(a)[2]["top_layer"]
+        wait_for(
+            lambda: all(f.get("version") == 2 and f["state"] == "done" for f in feeds(a).values())
+        )
+        for host in (H1, H2):
+            assert sha(root / host / "layers" / layer_path(a, top).name) == top
+    finally:
+        for srv in (hq, a):
+            srv.stop()

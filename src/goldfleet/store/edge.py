@@ -63,6 +63,7 @@ class EdgeStores:
         # layer files on hosts whose bytes this server hashed to their digest: signature
         self._checked: dict[tuple[str, str], tuple[int, int, int]] = {}
         self.rejected: list[tuple[str, str]] = []  # (host, digest) moved aside, newest last
+        self.resumed: dict[tuple[str, str], int] = {}  # (host, digest) -> bytes resumed from
 
     # --- where ----------------------------------------------------------------------------
 
@@ -211,9 +212,17 @@ class EdgeStores:
         digest: str,
         parent: str | None,
         progress: Progress | None = None,
+        *,
+        resume: bool = False,
+        limit: float | None = None,
     ) -> LayerInfo:
         """Copy one layer of the site store into the host's edge store, checked like a layer
-        from another site. The parent must already be there (qemu-img check opens it)."""
+        from another site. The parent must already be there (qemu-img check opens it).
+
+        ``resume``: the work file is named by the digest and kept when the copy is
+        interrupted, so the next copy of that layer goes on from its end (its bytes are hashed
+        again, read from the host, not copied again); one that turns out wrong is removed.
+        ``limit``: bytes a second at most, on average."""
         store = self.store(host)
         where = f"edge store of host {host}: layer {digest}"
         if parent is not None and not store.has(parent):
@@ -223,15 +232,34 @@ class EdgeStores:
                 f"{where} cannot be copied: the site store lacks it ({src}); run: goldfleet"
                 " store verify"
             )
-        work = store.dir / f"{WORK_PREFIX}{secrets.token_hex(8)}.qcow2"
+        name = f"feed-{digest.removeprefix('sha256:')}" if resume else secrets.token_hex(8)
+        work = store.dir / f"{WORK_PREFIX}{name}.qcow2"
+        keep = False  # an interrupted resumable copy keeps its work file
         try:
             h = hashlib.sha256()
-            with src.open("rb") as fsrc, work.open("xb") as fdst:
+            start = 0
+            if resume and work.is_file():
+                with work.open("rb") as partial:
+                    while block := partial.read(CHUNK):
+                        h.update(block)
+                        start += len(block)
+                self.resumed[(host, digest)] = start
+            started, sent = time.monotonic(), 0
+            with src.open("rb") as fsrc, work.open("ab" if resume else "xb") as fdst:
+                fsrc.seek(start)
+                keep = resume
                 while block := fsrc.read(CHUNK):
                     h.update(block)
                     fdst.write(block)
+                    sent += len(block)
                     if progress is not None:
                         progress(len(block))
+                    if limit:
+                        ahead = sent / limit - (time.monotonic() - started)
+                        if ahead > 0:
+                            fdst.flush()
+                            time.sleep(ahead)
+            keep = False
             got = "sha256:" + h.hexdigest()
             if got != digest:
                 raise BadImage(
@@ -252,7 +280,27 @@ class EdgeStores:
                 self._checked[(host, digest)] = sig
             return info
         finally:
-            work.unlink(missing_ok=True)
+            if not keep:
+                work.unlink(missing_ok=True)
+
+    def feed_layer(
+        self,
+        host: str,
+        src: Path,
+        digest: str,
+        parent: str | None,
+        progress: Progress | None = None,
+        *,
+        limit: float | None = None,
+    ) -> LayerInfo | None:
+        """One layer of a background feed (:meth:`copy_layer` resumable and rate-limited),
+        under the host's lock; None when the host holds it already (checked)."""
+        with self._lock(host):
+            self.check_reachable(host)
+            self.store(host).dir.mkdir(exist_ok=True)
+            if self.present(host, digest):
+                return None
+            return self.copy_layer(host, src, digest, parent, progress, resume=True, limit=limit)
 
     def _check_reference(self, work: Path, where: str, parent: str | None) -> None:
         """Refuse any backing reference but the parent's file name, before qemu-img check
