@@ -105,6 +105,8 @@ def test_a_site_patch_waits_for_hq_validation(trio, qemu, tmp_path):
     join(hq, b, "b")
     for site in (a, b):
         assert site.client().post("/site/sync", {})["versions_added"] == {"base": [1]}
+    made = a.client().post("/clones", {"template": "base", "name": "c1", "wait": True})
+    assert made["operation"]["status"] == "done"
 
     # a recreate cannot be asked of an exit whose version will wait: refused before sealing
     t = a.client().post("/templates/base/maintenance/enter")
@@ -122,6 +124,11 @@ def test_a_site_patch_waits_for_hq_validation(trio, qemu, tmp_path):
     assert a.client().get("/site")["awaiting_validation"] == {"base": [2]}
     shown = cli(a.home, "template", "versions", "base")
     assert "pending-validation" in shown.stdout
+    # no clone is moved onto it
+    with pytest.raises(ClientError) as info:
+        a.client().post("/clones/c1/rebase", {"to": "base:v2"})
+    assert info.value.status == 409 and "waits for HQ's validation" in info.value.message
+    assert a.client().get("/clones/c1")["version"] == 1
 
     # published: HQ holds it pending too, not current, and sends it to no site
     r = cli(a.home, "template", "publish", "base", "--json")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from goldfleet.domain.model import TemplateStatus, VersionStatus
-from goldfleet.domain.sites import check_validation
+from goldfleet.domain.sites import check_validation, check_version_enabled
 from goldfleet.errors import Conflict
 
 
@@ -29,3 +29,9 @@ def test_an_enabled_version_is_refused():
 def test_not_during_maintenance(status):
     with pytest.raises(Conflict, match="once that ends"):
         check_validation("base", 2, VersionStatus.PENDING_VALIDATION, status)
+
+
+def test_a_pending_version_is_not_used():
+    check_version_enabled("base", 1, VersionStatus.ENABLED, "a rebase target")
+    with pytest.raises(Conflict, match="waits for HQ's validation: it cannot be a rebase"):
+        check_version_enabled("base", 2, VersionStatus.PENDING_VALIDATION, "a rebase target")

@@ -55,9 +55,7 @@ def list_(as_json: JsonOpt = False) -> None:
         ]
         for h in r["hosts"]
     ]
-    output.table(
-        None, ["host", "clones", "edge store", "layers", "held", "versions", "feed"], rows
-    )
+    output.table(None, ["host", "clones", "edge store", "layers", "held", "versions", "feed"], rows)
 
 
 def _feeds(h: dict[str, Any]) -> str:

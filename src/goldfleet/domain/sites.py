@@ -138,3 +138,13 @@ def check_validation(template: str, number: int, status: str, template_status: s
         raise Conflict(
             f"template {template} is in {template_status}: validate v{number} once that ends"
         )
+
+
+def check_version_enabled(template: str, number: int, status: str, what: str) -> None:
+    """A version waiting for HQ's validation is not used here: no clone is moved onto it and
+    no edge store is given it (``what`` says what was asked)."""
+    if status == VersionStatus.PENDING_VALIDATION:
+        raise Conflict(
+            f"v{number} of template {template} waits for HQ's validation: it cannot be {what}"
+            " until HQ validates it (goldfleet template validate at HQ, then a sync here)"
+        )

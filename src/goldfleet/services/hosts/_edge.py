@@ -22,7 +22,7 @@ from sqlalchemy.orm import Session
 
 from goldfleet.context import Context
 from goldfleet.db.tables import Clone, EdgeFeed, Layer, OperationItem, Template, Version
-from goldfleet.domain import edge
+from goldfleet.domain import edge, sites
 from goldfleet.domain.model import CloneKind
 from goldfleet.domain.names import NAME_RE
 from goldfleet.domain.rollout import ItemState
@@ -216,6 +216,7 @@ def plan_prefetch(
     with ctx.session() as s:
         t = get_template(s, template)
         v = get_version(s, t, version)
+        sites.check_version_enabled(t.name, v.number, v.status, "prefetched to a host")
         layers = chain(s, v.top_layer)
         digests = tuple(layer.digest for layer in layers)
         sizes = {layer.digest: layer.size for layer in layers}
