@@ -122,6 +122,7 @@ def test_a_site_patch_waits_for_hq_validation(trio, qemu, tmp_path):
     assert held[2]["status"] == "pending-validation" and not held[2]["current"]
     assert current(a) == 1
     assert a.client().get("/site")["awaiting_validation"] == {"base": [2]}
+    assert "base v2" in cli(a.home, "site", "status").stdout
     shown = cli(a.home, "template", "versions", "base")
     assert "pending-validation" in shown.stdout
     # no clone is moved onto it

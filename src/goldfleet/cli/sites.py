@@ -190,8 +190,14 @@ def status(as_json: JsonOpt = False) -> None:
         ["local patches", "yes" if r["rights"].get("local-patches") else "no"],
         ["templates", ", ".join(r["templates"]) or "-"],
         ["waiting to go live", pending or "-"],
+        ["waiting for HQ's validation", _awaiting(r.get("awaiting_validation") or {})],
     ]
     output.table("site", ["", ""], rows)
+
+
+def _awaiting(awaiting: dict[str, list[int]]) -> str:
+    shown = [f"{t} " + ", ".join(f"v{n}" for n in numbers) for t, numbers in awaiting.items()]
+    return "; ".join(shown) or "-"
 
 
 def _rate(text: str) -> int | None:
