@@ -309,7 +309,7 @@ def test_a_current_version_is_fed_to_the_sites_edge_stores(tmp_path, monkeypatch
     root = tmp_path / "edge"
     for host in (H1, H2):
         (root / host).mkdir(parents=True)
-    limit = MiB  # bytes a second
+    limit = MiB // 2  # bytes a second: about 6 s a host for this layer
     env = {"GOLDFLEET_EDGE_ROOT": str(root), "GOLDFLEET_EDGE_FEED_LIMIT": str(limit)}
     hq, a = start_servers(tmp_path, {"hq": "hq", "a": "site"}, env=env)
     try:
