@@ -17,7 +17,7 @@ from goldfleet.context import Clock, Context
 from goldfleet.db.engine import make_engine, migrate
 from goldfleet.drivers.base import Driver
 from goldfleet.errors import InvalidInput
-from goldfleet.services import distribution, fleet, guests, pools, rollouts
+from goldfleet.services import distribution, fleet, guests, hosts, pools, rollouts
 from goldfleet.store.edge import EdgeStores
 from goldfleet.store.layers import LayerStore
 from goldfleet.store.qemu import Limits, QemuImg
@@ -72,11 +72,14 @@ def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:
         edges=EdgeStores(settings.edge_root, qemu, limits) if settings.edge_root else None,
     )
     ctx.template_guards.append(distribution.check_local_change)
+    ctx.version_hold = distribution.held_for_validation
     periodic = [
         rollouts.Periodic("power", settings.reconcile_seconds, fleet.reconcile_power),
         rollouts.Periodic("pools", settings.reconcile_seconds, pools.reconcile_pools),
         # at a site: scheduled syncs and versions reaching their publish time (a no-op at HQ)
         rollouts.Periodic("site", 1.0, distribution.site_tick, reconcile=False),
+        # edge stores fed with each newly current version (on at a site by default)
+        rollouts.Periodic("edge-feed", 1.0, hosts.feed_edges, reconcile=False),
     ]
     # guest tool updates: each open request advanced by its next step
     periodic.append(rollouts.Periodic("agent-update", 1.0, guests.agent_tick, reconcile=False))

@@ -62,6 +62,10 @@ class Settings(BaseSettings):
     # edge stores (docs/edge.md): host H's local copy of layers is the folder edge_root/H,
     # reached here and on H at that same path; empty: off, clones read the site store
     edge_root: Path | None = None
+    # a version that becomes current is copied to every host's edge store in the background
+    # (docs/edge.md "Fed when a version becomes current"); None: on at a site, off at hq
+    edge_feed: bool | None = None
+    edge_feed_limit: int | None = None  # bytes a second of those copies; None: no limit
     sync_retry_seconds: float = 300.0  # at a site: a failed scheduled sync is retried after this
 
     @field_validator("edge_root", mode="before")

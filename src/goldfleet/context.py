@@ -88,6 +88,9 @@ class Context:
     clock: Clock = field(default_factory=Clock)
     edges: EdgeStores | None = None  # hosts' edge stores (docs/edge.md); None: off
     template_guards: list[TemplateGuard] = field(default_factory=list)
+    # why a version sealed here of a template must wait for validation elsewhere (None: it
+    # need not); set by the bootstrap (a site's patch of a template HQ sends: docs/sites.md)
+    version_hold: Callable[[Context, str], str | None] | None = None
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -117,6 +120,10 @@ class Context:
             folder = Path(self.engine.url.database).resolve().parent
             return disk_full(str(folder), free_bytes(folder))
         return disk_full("the database server", None)
+
+    def held_for_validation(self, template: str) -> str | None:
+        """Why a version of ``template`` sealed here must wait for validation, or None."""
+        return self.version_hold(self, template) if self.version_hold is not None else None
 
     def check_template_change(self, template: str) -> None:
         """Ask every registered guard whether ``template`` may be changed here."""

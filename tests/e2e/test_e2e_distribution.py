@@ -275,9 +275,11 @@ def test_local_patches_are_published_upstream(trio, qemu, tmp_path):
         b.client().post("/templates/base/publish", {})
     assert info.value.status == 403 and "no local-patches right" in info.value.message
 
-    # a patches base, seals v2 and publishes it: HQ checks it and holds the same v2
+    # a patches base, seals v2 (it waits for HQ's validation there) and publishes it: HQ
+    # checks it and holds the same v2, waiting too until an admin at HQ validates it
     new_version(a, qemu, MiB, os.urandom(256 * 1024))
     v2 = a.client().get("/templates/base/versions")[-1]
+    assert v2["status"] == "pending-validation" and current(a) == 1
     r = cli(a.home, "template", "publish", "base", "--json")
     assert r.returncode == 0, r.stderr
     sent = json.loads(r.stdout)
@@ -285,6 +287,8 @@ def test_local_patches_are_published_upstream(trio, qemu, tmp_path):
     assert sent["bytes_sent"] == layer_path(a, v2["top_layer"]).stat().st_size
     at_hq = hq.client().get("/templates/base/versions")[-1]
     assert (at_hq["number"], at_hq["top_layer"]) == (2, v2["top_layer"])
+    assert at_hq["status"] == "pending-validation" and current(hq) == 1
+    assert cli(hq.home, "template", "validate", "base", "v2").returncode == 0
     assert current(hq) == 2
     again = a.client().post("/templates/base/publish", {})
     assert again["already_at_hq"] and again["bytes_sent"] == 0
@@ -297,6 +301,7 @@ def test_local_patches_are_published_upstream(trio, qemu, tmp_path):
     assert r["bytes_downloaded"] == sent["bytes_sent"]
     r = a.client().post("/site/sync", {})
     assert r["bytes_downloaded"] == 0 and r["versions_added"] == {"base": []}
+    assert r["validated"] == {"base": [2]} and current(a) == 2
 
     # HQ and a both seal a v3: a's is refused, HQ's stays
     new_version(hq, qemu, 2 * MiB, os.urandom(64 * 1024))
@@ -325,13 +330,22 @@ def test_local_patches_are_published_upstream(trio, qemu, tmp_path):
     shown = states(hq, "a")
     assert shown["base:v3"]["state"] == "failed" and "own" in shown["base:v3"]["reason"]
     assert shown["base:v4"]["state"] == "verified" and shown["base:v4"]["current"]
-    # its own v3 deleted, a takes HQ's (whose layer it already holds: no bytes)
+    # its own v3 deleted, a takes HQ's (whose layer it already holds: no bytes); the sync
+    # that takes it is the retry of the one that failed (a second later), or the next
     assert cli(a.home, "template", "delete-version", "base", "v3").returncode == 0
-    r = a.client().post("/site/sync", {})
-    assert r["failed"] == {} and r["versions_added"] == {"base": [3]}
-    assert r["bytes_downloaded"] == 0
-    tops = {v["number"]: v["top_layer"] for v in a.client().get("/templates/base/versions")}
-    assert tops[3] == hq_v3
+
+    def took_hq_v3() -> bool:
+        tops = {v["number"]: v["top_layer"] for v in a.client().get("/templates/base/versions")}
+        return tops.get(3) == hq_v3
+
+    wait_for(took_hq_v3, timeout=30)
+
+    def the_sync_that_took_it() -> dict | None:
+        syncs = [e["detail"] for e in a.client().get("/audit") if e["action"] == "site.sync"]
+        return next((d for d in syncs if d["added"] == {"base": [3]} and "bytes" in d), None)
+
+    took = wait_for(the_sync_that_took_it, timeout=10)  # its summary ends the sync
+    assert took["failed"] == {} and took["bytes"] == 0
 
 
 def _mounted_tmpfs(path: Path, size: str) -> bool:
@@ -610,4 +624,4 @@ def test_no_sync_while_the_site_applies_the_template(trio, qemu, tmp_path):
     a.client().delete("/sim/sessions/c1/alice")
     wait_for(lambda: a.client().get(f"/operations/{op['id']}")["status"] == "done", timeout=30)
     wait_for(lambda: numbers(a) == [1, 2, 3], timeout=30)
-    assert current(a) == 3
+    wait_for(lambda: current(a) == 3, timeout=10)  # made current at the end of that sync

@@ -51,10 +51,24 @@ def list_(as_json: JsonOpt = False) -> None:
             h["layers"],
             output.size(h["bytes"]) or "0",
             h["note"] or _versions(h),
+            _feeds(h),
         ]
         for h in r["hosts"]
     ]
-    output.table(None, ["host", "clones", "edge store", "layers", "held", "versions"], rows)
+    output.table(None, ["host", "clones", "edge store", "layers", "held", "versions", "feed"], rows)
+
+
+def _feeds(h: dict[str, Any]) -> str:
+    """The background copies of current versions into the host: state and bytes."""
+    shown = []
+    for f in h.get("feeds", []):
+        text = f"{f['template']}:v{f['version']} {f['state']}"
+        if f["state"] in ("queued", "copying"):
+            text += f" {output.size(f['done']) or '0'}/{output.size(f['total']) or '0'}"
+        elif f["state"] == "failed":
+            text += f": {f['error']}"
+        shown.append(text)
+    return ", ".join(shown) or "-"
 
 
 @host_app.command("prefetch")

@@ -24,6 +24,7 @@ from goldfleet.cli.sessions import session_app
 from goldfleet.cli.sim import sim_app
 from goldfleet.cli.sites import publish as _publish
 from goldfleet.cli.sites import site_app
+from goldfleet.cli.sites import validate as _validate
 from goldfleet.errors import GoldfleetError
 from goldfleet.homedir import home_dir
 
@@ -54,6 +55,7 @@ app.add_typer(bundle_app, name="bundle")
 app.add_typer(keys_app, name="keys")
 app.add_typer(site_app, name="site")
 template_app.command("publish")(_publish)
+template_app.command("validate")(_validate)
 app.add_typer(host_app, name="host")
 app.add_typer(guest_tool_app, name="guest-tool")
 app.add_typer(compliance_app, name="compliance")
@@ -363,7 +365,7 @@ def template_versions(name: str, as_json: JsonOpt = False) -> None:
         [
             [
                 v["name"],
-                "*" if v["current"] else "",
+                "*" if v["current"] else ("" if v["status"] == "enabled" else v["status"]),
                 len(v["chain"]),
                 v["top_layer"][:19],
                 v["clones"],

@@ -12,6 +12,7 @@ from goldfleet.cli import output
 from goldfleet.cli.common import JsonOpt, follow
 from goldfleet.cli.common import call as _call
 from goldfleet.cli.common import fail as _fail
+from goldfleet.domain.names import parse_version
 from goldfleet.domain.sizes import parse_rate
 from goldfleet.errors import InvalidInput
 
@@ -166,7 +167,8 @@ def join(
 
 @site_app.command("status")
 def status(as_json: JsonOpt = False) -> None:
-    """At a site: HQ's URL, the schedule, the last and next sync, rights, waiting versions."""
+    """At a site: HQ's URL, the schedule, the last attempt, its problem and the last successful
+    sync, the next sync, rights, waiting versions."""
     r = _call("GET", "/site")
     if as_json:
         output.emit_json(r)
@@ -184,11 +186,18 @@ def status(as_json: JsonOpt = False) -> None:
         ["syncing since", r["syncing_since"] or "-"],
         ["last sync", r["last_sync_at"] or "never"],
         ["last problem", r["last_error"] or "-"],
+        ["last successful sync", r.get("last_success_at") or "never"],
         ["local patches", "yes" if r["rights"].get("local-patches") else "no"],
         ["templates", ", ".join(r["templates"]) or "-"],
         ["waiting to go live", pending or "-"],
+        ["waiting for HQ's validation", _awaiting(r.get("awaiting_validation") or {})],
     ]
     output.table("site", ["", ""], rows)
+
+
+def _awaiting(awaiting: dict[str, list[int]]) -> str:
+    shown = [f"{t} " + ", ".join(f"v{n}" for n in numbers) for t, numbers in awaiting.items()]
+    return "; ".join(shown) or "-"
 
 
 def _rate(text: str) -> int | None:
@@ -278,12 +287,18 @@ def sync(
 def publish(
     name: str,
     version: Annotated[
-        int | None, typer.Option("--version", help="The version to publish (default: current).")
+        int | None,
+        typer.Option(
+            "--version",
+            help="The version to publish (default: the newest waiting for validation, else"
+            " the current one).",
+        ),
     ] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """At a site with the local-patches right: send a version sealed here to HQ, which
-    distributes it to the other sites of the template."""
+    """At a site with the local-patches right: send a version sealed here to HQ. It waits
+    there (pending-validation) until HQ validates it, then goes to every site of the
+    template, this one included."""
     r = _call("POST", f"/templates/{name}/publish", json={"version": version})
     if as_json:
         output.emit_json(r)
@@ -292,6 +307,25 @@ def publish(
     else:
         output.console.print(
             f"published {name} v{r['version']} to HQ: {r['layers_sent']} layers,"
-            f" {output.size(r['bytes_sent'])}",
+            f" {output.size(r['bytes_sent'])}; it waits for HQ's validation (goldfleet"
+            f" template validate {name} v{r['version']} at HQ)",
             highlight=False,
         )
+
+
+def validate(name: str, version: str, as_json: JsonOpt = False) -> None:
+    """At HQ: enable version VERSION (vN) of NAME that a site published; it becomes current
+    here if newer, and every site of the template receives it on its next sync."""
+    try:
+        number = parse_version(version)
+    except InvalidInput as exc:
+        _fail(exc.message)
+    r = _call("POST", f"/templates/{name}/versions/{number}/validate")
+    if as_json:
+        output.emit_json(r)
+        return
+    now = "; it is the current version here" if r["current"] else ""
+    output.console.print(
+        f"validated {name} v{r['number']}{now}; the sites of {name} receive it on their next sync",
+        highlight=False,
+    )

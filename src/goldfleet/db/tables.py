@@ -93,6 +93,9 @@ class Version(Base):
     number: Mapped[int]
     top_layer: Mapped[str] = mapped_column(ForeignKey("layers.digest"))
     note: Mapped[str] = mapped_column(Text, default="")
+    # enabled | pending-validation: a version a site sealed of a template HQ sends it, held (not
+    # current, not distributed, not fed to edge stores) until HQ validates it (docs/sites.md)
+    status: Mapped[str] = mapped_column(String(24), default="enabled", server_default="enabled")
     # the guest tool version its image holds, and its quarantine version (docs/guests.md)
     guest_tool_version: Mapped[str | None] = mapped_column(String(32))
     quarantine_version: Mapped[str | None] = mapped_column(String(63))
@@ -337,11 +340,30 @@ class Upstream(Base):
     next_sync_at: Mapped[datetime | None]
     sync_owner: Mapped[str | None] = mapped_column(String(36))  # the server syncing now
     sync_started_at: Mapped[datetime | None]
-    last_sync_at: Mapped[datetime | None]
+    last_sync_at: Mapped[datetime | None]  # the last attempt, successful or not
     last_error: Mapped[str | None] = mapped_column(Text)
+    last_success_at: Mapped[datetime | None]  # the last sync that ended without a problem
     rights: Mapped[dict[str, Any]] = mapped_column(default=dict)  # {"local-patches": bool}
     managed: Mapped[dict[str, Any]] = mapped_column(default=dict)  # template -> HQ's current
     pending: Mapped[dict[str, Any]] = mapped_column(default=dict)  # template -> {version, at}
+
+
+class EdgeFeed(Base):
+    """A host's edge store being fed a template's current version (docs/edge.md): scheduled
+    when the version becomes current, copied in the background, its progress shown per host."""
+
+    __tablename__ = "edge_feeds"
+
+    host: Mapped[str] = mapped_column(String(63), primary_key=True)
+    template: Mapped[str] = mapped_column(String(63), primary_key=True)
+    version: Mapped[int]
+    top_layer: Mapped[str] = mapped_column(String(71))
+    state: Mapped[str] = mapped_column(String(16), default="queued")  # queued|copying|done|failed
+    done: Mapped[int] = mapped_column(default=0)  # bytes of the chain on the host
+    total: Mapped[int] = mapped_column(default=0)  # bytes of the chain
+    copied: Mapped[int] = mapped_column(default=0)  # bytes written to the host by this feed
+    error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class AuditEntry(Base):

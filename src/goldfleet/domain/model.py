@@ -13,6 +13,15 @@ class TemplateStatus(StrEnum):
     EXITING_MAINTENANCE = "exiting-maintenance"
 
 
+class VersionStatus(StrEnum):
+    """A version is *enabled* (it may become current, be distributed and be fed to edge
+    stores) unless a site sealed it of a template HQ sends: then it is *pending-validation*
+    there and at HQ until HQ validates it (docs/sites.md)."""
+
+    ENABLED = "enabled"
+    PENDING_VALIDATION = "pending-validation"
+
+
 class CloneKind(StrEnum):
     LINKED = "linked"
     FULL = "full"

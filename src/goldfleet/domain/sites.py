@@ -9,7 +9,8 @@ from datetime import datetime
 
 from cronsim import CronSim, CronSimError
 
-from goldfleet.errors import InvalidInput
+from goldfleet.domain.model import TemplateStatus, VersionStatus
+from goldfleet.errors import Conflict, InvalidInput
 
 MAX_SCHEDULE = 100
 MAX_VERSIONS = 10_000  # the most versions a site may be told to keep (--versions N)
@@ -124,3 +125,26 @@ def check_activate(mode: str) -> str:
     if mode not in ACTIVATE_MODES:
         raise InvalidInput(f"--activate {mode!r} is not valid: write {' or '.join(ACTIVATE_MODES)}")
     return mode
+
+
+def check_validation(template: str, number: int, status: str, template_status: str) -> None:
+    """HQ validates only a version that waits for it, and not while the template is in a
+    maintenance step (a version made current then would change the base of its overlay)."""
+    if status != VersionStatus.PENDING_VALIDATION:
+        raise Conflict(
+            f"v{number} of template {template} is {status}: it does not wait for validation"
+        )
+    if template_status != TemplateStatus.READY:
+        raise Conflict(
+            f"template {template} is in {template_status}: validate v{number} once that ends"
+        )
+
+
+def check_version_enabled(template: str, number: int, status: str, what: str) -> None:
+    """A version waiting for HQ's validation is not used here: no clone is moved onto it and
+    no edge store is given it (``what`` says what was asked)."""
+    if status == VersionStatus.PENDING_VALIDATION:
+        raise Conflict(
+            f"v{number} of template {template} waits for HQ's validation: it cannot be {what}"
+            " until HQ validates it (goldfleet template validate at HQ, then a sync here)"
+        )

@@ -9,7 +9,10 @@ A layer is copied from the site store into a dot-named work file while it is has
 hash to its digest, reference exactly its parent's file name and pass ``qemu-img check`` under
 limits before it is renamed to its digest and made read-only (0444), as a layer arriving from
 another site is. A failure removes the work file; the layers committed before it stay, each
-whole and verified. A layer already there costs a ``stat``.
+whole and verified. A layer file already there (left by an earlier run, or seeded from a USB
+disk) is used only once its bytes hash to its name (hashed once per file and server, then known
+by its size, time and inode: a ``stat``); one that does not match is moved aside into the host's
+``rejected/`` folder and copied again.
 
 A prune removes the layers no clone needs any more, children before parents, under the same
 per-host lock as copies, so a copy and a prune into one host never interleave.
@@ -19,8 +22,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import secrets
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,8 +34,8 @@ from pathlib import Path
 from goldfleet.domain.edge import Keep, missing_layers, removable_layers
 from goldfleet.domain.names import digest_of_filename, layer_filename
 from goldfleet.errors import BadImage, Conflict, StoreError
-from goldfleet.store.files import fsync_dir
-from goldfleet.store.layers import LayerInfo, LayerStore
+from goldfleet.store.files import fsync_dir, move_aside, signature
+from goldfleet.store.layers import LayerInfo, LayerStore, file_digest
 from goldfleet.store.qemu import Limits, QemuError, QemuImg
 
 CHUNK = 1 << 20
@@ -38,6 +43,8 @@ WORK_PREFIX = ".edge-"
 STALE_WORK_SECONDS = 3600.0  # a work file untouched this long was left by a killed copy
 
 Progress = Callable[[int], None]  # told the bytes just copied
+
+log = logging.getLogger("goldfleet.edge")
 
 
 class EdgeStores:
@@ -53,6 +60,10 @@ class EdgeStores:
         self._guard = threading.Lock()
         self._complete: set[tuple[str, str]] = set()  # (host, top layer)
         self._pruning: set[str] = set()  # hosts being pruned: their chains are not cached
+        # layer files on hosts whose bytes this server hashed to their digest: signature
+        self._checked: dict[tuple[str, str], tuple[int, int, int]] = {}
+        self.rejected: list[tuple[str, str]] = []  # (host, digest) moved aside, newest last
+        self.resumed: dict[tuple[str, str], int] = {}  # (host, digest) -> bytes resumed from
 
     # --- where ----------------------------------------------------------------------------
 
@@ -86,9 +97,42 @@ class EdgeStores:
 
     # --- what is there --------------------------------------------------------------------
 
+    def present(self, host: str, digest: str) -> bool:
+        """Is the layer on the host, its bytes hashing to its digest? A file this server has
+        not checked yet (seeded by hand, left from an earlier run) is hashed first; a changed
+        file (another size, time or inode) again. One that does not match is moved aside into
+        ``edge_root/HOST/rejected/`` and counts as missing, so that it is copied again."""
+        path = self.path(host, digest)
+        sig = signature(path)
+        if sig is None:
+            return False
+        if self._checked.get((host, digest)) == sig:
+            return True
+        if file_digest(path) == digest:
+            if stat.S_IMODE(os.stat(path).st_mode) != 0o444:
+                os.chmod(path, 0o444)
+            self._checked[(host, digest)] = signature(path) or sig
+            return True
+        self._checked.pop((host, digest), None)
+        dest = move_aside(path, self.folder(host) / "rejected")
+        self.rejected.append((host, digest))
+        log.warning(
+            "edge store of host %s: %s does not hash to its name; moved to %s",
+            host,
+            path.name,
+            dest,
+        )
+        return False
+
+    def unchanged(self, host: str, digest: str) -> bool:
+        """The layer's file is the one this server checked (one ``stat``)."""
+        sig = self._checked.get((host, digest))
+        return sig is not None and signature(self.path(host, digest)) == sig
+
     def missing(self, host: str, chain: Sequence[str]) -> list[str]:
-        """The layers of ``chain`` (top first) the host lacks, parents first; looks at files."""
-        present = {d for d in chain if self.path(host, d).is_file()}
+        """The layers of ``chain`` (top first) the host lacks, parents first; looks at files,
+        and hashes those not checked yet (:meth:`present`)."""
+        present = {d for d in chain if self.present(host, d)}
         missing = missing_layers(chain, present)
         key = (host, chain[0]) if chain else None
         if key is not None:
@@ -107,7 +151,7 @@ class EdgeStores:
             return True
         if host in self._pruning:
             return False
-        if (host, chain[0]) in self._complete and self.path(host, chain[0]).is_file():
+        if (host, chain[0]) in self._complete and self.unchanged(host, chain[0]):
             return True
         return not self.missing(host, chain)
 
@@ -168,9 +212,17 @@ class EdgeStores:
         digest: str,
         parent: str | None,
         progress: Progress | None = None,
+        *,
+        resume: bool = False,
+        limit: float | None = None,
     ) -> LayerInfo:
         """Copy one layer of the site store into the host's edge store, checked like a layer
-        from another site. The parent must already be there (qemu-img check opens it)."""
+        from another site. The parent must already be there (qemu-img check opens it).
+
+        ``resume``: the work file is named by the digest and kept when the copy is
+        interrupted, so the next copy of that layer goes on from its end (its bytes are hashed
+        again, read from the host, not copied again); one that turns out wrong is removed.
+        ``limit``: bytes a second at most, on average."""
         store = self.store(host)
         where = f"edge store of host {host}: layer {digest}"
         if parent is not None and not store.has(parent):
@@ -180,15 +232,34 @@ class EdgeStores:
                 f"{where} cannot be copied: the site store lacks it ({src}); run: goldfleet"
                 " store verify"
             )
-        work = store.dir / f"{WORK_PREFIX}{secrets.token_hex(8)}.qcow2"
+        name = f"feed-{digest.removeprefix('sha256:')}" if resume else secrets.token_hex(8)
+        work = store.dir / f"{WORK_PREFIX}{name}.qcow2"
+        keep = False  # an interrupted resumable copy keeps its work file
         try:
             h = hashlib.sha256()
-            with src.open("rb") as fsrc, work.open("xb") as fdst:
+            start = 0
+            if resume and work.is_file():
+                with work.open("rb") as partial:
+                    while block := partial.read(CHUNK):
+                        h.update(block)
+                        start += len(block)
+                self.resumed[(host, digest)] = start
+            started, sent = time.monotonic(), 0
+            with src.open("rb") as fsrc, work.open("ab" if resume else "xb") as fdst:
+                fsrc.seek(start)
+                keep = resume
                 while block := fsrc.read(CHUNK):
                     h.update(block)
                     fdst.write(block)
+                    sent += len(block)
                     if progress is not None:
                         progress(len(block))
+                    if limit:
+                        ahead = sent / limit - (time.monotonic() - started)
+                        if ahead > 0:
+                            fdst.flush()
+                            time.sleep(ahead)
+            keep = False
             got = "sha256:" + h.hexdigest()
             if got != digest:
                 raise BadImage(
@@ -204,9 +275,32 @@ class EdgeStores:
             if info.digest != digest:
                 raise BadImage(f"{where} refused: its bytes changed while it was checked")
             store.commit_work(work, info)
+            sig = signature(self.path(host, digest))
+            if sig is not None:
+                self._checked[(host, digest)] = sig
             return info
         finally:
-            work.unlink(missing_ok=True)
+            if not keep:
+                work.unlink(missing_ok=True)
+
+    def feed_layer(
+        self,
+        host: str,
+        src: Path,
+        digest: str,
+        parent: str | None,
+        progress: Progress | None = None,
+        *,
+        limit: float | None = None,
+    ) -> LayerInfo | None:
+        """One layer of a background feed (:meth:`copy_layer` resumable and rate-limited),
+        under the host's lock; None when the host holds it already (checked)."""
+        with self._lock(host):
+            self.check_reachable(host)
+            self.store(host).dir.mkdir(exist_ok=True)
+            if self.present(host, digest):
+                return None
+            return self.copy_layer(host, src, digest, parent, progress, resume=True, limit=limit)
 
     def _check_reference(self, work: Path, where: str, parent: str | None) -> None:
         """Refuse any backing reference but the parent's file name, before qemu-img check

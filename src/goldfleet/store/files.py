@@ -1,11 +1,15 @@
 """Small file helpers of the store: durable renames need their folder flushed; work files
-carry the id of the server that makes them."""
+carry the id of the server that makes them; a file checked once is known by its signature;
+a file whose bytes do not match its name is moved aside."""
 
 from __future__ import annotations
 
 import os
 import re
+import secrets
+import stat
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 # a server's id (Context.server_id, a uuid4) inside a work file's name
@@ -37,3 +41,25 @@ def fsync_dir(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def signature(path: Path) -> tuple[int, int, int] | None:
+    """A plain file's size, modification time and inode (None: not there, or not a plain
+    file): a file whose bytes were checked once is trusted again while this stays the same."""
+    try:
+        st = os.stat(path, follow_symlinks=False)
+    except (FileNotFoundError, NotADirectoryError):
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ino)
+
+
+def move_aside(path: Path, folder: Path) -> Path:
+    """Move a file whose bytes do not match its name into ``folder`` (made if need be), under
+    its name and the time, so that nothing uses it and an admin can look at it."""
+    folder.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+    dest = folder / f"{path.name}.{stamp}-{secrets.token_hex(3)}"
+    os.replace(path, dest)
+    return dest

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import logging
 import os
 import secrets
 import shutil
@@ -23,13 +24,23 @@ from pathlib import Path
 from goldfleet.domain.names import digest_of_filename, layer_filename
 from goldfleet.domain.space import check_room
 from goldfleet.errors import BadImage, StoreError
-from goldfleet.store.files import Abandoned, fsync_dir, work_name, work_owner
+from goldfleet.store.files import (
+    Abandoned,
+    fsync_dir,
+    move_aside,
+    signature,
+    work_name,
+    work_owner,
+)
 from goldfleet.store.inspect import inspect_image
 from goldfleet.store.qemu import Limits, QemuError, QemuImg
 from goldfleet.store.space import free_bytes
 
 WORK_PREFIXES = (".import-", ".copy-", ".flat-")
 OVERLAY_PREFIX = ".overlay-"
+CHUNK = 1 << 20
+
+log = logging.getLogger("goldfleet.store")
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +66,10 @@ class LayerStore:
         self.qemu = qemu
         self.limits = limits or Limits()
         self.owner = owner  # the server whose work files these are: in their names
+        # layer files whose bytes this process hashed to their digest: digest -> signature
+        self._checked: dict[str, tuple[int, int, int]] = {}
+        self.seed = root / "seed"  # layer files placed by hand (a USB disk) for a sync to take
+        self.rejected = root / "rejected"  # files whose bytes did not match their name
 
     def ensure(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -70,6 +85,57 @@ class LayerStore:
 
     def has(self, digest: str) -> bool:
         return self.path(digest).is_file()
+
+    def check_file(self, digest: str) -> str:
+        """Whether the layer's file may be used without fetching it again: ``ok`` once its bytes
+        hash to ``digest`` (hashed once, then trusted while its size, time and inode stay the
+        same), ``missing``, or ``rejected``: its bytes did not match, and it was moved aside
+        into ``rejected/`` so that a sync fetches it again."""
+        path = self.path(digest)
+        sig = signature(path)
+        if sig is None:
+            return "missing"
+        if self._checked.get(digest) == sig:
+            return "ok"
+        if file_digest(path) == digest:
+            self._checked[digest] = sig
+            return "ok"
+        self._checked.pop(digest, None)
+        dest = move_aside(path, self.rejected)
+        log.warning("layer file %s does not hash to its name: moved aside to %s", path, dest)
+        return "rejected"
+
+    def seed_path(self, digest: str) -> Path:
+        return self.seed / layer_filename(digest)
+
+    def take_seed(self, digest: str) -> Path | None:
+        """A layer placed in ``seed/`` by hand, as a new private work file (made here, 0600,
+        hashed while copied and fsynced, as a download is) if its bytes hash to ``digest``;
+        the seed file is then removed. One whose bytes do not match is moved aside into
+        ``rejected/`` (None: fetch it)."""
+        src = self.seed_path(digest)
+        if signature(src) is None:
+            return None
+        work = self.work_path(".import-seed-")
+        h = hashlib.sha256()
+        fd = os.open(work, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            with src.open("rb") as fsrc, os.fdopen(fd, "wb") as fdst:
+                while block := fsrc.read(CHUNK):
+                    h.update(block)
+                    fdst.write(block)
+                fdst.flush()
+                os.fsync(fdst.fileno())
+        except BaseException:
+            work.unlink(missing_ok=True)
+            raise
+        if "sha256:" + h.hexdigest() != digest:
+            work.unlink()
+            dest = move_aside(src, self.rejected)
+            log.warning("seeded file %s does not hash to its name: moved aside to %s", src, dest)
+            return None
+        src.unlink(missing_ok=True)
+        return work
 
     def work_path(self, prefix: str) -> Path:
         """A new work file's path in the layer folder (``prefix`` starts with one of
@@ -179,6 +245,9 @@ class LayerStore:
         os.chmod(work, 0o444)
         os.replace(work, final)
         fsync_dir(self.dir)
+        sig = signature(final)
+        if sig is not None:  # hashed to its digest by check_and_hash (or while received)
+            self._checked[info.digest] = sig
 
     def seal_copy(self, src: Path, *, parent: str) -> LayerInfo:
         """Seal a copy of an overlay that lives elsewhere (a clone's system volume) on ``parent``.

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field, StrictBool
 
 from goldfleet.api.deps import Allow, Caller, Ctx, SiteCaller
 from goldfleet.api.files import LayerResponse
-from goldfleet.api.schemas import BYTES, JSON_LINES, UPLOAD
+from goldfleet.api.schemas import BYTES, JSON_LINES, UPLOAD, VersionNumber
 from goldfleet.api.streaming import GuardedStream
 from goldfleet.api.uploads import received_body
 from goldfleet.domain.access import site_path
@@ -21,7 +21,7 @@ from goldfleet.domain.names import MAX_VERSION, check_name
 from goldfleet.domain.rollout import parse_time
 from goldfleet.domain.sizes import MAX_RATE
 from goldfleet.services import access, distribution
-from goldfleet.services.common import streams
+from goldfleet.services.common import VersionView, streams
 
 router = APIRouter(tags=["sites"])
 
@@ -180,6 +180,13 @@ async def publish(
     return await run_in_threadpool(
         distribution.publish, ctx, name, version=body.version, actor=caller.name
     )
+
+
+@router.post("/templates/{name}/versions/{number}/validate")
+def validate(name: str, number: VersionNumber, ctx: Ctx, caller: TemplateWrite) -> VersionView:
+    """At HQ: enable a version a site published (pending-validation): it becomes current here if
+    newer, and every site assigned the template receives it on its next sync."""
+    return distribution.validate_version(ctx, name, number, actor=caller.name)
 
 
 # --- what a site token reads at HQ --------------------------------------------------------

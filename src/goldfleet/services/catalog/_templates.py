@@ -24,7 +24,13 @@ from goldfleet.db.tables import (
     Version,
 )
 from goldfleet.domain import quarantine, rules
-from goldfleet.domain.model import CloneKind, Outline, RecreateScope, TemplateStatus
+from goldfleet.domain.model import (
+    CloneKind,
+    Outline,
+    RecreateScope,
+    TemplateStatus,
+    VersionStatus,
+)
 from goldfleet.domain.names import check_name
 from goldfleet.domain.rollout import Policy
 from goldfleet.domain.sizes import parse_size
@@ -65,13 +71,17 @@ def add_layer(s: Session, info: LayerInfo) -> Layer:
     return layer
 
 
-def _add_version(s: Session, t: Template, top: str, note: str) -> Version:
+def _add_version(
+    s: Session, t: Template, top: str, note: str, *, status: str = VersionStatus.ENABLED
+) -> Version:
+    """The next version of ``t``; current at once unless it waits for validation."""
     number = rules.next_version_number(v.number for v in t.versions)
-    v = Version(template_id=t.id, number=number, top_layer=top, note=note)
+    v = Version(template_id=t.id, number=number, top_layer=top, note=note, status=status)
     s.add(v)
     s.flush()
-    t.current_version_id = v.id
-    t.current_version = v
+    if status == VersionStatus.ENABLED:
+        t.current_version_id = v.id
+        t.current_version = v
     s.flush()
     s.refresh(t)
     return v
@@ -432,9 +442,11 @@ class _ExitRequest:
     start_at: datetime | None = None
     guest_tool_version: str | None = None
     quarantine_version: str | None = None
+    held: str | None = None  # why the new version waits for validation (ctx.version_hold)
 
     def to_json(self) -> dict[str, Any]:
         return {
+            "held": self.held,
             "actor": self.actor,
             "recreate": str(self.recreate),
             "policy": self.policy.to_json() if self.policy is not None else None,
@@ -454,6 +466,7 @@ class _ExitRequest:
             start_at=datetime.fromisoformat(data["start_at"]) if data.get("start_at") else None,
             guest_tool_version=data.get("guest_tool_version"),
             quarantine_version=data.get("quarantine_version"),
+            held=data.get("held"),
         )
 
 
@@ -520,13 +533,22 @@ def exit_maintenance(
     guest_tool_version: str | None = None,
     quarantine_version: str | None = None,
 ) -> MaintenanceExitView:
-    """Seal the overlay as the new current version; optionally recreate clones on it.
+    """Seal the overlay as the new version, current at once (optionally with clones recreated
+    on it) unless it waits for validation: at a site, a version of a template HQ sends stays
+    ``pending-validation`` until HQ validates it (``ctx.version_hold``, docs/sites.md).
 
     The request, with its rollout, is stored on the template before anything is sealed, and
     the new version and the rollout's operation are committed in one transaction: after a
     crash at any instant the template is either still in maintenance with its overlay (run the
     exit again) or the version and its rollout both exist (recovery finishes what was sealed,
     :func:`recover_templates`)."""
+    held = ctx.held_for_validation(check_name(name, "template name"))
+    if held is not None and rules.recreate_flags(recreate)[0]:
+        raise Conflict(
+            f"template {name}: the version this exit seals will wait for validation ({held}),"
+            " so no clone can be recreated on it now; exit with --recreate none, and recreate"
+            f" once it is current here (goldfleet clone recreate --template {name})"
+        )
     with ctx.template_lock(name):
         with ctx.session() as s:
             t = get_template(s, name)
@@ -541,6 +563,7 @@ def exit_maintenance(
                 start_at=start_at,
                 guest_tool_version=_guest_tool_version(ctx, t, guest_tool_version),
                 quarantine_version=_quarantine_version(s, t, quarantine_version),
+                held=held,
             )
             _stop_maintenance_vm(ctx, t, shutdown=shutdown)
             parent = get_version(s, t, None).top_layer
@@ -594,7 +617,8 @@ def _finish_exit(
         add_layer(s, sealed)
         info, flattened = _maybe_flatten(ctx, s, sealed)
         add_layer(s, info)
-        v = _add_version(s, t, info.digest, "maintenance" + flattened)
+        status = VersionStatus.PENDING_VALIDATION if request.held else VersionStatus.ENABLED
+        v = _add_version(s, t, info.digest, "maintenance" + flattened, status=status)
         v.guest_tool_version = request.guest_tool_version
         v.quarantine_version = request.quarantine_version
         op = None
@@ -620,6 +644,7 @@ def _finish_exit(
             name,
             version=v.number,
             layer=info.digest,
+            **({"status": status, "held": request.held} if request.held else {}),
             **({"finished_by": "recovery"} if recovered else {}),
         )
         s.commit()

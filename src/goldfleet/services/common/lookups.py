@@ -110,6 +110,7 @@ def version_view(s: Session, t: Template, v: Version) -> VersionView:
         guest_tool_version=v.guest_tool_version,
         quarantine_version=v.quarantine_version,
         created_at=v.created_at,
+        status=v.status,
     )
 
 

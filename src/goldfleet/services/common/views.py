@@ -18,6 +18,7 @@ class VersionView(BaseModel):
     guest_tool_version: str | None = None  # the guest tool its image holds, when known
     quarantine_version: str | None = None  # its quarantine version (docs/guests.md)
     created_at: datetime
+    status: str = "enabled"  # or pending-validation (domain.model.VersionStatus)
 
 
 class TemplateView(BaseModel):

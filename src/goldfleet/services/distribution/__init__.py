@@ -43,6 +43,7 @@ from goldfleet.services.distribution._sites import (
     revoke_site,
     set_rights,
     unassign_template,
+    validate_version,
 )
 from goldfleet.services.distribution._transfer import (
     CONNECT_RETRIES,
@@ -56,6 +57,7 @@ from goldfleet.services.distribution._upstream import (
     SyncResult,
     UpstreamView,
     check_local_change,
+    held_for_validation,
     join,
     publish,
     recover_sync,
@@ -93,6 +95,7 @@ __all__ = [
     "download",
     "error_message",
     "export_bundle",
+    "held_for_validation",
     "import_bundle",
     "join",
     "layer_file",
@@ -117,5 +120,6 @@ __all__ = [
     "trust_key",
     "unassign_template",
     "untrust_key",
+    "validate_version",
     "write_bundle",
 ]

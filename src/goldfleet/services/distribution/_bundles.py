@@ -48,7 +48,7 @@ from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Layer, Template, Version
 from goldfleet.domain import bundles as policy_rules
 from goldfleet.domain import rules
-from goldfleet.domain.model import CloneKind, Outline
+from goldfleet.domain.model import CloneKind, Outline, VersionStatus
 from goldfleet.domain.names import DIGEST_PATTERN, check_name, layer_filename
 from goldfleet.errors import (
     BadImage,
@@ -815,12 +815,15 @@ def import_bundle(
     signer: str | None = None,
     check: Callable[[Manifest], None] | None = None,
     action: str = "bundle.import",
+    status: str = VersionStatus.ENABLED,
 ) -> BundleView:
     """Import a bundle file. By default its signer must be a trusted key; a caller that trusts
     the sender by other means (a site's token) names it as ``signer``: the signature must then
-    still match the manifest. ``check`` may refuse the manifest before any layer is read."""
+    still match the manifest. ``check`` may refuse the manifest before any layer is read.
+    ``status`` pending-validation: the versions added wait for validation (a site's publish);
+    the bundle's current version is then not made current."""
     with import_lock:
-        return _import(ctx, file, actor, signer, check, action)
+        return _import(ctx, file, actor, signer, check, action, status)
 
 
 def _import(
@@ -830,6 +833,7 @@ def _import(
     trusted_as: str | None,
     check: Callable[[Manifest], None] | None,
     action: str,
+    status: str = VersionStatus.ENABLED,
 ) -> BundleView:
     works: dict[str, Path] = {}
     committed: list[str] = []  # layers this import sealed that were not in the store before
@@ -876,7 +880,16 @@ def _import(
     # each work file was made here (O_EXCL, 0600), hashed to its digest while written and
     # fsynced: the install step need not read it again
     return install_layers(
-        ctx, m, works, committed, source=signer, actor=actor, action=action, hashed=True, bind=bind
+        ctx,
+        m,
+        works,
+        committed,
+        source=signer,
+        actor=actor,
+        action=action,
+        hashed=True,
+        bind=bind,
+        status=status,
     )
 
 
@@ -891,6 +904,7 @@ def install_layers(
     action: str = "bundle.import",
     hashed: bool = False,
     bind: bytes | None = None,
+    status: str = VersionStatus.ENABLED,
 ) -> BundleView:
     """Check received work files like outside images, seal them, then add the versions.
 
@@ -920,7 +934,7 @@ def install_layers(
             ctx.layers.commit_work(works.pop(x.digest), info)
             infos.append(info)
         crashpoints.reached("bundle-import.sealed")
-        return _register(ctx, m, infos, source, actor, action, bind)
+        return _register(ctx, m, infos, source, actor, action, bind, status)
     except BadImage as exc:
         _discard(ctx, works, committed)
         raise _refuse(exc.message) from None
@@ -962,6 +976,7 @@ def _register(
     actor: str,
     action: str,
     bind: bytes | None,
+    status: str = VersionStatus.ENABLED,
 ) -> BundleView:
     with ctx.template_lock(m.template):
         check_catalog(ctx, m)
@@ -991,13 +1006,19 @@ def _register(
                     skipped.append(v.number)
                     continue
                 s.add(
-                    Version(template_id=t.id, number=v.number, top_layer=v.top_layer, note=v.note)
+                    Version(
+                        template_id=t.id,
+                        number=v.number,
+                        top_layer=v.top_layer,
+                        note=v.note,
+                        status=status,
+                    )
                 )
                 added.append(v.number)
             s.flush()
             s.refresh(t)
             current = t.current_version.number if t.current_version else 0
-            if m.current is not None and m.current > current:
+            if m.current is not None and m.current > current and status == VersionStatus.ENABLED:
                 t.current_version_id = next(v.id for v in t.versions if v.number == m.current)
             audit.record(
                 s,
@@ -1010,6 +1031,7 @@ def _register(
                 policy_only=m.policy_only,
                 policies=[f"{p.name}: {p.before} -> {p.after} ({p.note})" for p in policies],
                 bound=fingerprint(bind) if bound_now and bind else None,
+                **({"status": status} if status != VersionStatus.ENABLED else {}),
             )
             s.commit()
     return BundleView(

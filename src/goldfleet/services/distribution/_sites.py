@@ -21,7 +21,7 @@ from sqlalchemy import select
 from goldfleet.context import Context
 from goldfleet.db.tables import Layer, Site, SiteTemplate, Template, Token, Version, utcnow
 from goldfleet.domain import sites as rules
-from goldfleet.domain.model import Outline
+from goldfleet.domain.model import Outline, VersionStatus
 from goldfleet.domain.names import DIGEST_RE, NAME_RE, check_name
 from goldfleet.domain.rules import chain_of
 from goldfleet.errors import (
@@ -33,7 +33,14 @@ from goldfleet.errors import (
     StoreError,
 )
 from goldfleet.services import access
-from goldfleet.services.common import audit, chain, get_template
+from goldfleet.services.common import (
+    VersionView,
+    audit,
+    chain,
+    get_template,
+    get_version,
+    version_view,
+)
 from goldfleet.services.distribution import _bundles as bundles
 
 log = logging.getLogger("goldfleet.sites")
@@ -292,8 +299,9 @@ def _chains(s: Any, versions: list[Version]) -> dict[str, Layer]:
 
 def _catalog_entry(s: Any, a: SiteTemplate, t: Template) -> dict[str, Any]:
     current = t.current_version.number if t.current_version else None
-    chosen = rules.select_versions([v.number for v in t.versions], current, a.versions)
-    versions = [v for v in sorted(t.versions, key=lambda v: v.number) if v.number in chosen]
+    enabled = [v for v in t.versions if v.status == VersionStatus.ENABLED]  # not those waiting
+    chosen = rules.select_versions([v.number for v in enabled], current, a.versions)
+    versions = [v for v in sorted(enabled, key=lambda v: v.number) if v.number in chosen]
     verified = _verified_everywhere(s, t) if t.activate != "on-verify" else {}
     layers = _chains(s, versions)
     return {
@@ -340,7 +348,7 @@ def _layer_of_site(token_name: str, digest: str) -> Any:
         select(Version.top_layer.label("digest"))
         .join(SiteTemplate, SiteTemplate.template_id == Version.template_id)
         .join(Site, Site.id == SiteTemplate.site_id)
-        .where(Site.token_name == token_name)
+        .where(Site.token_name == token_name, Version.status == VersionStatus.ENABLED)
         .cte("walked", recursive=True)
     )
     parents = select(Layer.parent).join(walked, Layer.digest == walked.c.digest)
@@ -482,7 +490,42 @@ def receive_publish(ctx: Context, token_name: str, template: str, file: Path) ->
             _check_publish(s, get_template(s, template), m)
 
     view = bundles.import_bundle(
-        ctx, file, actor=token_name, signer=f"site {site_name}", check=check, action="site.publish"
+        ctx,
+        file,
+        actor=token_name,
+        signer=f"site {site_name}",
+        check=check,
+        action="site.publish",
+        status=VersionStatus.PENDING_VALIDATION,
     )
-    log.info("site %s published %s v%s", site_name, template, view.versions_added)
+    log.info(
+        "site %s published %s v%s: it waits for validation (goldfleet template validate)",
+        site_name,
+        template,
+        view.versions_added,
+    )
     return view
+
+
+# --- validating a site's patch --------------------------------------------------------------
+
+
+def validate_version(ctx: Context, template: str, number: int, *, actor: str) -> VersionView:
+    """``template validate NAME vN`` at HQ: enable a version a site published (it waits as
+    ``pending-validation``). It becomes current here if it is newer than the current one, and
+    every site assigned the template, the one that sealed it too, receives it on its next sync
+    (the origin recognises its own layers and fetches nothing)."""
+    _require_hq(ctx, "validating a site's version")
+    with ctx.template_lock(template), ctx.session() as s:
+        t = get_template(s, template)
+        v = get_version(s, t, number)
+        rules.check_validation(t.name, v.number, v.status, t.status)
+        v.status = VersionStatus.ENABLED
+        held = t.current_version.number if t.current_version else 0
+        made_current = v.number > held
+        if made_current:
+            t.current_version_id = v.id
+        audit.record(s, actor, "template.validate", t.name, version=v.number, current=made_current)
+        s.commit()
+        s.refresh(t)
+        return version_view(s, t, v)

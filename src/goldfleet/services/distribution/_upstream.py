@@ -43,7 +43,7 @@ from goldfleet.db.tables import (
     Version,
 )
 from goldfleet.domain import sites as rules
-from goldfleet.domain.model import TemplateStatus
+from goldfleet.domain.model import TemplateStatus, VersionStatus
 from goldfleet.domain.names import DIGEST_PATTERN, NAME_PATTERN
 from goldfleet.domain.rollout import ACTIVE
 from goldfleet.domain.rules import chain_of
@@ -77,6 +77,10 @@ class SyncResult(BaseModel):
     bytes_downloaded: int  # body bytes received from HQ, retries and re-fetches included
     failed: dict[str, str]  # template -> reason
     skipped: dict[str, str]  # template -> why it waits (being applied, in maintenance)
+    # template -> versions sealed here that HQ has validated since: recognised, no bytes
+    validated: dict[str, list[int]] = {}
+    seeded: list[str] = []  # layers taken from the store's seed/ folder (checked), not fetched
+    rejected: list[str] = []  # layer files here whose bytes did not match: moved aside, fetched
     limit: float | None = None  # the bandwidth limit it ran under, bytes a second
 
 
@@ -89,11 +93,14 @@ class UpstreamView(BaseModel):
     limit: int | None  # bytes a second of every sync, unless a sync names its own; None: none
     next_sync_at: datetime | None
     syncing_since: datetime | None
-    last_sync_at: datetime | None
-    last_error: str | None
+    last_sync_at: datetime | None  # the last attempt, successful or not
+    last_error: str | None  # the last attempt's problem; None when it had none
+    last_success_at: datetime | None  # the last sync that ended without a problem
     rights: dict[str, bool]
     templates: list[str]  # the templates HQ sends this site
     pending: dict[str, dict[str, Any]]
+    # template -> versions sealed here waiting for HQ's validation (pending-validation)
+    awaiting_validation: dict[str, list[int]] = {}
 
 
 class _CatalogLayer(BaseModel):
@@ -284,10 +291,24 @@ def status(ctx: Context) -> UpstreamView:
             syncing_since=link.sync_started_at if link.sync_owner else None,
             last_sync_at=link.last_sync_at,
             last_error=link.last_error,
+            last_success_at=link.last_success_at,
             rights={LOCAL_PATCHES: bool((link.rights or {}).get(LOCAL_PATCHES))},
             templates=sorted(link.managed or {}),
             pending=dict(link.pending or {}),
+            awaiting_validation=_awaiting_validation(s),
         )
+
+
+def _awaiting_validation(s: Any) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {}
+    for name, number in s.execute(
+        select(Template.name, Version.number)
+        .join(Version, Version.template_id == Template.id)
+        .where(Version.status == VersionStatus.PENDING_VALIDATION)
+        .order_by(Template.name, Version.number)
+    ):
+        out.setdefault(name, []).append(number)
+    return out
 
 
 _KEEP: Any = object()  # set_schedule: leave this setting as it is
@@ -331,6 +352,22 @@ def check_local_change(ctx: Context, template: str) -> None:
                 " patch it at HQ, or ask HQ for the right (goldfleet site rights SITE"
                 " --local-patches at HQ, then goldfleet site sync here)"
             )
+
+
+def held_for_validation(ctx: Context, template: str) -> str | None:
+    """At a site, a version sealed here of a template HQ sends waits for HQ's validation (Dell
+    Wyse WSM's rule for a patch of an HQ-managed image); a template local to the site does not
+    wait. Returns why it waits, or None."""
+    if ctx.settings.role != "site":
+        return None
+    with ctx.session() as s:
+        link = s.get(Upstream, LINK_ID)
+        if link is None or template not in (link.managed or {}):
+            return None
+    return (
+        f"template {template} comes from HQ: a version sealed here waits for HQ's validation;"
+        f" send it with: goldfleet template publish {template}"
+    )
 
 
 # --- one sync at a time -------------------------------------------------------------------
@@ -387,6 +424,8 @@ def _finish(ctx: Context, me: str, problem: str | None) -> None:
                 if link.sync_owner == me:
                     link.sync_owner = None
                 link.last_sync_at, link.last_error = now, problem
+                if not problem:
+                    link.last_success_at = now
                 if problem:
                     link.next_sync_at = now + timedelta(seconds=ctx.settings.sync_retry_seconds)
                 elif link.schedule:
@@ -556,9 +595,21 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-def _held(ctx: Context, digests: list[str]) -> set[str]:
+def _held(ctx: Context, digests: list[str], result: SyncResult) -> set[str]:
+    """The layers this site holds and may build on without fetching them: a row in the
+    catalog and a file whose bytes hash to its digest (hashed once per file and server, then
+    known by its size, time and inode). A file that does not match is moved aside into the
+    store's ``rejected/`` and fetched again."""
     with ctx.session() as s:
-        return {d for d in digests if s.get(Layer, d) is not None and ctx.layers.has(d)}
+        rows = {d for d in digests if s.get(Layer, d) is not None}
+    held = set()
+    for d in sorted(rows):
+        checked = ctx.layers.check_file(d)
+        if checked == "ok":
+            held.add(d)
+        elif checked == "rejected":
+            result.rejected.append(d)
+    return held
 
 
 def _sync(
@@ -574,8 +625,6 @@ def _sync(
         s.commit()
     reporter = _Reporter(http, progress)
     sizes = {x["digest"]: x["size"] for e in answer["templates"] for x in e["layers"]}
-    held = _held(ctx, list(sizes))  # grows as the templates' versions are installed
-    reporter.total = sum(size for digest, size in sizes.items() if digest not in held)
     result = SyncResult(
         templates=[],
         versions_added={},
@@ -585,6 +634,12 @@ def _sync(
         bytes_downloaded=0,
         failed={},
         skipped={},
+    )
+    held = _held(ctx, list(sizes), result)  # grows as the templates' versions are installed
+    reporter.total = sum(
+        size
+        for digest, size in sizes.items()
+        if digest not in held and not ctx.layers.seed_path(digest).is_file()
     )
     for entry in answer["templates"]:
         name = entry["template"]
@@ -629,6 +684,9 @@ def _sync(
             bytes=result.bytes_downloaded,
             added=result.versions_added,
             activated=result.activated,
+            validated=result.validated,
+            seeded=result.seeded,
+            rejected=result.rejected,
             failed=result.failed,
             skipped=result.skipped,
         )
@@ -677,6 +735,9 @@ def _sync_template(
             reporter.states[f"{m.template}:v{number}"] = VersionState(
                 state="failed", done=0, total=0, reason=reason
             )
+    validated = _recognise(ctx, m, actor)
+    if validated:
+        result.validated[m.template] = validated
     parents = {x.digest: x.parent for x in m.layers}
     sizes = {x.digest: x.size for x in m.layers if x.included}
     needs: dict[str, list[str]] = {}  # version key -> layers of its chain this site lacks
@@ -714,6 +775,14 @@ def _sync_template(
         key = f"{m.template}:v{v.number}"
         todo = [d for d in reversed(needs[key]) if d not in fetched]  # parents first
         for digest in todo:
+            placed = ctx.layers.seed_path(digest).exists()
+            seeded = ctx.layers.take_seed(digest) if placed else None
+            if seeded is not None:  # placed by hand and checked: no byte from HQ
+                works[digest] = seeded
+                result.seeded.append(digest)
+                continue
+            if placed:  # its bytes did not match: moved aside, fetched now
+                result.rejected.append(digest)
             works[digest] = ctx.layers.work_path(".import-sync-")
             transfer.download(
                 http,
@@ -747,6 +816,23 @@ def _sync_template(
         reporter.send()
     if conflicts:
         result.failed[m.template] = "; ".join(conflicts.values())
+
+
+def _recognise(ctx: Context, m: bundles.Manifest, actor: str) -> list[int]:
+    """Versions sealed here and waiting for validation that HQ now distributes with the same
+    top layer: HQ validated them. They are enabled here (their layers are this site's own,
+    nothing is fetched) and become current as HQ says (:func:`_activate`)."""
+    tops = {v.number: v.top_layer for v in m.versions}
+    done = []
+    with ctx.template_lock(m.template), ctx.session() as s:
+        t = s.scalar(select(Template).where(Template.name == m.template))
+        for v in t.versions if t is not None else []:
+            if v.status == VersionStatus.PENDING_VALIDATION and tops.get(v.number) == v.top_layer:
+                v.status = VersionStatus.ENABLED
+                audit.record(s, actor, "template.validated", t.name, version=v.number, by="HQ")
+                done.append(v.number)
+        s.commit()
+    return done
 
 
 def _layers(n: int) -> str:
@@ -790,7 +876,7 @@ def _conflicts(ctx: Context, m: bundles.Manifest) -> dict[int, str]:
 def _make_current(ctx: Context, s: Any, t: Template, number: int, actor: str) -> bool:
     v = next((v for v in t.versions if v.number == number), None)
     held = t.current_version.number if t.current_version else 0
-    if v is None or number <= held:
+    if v is None or number <= held or v.status != VersionStatus.ENABLED:
         return False
     t.current_version_id = v.id
     audit.record(s, actor, "template.activate", t.name, version=number)
@@ -870,12 +956,15 @@ def _mark_current(ctx: Context, reporter: _Reporter) -> None:
 def publish(
     ctx: Context, template: str, *, version: int | None = None, actor: str
 ) -> PublishResult:
-    """Send a version sealed here to HQ: only the layers HQ lacks travel. HQ checks it like any
-    layer from outside and distributes it to the other sites assigned the template."""
+    """Send a version sealed here to HQ (default: the newest one waiting for validation, else
+    the current one): only the layers HQ lacks travel. HQ checks it like any layer from
+    outside and holds it ``pending-validation`` until an admin there validates it; then it
+    goes to every site assigned the template, this one included (:func:`_recognise`)."""
     url, token = _upstream(ctx)
     with ctx.session() as s:
         t = get_template(s, template)
-        v = get_version(s, t, version)
+        waiting = [x.number for x in t.versions if x.status == VersionStatus.PENDING_VALIDATION]
+        v = get_version(s, t, version if version is not None or not waiting else max(waiting))
         digests = [x.digest for x in chain(s, v.top_layer)]
         number, top = v.number, v.top_layer
     with _http(url, token) as http:

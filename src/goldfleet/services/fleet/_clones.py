@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session, aliased
 from goldfleet import crashpoints
 from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Operation, OperationItem, Pool, Template, Version
-from goldfleet.domain import rules, space
+from goldfleet.domain import rules, sites, space
 from goldfleet.domain.access import Reach
 from goldfleet.domain.model import CloneAction, CloneKind, CloneStatus, Outline, Power, VolumeRole
 from goldfleet.domain.names import check_name, numbered_names, parse_version_ref
@@ -594,6 +594,9 @@ def rebase_clone(ctx: Context, name: str, *, to: str | None = None, actor: str) 
             tname, number = parse_version_ref(to)
             target_template = get_template(s, tname)
         target = get_version(s, target_template, number)
+        sites.check_version_enabled(
+            target_template.name, target.number, target.status, "a rebase target"
+        )
         if target_template.id != c.template_id:
             rules.check_outlines_match(
                 c.name, outline_of(c.template), target_template.name, outline_of(target_template)
@@ -859,6 +862,9 @@ def rebase_many(
             tname, number = parse_version_ref(to)
             target_template = get_template(s, tname)
         target = get_version(s, target_template, number)
+        sites.check_version_enabled(
+            target_template.name, target.number, target.status, "a rebase target"
+        )
         if target_template.id != t.id:
             rules.check_outlines_match(
                 f"of template {t.name}",

@@ -1,5 +1,6 @@
 """Hosts and their edge stores: which host a new clone goes to, copies of a version's layers
-to a host ahead of a rollout (prefetch), removal of layers no clone there needs (prune)."""
+to a host ahead of a rollout (prefetch), the feed of each newly current version to every host,
+removal of layers no clone there needs (prune)."""
 
 from __future__ import annotations
 
@@ -18,12 +19,15 @@ from goldfleet.services.hosts._edge import (
     run_prefetch,
     stream_prefetch,
 )
+from goldfleet.services.hosts._feed import feed_edges, feeding
 
 __all__ = [
     "HostsView",
     "Placer",
     "PrefetchView",
     "PruneView",
+    "feed_edges",
+    "feeding",
     "keep_on",
     "list_hosts",
     "place_new",

@@ -14,14 +14,15 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import BaseModel
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
 
 from goldfleet.context import Context
-from goldfleet.db.tables import Clone, Layer, OperationItem, Template, Version
-from goldfleet.domain import edge
+from goldfleet.db.tables import Clone, EdgeFeed, Layer, OperationItem, Template, Version
+from goldfleet.domain import edge, sites
 from goldfleet.domain.model import CloneKind
 from goldfleet.domain.names import NAME_RE
 from goldfleet.domain.rollout import ItemState
@@ -52,6 +53,8 @@ class HostView(BaseModel):
     layers: int = 0  # layers held
     bytes: int = 0  # bytes held
     versions: list[HostVersionView] = []
+    # the background copies of current versions into this host (docs/edge.md), per template
+    feeds: list[dict[str, Any]] = []
     note: str | None = None
 
 
@@ -142,6 +145,7 @@ def list_hosts(ctx: Context) -> HostsView:
     with ctx.session() as s:
         load = host_loads(s)
         versions = []
+        feeds: dict[str, list[dict[str, Any]]] = {}
         if ctx.edges is not None:
             sizes = dict(s.execute(select(Layer.digest, Layer.size)).all())
             rows = s.execute(
@@ -153,6 +157,18 @@ def list_hosts(ctx: Context) -> HostsView:
                 (t.name, v.number, t.current_version_id == v.id, _chain(s, v.top_layer))
                 for t, v in rows
             ]
+            for f in s.scalars(select(EdgeFeed).order_by(EdgeFeed.host, EdgeFeed.template)):
+                feeds.setdefault(f.host, []).append(
+                    {
+                        "template": f.template,
+                        "version": f.version,
+                        "state": f.state,
+                        "done": f.done,
+                        "total": f.total,
+                        "error": f.error,
+                        "updated_at": f.updated_at.isoformat(),
+                    }
+                )
     views = []
     for host in hosts:
         view = HostView(name=host, clones=load.get(host, 0))
@@ -163,6 +179,7 @@ def list_hosts(ctx: Context) -> HostsView:
             view.note = "this host's name cannot name a folder: it has no edge store"
             continue
         view.edge_store = str(ctx.edges.folder(host))
+        view.feeds = feeds.get(host, [])
         view.reachable = ctx.edges.reachable(host)
         if not view.reachable:
             view.note = "not reachable: mount the host's local disk at this folder"
@@ -199,6 +216,7 @@ def plan_prefetch(
     with ctx.session() as s:
         t = get_template(s, template)
         v = get_version(s, t, version)
+        sites.check_version_enabled(t.name, v.number, v.status, "prefetched to a host")
         layers = chain(s, v.top_layer)
         digests = tuple(layer.digest for layer in layers)
         sizes = {layer.digest: layer.size for layer in layers}
