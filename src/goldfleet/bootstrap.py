@@ -17,7 +17,7 @@ from goldfleet.context import Clock, Context
 from goldfleet.db.engine import make_engine, migrate
 from goldfleet.drivers.base import Driver
 from goldfleet.errors import InvalidInput
-from goldfleet.services import distribution, fleet, pools, rollouts
+from goldfleet.services import clusters, distribution, fleet, pools, rollouts
 from goldfleet.store.edge import EdgeStores
 from goldfleet.store.layers import LayerStore
 from goldfleet.store.qemu import Limits, QemuImg
@@ -77,6 +77,8 @@ def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:
         rollouts.Periodic("pools", settings.reconcile_seconds, pools.reconcile_pools),
         # at a site: scheduled syncs and versions reaching their publish time (a no-op at HQ)
         rollouts.Periodic("site", 1.0, distribution.site_tick, reconcile=False),
+        # clusters' scheduled update syncs (docs/hosts.md)
+        rollouts.Periodic("cluster-sync", 1.0, clusters.sync_tick, reconcile=False),
     ]
     ctx.runner = rollouts.Runner(ctx, fleet.CloneWork(ctx), periodic=periodic)
     return ctx

@@ -17,7 +17,17 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from goldfleet import __version__
 from goldfleet.api.deps import Reader, authenticate
-from goldfleet.api.routers import admin, bundles, clones, hosts, pools, sim, sites, templates
+from goldfleet.api.routers import (
+    admin,
+    bundles,
+    clones,
+    clusters,
+    hosts,
+    pools,
+    sim,
+    sites,
+    templates,
+)
 from goldfleet.api.schemas import ERRORS
 from goldfleet.api.uploads import body_problem
 from goldfleet.context import Context
@@ -186,6 +196,6 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
     def openapi(caller: Reader) -> dict:
         return app.openapi()
 
-    for module in (templates, clones, admin, sim, pools, bundles, sites, hosts):
+    for module in (templates, clones, admin, sim, pools, bundles, sites, hosts, clusters):
         app.include_router(module.router, responses=ERRORS)
     return app

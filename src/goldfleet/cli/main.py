@@ -14,6 +14,7 @@ import typer
 from goldfleet.cli import options, output
 from goldfleet.cli.bundles import bundle_app, keys_app
 from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
+from goldfleet.cli.clusters import cluster_app
 from goldfleet.cli.common import JsonOpt, follow
 from goldfleet.cli.common import fail as _fail
 from goldfleet.cli.hosts import host_app
@@ -52,6 +53,7 @@ app.add_typer(keys_app, name="keys")
 app.add_typer(site_app, name="site")
 template_app.command("publish")(_publish)
 app.add_typer(host_app, name="host")
+app.add_typer(cluster_app, name="cluster")
 
 R = "Rollout policy"
 LogoffOpt = Annotated[

@@ -1,0 +1,148 @@
+"""Clusters of hypervisor hosts and their updates (docs/hosts.md). Reader tokens read; admin
+tokens change clusters, channels, the proxy, the schedule, and sync."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Literal
+
+from fastapi import APIRouter
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
+
+from goldfleet.api.deps import Ctx, Reader, Writer
+from goldfleet.errors import InvalidInput
+from goldfleet.services import clusters
+from goldfleet.services.clusters import ClusterView, SyncView, UpdatesView
+
+router = APIRouter(prefix="/clusters", tags=["clusters"])
+
+
+class CreateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(max_length=63)
+    hosts: list[str] = Field(max_length=256)
+    coordinator: str = Field(max_length=63)
+    memory_mib: int | None = Field(default=None, ge=1, le=1 << 40)  # each host's capacity
+    vcpus: int | None = Field(default=None, ge=1, le=1 << 20)
+
+
+class CoordinatorRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field(max_length=63)
+
+
+class ChannelRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["early-access", "normal", "offline"] | None = None
+    disable: StrictBool = False
+    url: str | None = Field(default=None, max_length=2000)
+    suite: str | None = Field(default=None, max_length=64)
+    components: list[str] | None = Field(default=None, max_length=32)
+    arch: str = Field(default="amd64", max_length=32)
+    key: str | None = Field(default=None, max_length=2 << 20)  # the key file's bytes, base64
+
+
+class ProxyRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    url: str | None = Field(default=None, max_length=2000)  # None: no proxy
+    username: str | None = Field(default=None, max_length=256)
+    password: str | None = Field(default=None, max_length=4096)
+
+
+class ScheduleRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["daily", "weekly", "off"]
+    day: int | None = Field(default=None, ge=0, le=6)  # weekly: 0 is Sunday
+    at: str | None = Field(default=None, max_length=5)  # HH:MM, UTC
+
+
+@router.get("")
+def list_clusters(ctx: Ctx, caller: Reader) -> list[ClusterView]:
+    return clusters.list_clusters(ctx)
+
+
+@router.post("", status_code=201)
+def create(body: CreateRequest, ctx: Ctx, caller: Writer) -> ClusterView:
+    return clusters.create_cluster(
+        ctx,
+        body.name,
+        body.hosts,
+        body.coordinator,
+        memory_mib=body.memory_mib,
+        vcpus=body.vcpus,
+        actor=caller.name,
+    )
+
+
+@router.get("/{name}")
+def show(name: str, ctx: Ctx, caller: Reader) -> ClusterView:
+    return clusters.show_cluster(ctx, name)
+
+
+@router.post("/{name}/coordinator")
+def coordinator(name: str, body: CoordinatorRequest, ctx: Ctx, caller: Writer) -> ClusterView:
+    """Changing the coordinator invalidates the last sync until the new one syncs."""
+    return clusters.set_coordinator(ctx, name, body.host, actor=caller.name)
+
+
+@router.post("/{name}/channel")
+def channel(name: str, body: ChannelRequest, ctx: Ctx, caller: Writer) -> ClusterView:
+    """Enable a channel (one at a time: enabling another while one is enabled is refused with
+    the rule) or, with ``disable``, disable the enabled one."""
+    if body.disable:
+        if body.kind is not None:
+            raise InvalidInput("give a channel to enable or disable: true, not both")
+        return clusters.disable_channel(ctx, name, actor=caller.name)
+    if body.kind is None:
+        raise InvalidInput("give the channel to enable: early-access, normal or offline")
+    key = None
+    if body.key is not None:
+        try:
+            key = base64.b64decode(body.key, validate=True)
+        except binascii.Error:
+            raise InvalidInput("key: not base64 (send the key file's bytes, base64)") from None
+    return clusters.set_channel(
+        ctx,
+        name,
+        body.kind,
+        url=body.url,
+        suite=body.suite,
+        components=body.components,
+        arch=body.arch,
+        key=key,
+        actor=caller.name,
+    )
+
+
+@router.post("/{name}/proxy")
+def proxy(name: str, body: ProxyRequest, ctx: Ctx, caller: Writer) -> ClusterView:
+    """The HTTP proxy syncs go through; ``url`` null removes it. The password is never
+    returned."""
+    return clusters.set_proxy(
+        ctx, name, body.url, username=body.username, password=body.password, actor=caller.name
+    )
+
+
+@router.post("/{name}/sync")
+def sync(name: str, ctx: Ctx, caller: Writer) -> SyncView:
+    return clusters.sync(ctx, name, actor=caller.name)
+
+
+@router.post("/{name}/sync-schedule")
+def sync_schedule(name: str, body: ScheduleRequest, ctx: Ctx, caller: Writer) -> ClusterView:
+    return clusters.set_sync_schedule(
+        ctx, name, body.kind, day=body.day, at=body.at, actor=caller.name
+    )
+
+
+@router.get("/{name}/updates")
+def updates(name: str, ctx: Ctx, caller: Reader) -> UpdatesView:
+    """``{"hosts", "updates", "hash"}`` as of the last sync (and ``sync``: when, by which
+    coordinator, whether it still counts)."""
+    return clusters.updates(ctx, name)
