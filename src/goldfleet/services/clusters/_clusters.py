@@ -488,11 +488,19 @@ def _stream(http: httpx.Client, url: str, what: str) -> Iterator[bytes]:
         raise RepositoryError(f"{what}: {url} could not be read: {exc}") from None
 
 
-def _fetch(http: httpx.Client, url: str, what: str, limit: int = MAX_INDEX) -> bytes:
+def _fetch(
+    http: httpx.Client, url: str, what: str, limit: int = MAX_INDEX, named: bool = False
+) -> bytes:
+    """``named``: ``limit`` is the size the signed Release names."""
     out = bytearray()
     for chunk in _stream(http, url, what):
         out += chunk
         if len(out) > limit:
+            if named:
+                raise RepositoryError(
+                    f"{what}: larger than the {limit} bytes the signed Release names (its size"
+                    " differs from the signed Release); refused, nothing was downloaded"
+                )
             raise RepositoryError(f"{what}: larger than {limit} bytes; refused")
     return bytes(out)
 
@@ -511,7 +519,7 @@ def _packages(
         if stem + ext not in release.sha256:
             continue
         sha, size = release.sha256[stem + ext]
-        data = _fetch(http, f"{base}/{stem}{ext}", f"{stem}{ext}", limit=size)
+        data = _fetch(http, f"{base}/{stem}{ext}", f"{stem}{ext}", limit=size, named=True)
         got = hashlib.sha256(data).hexdigest()
         if len(data) != size or got != sha:
             raise RepositoryError(
