@@ -329,7 +329,7 @@ def test_sync_through_a_proxy_and_the_password_is_never_shown(world: World) -> N
                 "fleet",
                 "--password-file",
                 str(wrong),
-            )  # fmt: skip
+            )
         )
         message = w.refused("cluster", "sync", "pve")
         assert "407" in message and "password" in message
@@ -345,7 +345,7 @@ def test_sync_through_a_proxy_and_the_password_is_never_shown(world: World) -> N
                 "fleet",
                 "--password-file",
                 str(pw),
-            )  # fmt: skip
+            )
         )
         r = w.ok_json("cluster", "sync", "pve")
         assert r["hash"] == w.expected_hash()
