@@ -106,15 +106,27 @@ class World:
         )  # fmt: skip
 
 
-@pytest.fixture
-def world(tmp_path: Path, home: Path, server) -> Iterator[World]:
-    key = Key.make("channel", tmp_path)
-    other = Key.make("intruder", tmp_path)
-    debs = tmp_path / "debs"
+@pytest.fixture(scope="module")
+def material(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    """The keys and .debs, made once for the module (the tests change neither)."""
+    where = tmp_path_factory.mktemp("apt")
+    key = Key.make("channel", where)
+    other = Key.make("intruder", where)
+    debs = where / "debs"
     debs.mkdir()
     old = {p: build_deb(debs, p, v, extra=x) for p, (v, x) in OLD.items()}
     new = {p: build_deb(debs, p, v, extra=x) for p, (v, x) in NEW.items() if p != "hello"}
     new["hello"] = old["hello"]
+    try:
+        yield key, other, old, new
+    finally:
+        key.close()
+        other.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path, home: Path, server, material: tuple) -> Iterator[World]:
+    key, other, old, new = material
     repo = Repo(tmp_path / "repo", key)
     for deb in new.values():
         repo.add(deb)
@@ -138,11 +150,7 @@ def world(tmp_path: Path, home: Path, server) -> Iterator[World]:
     server.env["GOLDFLEET_HOST_ROOTS"] = str(roots)
     server.restart()
     with serve(repo.root) as url:
-        try:
-            yield World(home, tmp_path, roots, repo, url, key, other, old, new, server)
-        finally:
-            key.close()
-            other.close()
+        yield World(home, tmp_path, roots, repo, url, key, other, old, new, server)
 
 
 def test_cluster_channel_sync_and_updates(world: World) -> None:
@@ -263,6 +271,7 @@ def test_a_repository_not_signed_by_the_channel_key_is_refused(world: World) -> 
     before = w.cache("h1")
     # a new package version appears, published unsigned, then signed by another key, then
     # with its signed text altered: each refused, the last good sync kept, nothing downloaded
+    (w.tmp / "debs").mkdir()
     w.repo.add(
         build_deb(w.tmp / "debs", "libvirt-daemon", "9.0.0-4+deb12u2", extra="Source: libvirt\n")
     )
@@ -393,7 +402,7 @@ def test_bad_input_changes_nothing(world: World) -> None:
     assert "not a time" in w.refused("cluster", "sync-schedule", "pve", "daily", "--at", "25:00")
     assert "not an OpenPGP public key" in w.refused(
         "cluster", "channel", "pve", "normal", "--url", w.url, "--suite", "bookworm",
-        "--components", "main", "--key", str(w.tmp / "debs" / f"{w.old['hello'].name}"),
+        "--components", "main", "--key", str(w.old["hello"]),
     )  # fmt: skip
     assert "needs the key" in w.refused(
         "cluster", "channel", "pve", "normal", "--url", w.url, "--suite", "bookworm",
