@@ -20,6 +20,7 @@ from goldfleet.domain.hostupdates import (
     describe_schedule,
     guidance_of,
     host_guidance,
+    host_steps,
     old_update_warning,
     parse_dpkg_status,
     parse_packages,
@@ -27,7 +28,10 @@ from goldfleet.domain.hostupdates import (
     parse_stanzas,
     parse_sync_schedule,
     plan_updates,
+    prechecks,
+    split_by_level,
     update_hash,
+    update_order,
 )
 from goldfleet.errors import Conflict, InvalidInput
 
@@ -349,3 +353,92 @@ def test_old_update_warning():
     assert old_update_warning(None, now) is None
     assert old_update_warning(now - timedelta(days=30), now) is None
     assert "200 days old" in old_update_warning(now - timedelta(days=200), now)
+
+
+# --- the rolling update's plan --------------------------------------------------------------
+
+
+def _g(**kw: list[str]) -> dict[str, list[str]]:
+    return {"mandatory": [], "recommended": [], "full": [], "livepatch": [], **kw}
+
+
+def test_levels_take_their_category_and_those_below():
+    g = _g(
+        mandatory=["restart-toolstack"],
+        recommended=["reboot-host", "restart-device-model"],
+        full=["restart-vm"],
+    )
+    run, deferred = split_by_level(g, "mandatory")
+    assert run == ["restart-toolstack"]
+    assert deferred == _g(recommended=["reboot-host", "restart-device-model"], full=["restart-vm"])
+    run, deferred = split_by_level(g, "recommended")
+    assert run == ["reboot-host", "restart-toolstack", "restart-device-model"]
+    assert deferred == _g(full=["restart-vm"])
+    run, deferred = split_by_level(g, "full")
+    assert deferred == _g()
+    assert split_by_level(_g(livepatch=["apply-livepatch"]), "mandatory") == (
+        ["apply-livepatch"],
+        _g(),
+    )
+    with pytest.raises(InvalidInput, match="--level"):
+        split_by_level(g, "all")
+
+
+def test_host_steps_follow_the_order_and_skip_what_a_reboot_covers():
+    assert host_steps(["restart-toolstack"]) == [
+        "disable",
+        "apply-packages",
+        "restart-toolstack",
+        "enable",
+    ]
+    assert host_steps(["reboot-host", "restart-toolstack", "restart-device-model"]) == [
+        "disable",
+        "evacuate",
+        "apply-packages",
+        "reboot-host",
+        "restart-device-model",
+        "enable",
+        "migrate-back",
+    ]
+    assert host_steps(["restart-device-model", "restart-vm"]) == [
+        "disable",
+        "apply-packages",
+        "restart-vm",
+        "enable",
+    ]
+    assert host_steps([]) == ["disable", "apply-packages", "enable"]
+
+
+def test_the_coordinator_goes_first():
+    assert update_order(["h1", "h2", "h3"], "h2") == ["h2", "h1", "h3"]
+
+
+def test_prechecks_name_what_fails():
+    good = prechecks(
+        requested_hash="sha256:a",
+        synced_hash="sha256:a",
+        synced_by="h1",
+        coordinator="h1",
+        host_states={"h1": "enabled", "h2": "enabled"},
+        offline_at_sync=[],
+        syncing=False,
+    )
+    assert all(p.ok for p in good)
+    bad = prechecks(
+        requested_hash="sha256:b",
+        synced_hash="sha256:a",
+        synced_by="h1",
+        coordinator="h2",
+        host_states={"h1": "enabled", "h2": "disabled"},
+        offline_at_sync=["h1"],
+        syncing=True,
+    )
+    failed = {p.name: p.reason for p in bad if not p.ok}
+    assert set(failed) == {
+        "hosts-online",
+        "hash-is-latest-sync",
+        "synced-by-coordinator",
+        "no-sync-running",
+    }
+    assert "h1, h2" in failed["hosts-online"]
+    assert "not sha256:b" in failed["hash-is-latest-sync"]

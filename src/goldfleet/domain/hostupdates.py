@@ -550,3 +550,122 @@ def old_update_warning(last_applied: datetime | None, now: datetime) -> str | No
             " may not work; test it on one host first"
         )
     return None
+
+
+# --- the rolling update's plan (rules only: the operation that runs it is not built yet) ----
+
+LEVELS = ("mandatory", "recommended", "full")
+
+
+def check_level(level: str) -> str:
+    if level not in LEVELS:
+        raise InvalidInput(f"--level {level!r} is not valid: write {', '.join(LEVELS)}")
+    return level
+
+
+def split_by_level(g: Guidance, level: str) -> tuple[list[str], Guidance]:
+    """The tasks an update at ``level`` runs, and the rest, left as pending guidance. A level
+    takes its own category and those below it (mandatory < recommended < full); a live patch
+    (the livepatch category) runs at every level, as it replaces a recommended reboot."""
+    check_level(level)
+    taken = LEVELS[: LEVELS.index(level) + 1]
+    run: list[str] = []
+    deferred = empty_guidance()
+    for category in CATEGORIES:
+        for task in g.get(category, []):
+            if category in taken or category == "livepatch":
+                if task not in run:
+                    run.append(task)
+            else:
+                _add(deferred, category, task)
+    for category in CATEGORIES:  # a task run at this level is not pending in a higher one
+        deferred[category] = [t for t in deferred[category] if t not in run]
+    run.sort(key=TASKS.index)
+    return run, deferred
+
+
+def host_steps(tasks: Sequence[str]) -> list[str]:
+    """The steps of one host, in order, for the tasks it runs: disable; evacuate when a task
+    needs it (evacuate or reboot-host); apply the packages; restart the toolstack unless a
+    reboot follows; apply the live patch; reboot; restart device models unless a VM restart
+    follows; restart VMs; enable; bring evacuated VMs back."""
+    reboot = "reboot-host" in tasks
+    evacuate = reboot or "evacuate" in tasks
+    steps = ["disable"]
+    if evacuate:
+        steps.append("evacuate")
+    steps.append("apply-packages")
+    if "restart-toolstack" in tasks and not reboot:
+        steps.append("restart-toolstack")
+    if "apply-livepatch" in tasks:
+        steps.append("apply-livepatch")
+    if reboot:
+        steps.append("reboot-host")
+    if "restart-device-model" in tasks and "restart-vm" not in tasks:
+        steps.append("restart-device-model")
+    if "restart-vm" in tasks:
+        steps.append("restart-vm")
+    steps.append("enable")
+    if evacuate:
+        steps.append("migrate-back")
+    return steps
+
+
+def update_order(hosts: Sequence[str], coordinator: str) -> list[str]:
+    """The coordinator first, then the others in the cluster's order."""
+    return [coordinator, *(h for h in hosts if h != coordinator)]
+
+
+@dataclass(frozen=True)
+class Precheck:
+    name: str
+    ok: bool
+    reason: str = ""
+
+
+def prechecks(
+    *,
+    requested_hash: str,
+    synced_hash: str | None,
+    synced_by: str | None,
+    coordinator: str,
+    host_states: Mapping[str, str],
+    offline_at_sync: Sequence[str],
+    syncing: bool,
+) -> list[Precheck]:
+    """The prechecks of a rolling update that goldfleet can decide today, each by name."""
+    out = []
+    down = [h for h, s in host_states.items() if s != "enabled"] + [
+        h for h in offline_at_sync if host_states.get(h) == "enabled"
+    ]
+    out.append(
+        Precheck(
+            "hosts-online",
+            not down,
+            f"not online and enabled: {', '.join(sorted(set(down)))}" if down else "",
+        )
+    )
+    if synced_hash is None:
+        out.append(Precheck("hash-is-latest-sync", False, "no sync yet"))
+    else:
+        out.append(
+            Precheck(
+                "hash-is-latest-sync",
+                requested_hash == synced_hash,
+                ""
+                if requested_hash == synced_hash
+                else f"the latest sync's hash is {synced_hash}, not {requested_hash}",
+            )
+        )
+    out.append(
+        Precheck(
+            "synced-by-coordinator",
+            synced_by == coordinator,
+            ""
+            if synced_by == coordinator
+            else f"the latest sync was made by {synced_by or 'no host'}, the coordinator is"
+            f" {coordinator}: sync again",
+        )
+    )
+    out.append(Precheck("no-sync-running", not syncing, "a sync is running" if syncing else ""))
+    return out
