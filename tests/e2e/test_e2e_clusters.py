@@ -240,11 +240,37 @@ def test_cluster_channel_sync_and_updates(world: World) -> None:
     table = w.ok("cluster", "updates", "pve")
     assert "libvirt-daemon 9.0.0-4→9.0.0-4+deb12u1" in table
 
+    # the plan of a rolling update (a plan only), coordinator first, prechecks by name
+    plan = w.ok_json("cluster", "update-plan", "pve", "--hash", r["hash"], "--level", "mandatory")
+    assert plan["ready"] and [h["host"] for h in plan["hosts"]] == ["h1", "h2", "h3"]
+    h1, h2, h3 = plan["hosts"]
+    assert h1["coordinator"] and h1["tasks"] == ["restart-toolstack", "apply-livepatch"]
+    assert h1["steps"] == [
+        "disable",
+        "apply-packages",
+        "restart-toolstack",
+        "apply-livepatch",
+        "enable",
+    ]
+    assert h1["deferred"] == {"recommended": ["restart-device-model"]}
+    assert h2["deferred"] == {"recommended": ["reboot-host"]}
+    assert h3["steps"] == []
+    plan = w.ok_json("cluster", "update-plan", "pve", "--hash", r["hash"], "--level", "full")
+    assert "reboot-host" in plan["hosts"][1]["steps"] and plan["hosts"][1]["deferred"] == {}
+    other = "sha256:" + "0" * 64
+    proc = w.cli("cluster", "update-plan", "pve", "--hash", other)
+    assert proc.returncode == 1 and "FAIL hash-is-latest-sync" in proc.stdout
+    assert "not built yet" in proc.stdout
+
     # a new coordinator: the last sync no longer counts until it syncs
     c = w.ok_json("cluster", "coordinator", "pve", "h2")
     assert c["coordinator"] == "h2" and not c["last_sync_valid"]
     assert any("not the coordinator h2" in x for x in c["warnings"])
     assert w.client.get("/clusters/pve/updates")["sync"]["valid"] is False
+    plan = w.cli("cluster", "update-plan", "pve", "--hash", r["hash"], "--json")
+    assert plan.returncode == 1
+    failed = {p["name"] for p in json.loads(plan.stdout)["prechecks"] if not p["ok"]}
+    assert failed == {"synced-by-coordinator"}
     r2 = w.ok_json("cluster", "sync", "pve")
     assert r2["coordinator"] == "h2" and r2["hash"] == r["hash"]
     assert w.cache("h2") == expected_files

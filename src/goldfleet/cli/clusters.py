@@ -350,3 +350,42 @@ def updates(name: NameArg, as_json: JsonOpt = False) -> None:
             for h in r["hosts"]
         ],
     )
+
+
+@cluster_app.command("update-plan")
+def update_plan(
+    name: NameArg,
+    hash_: Annotated[str, typer.Option("--hash", help="The update hash of the latest sync.")],
+    level: Annotated[
+        str, typer.Option("--level", help="mandatory, recommended or full.")
+    ] = "recommended",
+    as_json: JsonOpt = False,
+) -> None:
+    """What a rolling update would do, coordinator first, and its prechecks by name; exits 1
+    when a precheck fails. A plan only: the rolling update itself is not built yet."""
+    r = _call("GET", f"/clusters/{name}/update-plan", params={"hash": hash_, "level": level})
+    if as_json:
+        output.emit_json(r)
+    else:
+        for p in r["prechecks"]:
+            mark = "ok  " if p["ok"] else "FAIL"
+            why = f": {p['reason']}" if p["reason"] else ""
+            output.console.print(f"{mark} {p['name']}{why}", highlight=False)
+        for n in r["not_checked"]:
+            output.console.print(f"--   {n}", highlight=False)
+        output.table(
+            f"plan at level {r['level']} (coordinator first)",
+            ["host", "packages", "steps", "left pending"],
+            [
+                [
+                    h["host"] + (" *" if h["coordinator"] else ""),
+                    len(h["packages"]),
+                    " → ".join(h["steps"]) or "nothing to do",
+                    _guidance(h["deferred"]),
+                ]
+                for h in r["hosts"]
+            ],
+        )
+        output.console.print(r["note"], highlight=False)
+    if not r["ready"]:
+        raise typer.Exit(1)

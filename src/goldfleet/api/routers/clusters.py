@@ -7,13 +7,13 @@ import base64
 import binascii
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from goldfleet.api.deps import Ctx, Reader, Writer
 from goldfleet.errors import InvalidInput
 from goldfleet.services import clusters
-from goldfleet.services.clusters import ClusterView, SyncView, UpdatesView
+from goldfleet.services.clusters import ClusterView, SyncView, UpdatePlanView, UpdatesView
 
 router = APIRouter(prefix="/clusters", tags=["clusters"])
 
@@ -146,3 +146,16 @@ def updates(name: str, ctx: Ctx, caller: Reader) -> UpdatesView:
     """``{"hosts", "updates", "hash"}`` as of the last sync (and ``sync``: when, by which
     coordinator, whether it still counts)."""
     return clusters.updates(ctx, name)
+
+
+@router.get("/{name}/update-plan")
+def update_plan(
+    name: str,
+    ctx: Ctx,
+    caller: Reader,
+    hash: str = Query(pattern=r"^sha256:[0-9a-f]{64}$"),
+    level: Literal["mandatory", "recommended", "full"] = "recommended",
+) -> UpdatePlanView:
+    """What a rolling update with this hash at this level would do (coordinator first, each
+    host's steps, what stays pending) and its prechecks by name. A plan only: nothing runs."""
+    return clusters.update_plan(ctx, name, hash, level)

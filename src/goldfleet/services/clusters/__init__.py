@@ -8,6 +8,7 @@ from goldfleet.services.clusters._clusters import (
     ClusterView,
     RepositoryError,
     SyncView,
+    UpdatePlanView,
     UpdatesView,
     create_cluster,
     disable_channel,
@@ -19,6 +20,7 @@ from goldfleet.services.clusters._clusters import (
     show_cluster,
     sync,
     sync_tick,
+    update_plan,
     updates,
 )
 
@@ -26,6 +28,7 @@ __all__ = [
     "ClusterView",
     "RepositoryError",
     "SyncView",
+    "UpdatePlanView",
     "UpdatesView",
     "create_cluster",
     "disable_channel",
@@ -37,5 +40,6 @@ __all__ = [
     "show_cluster",
     "sync",
     "sync_tick",
+    "update_plan",
     "updates",
 ]

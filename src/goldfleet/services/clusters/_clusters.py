@@ -780,3 +780,94 @@ def _scheduled(ctx: Context, names: list[str]) -> None:
                 log.exception("scheduled sync of cluster %s failed", name)
     finally:
         _syncing.release()
+
+
+# --- the rolling update's plan --------------------------------------------------------------
+
+
+class HostPlanView(BaseModel):
+    host: str
+    coordinator: bool
+    packages: list[dict[str, Any]]  # what it lacks: package, installed, available
+    tasks: list[str]  # the guidance tasks the update at this level runs
+    steps: list[str]  # in order
+    deferred: dict[str, list[str]]  # left as pending guidance (above the level)
+
+
+class PrecheckView(BaseModel):
+    name: str
+    ok: bool
+    reason: str = ""
+
+
+class UpdatePlanView(BaseModel):
+    cluster: str
+    hash: str
+    level: str
+    ready: bool  # every precheck below passed
+    prechecks: list[PrecheckView]
+    not_checked: list[str]  # prechecks of issue 11 goldfleet cannot decide yet
+    hosts: list[HostPlanView]  # in update order: the coordinator first
+    note: str
+
+
+NOT_CHECKED = [
+    "no-pending-mandatory-guidance: pending guidances are recorded by the rolling update,"
+    " which is not built yet",
+    "ha-and-balancing-disabled: HA and balancing commands are not built yet",
+    "no-update-running: the rolling update is not built yet",
+]
+
+
+def update_plan(ctx: Context, name: str, requested_hash: str, level: str) -> UpdatePlanView:
+    """What a rolling update of the cluster at ``level`` with ``requested_hash`` would do, and
+    its prechecks by name. Nothing is run: the rolling update itself is not built yet."""
+    rules.check_level(level)
+    with ctx.session() as s:
+        c = _get(s, name)
+        last = c.last_sync or {}
+        checks = rules.prechecks(
+            requested_hash=requested_hash,
+            synced_hash=last.get("hash"),
+            synced_by=last.get("coordinator"),
+            coordinator=c.coordinator,
+            host_states={h.name: h.state for h in c.hosts},
+            offline_at_sync=last.get("offline", []),
+            syncing=_alive(s, ctx, c.sync_owner),
+        )
+        if last and c.channel is not None:
+            same = last.get("fingerprint") == c.channel.get("fingerprint")
+            checks.append(
+                rules.Precheck(
+                    "channel-unchanged",
+                    same,
+                    "" if same else "the channel changed since the last sync: sync again",
+                )
+            )
+        order = rules.update_order([h.name for h in c.hosts], c.coordinator)
+        coordinator = c.coordinator
+    plans = []
+    for host in order:
+        g = _lacks_guidance(last, host) if last else rules.empty_guidance()
+        tasks, deferred = rules.split_by_level(g, level)
+        lacks = last.get("lacks", {}).get(host, []) if last else []
+        plans.append(
+            HostPlanView(
+                host=host,
+                coordinator=host == coordinator,
+                packages=lacks,
+                tasks=tasks,
+                steps=rules.host_steps(tasks) if lacks else [],
+                deferred={k: v for k, v in deferred.items() if v},
+            )
+        )
+    return UpdatePlanView(
+        cluster=name,
+        hash=requested_hash,
+        level=level,
+        ready=all(p.ok for p in checks),
+        prechecks=[PrecheckView(name=p.name, ok=p.ok, reason=p.reason) for p in checks],
+        not_checked=NOT_CHECKED,
+        hosts=plans,
+        note="a plan only: the rolling update that runs it is not built yet (docs/hosts.md)",
+    )
