@@ -11,6 +11,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from goldfleet.api.deps import Ctx, Reader, Writer
+from goldfleet.api.schemas import ErrorPublic
 from goldfleet.errors import InvalidInput
 from goldfleet.services import clusters
 from goldfleet.services.clusters import ClusterView, SyncView, UpdatePlanView, UpdatesView
@@ -129,7 +130,16 @@ def proxy(name: str, body: ProxyRequest, ctx: Ctx, caller: Writer) -> ClusterVie
     )
 
 
-@router.post("/{name}/sync")
+REPOSITORY_FAILED = {
+    502: {
+        "model": ErrorPublic,
+        "description": "The repository, its signature, a package's sha256, a host or the proxy"
+        " failed the sync; nothing of it was kept",
+    }
+}
+
+
+@router.post("/{name}/sync", responses=REPOSITORY_FAILED)
 def sync(name: str, ctx: Ctx, caller: Writer) -> SyncView:
     return clusters.sync(ctx, name, actor=caller.name)
 
