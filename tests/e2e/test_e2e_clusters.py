@@ -449,3 +449,31 @@ def test_bad_input_changes_nothing(world: World) -> None:
     assert info.value.status == 422
     w.ok("cluster", "channel", "pve", "offline")
     assert "not built yet" in w.refused("cluster", "sync", "pve")
+
+
+def test_an_unreadable_host_is_offline_and_the_coordinator_must_be_readable(world: World) -> None:
+    w = world
+    w.ok("cluster", "create", "pve", "--hosts", "h1,h2,h3,h4", "--coordinator", "h1")
+    w.channel("normal")
+    # a download a killed sync left half way is removed by the next sync of the cluster
+    leftover = w.home / "store" / "host-updates" / "pve" / "h1" / ".x_1.0_amd64.deb.99.part"
+    leftover.parent.mkdir(parents=True)
+    leftover.write_bytes(b"half")
+    r = w.ok_json("cluster", "sync", "pve")  # h4 has no root folder: it cannot be read
+    assert r["offline_hosts"] == ["h4"] and r["hash"] == w.expected_hash()
+    assert not leftover.exists()
+    states = {h["name"]: h["state"] for h in w.client.get("/clusters/pve")["hosts"]}
+    assert states == {"h1": "enabled", "h2": "enabled", "h3": "enabled", "h4": "offline"}
+    assert w.client.get("/clusters/pve/updates")["sync"]["offline_hosts"] == ["h4"]
+    plan = w.cli("cluster", "update-plan", "pve", "--hash", r["hash"])
+    assert plan.returncode == 1 and "FAIL hosts-online: not online and enabled: h4" in plan.stdout
+    # it comes back
+    host_root(w.roots, "h4", [w.old["hello"]])
+    assert w.ok_json("cluster", "sync", "pve")["offline_hosts"] == []
+    h4 = w.client.get("/clusters/pve")["hosts"][3]
+    assert h4["state"] == "enabled" and h4["latest_synced_updates_applied"] is True
+    # a sync is the coordinator's: one that cannot be read refuses it, the last sync kept
+    w.ok("cluster", "coordinator", "pve", "h4")
+    (w.roots / "h4" / "var" / "lib" / "dpkg" / "status").unlink()
+    assert "the coordinator h4 cannot be read" in w.refused("cluster", "sync", "pve")
+    assert w.client.get("/clusters/pve")["last_sync_coordinator"] == "h1"

@@ -79,6 +79,17 @@ class DebCache:
             work.unlink(missing_ok=True)
         return written
 
+    def clear_work(self, cluster: str) -> int:
+        """Remove the work files a sync of ``cluster`` killed mid-download left behind; call
+        only while holding that cluster's sync (no other writer)."""
+        folder = self.root / cluster
+        removed = 0
+        if folder.is_dir():
+            for work in folder.glob("*/.*.part"):
+                work.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def files(self, cluster: str, coordinator: str) -> list[Path]:
         folder = self.folder(cluster, coordinator)
         if not folder.is_dir():

@@ -597,6 +597,7 @@ def _sync(ctx: Context, name: str, actor: str) -> SyncView:
     keyring = base64.b64decode(channel["keyring"])
     base = f"{channel['url']}/dists/{channel['suite']}"
     cache = DebCache(ctx.settings.store)
+    cache.clear_work(name)  # a killed sync's partial downloads (this sync holds the cluster)
     with _http(proxy) as http:
         signed = _fetch(http, f"{base}/InRelease", "the channel's InRelease")
         text = verify_clearsigned(signed, keyring, f"the InRelease of {channel['url']}")
