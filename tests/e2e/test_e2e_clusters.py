@@ -240,6 +240,21 @@ def test_cluster_channel_sync_and_updates(world: World) -> None:
     table = w.ok("cluster", "updates", "pve")
     assert "libvirt-daemon 9.0.0-4→9.0.0-4+deb12u1" in table
 
+    # host show: its update state in its cluster
+    h1 = w.ok_json("host", "show", "h1")
+    assert h1["cluster"] == "pve" and h1["state"]["coordinator"]
+    assert h1["state"]["latest_synced_updates_applied"] is False
+    assert h1["state"]["pending"] == {
+        "mandatory": ["restart-toolstack"],
+        "recommended": ["restart-device-model"],
+        "livepatch": ["apply-livepatch"],
+    }
+    assert h1["state"]["last_software_update"] is None
+    text = w.ok("host", "show", "h3")
+    assert "latest_synced_updates_applied: yes" in text and "pending guidance: none" in text
+    assert "in no cluster" in w.ok("host", "show", "h4")
+    assert "not a host of this server's driver" in w.refused("host", "show", "h9")
+
     # the plan of a rolling update (a plan only), coordinator first, prechecks by name
     plan = w.ok_json("cluster", "update-plan", "pve", "--hash", r["hash"], "--level", "mandatory")
     assert plan["ready"] and [h["host"] for h in plan["hosts"]] == ["h1", "h2", "h3"]

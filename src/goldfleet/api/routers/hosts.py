@@ -11,7 +11,8 @@ from goldfleet.api.deps import Ctx, Reader, Writer
 from goldfleet.api.schemas import JSON_LINES
 from goldfleet.api.streaming import GuardedStream
 from goldfleet.domain.names import MAX_VERSION
-from goldfleet.services import hosts
+from goldfleet.services import clusters, hosts
+from goldfleet.services.clusters import HostUpdateView
 from goldfleet.services.hosts import HostsView, PrefetchView, PruneView
 
 router = APIRouter(prefix="/hosts", tags=["hosts"])
@@ -35,6 +36,13 @@ class PruneRequest(BaseModel):
 @router.get("")
 def list_hosts(ctx: Ctx, caller: Reader) -> HostsView:
     return hosts.list_hosts(ctx)
+
+
+@router.get("/{host}")
+def show_host(host: str, ctx: Ctx, caller: Reader) -> HostUpdateView:
+    """The host's cluster and update state there (docs/hosts.md): latest synced updates
+    applied, last software update and hash, pending guidance by category."""
+    return clusters.show_host(ctx, host)
 
 
 @router.post(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from goldfleet.services.clusters._clusters import (
     ClusterView,
+    HostUpdateView,
     RepositoryError,
     SyncView,
     UpdatePlanView,
@@ -18,6 +19,7 @@ from goldfleet.services.clusters._clusters import (
     set_proxy,
     set_sync_schedule,
     show_cluster,
+    show_host,
     sync,
     sync_tick,
     update_plan,
@@ -26,6 +28,7 @@ from goldfleet.services.clusters._clusters import (
 
 __all__ = [
     "ClusterView",
+    "HostUpdateView",
     "RepositoryError",
     "SyncView",
     "UpdatePlanView",
@@ -38,6 +41,7 @@ __all__ = [
     "set_proxy",
     "set_sync_schedule",
     "show_cluster",
+    "show_host",
     "sync",
     "sync_tick",
     "update_plan",

@@ -872,3 +872,28 @@ def update_plan(ctx: Context, name: str, requested_hash: str, level: str) -> Upd
         hosts=plans,
         note="a plan only: the rolling update that runs it is not built yet (docs/hosts.md)",
     )
+
+
+class HostUpdateView(BaseModel):
+    """A host as ``host show`` gives it: its cluster, if any, and its update state there."""
+
+    name: str
+    cluster: str | None = None
+    state: ClusterHostView | None = None
+    note: str | None = None
+
+
+def show_host(ctx: Context, host: str) -> HostUpdateView:
+    if host not in ctx.driver.hosts():
+        raise NotFound(
+            f"host {host!r} is not a host of this server's driver; see: goldfleet host list"
+        )
+    with ctx.session() as s:
+        row = s.scalar(select(ClusterHost).where(ClusterHost.name == host))
+        if row is None:
+            return HostUpdateView(
+                name=host, note="in no cluster: goldfleet cluster create NAME --hosts ..."
+            )
+        view = _view(ctx, s, row.cluster)
+    state = next(h for h in view.hosts if h.name == host)
+    return HostUpdateView(name=host, cluster=view.name, state=state)
