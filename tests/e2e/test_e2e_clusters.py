@@ -335,8 +335,15 @@ def test_a_repository_not_signed_by_the_channel_key_is_refused(world: World) -> 
     assert "differs from the signed Release" in w.refused("cluster", "sync", "pve")
     # published properly, it is taken
     w.repo.publish()
-    r = w.ok_json("cluster", "sync", "pve")
-    assert r["hash"] != first["hash"] and r["downloaded"] == 1
+    events = list(w.client.stream_lines("POST", "/clusters/pve/sync", json={"progress": True}))
+    assert events[0] == {"event": "start", "cluster": "pve", "total": 0}
+    size = (
+        (w.repo.root / "pool" / "main" / "libvirt-daemon_9.0.0-4+deb12u2_amd64.deb").stat().st_size
+    )
+    assert {"event": "progress", "done": 0, "total": size} in events[1:-1]
+    assert events[-1]["event"] == "done"
+    r = events[-1]["result"]
+    assert r["hash"] != first["hash"] and r["downloaded"] == 1 and r["bytes_downloaded"] == size
     assert w.client.get("/clusters/pve")["last_error"] is None
 
 

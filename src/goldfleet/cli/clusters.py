@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 
 from goldfleet.cli import output
-from goldfleet.cli.common import JsonOpt
+from goldfleet.cli.common import JsonOpt, follow
 from goldfleet.cli.common import call as _call
 from goldfleet.cli.common import fail as _fail
 
@@ -268,10 +268,12 @@ def proxy(
 def sync(name: NameArg, as_json: JsonOpt = False) -> None:
     """Read the channel's signed index, download what the hosts lack to the coordinator's
     cache (sha256 verified) and print the update hash."""
-    r = _call("POST", f"/clusters/{name}/sync")
     if as_json:
-        output.emit_json(r)
+        output.emit_json(_call("POST", f"/clusters/{name}/sync"))
         return
+    r = follow(
+        f"/clusters/{name}/sync", {"progress": True}, lambda _: f"sync of cluster {name}", "sync"
+    )
     output.console.print(
         f"cluster {name}: {r['packages']} packages available, {r['downloaded']} downloaded"
         f" ({output.size(r['bytes_downloaded']) or '0'}) to {r['cache']}",

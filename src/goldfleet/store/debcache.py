@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from goldfleet.errors import InvalidInput, StoreError
@@ -48,9 +48,17 @@ class DebCache:
         except FileNotFoundError:
             return False
 
-    def put(self, path: Path, chunks: Iterable[bytes], sha256: str, size: int) -> int:
+    def put(
+        self,
+        path: Path,
+        chunks: Iterable[bytes],
+        sha256: str,
+        size: int,
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
         """Write ``chunks`` to ``path`` if they are ``size`` bytes hashing to ``sha256``;
-        else keep nothing and raise :class:`Mismatch`. Returns the bytes written."""
+        else keep nothing and raise :class:`Mismatch`. Returns the bytes written; ``progress``
+        is told the size of each chunk as it is written."""
         path.parent.mkdir(parents=True, exist_ok=True)
         work = path.with_name(f".{path.name}.{os.getpid()}.part")
         digest = hashlib.sha256()
@@ -66,6 +74,8 @@ class DebCache:
                         )
                     digest.update(chunk)
                     f.write(chunk)
+                    if progress is not None:
+                        progress(len(chunk))
                 f.flush()
                 os.fsync(f.fileno())
             got = digest.hexdigest()

@@ -8,10 +8,12 @@ import binascii
 from typing import Literal
 
 from fastapi import APIRouter, Query
+from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from goldfleet.api.deps import Ctx, Reader, Writer
-from goldfleet.api.schemas import ErrorPublic
+from goldfleet.api.schemas import JSON_LINES, ErrorPublic
+from goldfleet.api.streaming import GuardedStream
 from goldfleet.errors import InvalidInput
 from goldfleet.services import clusters
 from goldfleet.services.clusters import ClusterView, SyncView, UpdatePlanView, UpdatesView
@@ -53,6 +55,12 @@ class ProxyRequest(BaseModel):
     url: str | None = Field(default=None, max_length=2000)  # None: no proxy
     username: str | None = Field(default=None, max_length=256)
     password: str | None = Field(default=None, max_length=4096)
+
+
+class SyncRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    progress: StrictBool = False  # answer with JSON lines (start, progress…, done or error)
 
 
 class ScheduleRequest(BaseModel):
@@ -139,8 +147,22 @@ REPOSITORY_FAILED = {
 }
 
 
-@router.post("/{name}/sync", responses=REPOSITORY_FAILED)
-def sync(name: str, ctx: Ctx, caller: Writer) -> SyncView:
+@router.post(
+    "/{name}/sync",
+    response_model=None,
+    responses={200: {"model": SyncView, "content": JSON_LINES}, **REPOSITORY_FAILED},
+)
+def sync(
+    name: str, ctx: Ctx, caller: Writer, body: SyncRequest | None = None
+) -> SyncView | StreamingResponse:
+    """Verify the channel's signed index, download what the hosts lack to the coordinator's
+    cache, record the update hash; with ``progress``, as JSON lines."""
+    if body is not None and body.progress:
+        return GuardedStream(
+            clusters.stream_sync(ctx, name, actor=caller.name),
+            stall_seconds=ctx.settings.stall_seconds,
+            media_type="application/x-ndjson",
+        )
     return clusters.sync(ctx, name, actor=caller.name)
 
 

@@ -34,7 +34,7 @@ from goldfleet.domain.sites import next_sync
 from goldfleet.drivers.agents import HostUnreachable, make_agent
 from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, NotFound
 from goldfleet.services.clusters._gpg import import_key, verify_clearsigned
-from goldfleet.services.common import audit
+from goldfleet.services.common import audit, streams
 from goldfleet.store.debcache import DebCache
 
 log = logging.getLogger("goldfleet.clusters")
@@ -564,14 +564,16 @@ def _read_hosts(
     return installed, booted, offline
 
 
-def sync(ctx: Context, name: str, *, actor: str) -> SyncView:
+def sync(
+    ctx: Context, name: str, *, actor: str, progress: streams.Report | None = None
+) -> SyncView:
     """Read the channel's signed index, compare with what each host has installed, download
     the needed ``.deb``s into the coordinator's cache (sha256 verified) and record the update
     hash. Refused, keeping the last sync: an unsigned or wrongly signed repository, an index or
     a package whose sha256 differs, a proxy refusing the credentials."""
     _claim(ctx, name)
     try:
-        result = _sync(ctx, name, actor)
+        result = _sync(ctx, name, actor, progress)
     except GoldfleetError as exc:
         _release(ctx, name, exc.message)
         raise
@@ -581,7 +583,7 @@ def sync(ctx: Context, name: str, *, actor: str) -> SyncView:
     return result
 
 
-def _sync(ctx: Context, name: str, actor: str) -> SyncView:
+def _sync(ctx: Context, name: str, actor: str, progress: streams.Report | None = None) -> SyncView:
     with ctx.session() as s:
         c = _get(s, name)
         channel = dict(c.channel or {})
@@ -608,13 +610,25 @@ def _sync(ctx: Context, name: str, actor: str) -> SyncView:
         plan = rules.plan_updates(entries, installed, channel["arch"])
         for e in plan.packages:  # the guidance fields are checked before any download
             rules.guidance_of(e)
-        downloaded = moved = 0
+        fetch = []
         for e in plan.packages:
             path = cache.path(name, coordinator, e.sha256, e.filename)
-            if cache.held(path, e.sha256, e.size):
-                continue
+            if not cache.held(path, e.sha256, e.size):
+                fetch.append((e, path))
+        total = sum(e.size for e, _ in fetch)
+        done = [0]
+
+        def moved_now(n: int) -> None:
+            done[0] += n
+            if progress is not None:
+                progress(done[0], total)
+
+        if progress is not None:
+            progress(0, total)
+        downloaded = moved = 0
+        for e, path in fetch:
             url = f"{channel['url']}/{e.filename}"
-            moved += cache.put(path, _stream(http, url, e.filename), e.sha256, e.size)
+            moved += cache.put(path, _stream(http, url, e.filename), e.sha256, e.size, moved_now)
             downloaded += 1
     digest = rules.update_hash((e.package, e.version, e.sha256) for e in plan.packages)
     now = ctx.clock.now()
@@ -680,6 +694,19 @@ def _sync(ctx: Context, name: str, actor: str) -> SyncView:
         cache=str(cache.folder(name, coordinator)),
         offline_hosts=offline,
     )
+
+
+def stream_sync(ctx: Context, name: str, *, actor: str) -> Iterator[bytes]:
+    """The sync as JSON lines (services/common/streams.py): ``start``, ``progress`` in bytes
+    downloaded of those the hosts lack, then ``done`` with the result or ``error``; a long sync
+    keeps its connection alive this way."""
+    with ctx.session() as s:
+        _get(s, name)  # an unknown cluster is a 404, before the stream starts
+
+    def work(report: streams.Report) -> SyncView:
+        return sync(ctx, name, actor=actor, progress=report)
+
+    return streams.stream({"cluster": name, "total": 0}, work, what=f"sync of cluster {name}")
 
 
 # --- what is available ----------------------------------------------------------------------
