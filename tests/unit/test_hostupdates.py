@@ -15,6 +15,7 @@ from goldfleet.domain.hostupdates import (
     PackageEntry,
     check_channel_change,
     check_cluster,
+    check_release,
     check_repository,
     compare_versions,
     describe_schedule,
@@ -64,6 +65,7 @@ def test_a_valid_cluster_passes():
         ("Bad Name", ["h1"], "h1", "not valid"),
         ("pve", [], "h1", "give its hosts"),
         ("pve", ["h1", "h1"], "h1", "named twice"),
+        ("pve", ["h1", "../h2"], "h1", "cannot be a cluster host"),
         ("pve", ["h1", "h9"], "h1", "not a host of this server's driver"),
         ("pve", ["h1", "h2"], "h3", "coordinator 'h3' is not one of its hosts"),
     ],
@@ -442,3 +444,20 @@ def test_prechecks_name_what_fails():
     }
     assert "h1, h2" in failed["hosts-online"]
     assert "not sha256:b" in failed["hash-is-latest-sync"]
+
+
+def test_the_signed_release_must_be_the_suite_asked_for_and_not_expired():
+    now = datetime(2026, 12, 1, 12, 0)
+    index = f"SHA256:\n {'c' * 64} 1 main/binary-amd64/Packages\n"
+    ok = parse_release(f"Suite: stable\nCodename: bookworm\n{index}")
+    check_release(ok, "bookworm", now)
+    check_release(ok, "stable", now)
+    with pytest.raises(InvalidInput, match="not trixie"):
+        check_release(ok, "trixie", now)
+    fresh = parse_release(f"Suite: stable\nValid-Until: Tue, 08 Dec 2026 12:00:00 UTC\n{index}")
+    check_release(fresh, "stable", now)
+    with pytest.raises(InvalidInput, match="expired"):
+        check_release(fresh, "stable", datetime(2026, 12, 9))
+    bad = parse_release(f"Suite: stable\nValid-Until: someday\n{index}")
+    with pytest.raises(InvalidInput, match="not a date"):
+        check_release(bad, "stable", now)

@@ -10,7 +10,8 @@ import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
 
 from goldfleet.domain.names import NAME_RE
 from goldfleet.errors import Conflict, InvalidInput
@@ -41,6 +42,11 @@ def check_cluster(name: str, hosts: Sequence[str], coordinator: str, known: Sequ
         if host in seen:
             raise InvalidInput(f"cluster {name}: host {host!r} is named twice")
         seen.add(host)
+        if not isinstance(host, str) or NAME_RE.fullmatch(host) is None:
+            raise InvalidInput(
+                f"cluster {name}: host name {host!r} cannot be a cluster host (it names folders:"
+                " a-z, 0-9, '.', '_', '-')"
+            )
         if host not in known:
             raise InvalidInput(
                 f"cluster {name}: host {host!r} is not a host of this server's driver"
@@ -224,6 +230,30 @@ def parse_release(text: str) -> Release:
         sha256=index,
         valid_until=fields.get("valid-until"),
     )
+
+
+def check_release(release: Release, suite: str, now: datetime) -> None:
+    """As apt does: the signed Release must be the suite asked for (its Suite or Codename),
+    and not past its Valid-Until (an old signed index replayed)."""
+    if suite not in (release.suite, release.codename):
+        raise InvalidInput(
+            f"the signed Release is for suite {release.suite or '?'} (codename"
+            f" {release.codename or '?'}), not {suite}: refused"
+        )
+    if release.valid_until:
+        try:
+            until = parsedate_to_datetime(release.valid_until)
+        except (TypeError, ValueError):
+            raise InvalidInput(
+                f"the signed Release's Valid-Until {release.valid_until!r} is not a date"
+            ) from None
+        if until.tzinfo is not None:
+            until = until.astimezone(UTC).replace(tzinfo=None)
+        if until < now:
+            raise InvalidInput(
+                f"the signed Release expired at {until.isoformat()} UTC (Valid-Until): the"
+                " repository serves an old index; refused"
+            )
 
 
 PACKAGE_RE = re.compile(r"[a-z0-9][a-z0-9+.-]+")

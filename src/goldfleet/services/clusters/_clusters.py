@@ -604,6 +604,7 @@ def _sync(ctx: Context, name: str, actor: str, progress: streams.Report | None =
         signed = _fetch(http, f"{base}/InRelease", "the channel's InRelease")
         text = verify_clearsigned(signed, keyring, f"the InRelease of {channel['url']}")
         release = rules.parse_release(text.decode("utf-8", errors="replace"))
+        rules.check_release(release, channel["suite"], ctx.clock.now())
         entries = []
         for component in channel["components"]:
             entries += _packages(http, base, release, component, channel["arch"])
