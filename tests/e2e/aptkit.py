@@ -9,9 +9,11 @@ import base64
 import gzip
 import hashlib
 import http.server
+import json
 import os
 import shutil
 import subprocess
+import sys
 import tempfile
 import threading
 import urllib.request
@@ -19,6 +21,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pytest
+
+from goldfleet.cli.client import Client
 
 
 def _run(cmd: list[str], **kw) -> subprocess.CompletedProcess:
@@ -265,3 +271,137 @@ def installed(root: Path) -> dict[str, str]:
         ["dpkg-query", f"--admindir={root}/var/lib/dpkg", "-W", "-f", "${Package} ${Version}\n"]
     ).stdout.decode()
     return dict(line.split(" ", 1) for line in out.splitlines() if line)
+
+
+# --- the world of the cluster tests: a repository, hosts at older versions, a server --------
+
+OLD = {
+    "libvirt-daemon": ("9.0.0-4", "Source: libvirt\n"),
+    "libvirt-clients": ("9.0.0-4", "Source: libvirt\n"),
+    "linux-image-6.1.0-18-amd64": ("6.1.76-1", "Source: linux-signed-amd64\n"),
+    "qemu-system-x86": ("1:7.2+dfsg-7", "Source: qemu\n"),
+    "livepatch-6.1.0-18-amd64": ("0.1", ""),
+    "hello": ("1.0", ""),
+}
+NEW = {
+    "libvirt-daemon": ("9.0.0-4+deb12u1", "Source: libvirt\n"),
+    "libvirt-clients": ("9.0.0-4+deb12u1", "Source: libvirt\n"),
+    "linux-image-6.1.0-18-amd64": ("6.1.90-1", "Source: linux-signed-amd64\n"),
+    "qemu-system-x86": ("1:7.2+dfsg-7+deb12u6", "Source: qemu\n"),
+    "livepatch-6.1.0-18-amd64": ("1.0", ""),
+    "hello": ("1.0", ""),  # the same version: not an update
+    "newpkg": ("1.0", ""),  # no host has it: not an update (upgrade, not install)
+}
+UPDATED = sorted(set(NEW) - {"hello", "newpkg"})
+
+
+@dataclass
+class World:
+    home: Path
+    tmp: Path
+    roots: Path
+    repo: Repo
+    url: str
+    key: Key
+    other: Key
+    old: dict[str, Path]
+    new: dict[str, Path]
+    server: object
+
+    @property
+    def client(self) -> Client:
+        return self.server.client()  # type: ignore[attr-defined]
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess:
+        env = {k: v for k, v in os.environ.items() if k not in ("GOLDFLEET_URL", "GOLDFLEET_TOKEN")}
+        return subprocess.run(
+            [sys.executable, "-m", "goldfleet", *args],
+            env={**env, "GOLDFLEET_HOME": str(self.home), "COLUMNS": "250"},
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    def ok(self, *args: str) -> str:
+        proc = self.cli(*args)
+        assert proc.returncode == 0, proc.stderr
+        return proc.stdout
+
+    def ok_json(self, *args: str) -> dict:
+        return json.loads(self.ok(*args, "--json"))
+
+    def refused(self, *args: str) -> str:
+        proc = self.cli(*args)
+        assert proc.returncode == 1, (proc.stdout, proc.stderr)
+        return " ".join(proc.stderr.split())
+
+    def cache(self, coordinator: str = "h1") -> dict[str, str]:
+        folder = self.home / "store" / "host-updates" / "pve" / coordinator
+        if not folder.is_dir():
+            return {}
+        return {
+            p.name.split("_", 1)[1]: hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in folder.iterdir()
+        }
+
+    def expected_hash(self) -> str:
+        lines = sorted(
+            f"{pkg} {NEW[pkg][0]} {hashlib.sha256(self.new[pkg].read_bytes()).hexdigest()}\n"
+            for pkg in UPDATED
+        )
+        return "sha256:" + hashlib.sha256("".join(lines).encode()).hexdigest()
+
+    def channel(self, kind: str = "normal", key: Key | None = None) -> str:
+        return self.ok(
+            "cluster", "channel", "pve", kind, "--url", self.url, "--suite", "bookworm",
+            "--components", "main", "--key", str((key or self.key).public),
+        )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def material(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
+    """The keys and .debs, made once for the module (the tests change neither)."""
+    where = tmp_path_factory.mktemp("apt")
+    key = Key.make("channel", where)
+    other = Key.make("intruder", where)
+    debs = where / "debs"
+    debs.mkdir()
+    old = {p: build_deb(debs, p, v, extra=x) for p, (v, x) in OLD.items()}
+    new = {p: build_deb(debs, p, v, extra=x) for p, (v, x) in NEW.items() if p != "hello"}
+    new["hello"] = old["hello"]
+    try:
+        yield key, other, old, new
+    finally:
+        key.close()
+        other.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path, home: Path, server, material: tuple) -> Iterator[World]:
+    key, other, old, new = material
+    repo = Repo(tmp_path / "repo", key)
+    for deb in new.values():
+        repo.add(deb)
+    repo.publish()
+    roots = tmp_path / "roots"
+    # h1, the coordinator: everything old, booted from the kernel its live patch fixes
+    host_root(roots, "h1", list(old.values()), kernel="6.1.0-18-amd64")
+    # h2: old libvirt and kernel, booted from an older kernel (the live patch does not apply)
+    host_root(
+        roots,
+        "h2",
+        [
+            old[p]
+            for p in ("libvirt-daemon", "linux-image-6.1.0-18-amd64", "livepatch-6.1.0-18-amd64")
+        ],
+        kernel="6.1.0-17-amd64",
+    )
+    # h3: already up to date
+    host_root(roots, "h3", [new["libvirt-daemon"], old["hello"]])
+    server.env["GOLDFLEET_SIM_HOSTS"] = '["h1", "h2", "h3", "h4"]'
+    server.env["GOLDFLEET_HOST_ROOTS"] = str(roots)
+    server.restart()
+    with serve(repo.root) as url:
+        yield World(home, tmp_path, roots, repo, url, key, other, old, new, server)

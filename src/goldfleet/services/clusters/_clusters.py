@@ -27,6 +27,7 @@ from pydantic import BaseModel
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from goldfleet import crashpoints
 from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Cluster, ClusterHost, Server
 from goldfleet.domain import hostupdates as rules
@@ -540,27 +541,22 @@ def _packages(
 
 
 def _read_hosts(
-    ctx: Context, s: Session, c: Cluster
+    ctx: Context, hosts: list[str], cluster: str
 ) -> tuple[dict[str, dict[str, str]], dict[str, str | None], list[str]]:
+    """Each host's installed packages and booted kernel through its agent; the hosts that
+    cannot be read are offline. Nothing is stored here: the sync stores what it read with its
+    result, in one transaction."""
     installed: dict[str, dict[str, str]] = {}
     booted: dict[str, str | None] = {}
     offline = []
-    now = ctx.clock.now()
-    for h in c.hosts:
-        agent = make_agent(ctx.settings.host_agent, h.name, ctx.settings.hosts_root)
+    for host in hosts:
+        agent = make_agent(ctx.settings.host_agent, host, ctx.settings.hosts_root)
         try:
-            installed[h.name] = agent.installed()
-            booted[h.name] = agent.booted_kernel()
+            installed[host] = agent.installed()
+            booted[host] = agent.booted_kernel()
         except HostUnreachable as exc:
-            log.warning("cluster %s: %s", c.name, exc.message)
-            offline.append(h.name)
-            h.state = "offline"
-            continue
-        if h.state == "offline":
-            h.state = "enabled"
-        h.installed = installed[h.name]
-        h.booted_kernel = booted[h.name]
-        h.installed_at = now
+            log.warning("cluster %s: %s", cluster, exc.message)
+            offline.append(host)
     return installed, booted, offline
 
 
@@ -589,8 +585,9 @@ def _sync(ctx: Context, name: str, actor: str, progress: streams.Report | None =
         channel = dict(c.channel or {})
         proxy = c.proxy
         coordinator = c.coordinator
-        installed, booted, offline = _read_hosts(ctx, s, c)
-        s.commit()
+        hosts = [h.name for h in c.hosts]
+    crashpoints.reached("cluster-sync.claimed")
+    installed, booted, offline = _read_hosts(ctx, hosts, name)
     if coordinator in offline:
         raise Conflict(
             f"cluster {name}: the coordinator {coordinator} cannot be read; a sync is made"
@@ -631,6 +628,7 @@ def _sync(ctx: Context, name: str, actor: str, progress: streams.Report | None =
             url = f"{channel['url']}/{e.filename}"
             moved += cache.put(path, _stream(http, url, e.filename), e.sha256, e.size, moved_now)
             downloaded += 1
+    crashpoints.reached("cluster-sync.downloaded")
     digest = rules.update_hash((e.package, e.version, e.sha256) for e in plan.packages)
     now = ctx.clock.now()
     record = {
@@ -665,8 +663,17 @@ def _sync(ctx: Context, name: str, actor: str, progress: streams.Report | None =
         "booted": booted,
         "offline": offline,
     }
-    with ctx.session() as s:
+    with ctx.session() as s:  # what was read from the hosts and the result, together
         c = _get(s, name)
+        for h in c.hosts:
+            if h.name in offline:
+                h.state = "offline"
+            elif h.name in installed:
+                if h.state == "offline":
+                    h.state = "enabled"
+                h.installed = installed[h.name]
+                h.booted_kernel = booted[h.name]
+                h.installed_at = now
         c.last_sync = record
         c.last_update_sync = now
         c.last_error = None
