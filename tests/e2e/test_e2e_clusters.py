@@ -105,6 +105,33 @@ def test_cluster_channel_sync_and_updates(world: World) -> None:
     table = w.ok("cluster", "updates", "pve")
     assert "libvirt-daemon 9.0.0-4→9.0.0-4+deb12u1" in table
 
+    # the cluster's own guidance rules come first; bad ones change nothing; reset
+    rules_file = w.tmp / "rules.json"
+    rules_file.write_text(
+        json.dumps([{"packages": "linux-image-*", "category": "full", "task": "reboot-host"}])
+    )
+    g = w.ok_json("cluster", "guidance-rules", "pve", "--rules", str(rules_file))
+    assert g[0] == {
+        "packages": "linux-image-*",
+        "category": "full",
+        "task": "reboot-host",
+        "why": "this cluster's rule",
+        "source": "cluster",
+    }
+    assert {x["source"] for x in g[1:]} == {"default"}
+    ours = w.client.get("/clusters/pve/updates")
+    assert {x["id"]: x for x in ours["updates"]}["linux-signed-amd64"]["guidance"]["full"] == [
+        "reboot-host"
+    ]
+    assert {h["host"]: h for h in ours["hosts"]}["h2"]["guidance"]["recommended"] == []
+    rules_file.write_text(
+        json.dumps([{"packages": "x", "category": "soon", "task": "reboot-host"}])
+    )
+    w.refused("cluster", "guidance-rules", "pve", "--rules", str(rules_file))
+    assert w.ok_json("cluster", "guidance-rules", "pve")[0]["source"] == "cluster"
+    assert w.ok_json("cluster", "guidance-rules", "pve", "--reset")[0]["source"] == "default"
+    assert w.client.get("/clusters/pve/updates") == u
+
     # host show: its update state in its cluster
     h1 = w.ok_json("host", "show", "h1")
     assert h1["cluster"] == "pve" and h1["state"]["coordinator"]

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from goldfleet.domain.hostupdates import (
+    DEFAULT_RULES,
     PackageEntry,
     check_channel_change,
     check_cluster,
@@ -26,6 +27,7 @@ from goldfleet.domain.hostupdates import (
     parse_dpkg_status,
     parse_packages,
     parse_release,
+    parse_rules,
     parse_stanzas,
     parse_sync_schedule,
     plan_updates,
@@ -461,3 +463,34 @@ def test_the_signed_release_must_be_the_suite_asked_for_and_not_expired():
     bad = parse_release(f"Suite: stable\nValid-Until: someday\n{index}")
     with pytest.raises(InvalidInput, match="not a date"):
         check_release(bad, "stable", now)
+
+
+def test_a_clusters_own_rules_come_before_the_shipped_ones():
+    own = parse_rules(
+        [
+            {"packages": "linux-image-*", "category": "full", "task": "reboot-host"},
+            {"packages": "hel?o", "category": "mandatory", "task": "restart-vm", "why": "ours"},
+        ]
+    )
+    ruleset = own + DEFAULT_RULES
+    assert guidance_of(entry("linux-image-6.1.0-18-amd64"), ruleset)["full"] == ["reboot-host"]
+    assert guidance_of(entry("linux-image-6.1.0-18-amd64"), ruleset)["recommended"] == []
+    assert guidance_of(entry("hello"), ruleset)["mandatory"] == ["restart-vm"]
+    assert guidance_of(entry("libvirt0"), ruleset)["mandatory"] == ["restart-toolstack"]
+    assert parse_rules([]) == ()
+
+
+@pytest.mark.parametrize(
+    ("items", "words"),
+    [
+        ("linux-*", "a list"),
+        ([{"packages": "linux-[a]*", "category": "full", "task": "reboot-host"}], "pattern"),
+        ([{"packages": "x", "category": "urgent", "task": "reboot-host"}], "category"),
+        ([{"packages": "x", "category": "full", "task": "reinstall"}], "task"),
+        ([{"packages": "x", "category": "full", "task": "reboot-host", "z": 1}], "an object"),
+        ([{"packages": "x", "category": "full", "task": "reboot-host"}] * 101, "at most 100"),
+    ],
+)
+def test_bad_rules_are_refused(items, words):
+    with pytest.raises(InvalidInput, match=words):
+        parse_rules(items)

@@ -5,6 +5,7 @@ and sent to the server, never printed."""
 from __future__ import annotations
 
 import base64
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -391,3 +392,43 @@ def update_plan(
         output.console.print(r["note"], highlight=False)
     if not r["ready"]:
         raise typer.Exit(1)
+
+
+@cluster_app.command("guidance-rules")
+def guidance_rules(
+    name: NameArg,
+    rules_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--rules",
+            help='A JSON file: [{"packages": "linux-image-*", "category": "full",'
+            ' "task": "reboot-host"}, ...], tried before the shipped rules.',
+        ),
+    ] = None,
+    reset: Annotated[bool, typer.Option("--reset", help="Only the shipped rules.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The guidance rules in force (first match wins); --rules FILE sets the cluster's own."""
+    if rules_file is not None and reset:
+        _fail("give --rules FILE or --reset, not both")
+    if rules_file is None and not reset:
+        r = _call("GET", f"/clusters/{name}")
+    else:
+        items = None
+        if rules_file is not None:
+            try:
+                items = json.loads(_read(rules_file, "rules file"))
+            except ValueError as exc:
+                _fail(f"rules file {rules_file} is not JSON: {exc}")
+        r = _call("POST", f"/clusters/{name}/guidance-rules", json={"rules": items})
+    if as_json:
+        output.emit_json(r["guidance_rules"])
+        return
+    output.table(
+        f"guidance rules of cluster {name} (first match wins)",
+        ["packages", "category", "task", "why", "from"],
+        [
+            [g["packages"], g["category"], g["task"], g["why"], g["source"]]
+            for g in r["guidance_rules"]
+        ],
+    )

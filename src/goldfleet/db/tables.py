@@ -350,6 +350,8 @@ class Cluster(Base):
     # what the last sync made available: hash, coordinator, packages, what each host lacks
     last_sync: Mapped[dict[str, Any] | None]
     last_error: Mapped[str | None] = mapped_column(Text)
+    # the cluster's own guidance rules, tried before the shipped ones (domain/hostupdates.py)
+    guidance_rules: Mapped[list[Any] | None] = mapped_column(JSON)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     hosts: Mapped[list[ClusterHost]] = relationship(

@@ -6,6 +6,7 @@ guidance an update carries. Pure functions, no I/O; times are naive UTC.
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -408,10 +409,11 @@ TASKS = HOST_TASKS + VM_TASKS
 class GuidanceRule:
     """Packages whose name matches ``pattern`` carry ``task`` in ``category``."""
 
-    pattern: str
+    pattern: str  # a regular expression, matched against the whole name
     category: str
     task: str
     why: str
+    glob: str = ""  # as the admin wrote it (a cluster's own rule)
 
 
 # the shipped default (docs/hosts.md); first match wins
@@ -430,6 +432,38 @@ DEFAULT_RULES: tuple[GuidanceRule, ...] = (
 
 
 Guidance = dict[str, list[str]]
+MAX_RULES = 100
+
+
+def parse_rules(items: object) -> tuple[GuidanceRule, ...]:
+    """A cluster's own rules, tried before the shipped ones: a list of ``{"packages": GLOB,
+    "category": C, "task": T}`` (GLOB as in a shell: ``linux-image-*``; ``*`` and ``?`` only,
+    no regular expression). Refused whole if any rule is not valid."""
+    if not isinstance(items, list) or len(items) > MAX_RULES:
+        raise InvalidInput(f"guidance rules: give a list of at most {MAX_RULES} rules")
+    rules = []
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, dict) or set(item) - {"packages", "category", "task", "why"}:
+            raise InvalidInput(
+                f"guidance rule {i}: an object with packages, category, task (and why)"
+            )
+        glob, category, task = item.get("packages"), item.get("category"), item.get("task")
+        if not isinstance(glob, str) or not re.fullmatch(r"[a-z0-9+.*?-]{1,100}", glob):
+            raise InvalidInput(
+                f"guidance rule {i}: packages {glob!r} is not a package name pattern (a-z, 0-9,"
+                " '+', '.', '-', with * and ?)"
+            )
+        if category not in CATEGORIES:
+            raise InvalidInput(
+                f"guidance rule {i}: category {category!r} is not one of {', '.join(CATEGORIES)}"
+            )
+        if task not in TASKS:
+            raise InvalidInput(f"guidance rule {i}: task {task!r} is not one of {', '.join(TASKS)}")
+        why = item.get("why", "this cluster's rule")
+        if not isinstance(why, str) or len(why) > 200:
+            raise InvalidInput(f"guidance rule {i}: why must be a short text")
+        rules.append(GuidanceRule(fnmatch.translate(glob), category, task, why, glob))
+    return tuple(rules)
 
 
 def empty_guidance() -> Guidance:
@@ -464,7 +498,7 @@ def guidance_of(entry: PackageEntry, rules: Sequence[GuidanceRule] = DEFAULT_RUL
             _add(g, category, task)
         return g
     for rule in rules:
-        if re.fullmatch(rule.pattern, entry.package):
+        if re.fullmatch(rule.pattern, entry.package, re.DOTALL):
             _add(g, rule.category, rule.task)
             break
     return g
@@ -493,13 +527,17 @@ def livepatch_kernel(entry: PackageEntry) -> str:
     return entry.package.removeprefix("livepatch-")
 
 
-def host_guidance(lacking: Sequence[PackageEntry], booted_kernel: str | None) -> Guidance:
+def host_guidance(
+    lacking: Sequence[PackageEntry],
+    booted_kernel: str | None,
+    rules: Sequence[GuidanceRule] = DEFAULT_RULES,
+) -> Guidance:
     """What a host must do once it has the packages it lacks. A live patch for the kernel the
     host last booted replaces the recommended ``reboot-host`` with ``apply-livepatch``
     (livepatch category); on a host booted from another kernel it does not apply, and the
     recommended guidance stands."""
-    patches = [e for e in lacking if "apply-livepatch" in guidance_of(e)["livepatch"]]
-    others = [guidance_of(e) for e in lacking if e not in patches]
+    patches = [e for e in lacking if "apply-livepatch" in guidance_of(e, rules)["livepatch"]]
+    others = [guidance_of(e, rules) for e in lacking if e not in patches]
     g = merge(others)
     applies = booted_kernel is not None and any(
         livepatch_kernel(p) == booted_kernel for p in patches

@@ -57,6 +57,28 @@ class ProxyRequest(BaseModel):
     password: str | None = Field(default=None, max_length=4096)
 
 
+class GuidanceRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    packages: str = Field(max_length=100)  # a glob: linux-image-*
+    category: Literal["mandatory", "recommended", "full", "livepatch"]
+    task: Literal[
+        "evacuate",
+        "reboot-host",
+        "restart-toolstack",
+        "apply-livepatch",
+        "restart-device-model",
+        "restart-vm",
+    ]
+    why: str | None = Field(default=None, max_length=200)
+
+
+class GuidanceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rules: list[GuidanceRule] | None = Field(max_length=100)  # None: only the shipped rules
+
+
 class SyncRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -164,6 +186,16 @@ def sync(
             media_type="application/x-ndjson",
         )
     return clusters.sync(ctx, name, actor=caller.name)
+
+
+@router.post("/{name}/guidance-rules")
+def guidance_rules(name: str, body: GuidanceRequest, ctx: Ctx, caller: Writer) -> ClusterView:
+    """The cluster's own guidance rules, tried before the shipped ones (first match wins);
+    ``rules`` null or empty: the shipped ones only."""
+    items = None
+    if body.rules:
+        items = [r.model_dump(exclude_none=True) for r in body.rules]
+    return clusters.set_guidance_rules(ctx, name, items, actor=caller.name)
 
 
 @router.post("/{name}/sync-schedule")

@@ -103,6 +103,8 @@ class ClusterView(BaseModel):
     last_sync_valid: bool = False
     last_error: str | None = None
     warnings: list[str] = []
+    # the guidance rules in force, first match wins: the cluster's own, then the shipped ones
+    guidance_rules: list[dict[str, str]] = []
 
 
 class SyncView(BaseModel):
@@ -147,10 +149,17 @@ def _valid_sync(c: Cluster) -> tuple[bool, str | None]:
     return True, None
 
 
-def _lacks_guidance(last: dict[str, Any], host: str) -> dict[str, list[str]]:
+def _rules_of(c: Cluster) -> tuple[rules.GuidanceRule, ...]:
+    """The cluster's own guidance rules first, then the shipped ones."""
+    return rules.parse_rules(c.guidance_rules or []) + rules.DEFAULT_RULES
+
+
+def _lacks_guidance(
+    last: dict[str, Any], host: str, ruleset: tuple[rules.GuidanceRule, ...] = rules.DEFAULT_RULES
+) -> dict[str, list[str]]:
     entries = {p["package"]: p for p in last.get("packages", [])}
     lacking = [_entry(entries[x["package"]]) for x in last.get("lacks", {}).get(host, [])]
-    return rules.host_guidance(lacking, last.get("booted", {}).get(host))
+    return rules.host_guidance(lacking, last.get("booted", {}).get(host), ruleset)
 
 
 def _entry(p: dict[str, Any]) -> rules.PackageEntry:
@@ -190,13 +199,14 @@ def _view(ctx: Context, s: Session, c: Cluster) -> ClusterView:
     )
     valid, note = _valid_sync(c)
     last = c.last_sync or {}
+    ruleset = _rules_of(c)
     hosts = []
     for h in c.hosts:
         applied = None
         pending: dict[str, list[str]] = {}
         if valid:
             applied = not last.get("lacks", {}).get(h.name)
-            pending = {k: v for k, v in _lacks_guidance(last, h.name).items() if v}
+            pending = {k: v for k, v in _lacks_guidance(last, h.name, ruleset).items() if v}
         hosts.append(
             ClusterHostView(
                 name=h.name,
@@ -256,6 +266,16 @@ def _view(ctx: Context, s: Session, c: Cluster) -> ClusterView:
         last_sync_valid=valid,
         last_error=c.last_error,
         warnings=warnings,
+        guidance_rules=[
+            {
+                "packages": r.glob or r.pattern,
+                "category": r.category,
+                "task": r.task,
+                "why": r.why,
+                "source": "cluster" if r.glob else "default",
+            }
+            for r in ruleset
+        ],
     )
 
 
@@ -410,6 +430,20 @@ def set_proxy(
             audit.record(
                 s, actor, "cluster.proxy", name, url=url, username=username, password="(set)"
             )
+        s.commit()
+        return _view(ctx, s, c)
+
+
+def set_guidance_rules(
+    ctx: Context, name: str, items: list[Any] | None, *, actor: str
+) -> ClusterView:
+    """The cluster's own guidance rules (tried before the shipped ones); None: none."""
+    if items is not None:
+        rules.parse_rules(items)
+    with ctx.session() as s:
+        c = _get(s, name)
+        c.guidance_rules = items or None
+        audit.record(s, actor, "cluster.guidance-rules", name, rules=items or [])
         s.commit()
         return _view(ctx, s, c)
 
@@ -586,6 +620,7 @@ def _sync(ctx: Context, name: str, actor: str, progress: streams.Report | None =
         proxy = c.proxy
         coordinator = c.coordinator
         hosts = [h.name for h in c.hosts]
+        ruleset = _rules_of(c)
     crashpoints.reached("cluster-sync.claimed")
     installed, booted, offline = _read_hosts(ctx, hosts, name)
     if coordinator in offline:
@@ -607,7 +642,7 @@ def _sync(ctx: Context, name: str, actor: str, progress: streams.Report | None =
             entries += _packages(http, base, release, component, channel["arch"])
         plan = rules.plan_updates(entries, installed, channel["arch"])
         for e in plan.packages:  # the guidance fields are checked before any download
-            rules.guidance_of(e)
+            rules.guidance_of(e, ruleset)
         fetch = []
         for e in plan.packages:
             path = cache.path(name, coordinator, e.sha256, e.filename)
@@ -728,6 +763,7 @@ def updates(ctx: Context, name: str) -> UpdatesView:
         valid, note = _valid_sync(c)
         last = c.last_sync or {}
         states = {h.name: h.state for h in c.hosts}
+        ruleset = _rules_of(c)
     sync_info = {
         "at": last.get("at"),
         "coordinator": last.get("coordinator"),
@@ -754,7 +790,7 @@ def updates(ctx: Context, name: str) -> UpdatesView:
                 "description": "; ".join(
                     sorted({p["description"] for p in ps if p["description"]})
                 ),
-                "guidance": rules.merge(rules.guidance_of(_entry(p)) for p in ps),
+                "guidance": rules.merge(rules.guidance_of(_entry(p), ruleset) for p in ps),
             }
         )
     hosts_list = []
@@ -766,7 +802,7 @@ def updates(ctx: Context, name: str) -> UpdatesView:
                 "booted_kernel": last.get("booted", {}).get(host),
                 "packages": lacks,
                 "updates": sorted({update_of[x["package"]] for x in lacks}),
-                "guidance": _lacks_guidance(last, host),
+                "guidance": _lacks_guidance(last, host, ruleset),
             }
         )
     return UpdatesView(hosts=hosts_list, updates=update_list, hash=last["hash"], sync=sync_info)
@@ -882,9 +918,10 @@ def update_plan(ctx: Context, name: str, requested_hash: str, level: str) -> Upd
             )
         order = rules.update_order([h.name for h in c.hosts], c.coordinator)
         coordinator = c.coordinator
+        ruleset = _rules_of(c)
     plans = []
     for host in order:
-        g = _lacks_guidance(last, host) if last else rules.empty_guidance()
+        g = _lacks_guidance(last, host, ruleset) if last else rules.empty_guidance()
         tasks, deferred = rules.split_by_level(g, level)
         lacks = last.get("lacks", {}).get(host, []) if last else []
         plans.append(

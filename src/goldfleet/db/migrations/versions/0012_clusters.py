@@ -29,6 +29,7 @@ def upgrade() -> None:
         sa.Column("last_update_sync", sa.DateTime(), nullable=True),
         sa.Column("last_sync", sa.JSON(), nullable=True),
         sa.Column("last_error", sa.Text(), nullable=True),
+        sa.Column("guidance_rules", sa.JSON(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
         sa.PrimaryKeyConstraint("id"),
         sa.UniqueConstraint("name"),
