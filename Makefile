@@ -53,6 +53,15 @@ system-packages: system-base
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq postgresql >/dev/null; \
 	fi
+	@# host updates (docs/hosts.md): gpg and gpgv verify a channel's InRelease; the tests build
+	@# their apt repository with dpkg-deb and install into host roots with dpkg --root
+	@if ! command -v gpg >/dev/null || ! command -v gpgv >/dev/null \
+	    || ! command -v gpgconf >/dev/null || ! command -v dpkg-deb >/dev/null; then \
+	  echo "installing Debian packages: gnupg gpgv dpkg"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    gnupg gpgv dpkg >/dev/null; \
+	fi
 	@if ! command -v curl >/dev/null; then \
 	  echo "installing Debian package: curl"; \
 	  $(SUDO) apt-get update -qq && \

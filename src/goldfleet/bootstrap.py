@@ -17,7 +17,7 @@ from goldfleet.context import Clock, Context
 from goldfleet.db.engine import make_engine, migrate
 from goldfleet.drivers.base import Driver
 from goldfleet.errors import InvalidInput
-from goldfleet.services import distribution, fleet, guests, hosts, pools, rollouts
+from goldfleet.services import clusters, distribution, fleet, guests, hosts, pools, rollouts
 from goldfleet.store.edge import EdgeStores
 from goldfleet.store.layers import LayerStore
 from goldfleet.store.qemu import Limits, QemuImg
@@ -80,6 +80,8 @@ def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:
         rollouts.Periodic("site", 1.0, distribution.site_tick, reconcile=False),
         # edge stores fed with each newly current version (on at a site by default)
         rollouts.Periodic("edge-feed", 1.0, hosts.feed_edges, reconcile=False),
+        # clusters' scheduled update syncs (docs/hosts.md)
+        rollouts.Periodic("cluster-sync", 1.0, clusters.sync_tick, reconcile=False),
     ]
     # guest tool updates: each open request advanced by its next step
     periodic.append(rollouts.Periodic("agent-update", 1.0, guests.agent_tick, reconcile=False))

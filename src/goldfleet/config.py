@@ -67,10 +67,19 @@ class Settings(BaseSettings):
     edge_feed: bool | None = None
     edge_feed_limit: int | None = None  # bytes a second of those copies; None: no limit
     sync_retry_seconds: float = 300.0  # at a site: a failed scheduled sync is retried after this
+    # host updates (docs/hosts.md): how goldfleet reads a host's software, and for the
+    # local-root agent the folder holding each host's root (ROOT/HOST); empty: <home>/host-roots
+    host_agent: str = "local-root"
+    host_roots: Path | None = None
 
     @field_validator("edge_root", mode="before")
     @classmethod
     def _empty_edge_root_is_off(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @field_validator("host_roots", mode="before")
+    @classmethod
+    def _empty_host_roots_is_default(cls, value: object) -> object:
         return None if value == "" else value
 
     @classmethod
@@ -88,6 +97,10 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'goldfleet.db'}"
+
+    @property
+    def hosts_root(self) -> Path:
+        return self.host_roots or self.home / "host-roots"
 
     @property
     def store(self) -> Path:

@@ -55,6 +55,10 @@ POINTS: dict[str, str] = {
     # distribution
     "bundle-import.sealed": "received layers sealed; their versions not yet stored",
     "site-sync.added": "a version received by a site's sync stored; not yet made current",
+    # clusters (docs/hosts.md)
+    "cluster-sync.claimed": "a cluster's sync claimed; nothing read or downloaded",
+    "cluster-sync.downloaded": "the needed .debs in the coordinator's cache; the sync's result"
+    " (hash, hosts' packages) not yet stored",
 }
 
 

@@ -31,6 +31,7 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import aptkit
 import httpx
 import pytest
 from sitekit import cli as sitekit_cli
@@ -690,6 +691,31 @@ def test_agent_update_killed_at_each_step(fleet, template, point):
     assert len(fleet.client.get("/templates/base/versions")) == 2  # one exit, not two
     assert len(_ops(fleet, "clone.recreate")) == 1
     _store_clean(fleet)
+
+
+material = aptkit.material  # the cluster tests' repository, hosts and server (fixtures)
+world = aptkit.world
+
+
+@kills_at("cluster-sync.claimed", "cluster-sync.downloaded")
+@pytest.mark.parametrize("point", ["cluster-sync.claimed", "cluster-sync.downloaded"])
+def test_cluster_sync_killed_before_its_result(world, point):
+    """A cluster's sync commits its result once, at its end: killed before it, the last sync
+    stands (here: none), the claim of the dead server is taken over, and the next sync
+    completes, reusing the verified .debs the killed one left in the cache."""
+    w = world
+    w.ok("cluster", "create", "pve", "--hosts", "h1,h2,h3", "--coordinator", "h1")
+    w.channel("normal")
+    crash_at(w.server, point, lambda: w.client.post("/clusters/pve/sync"))
+    c = w.client.get("/clusters/pve")
+    assert c["last_sync_hash"] is None and c["last_update_sync"] is None and not c["syncing"]
+    assert {h["installed_packages"] for h in c["hosts"]} == {0}  # nothing read was stored
+    held = w.cache("h1")
+    assert len(held) == (len(aptkit.UPDATED) if point == "cluster-sync.downloaded" else 0)
+    r = w.ok_json("cluster", "sync", "pve")
+    assert r["hash"] == w.expected_hash()
+    assert r["downloaded"] == len(aptkit.UPDATED) - len(held)
+    assert not list((w.home / "store" / "host-updates").rglob(".*.part"))
 
 
 def test_every_crash_point_has_a_test():

@@ -56,6 +56,7 @@ EXISTING = {
     "host": "sim-host-1",
 }
 NAMES = {"/templates/": "base", "/clones/": "base-001", "/pools/": "desks", "/sites/": "branch"}
+NAMES["/clusters/"] = "pve"
 
 
 class Tally:
@@ -128,6 +129,7 @@ def api(server: Any, template: str, request: pytest.FixtureRequest) -> Iterator[
     admin.post("/clones", {"template": template, "count": 2, "wait": True})
     admin.post("/pools", {"name": "desks", "template": template, "max": 2})
     site_token = admin.post("/sites", {"name": "branch"})["token"]
+    admin.post("/clusters", {"name": "pve", "hosts": ["sim-host-1"], "coordinator": "sim-host-1"})
     fuzz_token = admin.post("/tokens", {"name": f"fuzz-{secrets.token_hex(8)}"})["token"]
     request.node.tokens = {"admin": fuzz_token, "site": site_token}
     request.node.tally = tally = Tally()

@@ -21,6 +21,7 @@ from goldfleet.api.routers import (
     admin,
     bundles,
     clones,
+    clusters,
     guests,
     hosts,
     pools,
@@ -226,6 +227,7 @@ def create_app(ctx: Context, *, recover: bool = True) -> FastAPI:
         hosts,
         guests,
         sessions_router,
+        clusters,
     ):
         app.include_router(module.router, responses=ERRORS)
     app.include_router(users.router, responses=ERRORS)

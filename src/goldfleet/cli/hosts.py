@@ -152,3 +152,30 @@ def prune(
         )
     else:
         output.console.print(f"freed {output.size(total) or '0'}", highlight=False)
+
+
+@host_app.command("show")
+def show(host: Annotated[str, typer.Argument(metavar="HOST")], as_json: JsonOpt = False) -> None:
+    """The host's cluster and update state: latest synced updates applied, last software
+    update and its hash, pending guidance by category (docs/hosts.md)."""
+    r = _call("GET", f"/hosts/{host}")
+    if as_json:
+        output.emit_json(r)
+        return
+    p = output.console.print
+    if r["cluster"] is None:
+        p(f"host {host}: {r['note']}", highlight=False)
+        return
+    st = r["state"]
+    applied = st["latest_synced_updates_applied"]
+    pending = "; ".join(f"{k}: {', '.join(v)}" for k, v in st["pending"].items()) or "none"
+    p(f"host {host}  cluster {r['cluster']}" + ("  (coordinator)" if st["coordinator"] else ""))
+    p(f"state: {st['state']}  clones: {st['clones']}  booted kernel: {st['booted_kernel'] or '-'}")
+    p(
+        "latest_synced_updates_applied: "
+        + ("-" if applied is None else ("yes" if applied else "no")),
+        highlight=False,
+    )
+    p(f"last_software_update: {st['last_software_update'] or 'never'}", highlight=False)
+    p(f"last_update_hash: {st['last_update_hash'] or '-'}", highlight=False)
+    p(f"pending guidance: {pending}", highlight=False)

@@ -15,6 +15,7 @@ from goldfleet.cli import options, output
 from goldfleet.cli.access import grant_app, read_password, role_app, user_app
 from goldfleet.cli.bundles import bundle_app, keys_app
 from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
+from goldfleet.cli.clusters import cluster_app
 from goldfleet.cli.common import JsonOpt, follow
 from goldfleet.cli.common import fail as _fail
 from goldfleet.cli.guests import agent_app, compliance_app, guest_tool_app, print_updates
@@ -64,6 +65,7 @@ app.add_typer(session_app, name="session")
 app.add_typer(user_app, name="user")
 app.add_typer(role_app, name="role")
 app.add_typer(grant_app, name="grant")
+app.add_typer(cluster_app, name="cluster")
 
 R = "Rollout policy"
 LogoffOpt = Annotated[

@@ -486,3 +486,55 @@ class AgentUpdate(Base):
     error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Cluster(Base):
+    """Hypervisor hosts updated together (docs/hosts.md): its coordinator, its one update
+    channel, the proxy a sync goes through, the sync schedule and what the last sync made
+    available."""
+
+    __tablename__ = "clusters"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    coordinator: Mapped[str] = mapped_column(String(63))
+    # the enabled channel: {kind, url, suite, components, arch, fingerprint, keyring (base64)}
+    channel: Mapped[dict[str, Any] | None]
+    # {url, username, password}: the password is never in a view, a log or the audit
+    proxy: Mapped[dict[str, Any] | None]
+    sync_schedule: Mapped[str | None] = mapped_column(String(100))  # cron, UTC; None: off
+    next_sync_at: Mapped[datetime | None]
+    sync_owner: Mapped[str | None] = mapped_column(String(36))  # the server syncing now
+    sync_started_at: Mapped[datetime | None]
+    last_update_sync: Mapped[datetime | None]
+    # what the last sync made available: hash, coordinator, packages, what each host lacks
+    last_sync: Mapped[dict[str, Any] | None]
+    last_error: Mapped[str | None] = mapped_column(Text)
+    # the cluster's own guidance rules, tried before the shipped ones (domain/hostupdates.py)
+    guidance_rules: Mapped[list[Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+    hosts: Mapped[list[ClusterHost]] = relationship(
+        back_populates="cluster", order_by="ClusterHost.id", cascade="all, delete-orphan"
+    )
+
+
+class ClusterHost(Base):
+    """A host of a cluster (a host is in one cluster at most): its state, capacity and what it
+    had installed when last read (docs/hosts.md, "What a host has installed")."""
+
+    __tablename__ = "cluster_hosts"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id"), index=True)
+    name: Mapped[str] = mapped_column(String(63), unique=True)
+    state: Mapped[str] = mapped_column(String(16), default="enabled")
+    memory_mib: Mapped[int | None]
+    vcpus: Mapped[int | None]
+    installed: Mapped[dict[str, Any]] = mapped_column(default=dict)  # package → version
+    booted_kernel: Mapped[str | None] = mapped_column(String(100))
+    installed_at: Mapped[datetime | None]  # when ``installed`` was read from the host
+    last_software_update: Mapped[datetime | None]
+    last_update_hash: Mapped[str | None] = mapped_column(String(71))
+
+    cluster: Mapped[Cluster] = relationship(back_populates="hosts")

@@ -199,6 +199,11 @@ def site_path(name: str) -> frozenset[str]:
     return frozenset({"/", f"site:{name}"})
 
 
+def cluster_path(name: str | None) -> frozenset[str]:
+    """A cluster, or a host (in its cluster when it is in one)."""
+    return frozenset({"/", f"cluster:{name}"}) if name else ROOT
+
+
 ROOT = frozenset({"/"})
 
 

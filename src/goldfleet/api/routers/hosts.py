@@ -13,7 +13,8 @@ from goldfleet.api.deps import Allow, Ctx
 from goldfleet.api.schemas import JSON_LINES
 from goldfleet.api.streaming import GuardedStream
 from goldfleet.domain.names import MAX_VERSION
-from goldfleet.services import access, hosts
+from goldfleet.services import access, clusters, hosts
+from goldfleet.services.clusters import HostUpdateView
 from goldfleet.services.hosts import HostsView, PrefetchView, PruneView
 
 router = APIRouter(prefix="/hosts", tags=["hosts"])
@@ -41,6 +42,17 @@ class PruneRequest(BaseModel):
 @router.get("")
 def list_hosts(ctx: Ctx, caller: HostRead) -> HostsView:
     return hosts.list_hosts(ctx)
+
+
+@router.get("/{host}")
+def show_host(
+    host: str,
+    ctx: Ctx,
+    caller: Annotated[access.Caller, Allow("cluster.read", "host", param="host")],
+) -> HostUpdateView:
+    """The host's cluster and update state there (docs/hosts.md): latest synced updates
+    applied, last software update and hash, pending guidance by category."""
+    return clusters.show_host(ctx, host)
 
 
 @router.post(

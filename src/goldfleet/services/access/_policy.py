@@ -12,7 +12,16 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from goldfleet.context import Context
-from goldfleet.db.tables import Clone, Operation, OperationItem, Pool, Role, Template
+from goldfleet.db.tables import (
+    Clone,
+    Cluster,
+    ClusterHost,
+    Operation,
+    OperationItem,
+    Pool,
+    Role,
+    Template,
+)
 from goldfleet.db.tables import Grant as GrantRow
 from goldfleet.domain import access as rules
 from goldfleet.domain.access import Grant, Reach
@@ -127,7 +136,16 @@ def path_of(ctx: Context, kind: str | None, name: str | None, caller: Caller) ->
         return rules.template_path(name)
     if kind == "site":
         return rules.site_path(name)
+    if kind == "cluster":
+        return rules.cluster_path(name)
     with ctx.session() as s:
+        if kind == "host":  # a host is covered by its cluster's grants
+            cluster = s.scalar(
+                select(Cluster.name)
+                .join(ClusterHost, ClusterHost.cluster_id == Cluster.id)
+                .where(ClusterHost.name == name)
+            )
+            return rules.cluster_path(cluster)
         if kind == "clone":
             return clone_path(s, name, caller.user)
         if kind == "pool":
