@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Path, Query
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, StrictInt
 from pydantic_core import PydanticCustomError
 
 from goldfleet.domain.model import RecreateScope
@@ -68,9 +68,9 @@ class Rollout(Body):
     deadline: str | None = None
     grace: str | None = None
     message: str | None = None
-    max_parallel: int | None = Field(default=None, ge=1, le=MAX_PARALLEL)
-    per_host: int | None = Field(default=None, ge=1, le=MAX_PARALLEL)
-    canary: int = Field(default=0, ge=0, le=MAX_CANARY)
+    max_parallel: StrictInt | None = Field(default=None, ge=1, le=MAX_PARALLEL)
+    per_host: StrictInt | None = Field(default=None, ge=1, le=MAX_PARALLEL)
+    canary: StrictInt = Field(default=0, ge=0, le=MAX_CANARY)
     canary_auto: StrictBool = False
     stop_on_error: StrictBool = True
     max_failures: str | None = None

@@ -7,7 +7,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from goldfleet.api.deps import Allow, Caller, Ctx
 from goldfleet.api.schemas import Rollout
@@ -88,7 +88,7 @@ class AgentUpdateRequest(BaseModel):
 
     templates: list[str] | None = Field(default=None, max_length=1000)  # None: the outdated
     exclude: list[str] = Field(default_factory=list, max_length=1000)
-    recreate_full: bool = False  # recreate full clones instead of pushing the tool into them
+    recreate_full: StrictBool = False  # recreate full clones instead of pushing the tool into them
     rollout: Rollout | None = None  # the recreate's policy (logoff, grace, message, canary…)
 
 
