@@ -1,3 +1,3 @@
-from goldfleet.cli.main import main
+from goldfleet.cli.fastpath import main
 
 main()

@@ -98,6 +98,22 @@ def test_new_vms_go_to_the_least_loaded_host(
     assert fresh == ["h1", "h1", "h1", "h2"]
 
 
+def test_placement_counts_another_servers_vms_at_the_next_count(
+    make: Make, vm_spec: Callable[..., DomainSpec], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The VMs per host are counted in the database at most every LOAD_SECONDS (not once per
+    define, which would scan the whole fleet per VM); this driver's own defines count at once,
+    another server's from the next count."""
+    mine, other = make(hosts=["h1", "h2"]), make(hosts=["h1", "h2"])
+    assert [mine.define(spec=vm_spec(f"desk-{i:03}")) for i in range(3)] == ["h1", "h2", "h1"]
+    for i in range(4):
+        other.define(spec=vm_spec(f"other-{i:03}"), host="h2")  # h1 2, h2 5
+    # within LOAD_SECONDS of its count, this driver still sees h1 2, h2 1
+    assert mine.define(spec=vm_spec("desk-003")) == "h2"
+    monkeypatch.setattr(sim, "LOAD_SECONDS", 0.0)
+    assert [mine.define(spec=vm_spec(f"desk-1{i:02}")) for i in range(3)] == ["h1"] * 3
+
+
 def test_redefine_keeps_the_host_even_if_another_is_asked(
     drv: SimDriver, vm_spec: Callable[..., DomainSpec]
 ) -> None:

@@ -69,3 +69,64 @@ def test_usage_errors_still_come_from_typer(fleet):
     proc, modules = imported(fleet.home, "op", "show", "seven")
     assert proc.returncode == 2 and "should be a valid integer" in " ".join(proc.stderr.split())
     assert "pydantic" in modules  # typer's coercion, for the value it has to judge
+
+
+def full_cli(home, *args: str) -> subprocess.CompletedProcess:
+    """``goldfleet ARGS`` through typer whatever the arguments (cli/main.py's ``main``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOLDFLEET_")}
+    code = "import sys; from goldfleet.cli.main import main; main()"
+    return subprocess.run(
+        [sys.executable, "-c", code, *args],
+        env={**env, "GOLDFLEET_HOME": str(home)},
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("clone", "list", "--json"),
+        ("clone", "list", "--template=base", "--json", "--state", "ready", "--version", "v1"),
+        ("clone", "list", "--json", "--host", "nowhere"),  # nothing there: []
+        ("clone", "list", "--json", "--template", "nosuch"),  # the API's refusal
+        ("clone", "list", "--json", "--state", "asleep"),
+    ],
+)
+def test_plain_clone_list_json_runs_without_typer_and_prints_what_typer_prints(
+    fleet, template, args
+):
+    """cli/fastpath.py: the plain forms of ``clone list --json`` skip typer, and print the
+    same bytes, error line and exit code as the full CLI."""
+    fleet.create(count=3)
+    proc, modules = imported(fleet.home, *args)
+    assert heavy(modules, ("typer", "goldfleet.cli.main")) == []
+    full = full_cli(fleet.home, *args)
+    assert (proc.returncode, proc.stdout) == (full.returncode, full.stdout)
+    assert [line for line in proc.stderr.splitlines() if not line.startswith("import time:")] == (
+        full.stderr.splitlines()
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("clone", "list"),  # a table for people
+        ("clone", "list", "--json", "--version", "seven"),  # typer's path says why
+        ("clone", "list", "--json", "--template"),  # a value missing: click's usage error
+        ("clone", "list", "--json", "--template", "a", "--template", "b"),
+        ("clone", "list", "--json", "--help"),
+    ],
+)
+def test_other_forms_of_clone_list_go_through_typer(fleet, template, args):
+    proc, modules = imported(fleet.home, *args)
+    assert "goldfleet.cli.main" in modules
+    full = full_cli(fleet.home, *args)
+
+    def shown(text: str) -> list[str]:  # the usage line names the program: -m goldfleet, -c
+        return [line for line in text.splitlines() if "Usage:" not in line]
+
+    assert (proc.returncode, shown(proc.stdout)) == (full.returncode, shown(full.stdout))

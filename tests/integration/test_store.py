@@ -429,6 +429,34 @@ def test_linked_system_volume_is_an_overlay_on_the_layer(stores: Stores, base: L
     assert system.stat().st_size < MiB  # an overlay, not a copy
 
 
+def test_volumes_hold_the_prototypes_bytes_written_sparsely(
+    stores: Stores, base: LayerInfo
+) -> None:
+    """A volume made from a small prototype holds exactly its bytes (read back, holes as
+    zeroes) but only its non-zero pages are written; a prototype made again is read again."""
+    stores.volumes.build_clone("c1", CloneKind.LINKED, base.digest, SIZE, OUTLINE)
+    stores.volumes.build_clone("c2", CloneKind.LINKED, base.digest, SIZE, OUTLINE)
+    protos = {p.name: p for p in stores.volumes.cache.iterdir()}
+    overlay = next(p for name, p in protos.items() if name.startswith("overlay-"))
+    blank = protos[f"blank-{32 * MiB}.qcow2"]
+    for uid in ("c1", "c2"):
+        for name, proto in (("system.qcow2", overlay), ("temp0.qcow2", blank)):
+            made = stores.volumes.path(uid, name)
+            assert made.read_bytes() == proto.read_bytes()
+            assert made.stat().st_blocks * 512 < proto.stat().st_size // 4  # holes
+        assert stores.qemu.check(stores.volumes.path(uid, "data1.qcow2"))["exit_code"] == 0
+    assert not [p for p in stores.volumes.clone_dir("c1").iterdir() if p.suffix == ".new"]
+    # the prototype dropped and made again (other bytes here): the next volume has the new ones
+    stores.volumes.drop_prototypes(base.digest)
+    proto = stores.volumes.cache / overlay.name
+    backing = f"../../layers/{layer_filename(base.digest)}"
+    stores.qemu.create(proto, size=2 * SIZE, backing=backing, unsafe=True)
+    stores.volumes.build_system("c3", CloneKind.LINKED, base.digest, SIZE)
+    assert stores.volumes.path("c3", "system.qcow2").read_bytes() == proto.read_bytes()
+    info = stores.qemu.info(stores.volumes.path("c3", "system.qcow2"), "qcow2")
+    assert info["virtual-size"] == 2 * SIZE
+
+
 def test_full_system_volume_is_an_independent_copy(stores: Stores, base: LayerInfo) -> None:
     stores.volumes.build_clone("c1", CloneKind.FULL, base.digest, SIZE, OUTLINE)
     system = stores.volumes.path("c1", "system.qcow2")

@@ -9,7 +9,7 @@ import math
 from hypothesis import given
 from hypothesis import strategies as st
 
-from goldfleet.cli.output import dumps
+from goldfleet.cli.output import dumps, list_items
 
 scalars = st.one_of(
     st.none(),
@@ -49,3 +49,23 @@ def test_a_clone_list_reads_back_as_itself() -> None:
     assert json.loads(text) == clones
     assert text.startswith('[\n  {\n    "name": "web-000",\n')
     assert text.endswith("\n  }\n]")
+
+
+items = st.one_of(
+    rows,
+    st.recursive(
+        scalars,
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(), inner, max_size=3),
+        max_leaves=6,
+    ),
+)
+
+
+@given(st.lists(st.lists(items, min_size=1, max_size=4), max_size=4))
+def test_a_list_written_page_by_page_is_the_whole_list(pages: list[list]) -> None:
+    """``clone list --json`` formats each page as it arrives (cli/fastpath.py): the pages'
+    parts put together are what the whole list prints, flat pages or not."""
+    parts = [list_items(page) for page in pages]
+    text = "[\n" + ",\n".join(parts) + "\n]" if parts else "[]"
+    whole = [item for page in pages for item in page]
+    assert text == json.dumps(whole, indent=2, default=str) == dumps(whole)

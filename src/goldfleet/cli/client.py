@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 SERVER_FILE = "server.json"
 TOKEN_FILE = "admin.token"
 DEFAULT_PORT = 8437
+CLONE_PAGE = 1000  # clones asked for per request of clone list (the API's largest page)
 
 
 class ClientError(Exception):
@@ -105,14 +106,19 @@ class Client:
         ``Link: <…>; rel="next"`` header, until one names none (a server without paging sends
         everything in the first answer)."""
         items: list[Any] = []
+        for page in self.iter_pages(path, params):
+            items.extend(page)
+        return items
+
+    def iter_pages(self, path: str, params: dict[str, Any] | None = None) -> Iterator[list[Any]]:
+        """The pages of :meth:`get_pages`, one at a time as each arrives."""
         url: str | None = path
         while url is not None:
             with self._answered():
                 resp = self.http.get(url, params=params)
             self.raise_for(resp)
-            items.extend(resp.json())
+            yield resp.json()
             url, params = resp.links.get("next", {}).get("url"), None  # the link keeps the query
-        return items
 
     def stream_lines(self, method: str, path: str, **kwargs: Any) -> Iterator[Any]:
         """A request answered with JSON lines (a long action's progress), one at a time."""

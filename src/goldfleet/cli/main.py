@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import sys
@@ -14,7 +15,7 @@ import typer
 from goldfleet.cli import options, output
 from goldfleet.cli.access import grant_app, read_password, role_app, user_app
 from goldfleet.cli.bundles import bundle_app, keys_app
-from goldfleet.cli.client import SERVER_FILE, TOKEN_FILE, Client, ClientError
+from goldfleet.cli.client import CLONE_PAGE, SERVER_FILE, TOKEN_FILE, Client, ClientError
 from goldfleet.cli.clusters import cluster_app
 from goldfleet.cli.common import JsonOpt, follow
 from goldfleet.cli.common import fail as _fail
@@ -615,9 +616,6 @@ def clone_create(
     _finish(op, as_json, {"clones": r["clones"]})
 
 
-CLONE_PAGE = 1000  # clones asked for per request (the API's largest page)
-
-
 @clone_app.command("list")
 def clone_list(
     template: Annotated[str | None, typer.Option(help="Only this template's clones.")] = None,
@@ -1000,16 +998,26 @@ def audit_list(
 def app_for(args: list[str]) -> typer.Typer:
     """The app that runs ``goldfleet ARGS``: when the first argument names a group (``clone``,
     ``template``…), the root with that group alone beside the top-level commands, else the
-    whole app. Click builds the options of every command it holds before parsing, and for the
-    whole app that is a fifth of a command's start-up; a group's own usage, help and errors are
-    the same either way, and anything else (``--help``, a typo at the top) gets the whole app."""
-    groups = [g for g in app.registered_groups if args and g.name == args[0]]
-    if not groups:
-        return app
+    root with every group as an empty stand-in (its name, help and panel, none of its
+    commands). Click builds the options of every command it holds before parsing, and for the
+    whole app that is half of ``goldfleet --help``; a group's own usage, help and errors are the
+    same either way, and the root's help, usage and errors (``--help``, a typo at the top) list
+    only the groups' names and help, which the stand-ins carry."""
     only = typer.Typer(**ROOT)
     only.registered_commands = list(app.registered_commands)
-    only.registered_groups = groups
+    named = [g for g in app.registered_groups if args and g.name == args[0]]
+    only.registered_groups = named or [_stand_in(g) for g in app.registered_groups]
     return only
+
+
+def _stand_in(group: Any) -> Any:
+    """A registered group (typer's ``TyperInfo``) as it is listed at the top: without its
+    commands."""
+    empty = copy.copy(group.typer_instance)
+    empty.registered_commands, empty.registered_groups = [], []
+    stand_in = copy.copy(group)
+    stand_in.typer_instance = empty
+    return stand_in
 
 
 def main() -> None:

@@ -49,8 +49,19 @@ def dumps(data: Any) -> str:
     is only ever between two objects. Anything else goes to the Python encoder."""
     if not _flat_rows(data):
         return json.dumps(data, indent=2, default=str)
-    inner = json.dumps(data, separators=(",\n    ", ": "))  # [{"k": v,\n    "k": v},\n    {…}]
-    return "[\n  {\n    " + inner[2:-2].replace("},\n    {", "\n  },\n  {\n    ") + "\n  }\n]"
+    return "[\n" + list_items(data) + "\n]"
+
+
+def list_items(items: list[Any]) -> str:
+    """The items of a non-empty list as :func:`dumps` writes them inside ``[…]``: each at an
+    indent of 2, joined by ``,<break>``. So a long list can be written from its parts: "[",
+    a break, the parts joined by ``,<break>``, a break, "]" (an empty list is ``[]``)."""
+    if not _flat_rows(items):
+        return ",\n".join(
+            "  " + json.dumps(i, indent=2, default=str).replace("\n", "\n  ") for i in items
+        )
+    inner = json.dumps(items, separators=(",\n    ", ": "))  # [{"k": v,\n    "k": v},\n    {…}]
+    return "  {\n    " + inner[2:-2].replace("},\n    {", "\n  },\n  {\n    ") + "\n  }"
 
 
 def table(title: str | None, columns: list[str], rows: list[list[Any]]) -> None:

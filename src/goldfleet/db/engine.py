@@ -14,23 +14,37 @@ from sqlalchemy.orm import Session, sessionmaker
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, *, durable: bool = True) -> Engine:
+    """goldfleet's engine: every commit is on disk when it returns (SQLite in WAL mode with
+    ``synchronous=FULL``; PostgreSQL's default).
+
+    ``durable=False`` is for state that a later durable commit may carry to disk (the sim
+    driver's simulated hypervisor): a commit returns once written to the log, without waiting
+    for the disk. A process killed right after loses nothing (the log is in the OS's cache);
+    a power loss may lose such commits, but only those after the last durable one — the log
+    is written in order, and a durable commit flushes everything before it (SQLite's WAL file,
+    PostgreSQL's WAL)."""
     if url.startswith("sqlite"):
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": 30}, pool_size=8
         )
+        synchronous = "FULL" if durable else "NORMAL"
 
         @event.listens_for(engine, "connect")
         def _pragmas(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
             cur = dbapi_conn.cursor()
             cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=FULL")
+            cur.execute(f"PRAGMA synchronous={synchronous}")
             cur.execute("PRAGMA foreign_keys=ON")
             cur.execute("PRAGMA busy_timeout=30000")
             cur.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True)
+    if durable:
+        return create_engine(url, pool_pre_ping=True)
+    return create_engine(
+        url, pool_pre_ping=True, connect_args={"options": "-c synchronous_commit=off"}
+    )
 
 
 def migrate(engine: Engine) -> None:

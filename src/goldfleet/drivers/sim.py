@@ -4,7 +4,10 @@ It is a simulator with a documented model, not a mock (docs/concepts.md, "The ``
 driver"). The model, in short:
 
 - **Hosts** are the configured names (``sim_hosts``). A new VM is placed on the least-loaded
-  host (fewest defined VMs, ties to the first configured); a redefined VM keeps its host.
+  host (fewest defined VMs, ties to the first configured); a redefined VM keeps its host. The
+  VMs per host are counted in the database at most every ``LOAD_SECONDS`` and kept up to date
+  with this driver's own defines in between (a count per define would cost a scan of the whole
+  fleet per VM): VMs another server defines meanwhile are seen at the next count.
 - **VMs** (``sim_domains``) are ``stopped`` or ``running``; start and shutdown take effect at
   once (after the plan's latency). A VM cannot start unless every disk file and every declared
   backing file exists. A running VM cannot be undefined. Acting on an undefined VM raises
@@ -29,6 +32,7 @@ import json
 import os
 import re
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -36,7 +40,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from goldfleet import guest as guest_tool
@@ -89,6 +93,7 @@ ANY = "*"
 USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,62}")
 PLAN_KEYS = ("latency_ms", "fail_nth", "fail_vms", "hang", "hang_seconds", "sessions")
 DOCS = "see 'The sim driver' in docs/concepts.md"
+LOAD_SECONDS = 5.0  # how often placement counts the VMs per host in the database
 
 
 # --- the plan -----------------------------------------------------------------------------
@@ -299,6 +304,8 @@ class SimDriver(Driver):
         self._calls: dict[str, int] = {}
         self._lock = threading.Lock()  # the call counters
         self._placing = threading.Lock()  # least-loaded placement: count and insert together
+        self._load: dict[str, int] | None = None  # VMs per host, as counted (+ own defines)
+        self._load_at = 0.0  # time.monotonic() of that count
         self._closed = threading.Event()
 
     # -- the plan at work ------------------------------------------------------------------
@@ -360,25 +367,51 @@ class SimDriver(Driver):
             "memory_mib": spec.memory_mib,
             "vcpus": spec.vcpus,
         }
-        with self._placing, self.factory.begin() as s:
-            dom = s.get(SimDomain, spec.name)
-            if dom is not None:
-                kept = {k: dom.disks[k] for k in ("started_once", "filter") if k in dom.disks}
-                dom.disks = {**config, **kept}
-                return dom.host
-            chosen = host or self._least_loaded(s)
-            s.add(SimDomain(name=spec.name, host=chosen, state=STOPPED, disks=config))
+        # Core statements, not the ORM's unit of work: one VM per clone is the hot path
+        with self._placing:
+            with self.factory.begin() as s:
+                found = s.execute(
+                    select(SimDomain.host, SimDomain.disks).where(SimDomain.name == spec.name)
+                ).first()
+                if found is not None:
+                    kept = {
+                        k: found.disks[k] for k in ("started_once", "filter") if k in found.disks
+                    }
+                    s.execute(
+                        update(SimDomain)
+                        .where(SimDomain.name == spec.name)
+                        .values(disks={**config, **kept})
+                    )
+                    return found.host
+                load = self._host_load(s)
+                chosen = host or min(self._hosts, key=lambda h: load.get(h, 0))  # ties: first
+                s.execute(
+                    insert(SimDomain).values(
+                        name=spec.name, host=chosen, state=STOPPED, disks=config
+                    )
+                )
+            load[chosen] = load.get(chosen, 0) + 1  # committed
             return chosen
 
-    def _least_loaded(self, s: Session) -> str:
-        load = dict(
-            s.execute(
-                select(SimDomain.host, func.count())
-                .where(SimDomain.host.in_(self._hosts))
-                .group_by(SimDomain.host)
-            ).all()
-        )
-        return min(self._hosts, key=lambda h: load.get(h, 0))  # ties: the first configured
+    def _host_load(self, s: Session) -> dict[str, int]:
+        """VMs per host: counted at most every ``LOAD_SECONDS``, else as counted last plus
+        this driver's own defines since (the caller holds ``_placing``)."""
+        now = time.monotonic()
+        if self._load is None or now - self._load_at >= LOAD_SECONDS:
+            self._load = dict(
+                s.execute(
+                    select(SimDomain.host, func.count())
+                    .where(SimDomain.host.in_(self._hosts))
+                    .group_by(SimDomain.host)
+                ).all()
+            )
+            self._load_at = now
+        return self._load
+
+    def _recount(self) -> None:
+        """A VM left or moved: count again at the next placement."""
+        with self._placing:
+            self._load = None
 
     def undefine(self, *, name: str) -> None:
         self._enter("undefine", [name])
@@ -391,6 +424,7 @@ class SimDriver(Driver):
                     f"sim: VM {name} is running on {dom.host}; shut it down before undefining it"
                 )
             s.delete(dom)
+        self._recount()
 
     def start(self, *, name: str) -> None:
         """Start a stopped VM (a running one is left so); scripted users log in at its first
@@ -452,6 +486,7 @@ class SimDriver(Driver):
             )
         with self.factory.begin() as s:
             _domain(s, name).host = host
+        self._recount()
 
     def sessions(self, *, names: Sequence[str]) -> dict[str, list[GuestSession]]:
         """Every named VM's users, in one query; an undefined name raises."""

@@ -3,6 +3,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
+from pydantic_core import to_json
 
 from goldfleet.api.deps import Allow, Caller, Ctx
 from goldfleet.api.schemas import (
@@ -21,24 +22,23 @@ router = APIRouter(prefix="/clones", tags=["clones"])
 MAX_PAGE = 1000  # clones in one page of GET /clones?limit=
 
 
-@router.get("")
+@router.get("", response_model=list[CloneView])
 def list_clones(
     ctx: Ctx,
     caller: Caller,
     request: Request,
-    response: Response,
     template: str | None = None,
     state: Annotated[str | None, Query(description="A status (ready…) or power state.")] = None,
     host: Annotated[str | None, Query(max_length=255)] = None,
     version: Annotated[int | None, Query(ge=1, description="A version number.")] = None,
     limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE)] = None,
     after: Annotated[str | None, Query(description="The last clone of the page before.")] = None,
-) -> list[CloneView]:
+) -> Response:
     """Clones in name order, filtered here rather than by the client. Without ``limit``, every
     match, as before paging existed; with it, one page and, while more follow, a header
     ``Link: </clones?…&after=NAME>; rel="next"`` (RFC 8288), so the body stays a plain list.
     Only the clones the caller may read are listed."""
-    page = fleet.list_clones(
+    page = fleet.clone_rows(
         ctx,
         reach=access.reach(caller, "clone.read"),
         template=template,
@@ -48,11 +48,15 @@ def list_clones(
         after=after,
         limit=None if limit is None else limit + 1,  # one more: is there a next page?
     )
+    headers = {}
     if limit is not None and len(page) > limit:
         page = page[:limit]
-        following = request.url.include_query_params(after=page[-1].name)
-        response.headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
-    return page
+        following = request.url.include_query_params(after=page[-1]["name"])
+        headers["Link"] = f'<{following.path}?{following.query}>; rel="next"'
+    # the rows as they are, in pydantic's own JSON (the bytes CloneView's would give): no
+    # model per row, and not FastAPI's response-model path, which dumps, validates and encodes
+    # every row again — most of a 1,000-clone page's time
+    return Response(to_json(page), media_type="application/json", headers=headers)
 
 
 @router.post("", status_code=202)

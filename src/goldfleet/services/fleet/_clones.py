@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, false, or_, select
+from sqlalchemy import ColumnElement, false, null, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -143,6 +143,33 @@ def list_clones(
     given. ``after`` (a clone name) and ``limit`` page by name: a keyset, so a page does not
     shift when clones before it come or go. ``reach`` (services/access): only the clones under
     one of its scopes, in the same query."""
+    rows = clone_rows(
+        ctx,
+        template=template,
+        state=state,
+        host=host,
+        version=version,
+        after=after,
+        limit=limit,
+        reach=reach,
+    )
+    return [CloneView(**row) for row in rows]
+
+
+def clone_rows(
+    ctx: Context,
+    *,
+    template: str | None = None,
+    state: str | None = None,
+    host: str | None = None,
+    version: int | None = None,
+    after: str | None = None,
+    limit: int | None = None,
+    reach: Reach | None = None,
+) -> list[dict[str, Any]]:
+    """:func:`list_clones` as plain dicts, each with CloneView's fields in its order and
+    values of its types (``volumes`` None): what a large list is serialized from without a
+    model per row (the API's GET /clones)."""
     if state is not None and state not in STATES:
         raise InvalidInput(f"state {state!r} is not a clone state: use {', '.join(STATES)}")
     if after is not None:
@@ -162,6 +189,7 @@ def list_clones(
             target.number.label("target_version"),
             Clone.error,
             Clone.operation_id,
+            null().label("volumes"),
             Clone.created_at,
         )
         .join(Template, Clone.template_id == Template.id)
@@ -184,7 +212,9 @@ def list_clones(
     with ctx.session() as s:
         if template is not None:
             q = q.where(Clone.template_id == get_template(s, template).id)
-        return [CloneView(**row) for row in s.execute(q).mappings()]
+        result = s.execute(q)
+        keys = list(result.keys())
+        return [dict(zip(keys, row, strict=True)) for row in result]
 
 
 def _within(reach: Reach) -> ColumnElement[bool]:
