@@ -267,7 +267,7 @@ def test_capabilities_follow_the_connections(tmp_path: Path) -> None:
     # QEMU hosts have the guest agent channel; nothing is opened to know it
     qemu = LibvirtDriver(uris=["qemu+ssh://h1/system", "qemu+ssh://h2/system"])
     assert qemu.capabilities == Capabilities(
-        sessions=True, messages=True, logoff=True, migrate=True
+        sessions=True, messages=True, logoff=True, migrate=True, guest_agent=True, nwfilter=True
     )
     assert qemu.hosts() == ["h1", "h2"]
 

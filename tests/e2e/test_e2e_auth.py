@@ -56,6 +56,7 @@ def _endpoints(fleet) -> list[tuple[str, str, str]]:
         "digest": "sha256:" + "0" * 64,
         "template": "base",
         "host": "sim-host-1",
+        "update_id": "1",
     }
     found = []
     for template, methods in spec["paths"].items():
