@@ -43,33 +43,6 @@ def tool_version() -> None:
     print(guest.tool_version())
 
 
-def _policy_json(policy: Any) -> dict[str, Any]:
-    return {
-        "kind": str(policy.kind),
-        "threshold": policy.threshold,
-        "versions": [
-            {"name": v.name, "descriptor": v.descriptor, "description": v.description}
-            for v in policy.versions
-        ],
-        "restricted_message": policy.restricted_message,
-        "update_available_message": {
-            "enabled": policy.update_message_enabled,
-            "text": policy.update_message,
-        },
-        "restricted_access": {
-            "dhcp": policy.allow_dhcp,
-            "dns": policy.allow_dns,
-            "allow": [str(e) for e in policy.allow],
-        },
-        "unanswered": str(policy.unanswered),
-        "plugin": (
-            {"path": policy.plugin.path, "timeout_s": policy.plugin.timeout_s}
-            if policy.plugin
-            else None
-        ),
-    }
-
-
 def read_policy_file(path: Path) -> str:
     try:
         if path.stat().st_size > MAX_POLICY_BYTES:
@@ -106,7 +79,7 @@ def validate(
                 print(f"{file}:{p.line}: {p.message}" if p.line else f"{file}: {p.message}")
         raise typer.Exit(1) from None
     if as_json:
-        output.emit_json({"valid": True, "policy": _policy_json(policy)})
+        output.emit_json({"valid": True, "policy": quarantine.policy_json(policy)})
         return
     levels = ", ".join(
         f"{v.name} ({v.descriptor})" + (" ← threshold" if v.name == policy.threshold else "")

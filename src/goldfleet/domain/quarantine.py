@@ -21,6 +21,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Any
 
 from goldfleet.errors import InvalidInput
 
@@ -583,3 +584,31 @@ def parse_guest_policy(text: str) -> Policy:
             name = words[2] if len(words) > 2 else words[1]
             versions.append(QVersion(name=name, descriptor=words[1]))
     return Policy(kind=kind, versions=tuple(versions), threshold=None)
+
+
+def policy_json(policy: Policy) -> dict[str, Any]:
+    """The policy as JSON: what `compliance validate --json` prints and the API shows."""
+    return {
+        "kind": str(policy.kind),
+        "threshold": policy.threshold,
+        "versions": [
+            {"name": v.name, "descriptor": v.descriptor, "description": v.description}
+            for v in policy.versions
+        ],
+        "restricted_message": policy.restricted_message,
+        "update_available_message": {
+            "enabled": policy.update_message_enabled,
+            "text": policy.update_message,
+        },
+        "restricted_access": {
+            "dhcp": policy.allow_dhcp,
+            "dns": policy.allow_dns,
+            "allow": [str(e) for e in policy.allow],
+        },
+        "unanswered": str(policy.unanswered),
+        "plugin": (
+            {"path": policy.plugin.path, "timeout_s": policy.plugin.timeout_s}
+            if policy.plugin
+            else None
+        ),
+    }

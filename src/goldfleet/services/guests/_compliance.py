@@ -95,40 +95,13 @@ class AgentsView(BaseModel):
     templates: list[dict[str, Any]]  # template versions whose recorded tool is older or unknown
 
 
-def policy_json(policy: q.Policy) -> dict[str, Any]:
-    return {
-        "kind": str(policy.kind),
-        "threshold": policy.threshold,
-        "versions": [
-            {"name": v.name, "descriptor": v.descriptor, "description": v.description}
-            for v in policy.versions
-        ],
-        "restricted_message": policy.restricted_message,
-        "update_available_message": {
-            "enabled": policy.update_message_enabled,
-            "text": policy.update_message,
-        },
-        "restricted_access": {
-            "dhcp": policy.allow_dhcp,
-            "dns": policy.allow_dns,
-            "allow": [str(e) for e in policy.allow],
-        },
-        "unanswered": str(policy.unanswered),
-        "plugin": (
-            {"path": policy.plugin.path, "timeout_s": policy.plugin.timeout_s}
-            if policy.plugin
-            else None
-        ),
-    }
-
-
 def _policy_view(t: Template, row: QuarantinePolicy) -> PolicyView:
     policy = q.parse_policy(row.text, check_plugin=False)
     return PolicyView(
         template=t.name,
         number=row.number,
         text=row.text,
-        policy=policy_json(policy),
+        policy=q.policy_json(policy),
         actor=row.actor,
         created_at=row.created_at,
         filters={a: nwfilter.filter_name(t.name, a) for a in ("normal", "restricted")},
