@@ -31,7 +31,8 @@ def _query_flag(value: object) -> object:
     return value
 
 
-OperationId = Annotated[int, Path(ge=1, le=MAX_ID)]
+RowId = Annotated[int, Path(ge=1, le=MAX_ID)]  # any row id in a path: operations, agent updates…
+OperationId = RowId
 VersionNumber = Annotated[int, Path(ge=1, le=MAX_VERSION)]
 QueryFlag = Annotated[bool, BeforeValidator(_query_flag)]
 ListLimit = Annotated[int, Query(ge=1, le=MAX_LIST)]  # rows of a listing (-1 gave every row)

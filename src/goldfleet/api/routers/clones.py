@@ -14,6 +14,7 @@ from goldfleet.api.schemas import (
     CloneRecreate,
     CloneRetry,
 )
+from goldfleet.domain.names import MAX_VERSION
 from goldfleet.services import access, fleet, rollouts
 from goldfleet.services.common import CloneView, OperationView
 
@@ -30,7 +31,9 @@ def list_clones(
     template: str | None = None,
     state: Annotated[str | None, Query(description="A status (ready…) or power state.")] = None,
     host: Annotated[str | None, Query(max_length=255)] = None,
-    version: Annotated[int | None, Query(ge=1, description="A version number.")] = None,
+    version: Annotated[
+        int | None, Query(ge=1, le=MAX_VERSION, description="A version number.")
+    ] = None,
     limit: Annotated[int | None, Query(ge=1, le=MAX_PAGE)] = None,
     after: Annotated[str | None, Query(description="The last clone of the page before.")] = None,
 ) -> Response:

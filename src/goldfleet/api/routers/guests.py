@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from goldfleet.api.deps import Allow, Caller, Ctx
-from goldfleet.api.schemas import Rollout
+from goldfleet.api.schemas import MAX_ID, Rollout, RowId
 from goldfleet.domain.access import template_path
 from goldfleet.services import access, guests, rollouts
 from goldfleet.services.guests import (
@@ -49,7 +49,10 @@ def apply_policy(name: str, body: PolicyRequest, ctx: Ctx, caller: PolicyWriter)
 
 @router.get("/templates/{name}/compliance")
 def show_policy(
-    name: str, ctx: Ctx, caller: PolicyReader, number: int | None = Query(default=None, ge=1)
+    name: str,
+    ctx: Ctx,
+    caller: PolicyReader,
+    number: int | None = Query(default=None, ge=1, le=MAX_ID),
 ) -> PolicyView:
     return guests.show_policy(ctx, name, number)
 
@@ -119,7 +122,7 @@ def agent_updates(ctx: Ctx, caller: Caller) -> list[AgentUpdateView]:
 
 
 @router.get("/agents/updates/{update_id}")
-def agent_update_show(update_id: int, ctx: Ctx, caller: Caller) -> AgentUpdateView:
+def agent_update_show(update_id: RowId, ctx: Ctx, caller: Caller) -> AgentUpdateView:
     found = guests.show_update(ctx, update_id)
     access.authorize(ctx, caller, "compliance.read", "template", found.template)
     return found
