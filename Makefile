@@ -17,7 +17,10 @@ test: setup
 	$(BIN)/ruff check src tests bench
 	$(BIN)/ruff format --check src tests bench
 	$(BIN)/lint-imports
-	$(BIN)/pytest
+	@# three workers on two cores: most e2e tests wait on servers, sleeps and qemu-img;
+	@# a module that starts one costly server for all its tests is kept on one worker
+	@# (pytest.mark.xdist_group). Alone, a file runs as usual: pytest tests/e2e/test_x.py
+	$(BIN)/pytest -n 3 --dist loadgroup
 
 lint: setup
 	$(BIN)/ruff check src tests bench

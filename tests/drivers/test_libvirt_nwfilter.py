@@ -31,7 +31,8 @@ from goldfleet.drivers import nwfilter
 from goldfleet.drivers.base import DiskSpec, DomainSpec
 
 libvirt = pytest.importorskip("libvirt")
-pytestmark = pytest.mark.slow
+# one worker runs the whole module under `make test` (pytest-xdist): one libvirtd, started once
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("libvirtd")]
 
 LIBVIRTD = shutil.which("libvirtd") or "/usr/sbin/libvirtd"
 

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +52,17 @@ def make_raw(path: Path, size: int = 16 * MiB, fill: dict[int, bytes] | None = N
             f.seek(offset)
             f.write(data)
     return path
+
+
+def _under_way(op: dict) -> bool:
+    """Running, being cancelled, or scheduled at a time already past (the runner starts it at
+    its next pass): what ``wait`` waits through. A start still ahead is an answer."""
+    if op["status"] in ("running", "cancelling"):
+        return True
+    if op["status"] != "scheduled" or not op.get("start_at"):
+        return False
+    start = datetime.fromisoformat(op["start_at"])
+    return (start if start.tzinfo else start.replace(tzinfo=UTC)) <= datetime.now(UTC)
 
 
 @dataclass
@@ -136,7 +148,7 @@ class Fleet:
         deadline = time.monotonic() + timeout
         while True:
             op = self.client.get(f"/operations/{op_id}")
-            if op["status"] != "running":
+            if not _under_way(op):
                 return op
             assert time.monotonic() < deadline, f"operation {op_id} still running: {op}"
             time.sleep(0.05)

@@ -361,6 +361,10 @@ def test_bad_input_changes_nothing(world: World) -> None:
     with pytest.raises(ClientError) as info:
         w.client.post("/clusters/pve/channel", {"kind": "normal", "key": "@@@"})
     assert info.value.status == 422
+    for kind in ("normal", "offline"):  # a key that is not even ASCII: 422 too, not a 500
+        with pytest.raises(ClientError) as info:
+            w.client.post("/clusters/pve/channel", {"kind": kind, "key": "clé"})
+        assert info.value.status == 422 and "not base64" in info.value.message
     w.ok("cluster", "channel", "pve", "offline")
     assert "not built yet" in w.refused("cluster", "sync", "pve")
 

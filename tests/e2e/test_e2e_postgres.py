@@ -51,7 +51,8 @@ def _root_conftest():  # type: ignore[no-untyped-def]
 
 _root = _root_conftest()
 Server, free_port, make_raw = _root.Server, _root.free_port, _root.make_raw
-pytestmark = pytest.mark.slow
+# one worker runs the whole module under `make test` (pytest-xdist): one PostgreSQL cluster
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("postgres")]
 
 MiB = 1 << 20
 VOLUME_FILES = ("system.qcow2", "temp0.qcow2", "data0.qcow2")

@@ -145,7 +145,7 @@ def channel(name: str, body: ChannelRequest, ctx: Ctx, caller: ClusterWrite) -> 
     if body.key is not None:
         try:
             key = base64.b64decode(body.key, validate=True)
-        except binascii.Error:
+        except (binascii.Error, ValueError):  # ValueError: not ASCII
             raise InvalidInput("key: not base64 (send the key file's bytes, base64)") from None
     return clusters.set_channel(
         ctx,
