@@ -156,6 +156,14 @@ def show_template(ctx: Context, name: str) -> TemplateView:
         return template_view(s, t, overlay_path=overlay)
 
 
+def layer_sizes(ctx: Context, digests: list[str]) -> dict[str, int]:
+    """The stored size in bytes of each of ``digests`` the catalog holds."""
+    with ctx.session() as s:
+        return dict(
+            s.execute(select(Layer.digest, Layer.size).where(Layer.digest.in_(set(digests)))).all()
+        )
+
+
 def list_versions(ctx: Context, name: str) -> list[VersionView]:
     with ctx.session() as s:
         t = get_template(s, name)
