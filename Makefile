@@ -62,6 +62,14 @@ system-packages: system-base
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 	    gnupg gpgv dpkg >/dev/null; \
 	fi
+	@# the web console's browser tests (tests/e2e/test_e2e_console.py): Debian's chromium, driven
+	@# by Playwright through its executable (no browser download)
+	@if ! command -v chromium >/dev/null; then \
+	  echo "installing Debian package: chromium"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    chromium >/dev/null; \
+	fi
 	@if ! command -v curl >/dev/null; then \
 	  echo "installing Debian package: curl"; \
 	  $(SUDO) apt-get update -qq && \

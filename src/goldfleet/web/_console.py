@@ -275,10 +275,24 @@ def console_app(ctx: Context) -> FastAPI:
     @app.exception_handler(GoldfleetError)
     async def refused(request: Request, exc: GoldfleetError) -> Response:
         if request.method in ("GET", "HEAD") and not request.headers.get("hx-request"):
+            try:  # the page around the error, with what the caller may reach
+                p = await page(request)
+            except NotLoggedIn:
+                p = None
+            if p is not None:
+                return p.render(
+                    "error.html", status=exc.status_code, code=exc.status_code, message=exc.message
+                )
             return templates.TemplateResponse(
                 request,
                 "error.html",
-                {"code": exc.status_code, "message": exc.message, "caller": None, "nav": []},
+                {
+                    "code": exc.status_code,
+                    "message": exc.message,
+                    "caller": None,
+                    "nav": [],
+                    "csrf": None,
+                },
                 status_code=exc.status_code,
             )
         return error_fragment(exc)
