@@ -641,7 +641,7 @@ def chain_svg(versions: list[Any], sizes: dict[str, int]) -> dict[str, Any]:
                 "current": v.current,
             }
         )
-    width = left + max(1, len(layers)) * col_w + 110
+    width = max(560, left + max(1, len(layers)) * col_w + 110)
     height = top + max(1, len(rows)) * row_h + 40
     return {
         "layers": layers,
