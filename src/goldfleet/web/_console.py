@@ -850,6 +850,12 @@ async def _events(p: Page, op_id: int) -> AsyncIterator[bytes]:
     until it ends (then once more, and the stream closes). The session is checked again every
     few seconds: a logout or an expiry ends the stream."""
     ctx = p.ctx
+    can_control, can_retry = await run_in_threadpool(
+        lambda: (
+            may(ctx, p.caller, "operation.control", "operation", op_id),
+            holds(p.caller, "clone.recreate"),
+        )
+    )
     last: tuple | None = None
     checked = asyncio.get_running_loop().time()
     try:
@@ -861,7 +867,9 @@ async def _events(p: Page, op_id: int) -> AsyncIterator[bytes]:
                 items = await run_in_threadpool(
                     rollouts.list_items, ctx, op_id, limit=MAX_ITEMS_SHOWN
                 )
-                progress = templates.get_template("_progress.html").render(op=op)
+                progress = templates.get_template("_progress.html").render(
+                    op=op, can_control=can_control, can_retry=can_retry
+                )
                 rows = templates.get_template("_items.html").render(items=items)
                 yield _event("progress", progress)
                 yield _event("items", rows)

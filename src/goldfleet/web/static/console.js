@@ -28,7 +28,10 @@
     var box = document.getElementById("progress");
     if (!box || !box.dataset.events || !window.EventSource) return;
     var source = new EventSource(box.dataset.events);
-    source.addEventListener("progress", function (e) { box.innerHTML = e.data; });
+    source.addEventListener("progress", function (e) {
+      box.innerHTML = e.data;
+      if (window.htmx) window.htmx.process(box); // its buttons post through htmx
+    });
     source.addEventListener("items", function (e) {
       var items = document.getElementById("items");
       if (items) items.innerHTML = e.data;
