@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 
 from goldfleet import crashpoints, guest
 from goldfleet.context import Context
@@ -47,6 +47,7 @@ from goldfleet.services.common import (
     get_template,
     get_version,
     template_view,
+    template_views,
     version_view,
 )
 from goldfleet.store.files import Abandoned
@@ -146,7 +147,15 @@ def _check_name_free(s: Session, name: str) -> None:
 
 def list_templates(ctx: Context) -> list[TemplateView]:
     with ctx.session() as s:
-        return [template_view(s, t) for t in s.scalars(select(Template).order_by(Template.name))]
+        found = s.scalars(
+            select(Template)
+            .options(
+                selectinload(Template.versions),
+                selectinload(Template.current_version).selectinload(Version.layer),
+            )
+            .order_by(Template.name)
+        )
+        return template_views(s, list(found))
 
 
 def show_template(ctx: Context, name: str) -> TemplateView:
