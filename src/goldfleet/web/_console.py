@@ -580,8 +580,7 @@ def _dashboard(p: Page) -> dict[str, Any]:
             f"{cl.name}/{h.name}" for cl in found_clusters for h in cl.hosts if h.pending
         ]
     if holds(c, "compliance.read") and access.reach(c, "compliance.read").everything:
-        view = guests.agents(ctx)
-        facts["agents"] = {"outdated": view.outdated, "missing": view.missing}
+        facts["agents"] = guests.agent_counts(ctx)
     return facts
 
 
