@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, selectinload
+from sqlalchemy.orm import Session
 
 from goldfleet import crashpoints, guest
 from goldfleet.context import Context
@@ -147,15 +147,7 @@ def _check_name_free(s: Session, name: str) -> None:
 
 def list_templates(ctx: Context) -> list[TemplateView]:
     with ctx.session() as s:
-        found = s.scalars(
-            select(Template)
-            .options(
-                selectinload(Template.versions),
-                selectinload(Template.current_version).selectinload(Version.layer),
-            )
-            .order_by(Template.name)
-        )
-        return template_views(s, list(found))
+        return template_views(s)
 
 
 def show_template(ctx: Context, name: str) -> TemplateView:
