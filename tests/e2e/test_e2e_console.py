@@ -67,7 +67,8 @@ def shots(
 @pytest.fixture(scope="module")
 def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     """A server with template ``base`` (60 clones), template ``win`` (4 clones), pool ``lab``
-    of ``base`` (3 clones), an admin user and a helpdesk user scoped to ``pool:lab``."""
+    of ``base`` (3 clones), cluster ``pve``, site ``branch``, an admin user, a helpdesk user
+    scoped to ``pool:lab`` and one scoped to ``template:win``."""
     root = tmp_path_factory.mktemp("console")
     server = Server(home=root / "home")
     server.start()
@@ -79,6 +80,8 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         op = c.post("/clones", {"template": template, "count": count, "wait": True})["operation"]
         assert op["status"] == "done", op
     c.post("/pools", {"name": "lab", "template": "base", "min": 3, "max": 3})
+    c.post("/clusters", {"name": "pve", "hosts": ["sim-host-1"], "coordinator": "sim-host-1"})
+    c.post("/sites", {"name": "branch"})
     c.post("/users", {"name": ADMIN, "password": ADMIN_PW, "role": "admin"})
     c.post("/users", {"name": HD, "password": HD_PW, "role": "helpdesk", "scope": "pool:lab"})
     c.post("/users", {"name": HD2, "password": HD_PW, "role": "helpdesk", "scope": "template:win"})
@@ -180,6 +183,12 @@ def test_every_page_renders_with_real_data_and_no_console_error(admin: Tab, shot
     assert admin.page.locator('input[name="clone"]').count() == 4
     admin.go("/ui/users")
     assert HD in admin.page.inner_text("main")
+    admin.go("/ui/hosts")
+    assert "sim-host-1" in admin.page.inner_text("main")
+    admin.go("/ui/sites")
+    assert "branch" in admin.page.inner_text("main")
+    admin.go("/ui/pools")
+    assert admin.page.locator("main a[href='/ui/clones?pool=lab']").count() == 1
     assert admin.errors == []
 
 
