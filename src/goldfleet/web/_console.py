@@ -64,6 +64,7 @@ HERE = Path(__file__).parent
 PAGE_SIZES = (50, 100, 200, 500)
 MAX_ITEMS_SHOWN = 500  # an operation's items on its page (the counts cover them all)
 SSE_TICK = 0.2  # seconds between looks at a running operation
+SSE_STREAM_SECONDS = 30.0  # then the stream ends and the browser opens a new one
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
@@ -847,8 +848,12 @@ def _control(p: Page, op_id: int, verb: str) -> Response:
 async def _events(p: Page, op_id: int) -> AsyncIterator[bytes]:
     """Server-sent events: the progress and the items of the operation each time they change,
     until it ends (then once more, and the stream closes). The session is checked again every
-    few seconds: a logout or an expiry ends the stream."""
+    few seconds: a logout or an expiry ends the stream. A stream lasts at most
+    SSE_STREAM_SECONDS; the browser's EventSource reconnects and gets the state at once."""
     ctx = p.ctx
+    loop = asyncio.get_running_loop()
+    until = loop.time() + SSE_STREAM_SECONDS
+    yield b"retry: 1000\n\n"  # the browser reconnects 1 s after a stream ends early
     can_control, can_retry = await run_in_threadpool(
         lambda: (
             may(ctx, p.caller, "operation.control", "operation", op_id),
@@ -856,36 +861,33 @@ async def _events(p: Page, op_id: int) -> AsyncIterator[bytes]:
         )
     )
     last: tuple | None = None
-    checked = asyncio.get_running_loop().time()
-    try:
-        while True:
-            op = await run_in_threadpool(rollouts.show_operation, ctx, op_id)
-            key = (op.status, op.done, op.failed, op.running, op.queued, op.skipped, op.cancelled)
-            if key != last:
-                last = key
-                items = await run_in_threadpool(
-                    rollouts.list_items, ctx, op_id, limit=MAX_ITEMS_SHOWN
-                )
-                progress = templates.get_template("_progress.html").render(
-                    op=op, can_control=can_control, can_retry=can_retry
-                )
-                rows = templates.get_template("_items.html").render(items=items)
-                yield _event("progress", progress)
-                yield _event("items", rows)
-                if op.finished_at is not None:
-                    yield _event("end", op.status)
-                    return
-            await asyncio.sleep(SSE_TICK)
-            now = asyncio.get_running_loop().time()
-            if now - checked > 5:
-                checked = now
-                try:
-                    await run_in_threadpool(access.authenticate, ctx, p.secret)
-                except Unauthorized:
-                    yield _event("end", "logged out")
-                    return
-    except asyncio.CancelledError:  # the browser went away
-        return
+    checked = loop.time()
+    while True:
+        op = await run_in_threadpool(rollouts.show_operation, ctx, op_id)
+        key = (op.status, op.done, op.failed, op.running, op.queued, op.skipped, op.cancelled)
+        if key != last:
+            last = key
+            items = await run_in_threadpool(rollouts.list_items, ctx, op_id, limit=MAX_ITEMS_SHOWN)
+            progress = templates.get_template("_progress.html").render(
+                op=op, can_control=can_control, can_retry=can_retry
+            )
+            rows = templates.get_template("_items.html").render(items=items)
+            yield _event("progress", progress)
+            yield _event("items", rows)
+            if op.finished_at is not None:
+                yield _event("end", op.status)
+                return
+        await asyncio.sleep(SSE_TICK)
+        now = loop.time()
+        if now > until:  # a stream is not held open for ever (a server's stop waits
+            return  # for its open responses): the page's EventSource opens another
+        if now - checked > 5:
+            checked = now
+            try:
+                await run_in_threadpool(access.authenticate, ctx, p.secret)
+            except Unauthorized:
+                yield _event("end", "logged out")
+                return
 
 
 def _event(name: str, data: str) -> bytes:
