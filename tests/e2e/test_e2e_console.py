@@ -117,6 +117,7 @@ class Tab:
         self.errors: list[str] = []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("dialog", lambda d: d.accept())  # hx-confirm: the user says yes
 
     def go(self, path: str) -> Any:
         return self.page.goto(self.base + path)
@@ -189,6 +190,29 @@ def test_every_page_renders_with_real_data_and_no_console_error(admin: Tab, shot
     assert "branch" in admin.page.inner_text("main")
     admin.go("/ui/pools")
     assert admin.page.locator("main a[href='/ui/clones?pool=lab']").count() == 1
+    assert admin.errors == []
+
+
+def test_the_row_actions_of_pools_sessions_and_tokens(admin: Tab, srv: Any) -> None:
+    page, c = admin.page, srv.client()
+    admin.go("/ui/pools")
+    page.click("main button:text('Drain')")
+    page.wait_for_selector("main td:text('draining')")
+    page.click("main button:text('Enable')")
+    page.wait_for_selector("main td:text('enabled')")
+    c.post("/clones/base-060/start")
+    c.post("/sim/sessions", {"vm": "base-060", "user": "alice"})
+    admin.go("/ui/sessions")
+    assert "alice" in page.inner_text("main table")
+    page.click("main button:text('Log off')")
+    page.wait_for_selector("main td:text('None.')")
+    assert c.get("/sessions")["sessions"] == []
+    c.post("/tokens", {"name": "ci", "role": "reader"})
+    admin.go("/ui/users")
+    page.click("main tr:has(td:text-is('ci')) button:text('Revoke')")
+    page.wait_for_selector("main tr:has(td:text-is('ci')) td:text-is('yes')")
+    actions = {(e["actor"], e["action"]) for e in c.get("/audit")}
+    assert {("user:root", "pool.drain"), ("user:root", "token.revoke")} <= actions
     assert admin.errors == []
 
 

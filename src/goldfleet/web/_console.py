@@ -483,6 +483,39 @@ def console_app(ctx: Context) -> FastAPI:
         p = await page(request)
         return p.render("table.html", **(await run_in_threadpool(_users, p)))
 
+    @app.post("/ui/pools/{name}/{verb}")
+    async def pool_control(request: Request, name: str, verb: str) -> Response:
+        p, _ = await action(request)
+        steer = {"drain": pools.drain_pool, "enable": pools.enable_pool}.get(verb)
+        if steer is None:
+            return error_fragment(f"no pool action {verb!r}: use drain or enable", 404)
+        try:
+            await run_in_threadpool(access.authorize, ctx, p.caller, "pool.write", "pool", name)
+            done = await run_in_threadpool(lambda: steer(ctx, name, actor=p.caller.name))
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"pool {done.name} is {done.state}", refresh=True)
+
+    @app.post("/ui/sessions/{clone}/{user}/logoff")
+    async def session_logoff(request: Request, clone: str, user: str) -> Response:
+        p, _ = await action(request)
+        try:
+            await run_in_threadpool(access.authorize, ctx, p.caller, "clone.logoff", "clone", clone)
+            await run_in_threadpool(lambda: fleet.logoff(ctx, clone, user, actor=p.caller.name))
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"{user} logged off {clone}", refresh=True)
+
+    @app.post("/ui/tokens/{name}/revoke")
+    async def token_revoke(request: Request, name: str) -> Response:
+        p, _ = await action(request)
+        try:
+            await run_in_threadpool(access.authorize, ctx, p.caller, "user.write", None, None)
+            await run_in_threadpool(lambda: access.revoke_token(ctx, name, actor=p.caller.name))
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"token {name} revoked", refresh=True)
+
     @app.post("/ui/users/{name}/{verb}")
     async def user_control(request: Request, name: str, verb: str) -> Response:
         p, _ = await action(request)
@@ -908,14 +941,29 @@ def _sessions(p: Page) -> dict[str, Any]:
     )
     return {
         "title": "Sessions",
-        "intro": "Users logged in to running clones, as the driver reports them. Message and "
-        "log off from the clones page (select, then Message users / Log off users).",
+        "intro": "Users logged in to running clones, as the driver reports them. To message "
+        "the users of clones, select them on the clones page (Message users).",
         "tables": [
             (
                 "Logged in",
-                ["Clone", "User", "Since", "Idle (s)", "Template", "Pool", "Host"],
+                ["Clone", "User", "Since", "Idle (s)", "Template", "Pool", "Host", "Action"],
                 [
-                    [s.clone, s.user, when(s.since), s.idle_seconds, s.template, s.pool, s.host]
+                    [
+                        s.clone,
+                        s.user,
+                        when(s.since),
+                        s.idle_seconds,
+                        s.template,
+                        s.pool,
+                        s.host,
+                        button(
+                            f"/ui/sessions/{quote(s.clone)}/{quote(s.user)}/logoff",
+                            "Log off",
+                            f"Log {s.user} off {s.clone} now?",
+                        )
+                        if may(ctx, c, "clone.logoff", "clone", s.clone)
+                        else None,
+                    ]
                     for s in shown
                 ],
             )
@@ -930,12 +978,21 @@ def _pools(p: Page) -> dict[str, Any]:
     found = access.visible(
         c, "pool.read", pools.list_pools(ctx), lambda v: pool_path(v.name, v.template)
     )
+
+    def steer(v: Any) -> Any:
+        if not may(ctx, c, "pool.write", "pool", v.name):
+            return None
+        if v.enabled:
+            return button(f"/ui/pools/{quote(v.name)}/drain", "Drain", f"Drain pool {v.name}?")
+        return button(f"/ui/pools/{quote(v.name)}/enable", "Enable")
+
     return {
         "title": "Pools",
+        "intro": "Create, resize, delete pools and set their windows with `goldfleet pool`.",
         "tables": [
             (
                 "Pools",
-                ["Pool", "Template", "Min", "Max", "Buffer", "State", "Clones", "Idle"],
+                ["Pool", "Template", "Min", "Max", "Buffer", "State", "Clones", "Idle", "Action"],
                 [
                     [
                         (v.name, f"/ui/clones?pool={quote(v.name)}"),
@@ -946,6 +1003,7 @@ def _pools(p: Page) -> dict[str, Any]:
                         v.state,
                         v.total,
                         v.idle,
+                        steer(v),
                     ]
                     for v in found
                 ],
@@ -1029,6 +1087,11 @@ def _hosts(p: Page) -> dict[str, Any]:
             )
         )
     return {"title": "Hosts and clusters", "tables": tables}
+
+
+def button(url: str, label: str, confirm: str | None = None) -> dict[str, str | None]:
+    """A table cell holding one action (posted by htmx, its answer shown under the table)."""
+    return {"post": url, "label": label, "confirm": confirm}
 
 
 def _brief(view: Any) -> str:
@@ -1117,7 +1180,7 @@ def _users(p: Page) -> dict[str, Any]:
             ),
             (
                 "API tokens",
-                ["Token", "Role", "Created", "Revoked", "Grants"],
+                ["Token", "Role", "Created", "Revoked", "Grants", "Action"],
                 [
                     [
                         t.name,
@@ -1125,6 +1188,13 @@ def _users(p: Page) -> dict[str, Any]:
                         when(t.created_at),
                         "yes" if t.revoked else "no",
                         "; ".join(t.grants),
+                        button(
+                            f"/ui/tokens/{quote(t.name)}/revoke",
+                            "Revoke",
+                            f"Revoke token {t.name}? Whoever uses it is refused from now on.",
+                        )
+                        if can_write and not t.revoked
+                        else None,
                     ]
                     for t in access.list_tokens(ctx)
                 ],
