@@ -260,7 +260,7 @@ def test_bulk_restore_of_50_selected_clones_starts_one_operation(admin: Tab, srv
 
 
 def test_a_helpdesk_user_of_one_pool_sees_its_clones_and_no_maintenance(
-    browser: Any, srv: Any
+    browser: Any, srv: Any, shots: Path
 ) -> None:
     tab = Tab(browser, srv, width=820, height=1180)  # a tablet
     tab.login(HD, HD_PW)
@@ -275,6 +275,7 @@ def test_a_helpdesk_user_of_one_pool_sees_its_clones_and_no_maintenance(
         )
     }
     assert set(shown) == pool_clones and len(pool_clones) == 3, (shown, lab)
+    page.screenshot(path=str(shots / "clones-tablet.png"), full_page=True)
     options = page.locator("#bulk-action option").evaluate_all("els => els.map(e => e.value)")
     assert set(options) == {"restore", "start", "stop", "message", "logoff"}
     nav = page.inner_text("nav[aria-label=Main]")
