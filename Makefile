@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 SUM    := $(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 SUDO   := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: demo test lint format bench bench-scale setup setup-base system-base system-packages clean
+.PHONY: demo test lint format bench bench-scale bench-console setup setup-base system-base system-packages clean
 
 # the demo needs only qemu-utils and the package; the tests also libvirt, QEMU and PostgreSQL
 demo: setup-base
@@ -34,6 +34,10 @@ bench: setup
 # the 10,000-clone fleet on the sim driver, every figure of issue 10 next to its limit (minutes)
 bench-scale: setup
 	$(BIN)/python bench/scale.py
+
+# the web console with 10,000 clones and 200 templates: page times, first paint, SSE lag (minutes)
+bench-console: setup
+	$(BIN)/python bench/console.py
 
 setup-base: system-base $(VENV)/.installed-base-$(SUM)
 
