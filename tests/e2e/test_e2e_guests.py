@@ -7,10 +7,12 @@ tool to the same rules); tests/drivers/test_libvirt_boot.py proves it in a real 
 from __future__ import annotations
 
 import json
+import re
 import textwrap
 import time
 from pathlib import Path
 
+import httpx
 from inflight import root_conftest
 
 from goldfleet import guest
@@ -146,6 +148,15 @@ def test_agent_status_counts_outdated_and_missing_tools(fleet, template: str) ->
     listed = {x["clone"]: x["tool_version"] for x in after["clones"]}
     assert listed == {b: "0.9", c: None}
     assert after["packaged"] == guest.tool_version()
+    # the console's dashboard counts them in one grouped query (guests.agent_counts): the same
+    fleet.client.post("/users", {"name": "ops", "password": "ops-password-1", "role": "admin"})
+    with httpx.Client(base_url=fleet.server.url) as web:
+        form = web.get("/ui/login").text
+        token = re.search(r'name="login_csrf" value="([^"]+)"', form)
+        assert token is not None
+        fields = {"name": "ops", "password": "ops-password-1", "login_csrf": token.group(1)}
+        assert web.post("/ui/login", data=fields).status_code == 303
+        assert "1 out of date, 1 missing" in web.get("/ui/").text
 
     out = fleet.cli("agent", "status", "--json")
     assert out.returncode == 0, out.stderr

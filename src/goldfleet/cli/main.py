@@ -237,19 +237,19 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: config, 8437).")] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
 ) -> None:
-    """Run the API server (initialising the home first if needed).
+    """Run the API server and the web console (/ui/) (initialising the home first if needed).
 
     One server per home: the home's lock (goldfleet/homelock.py) is taken before anything in
     the home is touched (init, migrations, server.json, recovery) and held until the process
     ends; a second ``serve`` on the home is refused with the running server's pid and URL."""
     import uvicorn
 
-    from goldfleet.api.app import create_app
     from goldfleet.api.files import ZeroCopy
     from goldfleet.bootstrap import bootstrap
     from goldfleet.config import Settings
     from goldfleet.home import init_home
     from goldfleet.homelock import lock_home
+    from goldfleet.web import create_app  # the API, and the console beside it under /ui/
 
     home = home_dir()
     overrides: dict[str, Any] = {"host": host}

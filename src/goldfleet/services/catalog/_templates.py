@@ -47,6 +47,7 @@ from goldfleet.services.common import (
     get_template,
     get_version,
     template_view,
+    template_views,
     version_view,
 )
 from goldfleet.store.files import Abandoned
@@ -146,7 +147,7 @@ def _check_name_free(s: Session, name: str) -> None:
 
 def list_templates(ctx: Context) -> list[TemplateView]:
     with ctx.session() as s:
-        return [template_view(s, t) for t in s.scalars(select(Template).order_by(Template.name))]
+        return template_views(s)
 
 
 def show_template(ctx: Context, name: str) -> TemplateView:
@@ -154,6 +155,14 @@ def show_template(ctx: Context, name: str) -> TemplateView:
         t = get_template(s, name)
         overlay = str(ctx.layers.dir / t.overlay) if t.overlay else None
         return template_view(s, t, overlay_path=overlay)
+
+
+def layer_sizes(ctx: Context, digests: list[str]) -> dict[str, int]:
+    """The stored size in bytes of each of ``digests`` the catalog holds."""
+    with ctx.session() as s:
+        return dict(
+            s.execute(select(Layer.digest, Layer.size).where(Layer.digest.in_(set(digests)))).all()
+        )
 
 
 def list_versions(ctx: Context, name: str) -> list[VersionView]:

@@ -14,6 +14,7 @@ from goldfleet.services.common.lookups import (
     operation_view,
     outline_of,
     template_view,
+    template_views,
     version_view,
 )
 from goldfleet.services.common.views import (
@@ -53,5 +54,6 @@ __all__ = [
     "outline_of",
     "streams",
     "template_view",
+    "template_views",
     "version_view",
 ]

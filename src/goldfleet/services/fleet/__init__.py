@@ -5,11 +5,14 @@ sessions of users logged into clones, messaged and logged off by hand."""
 from __future__ import annotations
 
 from goldfleet.services.fleet._clones import (
+    BULK_ACTIONS,
     MAX_BULK,
     CloneWork,
+    bulk_action,
     call_driver,
     check_recreate,
     clone_rows,
+    count_clones,
     create_clones,
     delete_clone,
     list_clones,
@@ -40,6 +43,7 @@ from goldfleet.services.fleet._sessions import (
 )
 
 __all__ = [
+    "BULK_ACTIONS",
     "MAX_BULK",
     "CloneWork",
     "LogoffView",
@@ -48,9 +52,11 @@ __all__ = [
     "SessionError",
     "SessionList",
     "SessionView",
+    "bulk_action",
     "call_driver",
     "check_recreate",
     "clone_rows",
+    "count_clones",
     "create_clones",
     "delete_clone",
     "list_clones",

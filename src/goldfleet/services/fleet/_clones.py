@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, false, null, or_, select
+from sqlalchemy import ColumnElement, false, func, null, or_, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, aliased
 
@@ -32,7 +32,7 @@ from goldfleet.domain.model import CloneAction, CloneKind, CloneStatus, Outline,
 from goldfleet.domain.names import check_name, numbered_names, parse_version_ref
 from goldfleet.domain.rollout import ItemState, Policy, check_policy
 from goldfleet.drivers.base import DiskSpec, DomainSpec, DriverError
-from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, NoSpace
+from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, NoSpace, NotFound
 from goldfleet.services import hosts, rollouts
 from goldfleet.services.common import (
     CloneView,
@@ -166,10 +166,13 @@ def clone_rows(
     after: str | None = None,
     limit: int | None = None,
     reach: Reach | None = None,
+    pool: str | None = None,
+    user: str | None = None,
 ) -> list[dict[str, Any]]:
     """:func:`list_clones` as plain dicts, each with CloneView's fields in its order and
     values of its types (``volumes`` None): what a large list is serialized from without a
-    model per row (the API's GET /clones)."""
+    model per row (the API's GET /clones). ``pool`` and ``user`` (the user a clone is assigned
+    to) narrow it further (the web console's filters)."""
     if state is not None and state not in STATES:
         raise InvalidInput(f"state {state!r} is not a clone state: use {', '.join(STATES)}")
     if after is not None:
@@ -205,6 +208,10 @@ def clone_rows(
         q = q.where(Version.number == version)
     if after is not None:
         q = q.where(Clone.name > after)
+    if pool is not None:
+        q = q.where(Clone.pool_id.in_(select(Pool.id).where(Pool.name == pool)))
+    if user is not None:
+        q = q.where(Clone.assigned_user == user)
     if reach is not None and not reach.everything:
         q = q.where(_within(reach))
     if limit is not None:
@@ -215,6 +222,69 @@ def clone_rows(
         result = s.execute(q)
         keys = list(result.keys())
         return [dict(zip(keys, row, strict=True)) for row in result]
+
+
+def count_clones(ctx: Context, *, reach: Reach | None = None) -> dict[str, dict[str, int]]:
+    """How many clones (of those under ``reach``) are in each status and each power state, in
+    two grouped queries: ``{"status": {"ready": N, …}, "power": {"running": N, …}}``."""
+    out: dict[str, dict[str, int]] = {}
+    with ctx.session() as s:
+        for key, column in (("status", Clone.status), ("power", Clone.power)):
+            q = select(column, func.count()).group_by(column)
+            if reach is not None and not reach.everything:
+                q = q.where(_within(reach))
+            out[key] = {str(value): n for value, n in s.execute(q)}
+    return out
+
+
+BULK_ACTIONS = ("restore", "rebase", "recreate")
+
+
+def bulk_action(
+    ctx: Context,
+    *,
+    names: Sequence[str],
+    action: str,
+    actor: str,
+    policy: Policy | None = None,
+    start_at: datetime | None = None,
+) -> OperationView:
+    """One operation over the clones named: ``restore`` (each to its own version), ``rebase``
+    or ``recreate`` (each onto its template's current version). All are refused, nothing
+    started, if one is unknown, unusable or held by another operation."""
+    if action not in BULK_ACTIONS:
+        raise InvalidInput(f"action {action!r} is not one of {', '.join(BULK_ACTIONS)}")
+    wanted = sorted(set(names))
+    if not wanted:
+        raise InvalidInput("no clone selected")
+    if len(wanted) > MAX_BULK:
+        raise InvalidInput(f"{len(wanted)} clones selected: {MAX_BULK} at most")
+    with ctx.session() as s:
+        chosen = list(s.scalars(select(Clone).where(Clone.name.in_(wanted)).order_by(Clone.name)))
+        missing = sorted(set(wanted) - {c.name for c in chosen})
+        if missing:
+            raise NotFound(f"no clone {', '.join(missing[:5])}")
+        for c in chosen:
+            rules.check_clone_usable(c.name, c.status)
+        rollouts.refuse_busy(s, chosen)
+        currents: dict[int, Version] = {}
+        work = []
+        for c in chosen:
+            if action == "restore":
+                target = c.version
+            else:
+                if c.template_id not in currents:
+                    currents[c.template_id] = get_version(s, c.template, None)
+                target = currents[c.template_id]
+            work.append((c, CloneAction(action), target, False))
+        label = chosen[0].name if len(chosen) == 1 else f"{len(chosen)} clones"
+        op = rollouts.start_operation(
+            ctx, s, f"clone.{action}", label, work, actor, policy, start_at
+        )
+        audit.record(s, actor, f"clone.{action}", label, count=len(chosen), operation=op.id)
+        s.commit()
+        op_id = op.id
+    return rollouts.launch(ctx, op_id, False)
 
 
 def _within(reach: Reach) -> ColumnElement[bool]:
@@ -828,12 +898,28 @@ def retry(
     all_failed: bool = False,
     actor: str,
     wait: bool = False,
+    names: Sequence[str] | None = None,
 ) -> OperationView:
-    """Finish the recorded action of failed clones."""
-    if (name is None) == (not all_failed):
+    """Finish the recorded action of failed clones: one (``name``), every one (``all_failed``)
+    or those of ``names`` that failed (the console's "retry failed" of an operation), in one
+    operation."""
+    if names is not None:
+        if name is not None or all_failed:
+            raise InvalidInput("give clone names, a clone name or --all, not more than one")
+    elif (name is None) == (not all_failed):
         raise InvalidInput("give either a clone name or --all")
     with ctx.session() as s:
-        if name is not None:
+        if names is not None:
+            chosen = list(
+                s.scalars(
+                    select(Clone)
+                    .where(Clone.name.in_(sorted(set(names))), Clone.status == CloneStatus.FAILED)
+                    .order_by(Clone.name)
+                )
+            )
+            if not chosen:
+                raise Conflict("none of these clones is failed; nothing to retry")
+        elif name is not None:
             c = get_clone(s, name)
             if c.status != CloneStatus.FAILED:
                 raise Conflict(f"clone {name} is {c.status}, not failed; nothing to retry")
@@ -852,7 +938,8 @@ def retry(
             )
             for c in chosen
         ]
-        op = rollouts.start_operation(ctx, s, "clone.retry", name or "failed clones", work, actor)
+        label = name or ("failed clones" if names is None else f"{len(chosen)} failed clones")
+        op = rollouts.start_operation(ctx, s, "clone.retry", label, work, actor)
         audit.record(s, actor, "clone.retry", name or "*", count=len(chosen), operation=op.id)
         s.commit()
         op_id = op.id

@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from goldfleet import guest
@@ -583,6 +583,27 @@ def agents(ctx: Context) -> AgentsView:
         clones=listed,
         templates=templates,
     )
+
+
+def agent_counts(ctx: Context) -> dict[str, int]:
+    """:func:`agents`' counts alone (``outdated``, ``missing``, ``unknown``), in one grouped
+    query: what a dashboard shows of a 10,000-clone fleet without listing it."""
+    packaged = guest.tool_version()
+    out = {"outdated": 0, "missing": 0, "unknown": 0}
+    with ctx.session() as s:
+        for g, tool, n in s.execute(
+            select(GuestState.clone_id.is_not(None), GuestState.tool_version, func.count())
+            .select_from(Clone)
+            .outerjoin(GuestState, GuestState.clone_id == Clone.id)
+            .group_by(GuestState.clone_id.is_not(None), GuestState.tool_version)
+        ):
+            if not g:
+                out["unknown"] += n
+            elif tool is None:
+                out["missing"] += n
+            elif guest.is_outdated(tool, packaged):
+                out["outdated"] += n
+    return out
 
 
 def count_outdated(ctx: Context) -> int:

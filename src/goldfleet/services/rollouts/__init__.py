@@ -5,8 +5,10 @@ steering them (pause, resume, cancel)."""
 from __future__ import annotations
 
 from goldfleet.services.rollouts._operations import (
+    ItemView,
     cancel_operation,
     launch,
+    list_items,
     list_operations,
     pause_operation,
     policy_from,
@@ -26,12 +28,14 @@ from goldfleet.services.rollouts._runner import (
 
 __all__ = [
     "CloneWork",
+    "ItemView",
     "Outcome",
     "Periodic",
     "Plan",
     "Runner",
     "cancel_operation",
     "launch",
+    "list_items",
     "list_operations",
     "pause_operation",
     "policy_from",

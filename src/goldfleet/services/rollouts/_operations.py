@@ -3,6 +3,7 @@ runner (``_runner``). This module starts them, reads them and steers them."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 
 from sqlalchemy import select
@@ -111,6 +112,34 @@ def list_operations(ctx: Context, *, limit: int = 50) -> list[OperationView]:
 def show_operation(ctx: Context, op_id: int) -> OperationView:
     with ctx.session() as s:
         return _as_held(ctx, operation_view(get_operation(s, op_id), s))
+
+
+@dataclass(frozen=True, slots=True)
+class ItemView:
+    """One clone's part in an operation, as the console shows it."""
+
+    clone: str
+    action: str
+    state: str
+    reason: str | None
+
+
+def list_items(ctx: Context, op_id: int, *, limit: int = 2000) -> list[ItemView]:
+    """The items of an operation in clone order (at most ``limit``): state and reason each."""
+    with ctx.session() as s:
+        get_operation(s, op_id)
+        rows = s.execute(
+            select(
+                OperationItem.clone_name,
+                OperationItem.action,
+                OperationItem.state,
+                OperationItem.reason,
+            )
+            .where(OperationItem.operation_id == op_id)
+            .order_by(OperationItem.clone_name)
+            .limit(limit)
+        )
+        return [ItemView(*row) for row in rows]
 
 
 def pause_operation(

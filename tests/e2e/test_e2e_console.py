@@ -1,0 +1,361 @@
+"""The web console in a real browser: Debian's chromium driven by Playwright (no browser
+download) against a real ``goldfleet serve`` with the sim driver. One server and one browser
+for the module; each test opens its own browser context (its own cookies).
+
+Screenshots of the dashboard, a template with its chain and a running operation are taken as
+the tests pass; they are kept in ``$GOLDFLEET_CONSOLE_SHOTS`` (default
+``test-artifacts/console`` under the working directory) when a test of this module failed, and
+always when that variable is set.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from inflight import root_conftest
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+Server = root_conftest().Server
+make_raw = root_conftest().make_raw
+CHROMIUM = os.environ.get("GOLDFLEET_CHROMIUM", "/usr/bin/chromium")
+if not Path(CHROMIUM).exists():  # pragma: no cover - `make system-packages` installs it
+    pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
+
+pytestmark = pytest.mark.slow
+
+AXE = Path(__file__).parent.parent / "browser" / "axe.min.js"
+ADMIN, ADMIN_PW = "root", "root-password-1"
+HD, HD_PW = "hd", "helpdesk-password-1"
+HD2 = "hd2"
+MAIN_PAGES = ["/ui/", "/ui/templates", "/ui/templates/base", "/ui/clones", "/ui/operations"]
+ALL_PAGES = [
+    *MAIN_PAGES,
+    "/ui/sessions",
+    "/ui/pools",
+    "/ui/sites",
+    "/ui/hosts",
+    "/ui/keys",
+    "/ui/audit",
+    "/ui/users",
+]
+
+
+@pytest.fixture(scope="module")
+def shots(
+    tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator[Path]:
+    folder = tmp_path_factory.mktemp("console-shots")
+    failed_before = request.session.testsfailed
+    yield folder
+    asked = os.environ.get("GOLDFLEET_CONSOLE_SHOTS")  # set: kept always, there
+    if asked or request.session.testsfailed > failed_before:
+        keep = Path(asked or "test-artifacts/console")
+        keep.mkdir(parents=True, exist_ok=True)
+        for shot in folder.glob("*.png"):
+            shutil.copy(shot, keep / shot.name)
+
+
+@pytest.fixture(scope="module")
+def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A server with template ``base`` (60 clones), template ``win`` (4 clones), pool ``lab``
+    of ``base`` (3 clones), cluster ``pve``, site ``branch``, an admin user, a helpdesk user
+    scoped to ``pool:lab`` and one scoped to ``template:win``."""
+    root = tmp_path_factory.mktemp("console")
+    server = Server(home=root / "home")
+    server.start()
+    c = server.client()
+    for name in ("base", "win"):
+        image = make_raw(root / f"{name}.raw", fill={0: b"\x11" * 4096})
+        c.upload("/templates/import", image, {"name": name, "format": "raw", "data": ["64M"]})
+    for template, count in (("base", 60), ("win", 4)):
+        op = c.post("/clones", {"template": template, "count": count, "wait": True})["operation"]
+        assert op["status"] == "done", op
+    c.post("/pools", {"name": "lab", "template": "base", "min": 3, "max": 3})
+    c.post("/clusters", {"name": "pve", "hosts": ["sim-host-1"], "coordinator": "sim-host-1"})
+    c.post("/sites", {"name": "branch"})
+    c.post("/users", {"name": ADMIN, "password": ADMIN_PW, "role": "admin"})
+    c.post("/users", {"name": HD, "password": HD_PW, "role": "helpdesk", "scope": "pool:lab"})
+    c.post("/users", {"name": HD2, "password": HD_PW, "role": "helpdesk", "scope": "template:win"})
+    deadline = time.monotonic() + 60
+    while len(c.get("/clones", params={"state": "ready"})) < 67:  # the pool's three
+        assert time.monotonic() < deadline, "the pool lab was not filled in 60 s"
+        time.sleep(0.2)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    with playwright_api.sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"],
+        )
+        yield b
+        b.close()
+
+
+class Tab:
+    """One browser context (cookies of its own) and page, with the console's errors kept."""
+
+    def __init__(
+        self, browser: Any, srv: Any, width: int = 1280, height: int = 800, **options: Any
+    ) -> None:
+        self.base = srv.url
+        self.context = browser.new_context(viewport={"width": width, "height": height}, **options)
+        self.page = self.context.new_page()
+        self.page.set_default_timeout(15_000)
+        self.errors: list[str] = []
+        self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.on("dialog", lambda d: d.accept())  # hx-confirm: the user says yes
+
+    def go(self, path: str) -> Any:
+        return self.page.goto(self.base + path)
+
+    def login(self, name: str, password: str) -> None:
+        self.go("/ui/login")
+        self.page.fill("#name", name)
+        self.page.fill("#password", password)
+        self.page.click("button[type=submit]")
+        self.page.wait_for_url(re.compile(r".*/ui/$"))
+
+    def close(self) -> None:
+        self.context.close()
+
+
+@pytest.fixture
+def admin(browser: Any, srv: Any) -> Iterator[Tab]:
+    tab = Tab(browser, srv)
+    tab.login(ADMIN, ADMIN_PW)
+    yield tab
+    tab.close()
+
+
+def test_a_browser_asking_for_root_is_sent_to_the_console_and_must_log_in(
+    browser: Any, srv: Any
+) -> None:
+    tab = Tab(browser, srv)
+    tab.go("/")
+    tab.page.wait_for_url(re.compile(r".*/ui/login\?next=.*"))
+    # the API's answer to a client that is not a browser is unchanged
+    assert httpx.get(srv.url + "/").status_code == 401
+    tab.page.fill("#name", ADMIN)
+    tab.page.fill("#password", "not-the-password")
+    tab.page.click("button[type=submit]")
+    assert "the user name or the password is wrong" in tab.page.inner_text("#login-error")
+    # the refused login is answered 401, which the browser logs; nothing else may be there
+    assert tab.errors and all("status of 401" in e for e in tab.errors), tab.errors
+    tab.errors.clear()
+    tab.page.fill("#password", ADMIN_PW)
+    tab.page.click("button[type=submit]")
+    tab.page.wait_for_url(re.compile(r".*/ui/$"))
+    cookie = next(c for c in tab.context.cookies() if c["name"] == "gf_console")
+    assert cookie["httpOnly"] and cookie["sameSite"] == "Strict"
+    assert cookie["value"].startswith("gs_")
+    failed = [e for e in srv.client().get("/audit") if e["action"] == "auth.login-failed"]
+    assert any(e["target"] == ADMIN for e in failed)
+    assert tab.errors == []
+    tab.close()
+
+
+def test_every_page_renders_with_real_data_and_no_console_error(admin: Tab, shots: Path) -> None:
+    for path in ALL_PAGES:
+        response = admin.go(path)
+        assert response.status == 200, (path, response.status)
+        assert admin.page.locator("h1").count() == 1, path
+    admin.go("/ui/")
+    assert admin.page.inner_text("#c-templates + p") == "2"
+    assert "ready 67" in " ".join(admin.page.inner_text(".counts >> nth=0").split())
+    admin.page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+    admin.go("/ui/templates/base")
+    assert admin.page.locator("svg#chain rect.own").count() >= 1
+    admin.page.screenshot(path=str(shots / "template-chain.png"), full_page=True)
+    admin.go("/ui/clones?template=win")
+    assert admin.page.locator('input[name="clone"]').count() == 4
+    admin.go("/ui/users")
+    assert HD in admin.page.inner_text("main")
+    admin.go("/ui/hosts")
+    assert "sim-host-1" in admin.page.inner_text("main")
+    admin.go("/ui/sites")
+    assert "branch" in admin.page.inner_text("main")
+    admin.go("/ui/pools")
+    assert admin.page.locator("main a[href='/ui/clones?pool=lab']").count() == 1
+    assert admin.errors == []
+
+
+def test_the_row_actions_of_pools_sessions_and_tokens(admin: Tab, srv: Any) -> None:
+    page, c = admin.page, srv.client()
+    admin.go("/ui/pools")
+    page.click("main button:text('Drain')")
+    page.wait_for_selector("main td:text('draining')")
+    page.click("main button:text('Enable')")
+    page.wait_for_selector("main td:text('enabled')")
+    c.post("/clones/base-060/start")
+    c.post("/sim/sessions", {"vm": "base-060", "user": "alice"})
+    admin.go("/ui/sessions")
+    assert "alice" in page.inner_text("main table")
+    page.click("main button:text('Log off')")
+    page.wait_for_selector("main td:text('None.')")
+    assert c.get("/sessions")["sessions"] == []
+    c.post("/tokens", {"name": "ci", "role": "reader"})
+    admin.go("/ui/users")
+    page.click("main tr:has(td:text-is('ci')) button:text('Revoke')")
+    page.wait_for_selector("main tr:has(td:text-is('ci')) td:text-is('yes')")
+    actions = {(e["actor"], e["action"]) for e in c.get("/audit")}
+    assert {("user:root", "pool.drain"), ("user:root", "token.revoke")} <= actions
+    assert admin.errors == []
+
+
+def test_a_maintenance_cycle_done_only_through_the_console(admin: Tab, shots: Path) -> None:
+    page = admin.page
+    admin.go("/ui/templates/win")
+    page.click("#enter-maintenance")
+    page.wait_for_selector("#exit-maintenance")  # the page reloaded: in maintenance
+    page.select_option("#recreate", "linked")
+    page.fill("#canary", "1")
+    page.fill("#max_parallel", "1")
+    page.click("#exit-maintenance")
+    page.wait_for_url(re.compile(r".*/ui/operations/\d+$"))
+    op_url = page.url
+    # the canary is done, then the operation pauses for a look: the page says so, live
+    page.wait_for_selector("#op-status:text('paused')", timeout=30_000)
+    assert page.inner_text("#op-counts").startswith("1 done")
+    page.screenshot(path=str(shots / "operation-running.png"), full_page=True)
+    page.click("#op-resume")
+    page.wait_for_selector("#op-status:text('done')", timeout=60_000)
+    assert "4 done, 0 failed" in page.inner_text("#op-counts")
+    assert page.url == op_url  # no reload: the server's events brought every change
+    assert page.locator("#items .badge.done").count() == 4
+    admin.go("/ui/templates/win")
+    assert "v2" in (page.text_content("svg#chain") or "")
+    assert admin.errors == []
+
+
+def test_bulk_restore_of_50_selected_clones_starts_one_operation(admin: Tab, srv: Any) -> None:
+    page = admin.page
+    admin.go("/ui/clones?template=base&size=50")
+    page.check("#select-all")
+    assert page.inner_text("#selected-count") == "50 selected"
+    page.select_option("#bulk-action", "restore")
+    page.click("#bulk-go")
+    page.wait_for_selector("#bulk-result .ok")
+    op_id = int(re.search(r"operation (\d+) started", page.inner_text("#bulk-result")).group(1))
+    page.click("#bulk-result a")
+    page.wait_for_selector("#op-status:text('done')", timeout=60_000)
+    op = srv.client().get(f"/operations/{op_id}")
+    assert (op["kind"], op["total"], op["done"], op["failed"]) == ("clone.restore", 50, 50, 0)
+    entries = [e for e in srv.client().get("/audit") if e["action"] == "clone.restore"]
+    assert any(e["actor"] == f"user:{ADMIN}" and e["detail"].get("count") == 50 for e in entries)
+    assert admin.errors == []
+
+
+def test_a_helpdesk_user_of_one_pool_sees_its_clones_and_no_maintenance(
+    browser: Any, srv: Any, shots: Path
+) -> None:
+    tab = Tab(browser, srv, width=820, height=1180)  # a tablet
+    tab.login(HD, HD_PW)
+    page = tab.page
+    tab.go("/ui/clones?size=500")
+    shown = page.locator('input[name="clone"]').evaluate_all("els => els.map(e => e.value)")
+    lab = {c["name"] for c in srv.client().get("/clones") if c["name"].startswith("lab")}
+    pool_clones = {
+        r[0]
+        for r in srv.rows(
+            "SELECT c.name FROM clones c JOIN pools p ON c.pool_id = p.id WHERE p.name = 'lab'"
+        )
+    }
+    assert set(shown) == pool_clones and len(pool_clones) == 3, (shown, lab)
+    page.screenshot(path=str(shots / "clones-tablet.png"), full_page=True)
+    options = page.locator("#bulk-action option").evaluate_all("els => els.map(e => e.value)")
+    assert set(options) == {"restore", "start", "stop", "message", "logoff"}
+    nav = page.inner_text("nav[aria-label=Main]")
+    assert "Audit" not in nav and "Users" not in nav
+    # a template outside its pool: refused in the server's words
+    assert tab.go("/ui/templates/base").status == 403
+    assert "template.read" in page.inner_text("main")
+    # forged: the maintenance route, posted with the session's own valid CSRF token
+    csrf = page.get_attribute('meta[name="csrf-token"]', "content")
+    answer = page.request.post(
+        srv.url + "/ui/templates/base/maintenance/enter", headers={"X-CSRF-Token": csrf}
+    )
+    assert answer.status == 403
+    assert "template.maintenance" in answer.text()
+    # a clone of another template, restored by a forged bulk post: refused, nothing started
+    before = len(srv.client().get("/operations"))
+    answer = page.request.post(
+        srv.url + "/ui/clones/bulk",
+        headers={"X-CSRF-Token": csrf},
+        form={"action": "restore", "clone": "win-001"},
+    )
+    assert answer.status == 403 and "clone.restore" in answer.text()
+    assert len(srv.client().get("/operations")) == before
+    assert srv.client().get("/templates/base")["status"] == "ready"
+    assert [e for e in tab.errors if "status of 403" not in e] == []
+    tab.close()
+    # helpdesk on a template reads it, and has no maintenance control there either
+    tab = Tab(browser, srv)
+    tab.login(HD2, HD_PW)
+    assert tab.go("/ui/templates/win").status == 200
+    assert tab.page.locator("svg#chain").count() == 1
+    assert tab.page.locator("#maintenance, #enter-maintenance, #exit-maintenance").count() == 0
+    assert tab.errors == []
+    tab.close()
+
+
+def test_a_post_without_csrf_token_is_refused_and_a_logged_out_session_reaches_nothing(
+    browser: Any, srv: Any
+) -> None:
+    tab = Tab(browser, srv)
+    tab.login(ADMIN, ADMIN_PW)
+    page = tab.page
+    answer = page.request.post(srv.url + "/ui/templates/win/maintenance/enter")
+    assert answer.status == 403 and "CSRF" in answer.text()
+    answer = page.request.post(
+        srv.url + "/ui/templates/win/maintenance/enter", headers={"X-CSRF-Token": "0" * 64}
+    )
+    assert answer.status == 403
+    assert srv.client().get("/templates/win")["status"] == "ready"
+    secret = next(c for c in tab.context.cookies() if c["name"] == "gf_console")["value"]
+    tab.go("/ui/")
+    page.click("header form.who button")
+    page.wait_for_url(re.compile(r".*/ui/login$"))
+    assert "logout" in {e["action"].split(".")[-1] for e in srv.client().get("/audit")}
+    # the old secret, sent again by hand, reaches no page: each one sends to the login page
+    old = httpx.Client(base_url=srv.url, cookies={"gf_console": secret}, follow_redirects=False)
+    for path in ALL_PAGES:
+        got = old.get(path)
+        assert got.status_code == 303 and got.headers["location"].startswith("/ui/login"), path
+    assert old.post("/ui/clones/bulk", data={"action": "restore"}).status_code == 401
+    tab.close()
+
+
+def test_the_main_pages_have_no_serious_accessibility_violation(browser: Any, srv: Any) -> None:
+    # the console's CSP allows no inline script: axe is injected past it, in this context only
+    admin = Tab(browser, srv, bypass_csp=True)
+    admin.login(ADMIN, ADMIN_PW)
+    found: dict[str, list[str]] = {}
+    for path in ["/ui/login", *MAIN_PAGES]:
+        admin.go(path)
+        admin.page.add_script_tag(path=str(AXE))
+        result = admin.page.evaluate("async () => JSON.stringify(await axe.run(document))")
+        report = json.loads(result)
+        assert len(report["passes"]) > 10, path  # axe ran and checked the page
+        bad = [
+            f"{v['id']} ({v['impact']}): {v['help']}"
+            for v in report["violations"]
+            if v["impact"] in ("serious", "critical")
+        ]
+        if bad:
+            found[path] = bad
+    admin.close()
+    assert found == {}
