@@ -30,7 +30,8 @@ CHROMIUM = os.environ.get("GOLDFLEET_CHROMIUM", "/usr/bin/chromium")
 if not Path(CHROMIUM).exists():  # pragma: no cover - `make system-packages` installs it
     pytest.skip(f"no chromium at {CHROMIUM} (apt-get install chromium)", allow_module_level=True)
 
-pytestmark = pytest.mark.slow
+# one worker runs the whole module under `make test` (pytest-xdist): one server, one browser
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("console")]
 
 AXE = Path(__file__).parent.parent / "browser" / "axe.min.js"
 ADMIN, ADMIN_PW = "root", "root-password-1"
