@@ -167,7 +167,7 @@ def test_cluster_channel_sync_and_updates(world: World) -> None:
     other = "sha256:" + "0" * 64
     proc = w.cli("cluster", "update-plan", "pve", "--hash", other)
     assert proc.returncode == 1 and "FAIL hash-is-latest-sync" in proc.stdout
-    assert "not built yet" in proc.stdout
+    assert "checked when the update starts" in proc.stdout
 
     # a new coordinator: the last sync no longer counts until it syncs
     c = w.ok_json("cluster", "coordinator", "pve", "h2")

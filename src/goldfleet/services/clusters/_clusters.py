@@ -4,8 +4,8 @@ repository (signed ``InRelease`` verified against the channel key, ``Packages`` 
 it, the needed ``.deb``s downloaded to the coordinator's cache in the store with their sha256
 verified), the sync schedule, and what the last sync made available (``/updates``).
 
-Not built yet (issue 11): the rolling update and pending guidances, the offline bundle, the
-ssh host agent, per-cluster guidance rules.
+The rolling update itself is ``_rolling.py``. Not built yet (issue 11): the offline bundle,
+the ssh host agent.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from goldfleet import crashpoints
 from goldfleet.context import Context
-from goldfleet.db.tables import Clone, Cluster, ClusterHost, Server
+from goldfleet.db.tables import Clone, Cluster, ClusterHost, ClusterUpdate, Server
 from goldfleet.domain import hostupdates as rules
 from goldfleet.domain.sites import next_sync
 from goldfleet.drivers.agents import HostUnreachable, make_agent
@@ -105,6 +105,7 @@ class ClusterView(BaseModel):
     warnings: list[str] = []
     # the guidance rules in force, first match wins: the cluster's own, then the shipped ones
     guidance_rules: list[dict[str, str]] = []
+    ha: dict[str, list[list[str]]] | None = None  # HA/balancing disable and enable commands
 
 
 class SyncView(BaseModel):
@@ -133,6 +134,21 @@ def _get(s: Session, name: str) -> Cluster:
     if c is None:
         raise NotFound(f"cluster {name!r} does not exist; see: goldfleet cluster list")
     return c
+
+
+def _updating(s: Session, c: Cluster) -> bool:
+    """A rolling update of the cluster is running or paused."""
+    return (
+        s.scalar(
+            select(ClusterUpdate.id)
+            .where(
+                ClusterUpdate.cluster_id == c.id,
+                ClusterUpdate.status.in_(rules.OPEN_UPDATE),
+            )
+            .limit(1)
+        )
+        is not None
+    )
 
 
 def _valid_sync(c: Cluster) -> tuple[bool, str | None]:
@@ -204,7 +220,10 @@ def _view(ctx: Context, s: Session, c: Cluster) -> ClusterView:
     for h in c.hosts:
         applied = None
         pending: dict[str, list[str]] = {}
-        if valid:
+        if valid and h.last_update_hash and h.last_update_hash == last.get("hash"):
+            applied = True  # a rolling update applied this sync's packages
+            pending = {k: v for k, v in ((h.pending or {}).get("host") or {}).items() if v}
+        elif valid:
             applied = not last.get("lacks", {}).get(h.name)
             pending = {k: v for k, v in _lacks_guidance(last, h.name, ruleset).items() if v}
         hosts.append(
@@ -253,6 +272,7 @@ def _view(ctx: Context, s: Session, c: Cluster) -> ClusterView:
     return ClusterView(
         name=c.name,
         coordinator=c.coordinator,
+        ha=c.ha,
         hosts=hosts,
         channel=channel,
         proxy=proxy,
@@ -479,6 +499,11 @@ def _claim(ctx: Context, name: str) -> None:
             )
         if _alive(s, ctx, c.sync_owner):
             raise Conflict(f"a sync of cluster {name} is running; try again when it is done")
+        if _updating(s, c):
+            raise Conflict(
+                f"a rolling update of cluster {name} is not finished: no sync until it is"
+                f" (goldfleet cluster update-status {name})"
+            )
         c.sync_owner = ctx.server_id
         c.sync_started_at = ctx.clock.now()
         s.commit()
@@ -839,8 +864,8 @@ def _scheduled(ctx: Context, names: list[str]) -> None:
                 c = s.scalar(select(Cluster).where(Cluster.name == name))
                 if c is None or c.next_sync_at is None or c.next_sync_at > ctx.clock.now():
                     continue
-                if _alive(s, ctx, c.sync_owner):
-                    continue  # a sync under way: the scheduled one waits for the next pass
+                if _alive(s, ctx, c.sync_owner) or _updating(s, c):
+                    continue  # a sync or an update under way: the scheduled one waits
                 c.next_sync_at = next_sync(c.sync_schedule or "", ctx.clock.now())
                 s.commit()
             try:
@@ -884,16 +909,14 @@ class UpdatePlanView(BaseModel):
 
 
 NOT_CHECKED = [
-    "no-pending-mandatory-guidance: pending guidances are recorded by the rolling update,"
-    " which is not built yet",
-    "ha-and-balancing-disabled: HA and balancing commands are not built yet",
-    "no-update-running: the rolling update is not built yet",
+    "hosts-reachable-now, no-pending-mandatory-guidance, ha-and-balancing-disabled,"
+    " no-update-running: checked when the update starts (goldfleet cluster update)",
 ]
 
 
 def update_plan(ctx: Context, name: str, requested_hash: str, level: str) -> UpdatePlanView:
     """What a rolling update of the cluster at ``level`` with ``requested_hash`` would do, and
-    its prechecks by name. Nothing is run: the rolling update itself is not built yet."""
+    its prechecks by name. Nothing is run: ``cluster update`` runs it (_rolling.py)."""
     rules.check_level(level)
     with ctx.session() as s:
         c = _get(s, name)
@@ -942,7 +965,8 @@ def update_plan(ctx: Context, name: str, requested_hash: str, level: str) -> Upd
         prechecks=[PrecheckView(name=p.name, ok=p.ok, reason=p.reason) for p in checks],
         not_checked=NOT_CHECKED,
         hosts=plans,
-        note="a plan only: the rolling update that runs it is not built yet (docs/hosts.md)",
+        note="a plan only: goldfleet cluster update NAME --hash H --level L runs it"
+        " (docs/host-updates.md)",
     )
 
 
@@ -969,3 +993,12 @@ def show_host(ctx: Context, host: str) -> HostUpdateView:
         view = _view(ctx, s, row.cluster)
     state = next(h for h in view.hosts if h.name == host)
     return HostUpdateView(name=host, cluster=view.name, state=state)
+
+
+# the helpers the rolling update (_rolling.py) shares
+get_cluster = _get
+valid_sync = _valid_sync
+rules_of = _rules_of
+lacks_guidance = _lacks_guidance
+alive = _alive
+cluster_view = _view

@@ -1,0 +1,158 @@
+"""The durable rolling update of a cluster, end to end (docs/host-updates.md): a real server, the
+CLI as a subprocess, the real apt repository of aptkit on loopback, host roots whose packages
+the real ``dpkg --root`` installs and upgrades (its own log counts every upgrade), sim hosts
+with capacity, live migration and reboots, and HA/balancing commands that are real processes
+writing to a file."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+
+import pytest
+from aptkit import NEW, World, host_root, installed, material, world
+from sitekit import make_raw
+
+__all__ = ["material", "world"]  # the fixtures (tests/e2e/aptkit.py)
+
+pytestmark = pytest.mark.slow
+
+
+def upgrades(root: Path) -> dict[str, int]:
+    """How many times dpkg upgraded each package in this host root (dpkg's own log)."""
+    log = root / "var" / "log" / "dpkg.log"
+    counts: dict[str, int] = {}
+    if log.exists():
+        for line in log.read_text().splitlines():
+            parts = line.split()
+            if len(parts) > 3 and parts[2] == "upgrade":
+                name = parts[3].split(":")[0]
+                counts[name] = counts.get(name, 0) + 1
+    return counts
+
+
+def vms(w: World) -> dict[str, tuple[str, str]]:
+    """The sim's VMs: name → (host, state)."""
+    return {n: (h, s) for n, h, s in w.server.rows("SELECT name, host, state FROM sim_domains")}
+
+
+def sim_hosts(w: World) -> dict[str, tuple[int, int]]:
+    rows = w.server.rows("SELECT name, reboots, toolstack_restarts FROM sim_hosts")
+    return {n: (r, t) for n, r, t in rows}
+
+
+def setup_cluster(w: World, *, clones: int = 8, ha: bool = True) -> str:
+    """Cluster pve of h1..h4 (4 VMs of 2 GiB fit on a host), synced, ``clones`` VMs running
+    spread over the hosts; returns the update hash."""
+    (w.roots / "h4" / "var" / "lib" / "dpkg").mkdir(parents=True, exist_ok=True)
+    host_root(w.roots, "h4", [w.old["hello"]])
+    w.ok(
+        "cluster", "create", "pve", "--hosts", "h1,h2,h3,h4", "--coordinator", "h1",
+        "--memory-mib", "8192", "--vcpus", "64",
+    )  # fmt: skip
+    w.channel("normal")
+    h = w.ok_json("cluster", "sync", "pve")["hash"]
+    image = make_raw(w.tmp / f"image-{secrets.token_hex(4)}.raw", {0: b"base"})
+    w.client.upload(
+        "/templates/import", image, {"name": "base", "format": "raw", "temp": [], "data": []}
+    )
+    r = w.client.post("/clones", {"template": "base", "count": clones, "wait": True})
+    for name in r["clones"]:
+        w.client.post(f"/clones/{name}/start")
+    if ha:
+        w.ok(
+            "cluster", "ha", "pve",
+            "--disable-cmd", f"sh -c 'echo off >> {w.tmp / 'ha.log'}'",
+            "--enable-cmd", f"sh -c 'echo on >> {w.tmp / 'ha.log'}'",
+        )  # fmt: skip
+    return h
+
+
+def wait_status(w: World, *statuses: str, timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while True:
+        r = w.client.get("/clusters/pve/update")
+        if r["status"] in statuses:
+            return r
+        assert time.monotonic() < deadline, r
+        time.sleep(0.1)
+
+
+def test_rolling_update_then_pending_guidance(world: World) -> None:
+    w = world
+    w.server.env["GOLDFLEET_SIM_PLAN"] = json.dumps({"reboot_seconds": 0.5})
+    w.server.restart()
+    h = setup_cluster(w, ha=False)
+    before = vms(w)
+    assert {s for _, s in before.values()} == {"running"}
+
+    # prechecks, each by name: a wrong hash; no HA commands and not said to be off
+    refused = w.refused("cluster", "update", "pve", "--hash", "sha256:" + "0" * 64, "--level",
+                        "mandatory")  # fmt: skip
+    assert "hash-is-latest-sync" in refused and "ha-and-balancing-disabled" in refused
+    assert "hosts-online" not in refused
+    w.ok(
+        "cluster", "ha", "pve",
+        "--disable-cmd", f"sh -c 'echo off >> {w.tmp / 'ha.log'}'",
+        "--enable-cmd", f"sh -c 'echo on >> {w.tmp / 'ha.log'}'",
+    )  # fmt: skip
+    assert "--max-hosts 9 is not valid" in w.refused(
+        "cluster", "update", "pve", "--hash", h, "--level", "mandatory", "--max-hosts", "9"
+    )
+    assert not w.server.rows("SELECT id FROM cluster_updates")  # refusals changed nothing
+
+    # the update at level mandatory: packages and mandatory tasks; the rest left pending
+    r = w.ok_json("cluster", "update", "pve", "--hash", h, "--level", "mandatory", "--wait")
+    assert r["status"] == "done" and r["ha"] == "enabled", r
+    hosts = {x["host"]: x for x in r["hosts"]}
+    assert [x["host"] for x in r["hosts"]] == ["h1", "h2", "h3", "h4"]  # coordinator first
+    assert hosts["h1"]["done_steps"] == [
+        "disable", "apply-packages", "restart-toolstack", "apply-livepatch", "enable",
+    ]  # fmt: skip
+    assert hosts["h2"]["done_steps"] == [
+        "disable", "apply-packages", "restart-toolstack", "enable",
+    ]  # fmt: skip
+    assert hosts["h3"]["steps"] == [] and hosts["h3"]["state"] == "done"
+    assert (w.tmp / "ha.log").read_text() == "off\non\n"
+    for host in ("h1", "h2"):  # exactly the packages of the hash, each upgraded once
+        got = installed(w.roots / host)
+        lacked = hosts[host]["applied"]
+        assert lacked and all(got[p] == NEW[p][0] == v for p, v in lacked.items())
+        assert upgrades(w.roots / host) == dict.fromkeys(lacked, 1)
+    assert sim_hosts(w) == {"h1": (0, 1), "h2": (0, 1)}  # toolstacks restarted, no reboot
+    assert vms(w) == before  # nothing moved at this level
+    h1 = w.ok_json("host", "show", "h1")["state"]
+    assert h1["last_update_hash"] == h and h1["last_software_update"]
+    assert h1["latest_synced_updates_applied"] is True
+    assert h1["pending"] == {}  # its VM task (device model) is pending on its VMs
+    h2 = w.ok_json("host", "show", "h2")["state"]
+    assert h2["pending"] == {"recommended": ["reboot-host"]}
+    pend = w.ok_json("cluster", "pending", "pve")["hosts"]
+    assert pend["h2"]["host"] == {"recommended": ["reboot-host"]}
+    on_h1 = sorted(n for n, (host, _) in before.items() if host == "h1")
+    assert sorted(pend["h1"]["vms"]) == on_h1
+    assert {json.dumps(g) for g in pend["h1"]["vms"].values()} == {
+        json.dumps({"recommended": ["restart-device-model"]})
+    }
+
+    # the pending guidance carried out: h1's device models restarted, h2 evacuated and rebooted
+    r = w.ok_json("cluster", "pending", "pve", "--run", "--wait")
+    assert r["status"] == "done", r
+    hosts = {x["host"]: x for x in r["hosts"]}
+    assert hosts["h2"]["done_steps"] == [
+        "disable", "evacuate", "reboot-host", "enable", "migrate-back",
+    ]  # fmt: skip
+    on_h2 = sorted(n for n, (host, _) in before.items() if host == "h2")
+    assert sorted(hosts["h2"]["evacuated"]) == on_h2
+    assert all(dest not in (None, "h2") for dest in hosts["h2"]["evacuated"].values())
+    assert sim_hosts(w)["h2"] == (1, 1)
+    assert vms(w) == before  # every VM back on its host, running
+    dm = dict(w.server.rows("SELECT name, json_extract(disks, '$.dm_restarts') FROM sim_domains"))
+    assert {n for n, c in dm.items() if c} == set(on_h1)
+    assert w.ok_json("cluster", "pending", "pve")["hosts"] == {}
+    assert w.ok_json("host", "show", "h2")["state"]["pending"] == {}
+    assert (w.tmp / "ha.log").read_text() == "off\non\noff\non\n"
+    states = {x["name"]: x["state"] for x in w.client.get("/clusters/pve")["hosts"]}
+    assert set(states.values()) == {"enabled"}
