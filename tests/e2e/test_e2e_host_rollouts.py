@@ -70,11 +70,12 @@ def setup_cluster(w: World, *, clones: int = 8, ha: bool = True) -> str:
     return h
 
 
-def wait_status(w: World, *statuses: str, timeout: float = 60) -> dict:
+def wait_status(w: World, *statuses: str, timeout: float = 60, unlike: str = "") -> dict:
+    """The update once its status is one of ``statuses`` (with a reason without ``unlike``)."""
     deadline = time.monotonic() + timeout
     while True:
         r = w.client.get("/clusters/pve/update")
-        if r["status"] in statuses:
+        if r["status"] in statuses and not (unlike and unlike in (r["reason"] or "")):
             return r
         assert time.monotonic() < deadline, r
         time.sleep(0.1)
@@ -156,3 +157,69 @@ def test_rolling_update_then_pending_guidance(world: World) -> None:
     assert (w.tmp / "ha.log").read_text() == "off\non\noff\non\n"
     states = {x["name"]: x["state"] for x in w.client.get("/clusters/pve")["hosts"]}
     assert set(states.values()) == {"enabled"}
+
+
+def test_faults_pause_with_the_reason_and_lose_nothing(world: World) -> None:
+    """A host going offline mid-update (its root taken away by the HA command, the moment the
+    update starts): the update pauses on it naming it, a sync is refused meanwhile, and it
+    resumes by itself when the host answers again. A migration that fails: paused naming the VM,
+    which stays running where it was; the host is not rebooted; resumed by hand. A reboot that
+    never comes back: paused after the timeout, the host offline and disabled, its VMs running
+    elsewhere; skipped by hand, the update finishes without it."""
+    w = world
+    plan = {"reboot_seconds": 0.3, "fail_nth": {"migrate": [1]}, "reboot_never_up": ["h2"]}
+    w.server.env["GOLDFLEET_SIM_PLAN"] = json.dumps(plan)
+    w.server.env["GOLDFLEET_HOST_REBOOT_TIMEOUT"] = "1"
+    w.server.restart()
+    h = setup_cluster(w, clones=6, ha=False)
+    away = w.roots / "h1.away"
+    w.ok(
+        "cluster", "ha", "pve",
+        "--disable-cmd", f"mv {w.roots / 'h1'} {away}",
+        "--enable-cmd", f"sh -c 'echo on >> {w.tmp / 'ha.log'}'",
+    )  # fmt: skip
+    before = vms(w)
+    proc = w.cli("cluster", "update", "pve", "--hash", h, "--level", "full", "--wait")
+    assert proc.returncode == 1, proc.stderr
+    r = w.client.get("/clusters/pve/update")
+    assert (
+        r["status"] == "paused" and "host h1 is unreachable at step apply-packages" in r["reason"]
+    ), r
+    assert "update-resume pve --skip h1" in r["reason"]
+    assert {x["name"]: x["state"] for x in w.client.get("/clusters/pve")["hosts"]}["h1"] == (
+        "offline"
+    )
+    assert "rolling update of cluster pve is not finished" in w.refused("cluster", "sync", "pve")
+    assert vms(w) == before
+    away.rename(w.roots / "h1")  # the host is back: the update resumes by itself
+    r = wait_status(w, "paused", "done", "failed", unlike="host h1")
+    # h2's evacuation: the first live migration fails; the VM stays, h2 is not rebooted
+    assert r["status"] == "paused" and "host h2, step evacuate" in r["reason"], r
+    assert "failed on call 1" in r["reason"]
+    assert "h2" not in sim_hosts(w)  # never rebooted
+    assert {s for _, s in vms(w).values()} == {"running"}
+    h2 = {x["host"]: x for x in r["hosts"]}["h2"]
+    assert h2["done_steps"] == ["disable"]
+    failed_vm = next(vm for vm, (host, _) in vms(w).items() if host == "h2")
+    assert failed_vm in h2["evacuated"]
+    # resumed by hand: evacuated, rebooted, and never back
+    r = w.ok_json("cluster", "update-resume", "pve")
+    r = wait_status(w, "paused", "done", "failed", unlike="step evacuate")
+    assert r["status"] == "paused" and "did not come back within 1 s" in r["reason"], r
+    on_h2 = [vm for vm, (host, _) in before.items() if host == "h2"]
+    now = vms(w)
+    assert all(now[vm][0] != "h2" and now[vm][1] == "running" for vm in on_h2)
+    states = {x["name"]: x["state"] for x in w.client.get("/clusters/pve")["hosts"]}
+    assert states["h2"] == "offline"
+    # told to skip it: the others are updated, h2 left offline, its VMs running elsewhere
+    r = w.ok_json("cluster", "update-resume", "pve", "--skip", "h2", "--wait")
+    assert r["status"] == "done", r
+    assert {x["host"]: x["state"] for x in r["hosts"]}["h2"] == "skipped"
+    states = {x["name"]: x["state"] for x in w.client.get("/clusters/pve")["hosts"]}
+    assert states == {"h1": "enabled", "h2": "offline", "h3": "enabled", "h4": "enabled"}
+    now = vms(w)
+    assert set(now) == set(before) and {s for _, s in now.values()} == {"running"}
+    assert (w.tmp / "ha.log").read_text() == "on\n"
+    assert upgrades(w.roots / "h1") == dict.fromkeys(
+        {x["host"]: x for x in r["hosts"]}["h1"]["applied"], 1
+    )
