@@ -19,6 +19,7 @@ import logging
 import subprocess
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -49,6 +50,7 @@ from goldfleet.store.debcache import DebCache
 log = logging.getLogger("goldfleet.clusters")
 
 VM_TASKS = ("restart-device-model", "restart-vm")
+MIGRATIONS = 4  # live migrations at once
 OUTPUT = 4000  # characters of a command's output kept in the audit
 _driving = threading.Lock()  # this server drives the updates in one thread
 
@@ -490,7 +492,7 @@ def _drive_all(ctx: Context) -> None:
                 for uid in ids:
                     moved |= _pass(ctx, uid)
                 if not moved:
-                    time.sleep(0.05)
+                    time.sleep(0.02)
     except Conflict:
         pass  # another server drives them
     except Exception:
@@ -566,17 +568,14 @@ def _advance(u: _U) -> bool:
     active = [h for h in order if hosts[h]["state"] == "active"]
     waiting = [h for h in order if hosts[h]["state"] == "waiting"]
     moved = False
-    # admit: the coordinator first and alone; then up to max_hosts at once while the hosts
-    # left in service hold every running VM
-    coordinator = u.plan["coordinator"]
+    # admit: the coordinator first; then up to max_hosts at once while the hosts left in
+    # service hold every running VM (no other host applies packages before the coordinator:
+    # see _host_step)
     cap = {h: c for h, c in u.capacity.items() if hosts.get(h, {}).get("state") != "skipped"}
     while waiting:
         h = waiting[0]
-        if hosts[coordinator]["state"] in ("waiting", "active") and h != coordinator:
-            break
         if active and (
-            h == coordinator
-            or len(active) >= _max_hosts(u)
+            len(active) >= _max_hosts(u)
             or not rules.holds_all(cap, _load(ctx, list(cap)), [*active, h])
         ):
             break
@@ -633,6 +632,8 @@ def _host_step(u: _U, host: str) -> bool:
         _host_done(u, host)
         return True
     step = left[0]
+    if step == "apply-packages" and not _coordinator_patched(u, host):
+        return False
     try:
         finished = STEPS[step](u, host)
     except HostUnreachable as exc:
@@ -655,6 +656,19 @@ def _host_step(u: _U, host: str) -> bool:
     g["done"].append(step)
     u.save()
     return True
+
+
+def _coordinator_patched(u: _U, host: str) -> bool:
+    """The coordinator is patched first: no other host applies its packages before the
+    coordinator has applied its own and restarted its toolstack (or is done, or skipped)."""
+    coordinator = u.plan["coordinator"]
+    if host == coordinator:
+        return True
+    g = u.progress["hosts"][coordinator]
+    if g["state"] in ("done", "skipped"):
+        return True
+    before = {"apply-packages", "restart-toolstack"} & set(u.plan["hosts"][coordinator]["steps"])
+    return before <= set(g["done"])
 
 
 def _disable(u: _U, host: str) -> bool:
@@ -697,12 +711,9 @@ def _evacuate(u: _U, host: str) -> bool:
         for vm, dest in rules.place(new, free, targets).items():
             g["evacuated"][vm] = dest  # None: fits nowhere, shut down under the policy
         u.save()
-    for vm, dest in list(g["evacuated"].items()):
-        if dest is None or vm not in here:
-            continue
-        ctx.driver.migrate(name=vm, host=dest)
-        crashpoints.reached("host-update.migrated")
-        _clone_host(ctx, vm, dest)
+    _migrate_all(ctx, [(vm, d) for vm, d in g["evacuated"].items() if d and vm in here])
+    # the clones' hosts, in one transaction (those moved before a crash included)
+    _clone_hosts(ctx, {vm: dest for vm, dest in g["evacuated"].items() if dest is not None})
     for vm in [vm for vm, dest in g["evacuated"].items() if dest is None]:
         if vm in here and not _shut_under_policy(u, host, vm):
             return False
@@ -710,6 +721,29 @@ def _evacuate(u: _U, host: str) -> bool:
             g["shut"].append(vm)
     u.save()
     return True
+
+
+def _migrate_all(ctx: Context, moves: list[tuple[str, str]]) -> None:
+    """Live-migrate each VM to its host, ``MIGRATIONS`` at once (as a hypervisor pool does);
+    every move is tried, then the first failure is raised (the VMs it names stay where they
+    were)."""
+
+    def one(move: tuple[str, str]) -> DriverError | None:
+        try:
+            ctx.driver.migrate(name=move[0], host=move[1])
+        except DriverError as exc:
+            return exc
+        crashpoints.reached("host-update.migrated")
+        return None
+
+    if len(moves) <= 1:
+        errors = [one(m) for m in moves]
+    else:
+        with ThreadPoolExecutor(min(MIGRATIONS, len(moves))) as pool:
+            errors = list(pool.map(one, moves))
+    failed = [e for e in errors if e is not None]
+    if failed:
+        raise failed[0]
 
 
 def _shut_under_policy(u: _U, host: str, vm: str) -> bool:
@@ -743,9 +777,16 @@ def _shut_under_policy(u: _U, host: str, vm: str) -> bool:
     return True
 
 
-def _clone_host(ctx: Context, vm: str, host: str) -> None:
+def _clone_hosts(ctx: Context, moved: dict[str, str]) -> None:
+    """Record where the VMs that are clones are now."""
+    if not moved:
+        return
     with ctx.session() as s:
-        s.execute(update(Clone).where(Clone.name == vm).values(host=host))
+        by_host: dict[str, list[str]] = {}
+        for vm, host in moved.items():
+            by_host.setdefault(host, []).append(vm)
+        for host, names in by_host.items():
+            s.execute(update(Clone).where(Clone.name.in_(names)).values(host=host))
         s.commit()
 
 
@@ -833,17 +874,23 @@ def _migrate_back(u: _U, host: str) -> bool:
     ctx = u.ctx
     g = u.progress["hosts"][host]
     restart = "restart-vm" in u.plan["hosts"][host]["tasks"]
+    away = {d for d in g["evacuated"].values() if d is not None}
+    where = {v.name: (h, v.state) for h in away for v in ctx.driver.vms_on(host=h)}
+    back = {}
     for vm, dest in g["evacuated"].items():
         if dest is None:
             continue
-        where = ctx.driver.host_of(name=vm)
-        if where == dest:
-            ctx.driver.migrate(name=vm, host=host)
-            _clone_host(ctx, vm, host)
-            if restart and ctx.driver.state(name=vm) == "running":
-                ctx.driver.restart(name=vm)
-        elif restart and where is not None and vm not in u.progress["vm_restarts"]:
+        at = where.get(vm, (None, None))[0]
+        if at == dest:
+            back[vm] = host
+        elif restart and at is not None and vm not in u.progress["vm_restarts"]:
             u.progress["vm_restarts"].append(vm)  # moved elsewhere meanwhile: restarted at the end
+    _migrate_all(ctx, list(back.items()))
+    _clone_hosts(ctx, back)
+    if restart:
+        for vm in back:
+            if where[vm][1] == "running":
+                ctx.driver.restart(name=vm)
     for vm in g["shut"]:
         if ctx.driver.host_of(name=vm) is not None:
             ctx.driver.start(name=vm)
