@@ -14,12 +14,13 @@ is not moved again.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -488,11 +489,8 @@ def _drive_all(ctx: Context) -> None:
                     ).all()
                 if not ids:
                     return
-                moved = False
                 for uid in ids:
-                    moved |= _pass(ctx, uid)
-                if not moved:
-                    time.sleep(0.02)
+                    _run(ctx, uid)
     except Conflict:
         pass  # another server drives them
     except Exception:
@@ -520,15 +518,42 @@ class _U:
             self.kind = u.kind
             self.ha = c.ha or {}
             self.capacity = {h.name: (h.memory_mib, h.vcpus) for h in c.hosts}
+        # several hosts step at once, each in its thread on its own copy of its progress
+        # (``work``); a save writes the calling thread's host into the shared progress and the
+        # whole of it to the row, under one lock, so that a later save never carries an older
+        # state of another host
+        self.lock = threading.RLock()
+        self.local = threading.local()
+        self.work: dict[str, dict[str, Any]] = {}
+        self.stop = threading.Event()
 
-    def save(self, **row: Any) -> None:
-        with self.ctx.session() as s:
-            u = s.get(ClusterUpdate, self.uid)
-            u.progress = copy.deepcopy(self.progress)
-            flag_modified(u, "progress")
-            for k, v in row.items():
-                setattr(u, k, v)
-            s.commit()
+    def g(self, host: str) -> dict[str, Any]:
+        """The progress of ``host`` as its step works on it."""
+        return self.work[host] if host in self.work else self.progress["hosts"][host]
+
+    def snapshot(self) -> dict[str, Any]:
+        with self.lock:
+            host = getattr(self.local, "host", None)
+            if host is not None and host in self.work:
+                self.progress["hosts"][host] = copy.deepcopy(self.work[host])
+            return copy.deepcopy(self.progress)
+
+    def save(self, s: Session | None = None, **row: Any) -> None:
+        with self.lock:
+            snap = self.snapshot()
+            if s is not None:
+                self._write(s, snap, row)
+                return
+            with self.ctx.session() as own:
+                self._write(own, snap, row)
+
+    def _write(self, s: Session, snap: dict[str, Any], row: dict[str, Any]) -> None:
+        u = s.get(ClusterUpdate, self.uid)
+        u.progress = snap
+        flag_modified(u, "progress")
+        for k, v in row.items():
+            setattr(u, k, v)
+        s.commit()
 
     def host_state(self, host: str, state: str) -> None:
         with self.ctx.session() as s:
@@ -536,24 +561,59 @@ class _U:
             s.commit()
 
 
-def _pass(ctx: Context, uid: int) -> bool:
-    """One pass over an update: admit hosts, advance each active host by a step. True when
-    something moved."""
+def _run(ctx: Context, uid: int) -> None:
+    """Drive one update until it is done or paused: this thread runs the update's own steps
+    and admits hosts; each active host runs its steps in its own thread."""
     u = _U(ctx, uid)
     if u.status != "running":
-        return False
+        return
+    workers: dict[str, Future[None]] = {}
+    with ThreadPoolExecutor(len(u.plan["order"]), thread_name_prefix="goldfleet-host") as pool:
+        try:
+            while True:
+                for h, f in list(workers.items()):
+                    if f.done():
+                        del workers[h]
+                        f.result()  # a Pause of the host is raised here
+                moved = _advance(u, workers, pool)
+                if u.status != "running":
+                    return
+                if not moved:
+                    time.sleep(0.02)
+        except Pause as p:
+            u.stop.set()  # the other hosts finish the step they are in, then stop
+            for f in workers.values():
+                with contextlib.suppress(Pause):
+                    f.result()
+            if p.host and p.offline:
+                u.host_state(p.host, "offline")
+                u.progress["paused_on_offline"] = p.host
+            u.save(status="paused", reason=p.reason)
+            log.warning("cluster %s: update #%s paused: %s", u.cluster, uid, p.reason)
+
+
+def _host_loop(u: _U, host: str) -> None:
+    """One host's steps, one after the other, until it is done or the update stops."""
+    u.local.host = host
+    me = threading.current_thread()
+    pool_name, me.name = me.name, f"goldfleet-host-{host}"
+    with u.lock:
+        u.work[host] = copy.deepcopy(u.progress["hosts"][host])
     try:
-        return _advance(u)
-    except Pause as p:
-        if p.host and p.offline:
-            u.host_state(p.host, "offline")
-            u.progress["paused_on_offline"] = p.host
-        u.save(status="paused", reason=p.reason)
-        log.warning("cluster %s: update #%s paused: %s", u.cluster, uid, p.reason)
-        return False
+        while not u.stop.is_set():
+            stepped = _host_step(u, host)
+            if u.g(host)["state"] in ("done", "skipped"):
+                return
+            if not stepped:
+                time.sleep(0.02)
+    finally:
+        with u.lock:
+            u.progress["hosts"][host] = u.work.pop(host)
+        u.local.host = None
+        me.name = pool_name
 
 
-def _advance(u: _U) -> bool:
+def _advance(u: _U, workers: dict[str, Future[None]], pool: ThreadPoolExecutor) -> bool:
     ctx = u.ctx
     pr = u.progress
     pr.pop("paused_on_offline", None)
@@ -579,14 +639,17 @@ def _advance(u: _U) -> bool:
             or not rules.holds_all(cap, _load(ctx, list(cap)), [*active, h])
         ):
             break
-        hosts[h]["state"] = "active"
+        with u.lock:
+            hosts[h]["state"] = "active"
         active.append(h)
         waiting.pop(0)
         u.save()
         moved = True
     for h in active:
-        moved |= _host_step(u, h)
-    if all(hosts[h]["state"] in ("done", "skipped") for h in order):
+        if h not in workers:
+            workers[h] = pool.submit(_host_loop, u, h)
+            moved = True
+    if not workers and all(hosts[h]["state"] in ("done", "skipped") for h in order):
         for vm in list(pr["vm_restarts"]):
             try:
                 ctx.driver.restart(name=vm)
@@ -599,6 +662,7 @@ def _advance(u: _U) -> bool:
             crashpoints.reached("host-update.ha-enabled")
             pr["ha"] = "enabled"
         u.save(status="done", finished_at=ctx.clock.now(), reason=None)
+        u.status = "done"
         with ctx.session() as s:
             audit.record(s, "update", "cluster.update.done", u.cluster, update=u.uid)
             s.commit()
@@ -622,7 +686,7 @@ def _vm(v: VmLoad) -> rules.Vm:
 
 def _host_step(u: _U, host: str) -> bool:
     """Do the next step of ``host``; True when a step completed."""
-    g = u.progress["hosts"][host]
+    g = u.g(host)
     p = u.plan["hosts"][host]
     if g.get("skip"):
         _skip(u, host)
@@ -664,7 +728,8 @@ def _coordinator_patched(u: _U, host: str) -> bool:
     coordinator = u.plan["coordinator"]
     if host == coordinator:
         return True
-    g = u.progress["hosts"][coordinator]
+    with u.lock:
+        g = u.progress["hosts"][coordinator] if coordinator != host else u.g(host)
     if g["state"] in ("done", "skipped"):
         return True
     before = {"apply-packages", "restart-toolstack"} & set(u.plan["hosts"][coordinator]["steps"])
@@ -701,7 +766,7 @@ def _targets(u: _U, host: str) -> list[str]:
 
 def _evacuate(u: _U, host: str) -> bool:
     ctx = u.ctx
-    g = u.progress["hosts"][host]
+    g = u.g(host)
     here = {v.name: v for v in ctx.driver.vms_on(host=host) if v.state == "running"}
     new = [_vm(v) for n, v in here.items() if n not in g["evacuated"]]
     if new:  # where each goes, recorded before any moves (the request first)
@@ -711,7 +776,7 @@ def _evacuate(u: _U, host: str) -> bool:
         for vm, dest in rules.place(new, free, targets).items():
             g["evacuated"][vm] = dest  # None: fits nowhere, shut down under the policy
         u.save()
-    _migrate_all(ctx, [(vm, d) for vm, d in g["evacuated"].items() if d and vm in here])
+    _migrate_all(ctx, host, [(vm, d) for vm, d in g["evacuated"].items() if d and vm in here])
     # the clones' hosts, in one transaction (those moved before a crash included)
     _clone_hosts(ctx, {vm: dest for vm, dest in g["evacuated"].items() if dest is not None})
     for vm in [vm for vm, dest in g["evacuated"].items() if dest is None]:
@@ -723,7 +788,7 @@ def _evacuate(u: _U, host: str) -> bool:
     return True
 
 
-def _migrate_all(ctx: Context, moves: list[tuple[str, str]]) -> None:
+def _migrate_all(ctx: Context, host: str, moves: list[tuple[str, str]]) -> None:
     """Live-migrate each VM to its host, ``MIGRATIONS`` at once (as a hypervisor pool does);
     every move is tried, then the first failure is raised (the VMs it names stay where they
     were)."""
@@ -739,7 +804,8 @@ def _migrate_all(ctx: Context, moves: list[tuple[str, str]]) -> None:
     if len(moves) <= 1:
         errors = [one(m) for m in moves]
     else:
-        with ThreadPoolExecutor(min(MIGRATIONS, len(moves))) as pool:
+        name = f"goldfleet-migrate-{host}"
+        with ThreadPoolExecutor(min(MIGRATIONS, len(moves)), thread_name_prefix=name) as pool:
             errors = list(pool.map(one, moves))
     failed = [e for e in errors if e is not None]
     if failed:
@@ -751,7 +817,7 @@ def _shut_under_policy(u: _U, host: str, vm: str) -> bool:
     policy says, then it is shut down (started again when its host is back). False: not yet."""
     ctx = u.ctx
     policy = Policy.from_json(u.policy)
-    g = u.progress["hosts"][host]
+    g = u.g(host)
     notified = g.setdefault("notified", {})
     try:
         users = [x.user for x in ctx.driver.sessions(names=[vm]).get(vm, [])]
@@ -814,7 +880,7 @@ def _apply(u: _U, host: str) -> bool:
     agent.apply(debs)
     crashpoints.reached("host-update.applied")
     now = agent.installed()
-    g = u.progress["hosts"][host]
+    g = u.g(host)
     packages = u.plan["hosts"][host]["packages"]
     g["applied"] = {p["package"]: now.get(p["package"], "") for p in packages}
     missing = [p["package"] for p in packages if now.get(p["package"]) != p["version"]]
@@ -834,7 +900,7 @@ def _livepatch(u: _U, host: str) -> bool:
 
 def _reboot(u: _U, host: str) -> bool:
     ctx = u.ctx
-    g = u.progress["hosts"][host]
+    g = u.g(host)
     if not g.get("reboot_at"):
         ctx.driver.reboot_host(host=host)
         crashpoints.reached("host-update.rebooted")
@@ -872,7 +938,7 @@ def _vm_tasks(u: _U, host: str, task: str) -> bool:
 
 def _migrate_back(u: _U, host: str) -> bool:
     ctx = u.ctx
-    g = u.progress["hosts"][host]
+    g = u.g(host)
     restart = "restart-vm" in u.plan["hosts"][host]["tasks"]
     away = {d for d in g["evacuated"].values() if d is not None}
     where = {v.name: (h, v.state) for h in away for v in ctx.driver.vms_on(host=h)}
@@ -883,9 +949,11 @@ def _migrate_back(u: _U, host: str) -> bool:
         at = where.get(vm, (None, None))[0]
         if at == dest:
             back[vm] = host
-        elif restart and at is not None and vm not in u.progress["vm_restarts"]:
-            u.progress["vm_restarts"].append(vm)  # moved elsewhere meanwhile: restarted at the end
-    _migrate_all(ctx, list(back.items()))
+        elif restart and at is not None:
+            with u.lock:  # moved elsewhere meanwhile: restarted at the end
+                if vm not in u.progress["vm_restarts"]:
+                    u.progress["vm_restarts"].append(vm)
+    _migrate_all(ctx, host, list(back.items()))
     _clone_hosts(ctx, back)
     if restart:
         for vm in back:
@@ -900,7 +968,7 @@ def _migrate_back(u: _U, host: str) -> bool:
 def _host_done(u: _U, host: str) -> None:
     """The host's update recorded: its software as of now, the guidance left pending."""
     ctx = u.ctx
-    g = u.progress["hosts"][host]
+    g = u.g(host)
     p = u.plan["hosts"][host]
     g["state"] = "done"
     vms = [v.name for v in ctx.driver.vms_on(host=host)]
@@ -925,17 +993,14 @@ def _host_done(u: _U, host: str) -> None:
             row.last_update_hash = u.hash
         else:
             row.pending = None
-        u_row = s.get(ClusterUpdate, u.uid)
-        u_row.progress = copy.deepcopy(u.progress)
-        flag_modified(u_row, "progress")
         audit.record(s, "update", "cluster.update.host", u.cluster, host=host, update=u.uid)
-        s.commit()
+        u.save(s)  # the host's records and its progress, one transaction
 
 
 def _skip(u: _U, host: str) -> None:
     """Leave the host out: if it answers, enabled again with its VMs back; else offline."""
     ctx = u.ctx
-    g = u.progress["hosts"][host]
+    g = u.g(host)
     up = not _reachable(ctx, [host])[host]
     if up:
         _migrate_back(u, host)
