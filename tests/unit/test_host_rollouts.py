@@ -29,6 +29,14 @@ def test_a_vm_that_fits_nowhere_is_none_and_vcpus_count() -> None:
     assert rules.place([Vm("x", 1, 1)], free, []) == {"x": None}
 
 
+def test_place_preferring_fills_the_first_group_first() -> None:
+    free = {"done": (4096, 8), "later": (65536, 64)}
+    vms = [Vm("a", 2048, 1), Vm("b", 2048, 1), Vm("c", 2048, 1)]
+    got = rules.place_preferring(vms, free, [["done"], ["later"]])
+    assert sorted(got.values()) == ["done", "done", "later"]
+    assert rules.place_preferring([Vm("x", 1 << 20, 1)], free, [["done"], ["later"]]) == {"x": None}
+
+
 def test_free_capacity_unlimited_when_not_given() -> None:
     free = rules.free_capacity({"a": (None, None), "b": (4096, 4)}, {"b": [Vm("v", 1024, 1)]})
     assert free["a"] == (rules.UNLIMITED, rules.UNLIMITED) and free["b"] == (3072, 3)

@@ -815,6 +815,26 @@ def place(vms: Sequence[Vm], free: Free, targets: Sequence[str]) -> dict[str, st
     return out
 
 
+def place_preferring(
+    vms: Sequence[Vm], free: Free, groups: Sequence[Sequence[str]]
+) -> dict[str, str | None]:
+    """As :func:`place`, on the first group of hosts first (hosts already updated: a VM put
+    there is not moved again when a later host is updated), then on the next for the rest."""
+    left = dict(free)
+    out: dict[str, str | None] = {vm.name: None for vm in vms}
+    todo = list(vms)
+    for targets in groups:
+        got = place(todo, left, targets)
+        for vm in todo:
+            dest = got[vm.name]
+            if dest is not None:
+                m, c = left[dest]
+                left[dest] = (m - vm.memory_mib, c - vm.vcpus)
+                out[vm.name] = dest
+        todo = [vm for vm in todo if out[vm.name] is None]
+    return out
+
+
 def holds_all(
     capacity: Mapping[str, tuple[int | None, int | None]],
     load: Mapping[str, Sequence[Vm]],

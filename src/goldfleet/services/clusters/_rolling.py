@@ -52,6 +52,7 @@ log = logging.getLogger("goldfleet.clusters")
 
 VM_TASKS = ("restart-device-model", "restart-vm")
 MIGRATIONS = 4  # live migrations at once
+EVACUATION_ROUNDS = 5
 OUTPUT = 4000  # characters of a command's output kept in the audit
 _driving = threading.Lock()  # this server drives the updates in one thread
 
@@ -765,18 +766,36 @@ def _targets(u: _U, host: str) -> list[str]:
 
 
 def _evacuate(u: _U, host: str) -> bool:
+    """Every running VM off the host: where each goes is recorded before any moves (the
+    request first). Rounds until none is left: a VM another host's evacuation sent here while
+    this one was being admitted is moved on too; a recorded destination that is now being
+    updated itself is chosen again."""
     ctx = u.ctx
     g = u.g(host)
-    here = {v.name: v for v in ctx.driver.vms_on(host=host) if v.state == "running"}
-    new = [_vm(v) for n, v in here.items() if n not in g["evacuated"]]
-    if new:  # where each goes, recorded before any moves (the request first)
+    for _ in range(EVACUATION_ROUNDS):
+        here = {v.name: v for v in ctx.driver.vms_on(host=host) if v.state == "running"}
         targets = _targets(u, host)
-        load = _load(ctx, targets)
-        free = rules.free_capacity({h: u.capacity[h] for h in targets}, load)
-        for vm, dest in rules.place(new, free, targets).items():
-            g["evacuated"][vm] = dest  # None: fits nowhere, shut down under the policy
-        u.save()
-    _migrate_all(ctx, host, [(vm, d) for vm, d in g["evacuated"].items() if d and vm in here])
+        new = [
+            _vm(v)
+            for n, v in here.items()
+            if n not in g["evacuated"]
+            or (g["evacuated"][n] is not None and g["evacuated"][n] not in targets)
+        ]
+        if new:
+            load = _load(ctx, targets)
+            free = rules.free_capacity({h: u.capacity[h] for h in targets}, load)
+            with u.lock:
+                done = [t for t in targets if u.progress["hosts"][t]["state"] == "done"]
+            others = [t for t in targets if t not in done]
+            for vm, dest in rules.place_preferring(new, free, [done, others]).items():
+                g["evacuated"][vm] = dest  # None: fits nowhere, shut down under the policy
+            u.save()
+        moves = [(vm, d) for vm, d in g["evacuated"].items() if d and vm in here]
+        if not moves:
+            break
+        _migrate_all(ctx, host, moves)
+    else:
+        return False  # VMs keep arriving: the step is tried again
     # the clones' hosts, in one transaction (those moved before a crash included)
     _clone_hosts(ctx, {vm: dest for vm, dest in g["evacuated"].items() if dest is not None})
     for vm in [vm for vm, dest in g["evacuated"].items() if dest is None]:
@@ -902,6 +921,8 @@ def _reboot(u: _U, host: str) -> bool:
     ctx = u.ctx
     g = u.g(host)
     if not g.get("reboot_at"):
+        if not _evacuate(u, host):  # nothing running may be left on it (arrived since)
+            return False
         ctx.driver.reboot_host(host=host)
         crashpoints.reached("host-update.rebooted")
         g["reboot_at"] = ctx.clock.now().isoformat()
