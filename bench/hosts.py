@@ -25,7 +25,7 @@ Host capacity is chosen so that ``K`` hosts may be out at once (the others hold 
 
 The run exits 0 whether or not a target is met; the last line printed is JSON.
 
-    .venv/bin/python bench/hosts.py [--hosts 8] [--vms 40] [--reboot 2.0] [--max-hosts K]
+    .venv/bin/python bench/hosts.py [--hosts 8] [--vms 40] [--reboot 10] [--max-hosts K]
 """
 
 from __future__ import annotations
@@ -228,7 +228,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--hosts", type=int, default=8)
     p.add_argument("--vms", type=int, default=40, help="VMs per host")
-    p.add_argument("--reboot", type=float, default=2.0, help="seconds a host reboot takes")
+    p.add_argument("--reboot", type=float, default=10.0, help="seconds a host reboot takes")
     p.add_argument(
         "--max-hosts", type=int, default=3, help="hosts out at once (capacity is sized for it)"
     )
