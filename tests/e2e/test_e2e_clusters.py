@@ -362,7 +362,10 @@ def test_bad_input_changes_nothing(world: World) -> None:
         w.client.post("/clusters/pve/channel", {"kind": "normal", "key": "@@@"})
     assert info.value.status == 422
     w.ok("cluster", "channel", "pve", "offline")
-    assert "not built yet" in w.refused("cluster", "sync", "pve")
+    assert "bundle upload pve" in w.refused("cluster", "sync", "pve")
+    assert "has no key to verify a bundle" in w.refused(
+        "cluster", "bundle", "upload", "pve", str(w.key.public)
+    )
 
 
 def test_an_unreadable_host_is_offline_and_the_coordinator_must_be_readable(world: World) -> None:

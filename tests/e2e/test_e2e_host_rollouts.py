@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import secrets
+import shutil
+import tarfile
 import time
 from pathlib import Path
 
 import pytest
-from aptkit import NEW, World, host_root, installed, material, world
+from aptkit import NEW, UPDATED, World, host_root, installed, material, world
 from sitekit import make_raw
 
 __all__ = ["material", "world"]  # the fixtures (tests/e2e/aptkit.py)
@@ -223,3 +225,38 @@ def test_faults_pause_with_the_reason_and_lose_nothing(world: World) -> None:
     assert upgrades(w.roots / "h1") == dict.fromkeys(
         {x["host"]: x for x in r["hosts"]}["h1"]["applied"], 1
     )
+
+
+def test_offline_bundle_is_verified_like_a_sync(world: World) -> None:
+    """The offline channel: a bundle (a tar of the signed repository) gives the same hash and
+    the same .debs in the coordinator's cache as a sync of that repository; a bundle whose
+    Packages was altered after signing, or signed by another key, is refused and keeps
+    nothing."""
+    w = world
+    w.ok("cluster", "create", "pve", "--hosts", "h1,h2,h3", "--coordinator", "h1")
+    w.ok("cluster", "channel", "pve", "offline", "--key", str(w.key.public))
+    assert "bundle upload pve" in w.refused("cluster", "sync", "pve")
+
+    def tar(root: Path, name: str) -> Path:
+        out = w.tmp / name
+        with tarfile.open(out, "w") as t:
+            for sub in ("dists", "pool"):
+                t.add(root / sub, arcname=sub)
+        return out
+
+    good = tar(w.repo.root, "good.tar")
+    bad_root = w.tmp / "bad"
+    shutil.copytree(w.repo.root, bad_root)
+    packages = next(bad_root.rglob("Packages"))
+    packages.write_text(packages.read_text().replace("Version: 6.1.90-1", "Version: 6.1.99-1"))
+    bad = tar(bad_root, "bad.tar")
+    assert "Packages" in w.refused("cluster", "bundle", "upload", "pve", str(bad))
+    assert w.cache("h1") == {} and w.client.get("/clusters/pve")["last_sync_hash"] is None
+    w.repo.publish(sign_with=w.other)
+    other = tar(w.repo.root, "other.tar")
+    assert "InRelease" in w.refused("cluster", "bundle", "upload", "pve", str(other))
+    r = w.ok_json("cluster", "bundle", "upload", "pve", str(good))
+    assert r["hash"] == w.expected_hash()
+    assert set(w.cache("h1")) == {w.new[p].name for p in UPDATED}
+    assert w.client.get("/clusters/pve")["channel"]["hash"] == r["hash"]
+    assert "not a tar file" in w.refused("cluster", "bundle", "upload", "pve", str(w.key.public))

@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import typer
 
 from goldfleet.cli import output
+from goldfleet.cli.client import Client, ClientError
 from goldfleet.cli.common import JsonOpt, follow
 from goldfleet.cli.common import call as _call
 from goldfleet.cli.common import fail as _fail
@@ -631,3 +632,32 @@ def pending(
         rows.append([host, "host", _guidance(g["host"])])
         rows += [[host, vm, _guidance(vg)] for vm, vg in g["vms"].items()]
     output.table(f"pending guidance of cluster {name}", ["host", "on", "guidance"], rows)
+
+
+bundle_app = typer.Typer(no_args_is_help=True, help="The offline channel's signed bundles.")
+cluster_app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("upload")
+def bundle_upload(
+    name: NameArg,
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A tar of a signed apt repository.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Sync the offline channel from a bundle: its InRelease verified against the channel key,
+    its Packages and .debs against it; prints the update hash."""
+    if not file.is_file():
+        _fail(f"bundle {file} is not a file")
+    try:
+        r = Client.from_home().upload(f"/clusters/{name}/bundle", file, {})
+    except ClientError as exc:
+        _fail(exc.message)
+    if as_json:
+        output.emit_json(r)
+        return
+    output.console.print(
+        f"cluster {name}: {r['packages']} packages available,"
+        f" {r['downloaded']} put in {r['cache']}",
+        highlight=False,
+    )
+    output.console.print(f"update hash: {r['hash']}", highlight=False)

@@ -8,13 +8,15 @@ import base64
 import binascii
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from goldfleet.api.deps import Allow, Caller, Ctx
-from goldfleet.api.schemas import JSON_LINES, ErrorPublic
+from goldfleet.api.schemas import JSON_LINES, UPLOAD, ErrorPublic
 from goldfleet.api.streaming import GuardedStream
+from goldfleet.api.uploads import received_body
 from goldfleet.domain.access import cluster_path
 from goldfleet.errors import InvalidInput
 from goldfleet.services import access, clusters
@@ -325,3 +327,11 @@ def run_pending(
     return clusters.run_pending(
         ctx, name, actor=caller.name, logoff=body.logoff if body else "wait"
     )
+
+
+@router.post("/{name}/bundle", openapi_extra=UPLOAD, responses=REPOSITORY_FAILED)
+async def upload_bundle(name: str, request: Request, ctx: Ctx, caller: ClusterWrite) -> SyncView:
+    """The offline channel's sync: the body is a tar of a signed apt repository, verified as
+    a sync verifies one; answers as a sync does, with the update hash."""
+    async with received_body(request, ctx, prefix="bundle", limit=2 << 30, what="bundle") as bundle:
+        return await run_in_threadpool(clusters.upload_bundle, ctx, name, bundle, actor=caller.name)

@@ -27,6 +27,7 @@ from goldfleet.services.clusters._clusters import (
     sync_tick,
     update_plan,
     updates,
+    upload_bundle,
 )
 from goldfleet.services.clusters._rolling import (
     PendingView,
@@ -73,4 +74,5 @@ __all__ = [
     "update_status",
     "update_tick",
     "updates",
+    "upload_bundle",
 ]
