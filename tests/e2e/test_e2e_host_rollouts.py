@@ -107,7 +107,11 @@ def test_rolling_update_then_pending_guidance(world: World) -> None:
     assert not w.server.rows("SELECT id FROM cluster_updates")  # refusals changed nothing
 
     # the update at level mandatory: packages and mandatory tasks; the rest left pending
-    r = w.ok_json("cluster", "update", "pve", "--hash", h, "--level", "mandatory", "--wait")
+    # two hosts at once (the others hold every VM): h2 starts alongside the coordinator
+    r = w.ok_json(
+        "cluster", "update", "pve", "--hash", h, "--level", "mandatory", "--max-hosts", "2",
+        "--wait",
+    )  # fmt: skip
     assert r["status"] == "done" and r["ha"] == "enabled", r
     hosts = {x["host"]: x for x in r["hosts"]}
     assert [x["host"] for x in r["hosts"]] == ["h1", "h2", "h3", "h4"]  # coordinator first
@@ -125,6 +129,8 @@ def test_rolling_update_then_pending_guidance(world: World) -> None:
         assert lacked and all(got[p] == NEW[p][0] == v for p, v in lacked.items())
         assert upgrades(w.roots / host) == dict.fromkeys(lacked, 1)
     assert sim_hosts(w) == {"h1": (0, 1), "h2": (0, 1)}  # toolstacks restarted, no reboot
+    log = Path("var/log/dpkg.log")  # the coordinator's packages went in first
+    assert (w.roots / "h1" / log).stat().st_mtime_ns < (w.roots / "h2" / log).stat().st_mtime_ns
     assert vms(w) == before  # nothing moved at this level
     h1 = w.ok_json("host", "show", "h1")["state"]
     assert h1["last_update_hash"] == h and h1["last_software_update"]

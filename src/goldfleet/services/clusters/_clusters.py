@@ -19,7 +19,6 @@ import lzma
 import shutil
 import tarfile
 import threading
-import uuid
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -627,19 +626,21 @@ def upload_bundle(ctx: Context, name: str, bundle: Path, *, actor: str) -> SyncV
                 f"the offline channel of cluster {name} has no key to verify a bundle with:"
                 f" goldfleet cluster channel {name} offline --key KEYFILE"
             )
-    work = ctx.settings.store / "host-updates" / f".bundle-{uuid.uuid4().hex}"
-    work.mkdir(parents=True)
+    # one folder per cluster: the claim makes this upload the cluster's only one, and a folder
+    # a killed upload left is removed by the next
+    work = ctx.settings.store / "host-updates" / f".bundle-{name}"
+    _claim(ctx, name, bundle=True)
     try:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
         suite, components = _unpack(bundle, work, MAX_BUNDLE)
-        _claim(ctx, name, bundle=True)
-        try:
-            return _sync(ctx, name, actor, bundle=(work, suite, components))
-        except GoldfleetError as exc:
-            _release(ctx, name, exc.message)
-            raise
-        except Exception as exc:
-            _release(ctx, name, f"the bundle's sync failed: {exc}")
-            raise
+        return _sync(ctx, name, actor, bundle=(work, suite, components))
+    except GoldfleetError as exc:
+        _release(ctx, name, exc.message)
+        raise
+    except Exception as exc:
+        _release(ctx, name, f"the bundle's sync failed: {exc}")
+        raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
