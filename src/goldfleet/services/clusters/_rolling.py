@@ -36,7 +36,7 @@ from goldfleet.domain import hostupdates as rules
 from goldfleet.domain.rollout import Policy, SessionStep, build_policy, session_step
 from goldfleet.drivers.agents import ApplyFailed, HostUnreachable, make_agent
 from goldfleet.drivers.base import DriverError, VmLoad
-from goldfleet.errors import Conflict, InvalidInput, NotFound
+from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, NotFound
 from goldfleet.services.clusters._clusters import (
     alive,
     cluster_view,
@@ -591,6 +591,17 @@ def _run(ctx: Context, uid: int) -> None:
                 u.progress["paused_on_offline"] = p.host
             u.save(status="paused", reason=p.reason)
             log.warning("cluster %s: update #%s paused: %s", u.cluster, uid, p.reason)
+        except GoldfleetError as exc:  # the database, a driver refusing: paused, not looping
+            u.stop.set()
+            _settle(workers)
+            u.save(status="paused", reason=f"{exc.message}; goldfleet cluster update-resume")
+            log.warning("cluster %s: update #%s paused: %s", u.cluster, uid, exc.message)
+
+
+def _settle(workers: dict[str, Future[None]]) -> None:
+    for f in workers.values():
+        with contextlib.suppress(Exception):
+            f.result()
 
 
 def _host_loop(u: _U, host: str) -> None:
