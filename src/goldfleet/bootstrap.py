@@ -91,6 +91,8 @@ def bootstrap(settings: Settings, *, run_migrations: bool = True) -> Context:
         rollouts.Periodic("edge-feed", 1.0, hosts.feed_edges, reconcile=False),
         # clusters' scheduled update syncs (docs/hosts.md)
         rollouts.Periodic("cluster-sync", 1.0, clusters.sync_tick, reconcile=False),
+        # clusters' rolling updates, driven in a thread, each step recorded (docs/host-updates.md)
+        rollouts.Periodic("cluster-update", 1.0, clusters.update_tick, reconcile=False),
     ]
     # guest tool updates: each open request advanced by its next step
     periodic.append(rollouts.Periodic("agent-update", 1.0, guests.agent_tick, reconcile=False))

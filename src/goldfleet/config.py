@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     # local-root agent the folder holding each host's root (ROOT/HOST); empty: <home>/host-roots
     host_agent: str = "local-root"
     host_roots: Path | None = None
+    # a rolling update pauses on a host not up again this long after its reboot
+    host_reboot_timeout: float = 900.0
 
     @field_validator("edge_root", mode="before")
     @classmethod

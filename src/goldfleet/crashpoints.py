@@ -59,6 +59,15 @@ POINTS: dict[str, str] = {
     "cluster-sync.claimed": "a cluster's sync claimed; nothing read or downloaded",
     "cluster-sync.downloaded": "the needed .debs in the coordinator's cache; the sync's result"
     " (hash, hosts' packages) not yet stored",
+    # the rolling update of a cluster (docs/host-updates.md)
+    "host-update.ha-disabled": "HA/balancing disable commands run; not yet recorded",
+    "host-update.migrated": "a VM live-migrated off the host being updated; its host not yet"
+    " recorded for the clone",
+    "host-update.applied": "dpkg installed the host's packages; the versions not yet recorded",
+    "host-update.rebooted": "the host's reboot asked (its VMs evacuated); not yet recorded",
+    "host-update.step": "a host's step done (the first: disabled); not yet recorded",
+    "host-update.ha-enabled": "HA/balancing enable commands run after the last host; the"
+    " update not yet recorded done",
 }
 
 

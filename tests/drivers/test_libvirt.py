@@ -386,3 +386,24 @@ def test_migrate_a_running_vm_reports_libvirts_refusal(
         d.migrate(name="m2", host="elsewhere")
     with pytest.raises(DriverError, match="VM m9 is not defined"):
         d.migrate(name="m9", host=b)
+
+
+def test_a_hosts_vms_with_their_sizes_and_whether_it_is_up(
+    two_hosts: tuple[LibvirtDriver, str, str],
+) -> None:
+    """What a rolling host update asks of the libvirt driver (docs/host-updates.md): a host's
+    VMs with memory and vCPUs as libvirt reports them, whether the host answers, and a VM
+    restart (shut down, started again)."""
+    d, a, b = two_hosts
+    d.define(spec=clone_spec("s1"), host=a)
+    d.start(name="s1")
+    d.define(spec=clone_spec("s2"), host=a)
+    got = {v.name: v for v in d.vms_on(host=a)}
+    assert got["s1"].state == "running" and got["s2"].state == "stopped"
+    assert got["s1"].memory_mib == clone_spec("s1").memory_mib
+    assert got["s1"].vcpus == clone_spec("s1").vcpus
+    assert d.vms_on(host=b) == [] and d.host_up(host=a) and d.host_up(host=b)
+    d.restart(name="s1")
+    assert d.state(name="s1") == "running"
+    with pytest.raises(DriverError, match="is not one of the libvirt hosts"):
+        d.vms_on(host="nowhere")

@@ -518,3 +518,39 @@ def test_bad_hosts_are_refused(
 ) -> None:
     with pytest.raises(InvalidInput, match=message):
         SimDriver(fresh_db, hosts=hosts)
+
+
+def test_hosts_reboot_restart_and_their_vms(make: Make, vm_spec: Callable[..., DomainSpec]) -> None:
+    """The sim's host model (docs/drivers.md, "Hosts in the sim driver"): a reboot stops the
+    host's running VMs and takes exactly reboot_seconds, during which nothing starts on or
+    migrates to it; toolstack and device-model restarts are counted and keep VMs running; a host
+    in reboot_never_up stays down."""
+    d = make({"reboot_seconds": 0.3, "reboot_never_up": ["sim-host-2"]})
+    for name, host in (("a", "sim-host-1"), ("b", "sim-host-1"), ("c", "sim-host-2")):
+        d.define(spec=vm_spec(name), host=host)
+        d.start(name=name)
+    d.shutdown(name="b")
+    loads = {v.name: v for v in d.vms_on(host="sim-host-1")}
+    assert (loads["a"].state, loads["a"].memory_mib, loads["a"].vcpus) == ("running", 128, 1)
+    assert loads["b"].state == "stopped"
+    d.restart_device_model(name="a")
+    d.restart_toolstack(host="sim-host-1")
+    assert d.state(name="a") == "running"
+    with pytest.raises(DriverError, match="not running"):
+        d.restart_device_model(name="b")
+    d.reboot_host(host="sim-host-1")
+    assert not d.host_up(host="sim-host-1") and d.state(name="a") == "stopped"
+    with pytest.raises(DriverError, match="is down"):
+        d.start(name="a")
+    with pytest.raises(DriverError, match="is down"):
+        d.migrate(name="c", host="sim-host-1")
+    time.sleep(0.35)
+    assert d.host_up(host="sim-host-1")
+    d.start(name="a")
+    d.reboot_host(host="sim-host-2")
+    time.sleep(0.35)
+    assert not d.host_up(host="sim-host-2")
+    with d.factory() as s:
+        row = s.get(sim.SimHost, "sim-host-1")
+        assert (row.reboots, row.toolstack_restarts) == (1, 1)
+        assert s.get(sim.SimDomain, "a").disks["dm_restarts"] == 1

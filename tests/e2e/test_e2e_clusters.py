@@ -167,7 +167,7 @@ def test_cluster_channel_sync_and_updates(world: World) -> None:
     other = "sha256:" + "0" * 64
     proc = w.cli("cluster", "update-plan", "pve", "--hash", other)
     assert proc.returncode == 1 and "FAIL hash-is-latest-sync" in proc.stdout
-    assert "not built yet" in proc.stdout
+    assert "checked when the update starts" in proc.stdout
 
     # a new coordinator: the last sync no longer counts until it syncs
     c = w.ok_json("cluster", "coordinator", "pve", "h2")
@@ -366,7 +366,10 @@ def test_bad_input_changes_nothing(world: World) -> None:
             w.client.post("/clusters/pve/channel", {"kind": kind, "key": "clé"})
         assert info.value.status == 422 and "not base64" in info.value.message
     w.ok("cluster", "channel", "pve", "offline")
-    assert "not built yet" in w.refused("cluster", "sync", "pve")
+    assert "bundle upload pve" in w.refused("cluster", "sync", "pve")
+    assert "has no key to verify a bundle" in w.refused(
+        "cluster", "bundle", "upload", "pve", str(w.key.public)
+    )
 
 
 def test_an_unreadable_host_is_offline_and_the_coordinator_must_be_readable(world: World) -> None:

@@ -718,6 +718,64 @@ def test_cluster_sync_killed_before_its_result(world, point):
     assert not list((w.home / "store" / "host-updates").rglob(".*.part"))
 
 
+ROLLING_POINTS = [  # in the order one update at level full reaches them
+    "host-update.ha-disabled",
+    "host-update.step",  # the coordinator disabled
+    "host-update.applied",  # the coordinator's packages
+    "host-update.migrated",  # h2 evacuated for its reboot
+    "host-update.rebooted",
+    "host-update.ha-enabled",
+]
+
+
+@kills_at(*ROLLING_POINTS)
+def test_rolling_update_killed_at_every_step(world):
+    """One rolling update (level full: h2 is evacuated and rebooted), its server killed at each
+    of its crash points in turn, started again each time: it resumes at the step it was at, and
+    after each kill no VM is stopped or lost; at its end every host is enabled, each package was
+    upgraded exactly once (dpkg's own log in each host root), every VM is back on its host,
+    running, and HA/balancing are on again."""
+    import test_e2e_host_rollouts as rolling
+
+    w = world
+    w.server.env["GOLDFLEET_SIM_PLAN"] = json.dumps({"reboot_seconds": 0.3})
+    w.server.env["GOLDFLEET_LEASE_SECONDS"] = "2"
+    w.server.restart()
+    h = rolling.setup_cluster(w, clones=6)
+    before = rolling.vms(w)
+    body = {"hash": h, "level": "full"}
+    for i, point in enumerate(ROLLING_POINTS):
+        # armed before it starts again: an unarmed server in between would run past the point
+        w.server.env[crashpoints.ENV] = point
+        if i == 0:
+            w.server.restart()
+            with contextlib.suppress(ClientError, httpx.HTTPError):
+                w.client.post("/clusters/pve/update", body)
+        else:
+            w.server.start()
+        try:
+            code = w.server.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            raise AssertionError(f"the server did not reach crash point {point}") from None
+        assert code == -signal.SIGKILL, (point, code)
+        assert {s for _, s in rolling.vms(w).values()} == {"running"}, point
+        assert set(rolling.vms(w)) == set(before), point
+    w.server.env.pop(crashpoints.ENV)
+    w.server.start()
+    r = rolling.wait_status(w, "done", "paused", "failed")
+    assert r["status"] == "done", r
+    assert rolling.vms(w) == before
+    hosts = {x["name"]: x for x in w.client.get("/clusters/pve")["hosts"]}
+    assert {x["state"] for x in hosts.values()} == {"enabled"}
+    for host in ("h1", "h2"):
+        applied = {x["host"]: x for x in r["hosts"]}[host]["applied"]
+        assert applied and rolling.upgrades(w.roots / host) == dict.fromkeys(applied, 1)
+        assert hosts[host]["last_update_hash"] == h
+    assert rolling.sim_hosts(w)["h2"][0] >= 1  # rebooted (again after the kill: harmless)
+    ha = (w.tmp / "ha.log").read_text().split()
+    assert ha[-1] == "on" and set(ha) == {"off", "on"}
+
+
 def test_every_crash_point_has_a_test():
     """Every point goldfleet.crashpoints lists (and the source marks) has a test above."""
     assert sorted(TESTED) == sorted(crashpoints.POINTS)

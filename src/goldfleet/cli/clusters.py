@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import base64
 import json
+import shlex
+import time
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
 from goldfleet.cli import output
+from goldfleet.cli.client import Client, ClientError
 from goldfleet.cli.common import JsonOpt, follow
 from goldfleet.cli.common import call as _call
 from goldfleet.cli.common import fail as _fail
@@ -432,3 +435,229 @@ def guidance_rules(
             for g in r["guidance_rules"]
         ],
     )
+
+
+# --- the rolling update (docs/host-updates.md) ------------------------------------------------
+
+
+def _argv(text: str, what: str) -> list[str]:
+    try:
+        argv = shlex.split(text)
+    except ValueError as exc:
+        _fail(f"{what} {text!r}: {exc}")
+    if not argv:
+        _fail(f"{what} is empty")
+    return argv
+
+
+@cluster_app.command("ha")
+def ha(
+    name: NameArg,
+    disable_cmd: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--disable-cmd",
+            help="A command (split as a shell would, run without one) that switches HA or"
+            " balancing off before an update; repeat for several.",
+        ),
+    ] = None,
+    enable_cmd: Annotated[
+        list[str] | None,
+        typer.Option("--enable-cmd", help="The commands that switch them on again at the end."),
+    ] = None,
+    clear: Annotated[bool, typer.Option("--clear", help="No commands.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The cluster's HA/load-balancing switches, run around a rolling update."""
+    if clear and (disable_cmd or enable_cmd):
+        _fail("give --clear or the commands, not both")
+    if not clear and not (disable_cmd or enable_cmd):
+        r = _call("GET", f"/clusters/{name}")
+    else:
+        body: dict[str, Any] = {"disable": None, "enable": None}
+        if not clear:
+            body = {
+                "disable": [_argv(c, "--disable-cmd") for c in disable_cmd or []],
+                "enable": [_argv(c, "--enable-cmd") for c in enable_cmd or []],
+            }
+        r = _call("POST", f"/clusters/{name}/ha", json=body)
+    if as_json:
+        output.emit_json(r.get("ha"))
+        return
+    ha_ = r.get("ha")
+    if not ha_:
+        output.console.print(f"cluster {name}: no HA/balancing commands", highlight=False)
+        return
+    for which in ("disable", "enable"):
+        for argv in ha_[which]:
+            output.console.print(f"{which}: {shlex.join(argv)}", highlight=False)
+
+
+def _print_update(r: dict[str, Any]) -> None:
+    p = output.console.print
+    why = f" — {r['reason']}" if r["reason"] else ""
+    p(
+        f"cluster {r['cluster']}: {r['kind']} #{r['id']} {r['status']}{why}"
+        f"  (level {r['level']}, max {r['max_hosts']} host(s) at once, HA {r['ha']})",
+        highlight=False,
+    )
+    output.table(
+        "hosts (coordinator first)",
+        ["host", "state", "steps", "left pending"],
+        [
+            [
+                h["host"] + (" *" if h["coordinator"] else ""),
+                h["state"],
+                " → ".join((f"[{s}]" if s in h["done_steps"] else s) for s in h["steps"])
+                or "nothing to do",
+                _guidance(h["deferred"]),
+            ]
+            for h in r["hosts"]
+        ],
+    )
+
+
+def _wait_update(name: str, r: dict[str, Any], as_json: bool) -> dict[str, Any]:
+    """Poll until the update is done, failed or paused, showing steps done on stderr."""
+    seen = -1
+    while r["status"] == "running":
+        done = sum(len(h["done_steps"]) for h in r["hosts"])
+        total = sum(len(h["steps"]) for h in r["hosts"])
+        if done != seen and not as_json:
+            output.err_console.print(f"{done}/{total} steps", highlight=False)
+            seen = done
+        time.sleep(0.5)
+        r = _call("GET", f"/clusters/{name}/update")
+    return r
+
+
+def _end_update(r: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        output.emit_json(r)
+    else:
+        _print_update(r)
+    if r["status"] in ("paused", "failed"):
+        raise typer.Exit(1)
+
+
+@cluster_app.command("update")
+def update(
+    name: NameArg,
+    hash_: Annotated[str, typer.Option("--hash", help="The update hash of the latest sync.")],
+    level: Annotated[str, typer.Option("--level", help="mandatory, recommended or full.")],
+    max_hosts: Annotated[
+        int, typer.Option("--max-hosts", help="Hosts updated at once, when capacity holds.")
+    ] = 1,
+    logoff: Annotated[
+        str, typer.Option("--logoff", help="For VMs that fit nowhere: wait, notify-force, force.")
+    ] = "wait",
+    grace: Annotated[str | None, typer.Option("--grace", help="notify-force: e.g. 10m.")] = None,
+    message: Annotated[str | None, typer.Option("--message", help="Told to their users.")] = None,
+    ha_disabled: Annotated[
+        bool,
+        typer.Option("--ha-disabled", help="HA and balancing are off already (no commands)."),
+    ] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow it to its end.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The durable rolling update: prechecks by name, then the coordinator first, each host
+    disabled, evacuated, patched, its tasks, enabled, its VMs back."""
+    r = _call(
+        "POST",
+        f"/clusters/{name}/update",
+        json={
+            "hash": hash_,
+            "level": level,
+            "max_hosts": max_hosts,
+            "logoff": logoff,
+            "grace": grace,
+            "message": message,
+            "ha_disabled": ha_disabled,
+        },
+    )
+    if wait:
+        r = _wait_update(name, r, as_json)
+    _end_update(r, as_json)
+
+
+@cluster_app.command("update-status")
+def update_status(
+    name: NameArg,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow it to its end.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """The latest rolling update of the cluster, each host's steps ([done])."""
+    r = _call("GET", f"/clusters/{name}/update")
+    if wait:
+        r = _wait_update(name, r, as_json)
+    _end_update(r, as_json)
+
+
+@cluster_app.command("update-resume")
+def update_resume(
+    name: NameArg,
+    skip: Annotated[
+        str | None, typer.Option("--skip", help="Leave this host out (the one it paused on).")
+    ] = None,
+    wait: Annotated[bool, typer.Option("--wait", help="Follow it to its end.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Resume a paused rolling update: the step it paused on is tried again."""
+    r = _call("POST", f"/clusters/{name}/update/resume", json={"skip": skip})
+    if wait:
+        r = _wait_update(name, r, as_json)
+    _end_update(r, as_json)
+
+
+@cluster_app.command("pending")
+def pending(
+    name: NameArg,
+    run: Annotated[bool, typer.Option("--run", help="Carry them out now.")] = False,
+    wait: Annotated[bool, typer.Option("--wait", help="With --run: follow it.")] = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Guidance rolling updates left undone (above their level), per host and VM."""
+    if run:
+        r = _call("POST", f"/clusters/{name}/pending/run", json={})
+        if wait:
+            r = _wait_update(name, r, as_json)
+        _end_update(r, as_json)
+        return
+    r = _call("GET", f"/clusters/{name}/pending")
+    if as_json:
+        output.emit_json(r)
+        return
+    rows = []
+    for host, g in r["hosts"].items():
+        rows.append([host, "host", _guidance(g["host"])])
+        rows += [[host, vm, _guidance(vg)] for vm, vg in g["vms"].items()]
+    output.table(f"pending guidance of cluster {name}", ["host", "on", "guidance"], rows)
+
+
+bundle_app = typer.Typer(no_args_is_help=True, help="The offline channel's signed bundles.")
+cluster_app.add_typer(bundle_app, name="bundle")
+
+
+@bundle_app.command("upload")
+def bundle_upload(
+    name: NameArg,
+    file: Annotated[Path, typer.Argument(metavar="FILE", help="A tar of a signed apt repository.")],
+    as_json: JsonOpt = False,
+) -> None:
+    """Sync the offline channel from a bundle: its InRelease verified against the channel key,
+    its Packages and .debs against it; prints the update hash."""
+    if not file.is_file():
+        _fail(f"bundle {file} is not a file")
+    try:
+        r = Client.from_home().upload(f"/clusters/{name}/bundle", file, {})
+    except ClientError as exc:
+        _fail(exc.message)
+    if as_json:
+        output.emit_json(r)
+        return
+    output.console.print(
+        f"cluster {name}: {r['packages']} packages available,"
+        f" {r['downloaded']} put in {r['cache']}",
+        highlight=False,
+    )
+    output.console.print(f"update hash: {r['hash']}", highlight=False)

@@ -389,6 +389,18 @@ class SimDomain(Base):
     disks: Mapped[dict[str, Any]] = mapped_column(default=dict)
 
 
+class SimHost(Base):
+    """The sim driver's host state: when a rebooting host is up again, and counters of its
+    reboots and toolstack restarts (drivers/sim.py). A host with no row is up."""
+
+    __tablename__ = "sim_hosts"
+
+    name: Mapped[str] = mapped_column(String(63), primary_key=True)
+    up_at: Mapped[datetime | None]  # rebooting until then; None: up
+    reboots: Mapped[int] = mapped_column(default=0)
+    toolstack_restarts: Mapped[int] = mapped_column(default=0)
+
+
 class SimSession(Base):
     """A simulated user logged into a simulated VM."""
 
@@ -512,6 +524,8 @@ class Cluster(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     # the cluster's own guidance rules, tried before the shipped ones (domain/hostupdates.py)
     guidance_rules: Mapped[list[Any] | None] = mapped_column(JSON)
+    # HA/balancing switches: {"disable": [argv, ...], "enable": [argv, ...]} (docs/host-updates.md)
+    ha: Mapped[dict[str, Any] | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
     hosts: Mapped[list[ClusterHost]] = relationship(
@@ -536,5 +550,31 @@ class ClusterHost(Base):
     installed_at: Mapped[datetime | None]  # when ``installed`` was read from the host
     last_software_update: Mapped[datetime | None]
     last_update_hash: Mapped[str | None] = mapped_column(String(71))
+    # guidance a rolling update left undone (above its level): {"host": [task], "vms": {vm:
+    # [task]}, "hash": H, "category": {task: category}}
+    pending: Mapped[dict[str, Any] | None]
 
     cluster: Mapped[Cluster] = relationship(back_populates="hosts")
+
+
+class ClusterUpdate(Base):
+    """A durable rolling update of a cluster (or a run of its pending guidance): what it was
+    asked (hash, level, policy), its plan, and each step recorded as it completes
+    (docs/host-updates.md). Advanced by the runner's periodic pass."""
+
+    __tablename__ = "cluster_updates"
+
+    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16))  # update | pending
+    status: Mapped[str] = mapped_column(String(16))  # running, paused, done, failed
+    hash: Mapped[str | None] = mapped_column(String(71))
+    level: Mapped[str] = mapped_column(String(16))
+    max_hosts: Mapped[int]
+    policy: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    plan: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    progress: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    actor: Mapped[str] = mapped_column(String(63))
+    reason: Mapped[str | None] = mapped_column(Text)  # why it is paused or failed
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]

@@ -737,3 +737,163 @@ def prechecks(
     )
     out.append(Precheck("no-sync-running", not syncing, "a sync is running" if syncing else ""))
     return out
+
+
+# --- the rolling update (docs/host-updates.md) ----------------------------------------------
+
+UNLIMITED = 1 << 50  # a host whose capacity was not given holds anything
+MAX_COMMANDS = 20  # HA/balancing commands per switch
+MAX_ARGS = 64
+OPEN_UPDATE = ("running", "paused")
+
+
+def check_commands(items: object, what: str) -> list[list[str]]:
+    """HA/balancing commands: a list of argv lists (run without a shell)."""
+    if not isinstance(items, list) or len(items) > MAX_COMMANDS:
+        raise InvalidInput(f"{what}: give a list of at most {MAX_COMMANDS} commands")
+    out = []
+    for i, argv in enumerate(items, 1):
+        if (
+            not isinstance(argv, list)
+            or not argv
+            or len(argv) > MAX_ARGS
+            or not all(isinstance(a, str) and 0 < len(a) <= 4096 and "\0" not in a for a in argv)
+        ):
+            raise InvalidInput(
+                f"{what}, command {i}: an argv list of 1 to {MAX_ARGS} non-empty words"
+                ' (["ha-manager", "crm-command", "node-maintenance", "enable", "h1"])'
+            )
+        out.append(list(argv))
+    return out
+
+
+def check_max_hosts(k: int, hosts: int) -> int:
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= max(1, hosts):
+        raise InvalidInput(f"--max-hosts {k} is not valid: 1 to {max(1, hosts)} (the hosts)")
+    return k
+
+
+@dataclass(frozen=True)
+class Vm:
+    name: str
+    memory_mib: int
+    vcpus: int
+
+
+Free = dict[str, tuple[int, int]]  # host → (memory MiB, vCPUs) free
+
+
+def free_capacity(
+    capacity: Mapping[str, tuple[int | None, int | None]], load: Mapping[str, Sequence[Vm]]
+) -> Free:
+    """What each host has left: its capacity (None: unlimited) less its running VMs."""
+    out = {}
+    for host, (mem, cpu) in capacity.items():
+        used = load.get(host, ())
+        out[host] = (
+            (UNLIMITED if mem is None else mem) - sum(v.memory_mib for v in used),
+            (UNLIMITED if cpu is None else cpu) - sum(v.vcpus for v in used),
+        )
+    return out
+
+
+def place(vms: Sequence[Vm], free: Free, targets: Sequence[str]) -> dict[str, str | None]:
+    """Where each VM goes among ``targets``: the largest first, each to the target with the
+    most free memory that holds it (memory and vCPUs); None where none does. ``free`` is not
+    changed."""
+    left = {h: free[h] for h in targets if h in free}
+    out: dict[str, str | None] = {}
+    for vm in sorted(vms, key=lambda v: (-v.memory_mib, -v.vcpus, v.name)):
+        fits = [h for h, (m, c) in left.items() if m >= vm.memory_mib and c >= vm.vcpus]
+        if not fits:
+            out[vm.name] = None
+            continue
+        best = max(fits, key=lambda h: (left[h][0], -list(left).index(h)))
+        m, c = left[best]
+        left[best] = (m - vm.memory_mib, c - vm.vcpus)
+        out[vm.name] = best
+    return out
+
+
+def place_preferring(
+    vms: Sequence[Vm], free: Free, groups: Sequence[Sequence[str]]
+) -> dict[str, str | None]:
+    """As :func:`place`, on the first group of hosts first (hosts already updated: a VM put
+    there is not moved again when a later host is updated), then on the next for the rest."""
+    left = dict(free)
+    out: dict[str, str | None] = {vm.name: None for vm in vms}
+    todo = list(vms)
+    for targets in groups:
+        got = place(todo, left, targets)
+        for vm in todo:
+            dest = got[vm.name]
+            if dest is not None:
+                m, c = left[dest]
+                left[dest] = (m - vm.memory_mib, c - vm.vcpus)
+                out[vm.name] = dest
+        todo = [vm for vm in todo if out[vm.name] is None]
+    return out
+
+
+def holds_all(
+    capacity: Mapping[str, tuple[int | None, int | None]],
+    load: Mapping[str, Sequence[Vm]],
+    out: Sequence[str],
+) -> bool:
+    """Whether the hosts not in ``out`` hold every running VM of the cluster (those of the
+    hosts in ``out`` placed on them, first fit by memory): may these hosts be out at once?"""
+    stay = [h for h in capacity if h not in out]
+    moving = [vm for h in out for vm in load.get(h, ())]
+    placed = place(moving, free_capacity(capacity, {h: load.get(h, ()) for h in stay}), stay)
+    return all(v is not None for v in placed.values())
+
+
+def update_prechecks(
+    *,
+    base: list[Precheck],
+    reachable: Mapping[str, str | None],
+    pending_mandatory: Mapping[str, list[str]],
+    ha_commands: bool,
+    ha_already_disabled: bool,
+    open_update: str | None,
+) -> list[Precheck]:
+    """The prechecks of a rolling update beyond those of :func:`prechecks`, each by name."""
+    out = list(base)
+    down = {h: why for h, why in reachable.items() if why}
+    if down:
+        for i, p in enumerate(out):
+            if p.name == "hosts-online":
+                reasons = "; ".join(f"{h}: {w}" for h, w in sorted(down.items()))
+                before = p.reason + "; " if p.reason else ""
+                out[i] = Precheck("hosts-online", False, before + reasons)
+    pend = {h: t for h, t in pending_mandatory.items() if t}
+    out.append(
+        Precheck(
+            "no-pending-mandatory-guidance",
+            not pend,
+            "mandatory guidance left from before: "
+            + "; ".join(f"{h}: {', '.join(t)}" for h, t in sorted(pend.items()))
+            + " (goldfleet cluster pending NAME --run)"
+            if pend
+            else "",
+        )
+    )
+    ok = ha_commands or ha_already_disabled
+    out.append(
+        Precheck(
+            "ha-and-balancing-disabled",
+            ok,
+            ""
+            if ok
+            else "no HA/balancing disable commands are configured (goldfleet cluster ha NAME"
+            " --disable-cmd ... --enable-cmd ...); or say they are off with --ha-disabled",
+        )
+    )
+    out.append(
+        Precheck(
+            "no-update-running",
+            open_update is None,
+            f"update {open_update} of this cluster is not finished" if open_update else "",
+        )
+    )
+    return out

@@ -12,7 +12,9 @@ SSH connection.
 
 from __future__ import annotations
 
+import subprocess
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from pathlib import Path
 
 from goldfleet.domain.hostupdates import parse_dpkg_status
@@ -39,6 +41,18 @@ class HostAgent(ABC):
     @abstractmethod
     def booted_kernel(self) -> str | None:
         """The kernel release the host last booted, or None when unknown."""
+
+    @abstractmethod
+    def apply(self, debs: Sequence[Path]) -> None:
+        """Install exactly these ``.deb`` files on the host (dpkg -i); raises
+        :class:`HostUnreachable` when the host cannot be reached, :class:`ApplyFailed` when dpkg
+        refuses."""
+
+
+class ApplyFailed(GoldfleetError):
+    """dpkg refused the packages on the host; its own words are in the message."""
+
+    status_code = 502
 
 
 class LocalRootAgent(HostAgent):
@@ -67,6 +81,35 @@ class LocalRootAgent(HostAgent):
         except (FileNotFoundError, UnicodeDecodeError):
             return None
         return text.splitlines()[0][:100] if text else None
+
+    def apply(self, debs: Sequence[Path]) -> None:
+        """``dpkg --root=ROOT -i DEBS``: dpkg's own database in the host root records them."""
+        if not (self.root / STATUS).is_file():
+            raise HostUnreachable(
+                f"host {self.host}: no dpkg database at {self.root / STATUS}: the host is"
+                " unreachable"
+            )
+        if not debs:
+            return
+        (self.root / "var" / "log").mkdir(parents=True, exist_ok=True)
+        argv = [
+            "dpkg",
+            f"--root={self.root}",
+            "--force-not-root",
+            "--force-script-chrootless",
+            f"--log={self.root / 'var' / 'log' / 'dpkg.log'}",
+            "-i",
+            *map(str, debs),
+        ]
+        try:
+            out = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise ApplyFailed(f"host {self.host}: dpkg could not run: {exc}") from None
+        if out.returncode != 0:
+            raise ApplyFailed(
+                f"host {self.host}: dpkg -i failed (exit {out.returncode}):"
+                f" {(out.stderr or out.stdout).strip()[-800:]}"
+            )
 
 
 def make_agent(kind: str, host: str, roots: Path) -> HostAgent:

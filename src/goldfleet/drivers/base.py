@@ -41,6 +41,16 @@ class Capabilities:
 
 
 @dataclass(frozen=True, slots=True)
+class VmLoad:
+    """A VM defined on a host, with what it takes of the host's capacity when running."""
+
+    name: str
+    state: str
+    memory_mib: int
+    vcpus: int
+
+
+@dataclass(frozen=True, slots=True)
 class DiskSpec:
     role: str  # system | temp | data
     path: str
@@ -137,6 +147,33 @@ class Driver(ABC):
 
     def migrate(self, *, name: str, host: str) -> None:
         raise Unsupported(f"driver {self.name} cannot migrate VMs")
+
+    # -- hosts, for rolling host updates (docs/host-updates.md) -------------------------------
+
+    def vms_on(self, *, host: str) -> list[VmLoad]:
+        """The VMs defined on ``host`` with their state and size."""
+        raise Unsupported(f"driver {self.name} cannot list a host's VMs with their sizes")
+
+    def reboot_host(self, *, host: str) -> None:
+        """Start rebooting ``host``: its running VMs stop; :meth:`host_up` says when it is back."""
+        raise Unsupported(f"driver {self.name} cannot reboot hosts")
+
+    def host_up(self, *, host: str) -> bool:
+        """Whether ``host`` is up (its hypervisor answers)."""
+        raise Unsupported(f"driver {self.name} cannot tell whether a host is up")
+
+    def restart_toolstack(self, *, host: str) -> None:
+        """Restart the host's toolstack (libvirtd); its VMs keep running."""
+        raise Unsupported(f"driver {self.name} cannot restart a host's toolstack")
+
+    def restart_device_model(self, *, name: str) -> None:
+        """Give a running VM a fresh device model (QEMU) without stopping its guest."""
+        raise Unsupported(f"driver {self.name} cannot restart a VM's device model")
+
+    def restart(self, *, name: str, timeout: float = 60.0) -> None:
+        """Restart a VM: shut it down and start it again (its users' sessions end)."""
+        self.shutdown(name=name, timeout=timeout)
+        self.start(name=name)
 
     def sessions(self, *, names: Sequence[str]) -> dict[str, list[GuestSession]]:
         """Logged-in users of each named VM (VMs without any may be left out)."""

@@ -46,6 +46,7 @@ from goldfleet.drivers.base import (
     ExecResult,
     GuestSession,
     Unsupported,
+    VmLoad,
 )
 
 AGENT_TIMEOUT = 10  # seconds libvirt waits for one guest agent answer
@@ -408,16 +409,41 @@ class LibvirtDriver(Driver):
             return
         with _errors(f"cannot migrate VM {name} from libvirt host {src.name} to {dst.name}"):
             if _is_active(dom):
+                # peer to peer: the source's libvirt connects to the peer's URI itself
                 flags = (
                     libvirt.VIR_MIGRATE_LIVE
+                    | libvirt.VIR_MIGRATE_PEER2PEER
                     | libvirt.VIR_MIGRATE_PERSIST_DEST
                     | libvirt.VIR_MIGRATE_UNDEFINE_SOURCE
                 )
-                dom.migrate(dst.conn(), flags, None, None, 0)
+                dom.migrateToURI3(dst.uri, {}, flags)
             else:
                 self._move_stopped(name, dom, src, dst)
         with self._where_lock:
             self._where[name] = dst.name
+
+    # --- hosts, for rolling host updates -----------------------------------------------------
+
+    def vms_on(self, *, host: str) -> list[VmLoad]:
+        h = self._host(host)
+        with _errors(f"cannot list the VMs of libvirt host {h.name}"):
+            out = []
+            for dom in h.conn().listAllDomains(0):
+                _state, max_kib, _mem, vcpus, _cpu = dom.info()
+                out.append(
+                    VmLoad(
+                        dom.name(), RUNNING if _is_active(dom) else STOPPED, max_kib // 1024, vcpus
+                    )
+                )
+        return sorted(out, key=lambda v: v.name)
+
+    def host_up(self, *, host: str) -> bool:
+        h = self._host(host)
+        try:
+            h.conn().getLibVersion()
+            return True
+        except (DriverError, libvirt.libvirtError):
+            return False
 
     def _move_stopped(self, name: str, dom: libvirt.virDomain, src: _Host, dst: _Host) -> None:
         """A stopped VM moves as its definition: defined on the target, then undefined on the

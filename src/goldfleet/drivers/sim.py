@@ -36,7 +36,7 @@ import time
 import uuid
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from goldfleet.db.tables import (
     SimDomain,
     SimFilter,
     SimGuestFile,
+    SimHost,
     SimMessage,
     SimSession,
     utcnow,
@@ -66,6 +67,7 @@ from goldfleet.drivers.base import (
     ExecResult,
     GuestSession,
     Unsupported,
+    VmLoad,
 )
 from goldfleet.errors import Conflict, InvalidInput, NotFound
 
@@ -88,10 +90,25 @@ ACTIONS = (
     "define_filter",
     "set_filter",
     "filter_of",
+    "vms_on",
+    "reboot_host",
+    "host_up",
+    "restart_toolstack",
+    "restart_device_model",
 )
 ANY = "*"
 USER_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._@-]{0,62}")
-PLAN_KEYS = ("latency_ms", "fail_nth", "fail_vms", "hang", "hang_seconds", "sessions")
+PLAN_KEYS = (
+    "latency_ms",
+    "fail_nth",
+    "fail_vms",
+    "hang",
+    "hang_seconds",
+    "sessions",
+    "reboot_seconds",
+    "reboot_never_up",
+)
+REBOOT_SECONDS = 2.0  # how long a simulated host reboot takes, unless the plan says
 DOCS = "see 'The sim driver' in docs/concepts.md"
 LOAD_SECONDS = 5.0  # how often placement counts the VMs per host in the database
 
@@ -128,6 +145,8 @@ class SimPlan:
     hang: Mapping[str, frozenset[str]] = field(default_factory=dict)  # action|"*" → VMs|{"*"}
     hang_seconds: float = 3600.0  # how long a hung call blocks (or until close())
     sessions: tuple[ScriptedSession, ...] = ()
+    reboot_seconds: float = REBOOT_SECONDS  # a host reboot takes exactly this long
+    reboot_never_up: frozenset[str] = frozenset()  # hosts that never come back from a reboot
 
     @classmethod
     def from_json(cls, text: str) -> SimPlan:
@@ -156,6 +175,8 @@ class SimPlan:
             hang=_parse_hang(data.get("hang", {})),
             hang_seconds=_number(data.get("hang_seconds", 3600.0), "hang_seconds"),
             sessions=_parse_sessions(data.get("sessions", [])),
+            reboot_seconds=_number(data.get("reboot_seconds", REBOOT_SECONDS), "reboot_seconds"),
+            reboot_never_up=frozenset(_vm_list(data.get("reboot_never_up", []), "reboot_never_up")),
         )
 
     def latency(self, action: str) -> float:
@@ -434,6 +455,8 @@ class SimDriver(Driver):
             dom = _domain(s, name)
             if dom.state == RUNNING:
                 return
+            if not _up(s, dom.host):
+                raise DriverError(f"sim: VM {name} cannot start: its host {dom.host} is down")
             for disk in dom.disks.get("disks", []):
                 for path in (disk["path"], *disk.get("backing", ())):
                     if not Path(path).exists():
@@ -485,8 +508,74 @@ class SimDriver(Driver):
                 f" (hosts: {', '.join(self._hosts)})"
             )
         with self.factory.begin() as s:
-            _domain(s, name).host = host
+            dom = _domain(s, name)
+            if dom.state == RUNNING and not _up(s, host):
+                raise DriverError(f"sim: cannot migrate VM {name} to {host}: {host} is down")
+            dom.host = host
         self._recount()
+
+    # -- hosts (docs/drivers.md, "Hosts in the sim") ---------------------------------------------
+
+    def _host(self, host: str, action: str) -> None:
+        self._enter(action)
+        if host not in self._hosts:
+            raise DriverError(
+                f"sim: {action}: {host} is not a sim host (hosts: {', '.join(self._hosts)})"
+            )
+
+    def vms_on(self, *, host: str) -> list[VmLoad]:
+        self._host(host, "vms_on")
+        with self.factory() as s:
+            rows = s.execute(
+                select(SimDomain.name, SimDomain.state, SimDomain.disks)
+                .where(SimDomain.host == host)
+                .order_by(SimDomain.name)
+            ).all()
+        return [
+            VmLoad(n, st, int(d.get("memory_mib") or 0), int(d.get("vcpus") or 0))
+            for n, st, d in rows
+        ]
+
+    def reboot_host(self, *, host: str) -> None:
+        """The host goes down at once: its running VMs stop (their users' sessions end); it is
+        up again ``reboot_seconds`` later (never, for a host in ``reboot_never_up``)."""
+        self._host(host, "reboot_host")
+        with self.factory.begin() as s:
+            for dom in s.scalars(
+                select(SimDomain).where(SimDomain.host == host, SimDomain.state == RUNNING)
+            ):
+                _power_off(s, dom)
+            row = s.get(SimHost, host) or SimHost(name=host, reboots=0, toolstack_restarts=0)
+            wait = timedelta(seconds=self.plan.reboot_seconds)
+            if host in self.plan.reboot_never_up:
+                wait = timedelta(days=3650)
+            row.up_at = utcnow() + wait
+            row.reboots += 1
+            s.add(row)
+
+    def host_up(self, *, host: str) -> bool:
+        self._host(host, "host_up")
+        with self.factory() as s:
+            return _up(s, host)
+
+    def restart_toolstack(self, *, host: str) -> None:
+        """libvirtd restarted: VMs keep running; counted in ``sim_hosts``."""
+        self._host(host, "restart_toolstack")
+        with self.factory.begin() as s:
+            if not _up(s, host):
+                raise DriverError(f"sim: cannot restart the toolstack of {host}: it is down")
+            row = s.get(SimHost, host) or SimHost(name=host, reboots=0, toolstack_restarts=0)
+            row.toolstack_restarts += 1
+            s.add(row)
+
+    def restart_device_model(self, *, name: str) -> None:
+        """A running VM gets a fresh QEMU (counted in its ``dm_restarts``); users stay."""
+        self._enter("restart_device_model", [name])
+        with self.factory.begin() as s:
+            dom = _domain(s, name)
+            if dom.state != RUNNING:
+                raise DriverError(f"sim: VM {name} is not running: no device model to restart")
+            dom.disks = {**dom.disks, "dm_restarts": int(dom.disks.get("dm_restarts", 0)) + 1}
 
     def sessions(self, *, names: Sequence[str]) -> dict[str, list[GuestSession]]:
         """Every named VM's users, in one query; an undefined name raises."""
@@ -753,6 +842,12 @@ def _domain(s: Session, name: str) -> SimDomain:
     if dom is None:
         raise DriverError(f"sim: VM {name} is not defined on any sim host; define it first")
     return dom
+
+
+def _up(s: Session, host: str) -> bool:
+    """Up: no reboot under way (or its time has come)."""
+    up_at = s.scalar(select(SimHost.up_at).where(SimHost.name == host))
+    return up_at is None or up_at <= utcnow()
 
 
 def _power_off(s: Session, dom: SimDomain) -> None:

@@ -8,17 +8,26 @@ import base64
 import binascii
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query
+from fastapi import APIRouter, Query, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field, StrictBool
 
 from goldfleet.api.deps import Allow, Caller, Ctx
-from goldfleet.api.schemas import JSON_LINES, ErrorPublic
+from goldfleet.api.schemas import JSON_LINES, UPLOAD, ErrorPublic
 from goldfleet.api.streaming import GuardedStream
+from goldfleet.api.uploads import received_body
 from goldfleet.domain.access import cluster_path
 from goldfleet.errors import InvalidInput
 from goldfleet.services import access, clusters
-from goldfleet.services.clusters import ClusterView, SyncView, UpdatePlanView, UpdatesView
+from goldfleet.services.clusters import (
+    ClusterView,
+    PendingView,
+    SyncView,
+    UpdatePlanView,
+    UpdatesView,
+    UpdateView,
+)
 
 router = APIRouter(prefix="/clusters", tags=["clusters"])
 
@@ -232,3 +241,97 @@ def update_plan(
     """What a rolling update with this hash at this level would do (coordinator first, each
     host's steps, what stays pending) and its prechecks by name. A plan only: nothing runs."""
     return clusters.update_plan(ctx, name, hash, level)
+
+
+# --- the rolling update (docs/host-updates.md) ------------------------------------------------
+
+
+class HaRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    # argv lists, run without a shell; both null: no commands
+    disable: list[list[str]] | None = Field(default=None, max_length=20)
+    enable: list[list[str]] | None = Field(default=None, max_length=20)
+
+
+class UpdateRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    hash: str = Field(pattern=r"^sha256:[0-9a-f]{64}$")
+    level: Literal["mandatory", "recommended", "full"]
+    max_hosts: int = Field(default=1, ge=1, le=256)
+    logoff: Literal["wait", "notify-force", "force"] = "wait"
+    grace: str | None = Field(default=None, max_length=32)
+    message: str | None = Field(default=None, max_length=1000)
+    ha_disabled: StrictBool = False  # HA/balancing are off already (no commands configured)
+
+
+class ResumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    skip: str | None = Field(default=None, max_length=63)  # leave out the host it paused on
+
+
+class PendingRunRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    logoff: Literal["wait", "notify-force", "force"] = "wait"
+
+
+@router.post("/{name}/ha")
+def ha(name: str, body: HaRequest, ctx: Ctx, caller: ClusterWrite) -> ClusterView:
+    """The commands that switch HA and load balancing off before a rolling update and on at
+    its end (also after a crash)."""
+    return clusters.set_ha(ctx, name, body.disable, body.enable, actor=caller.name)
+
+
+@router.post("/{name}/update", status_code=201)
+def start_update(name: str, body: UpdateRequest, ctx: Ctx, caller: ClusterWrite) -> UpdateView:
+    """Start the durable rolling update (409 naming each failed precheck)."""
+    return clusters.start_update(
+        ctx,
+        name,
+        requested_hash=body.hash,
+        level=body.level,
+        max_hosts=body.max_hosts,
+        logoff=body.logoff,
+        grace=body.grace,
+        message=body.message,
+        ha_disabled=body.ha_disabled,
+        actor=caller.name,
+    )
+
+
+@router.get("/{name}/update")
+def update_status(name: str, ctx: Ctx, caller: ClusterRead) -> UpdateView:
+    """The cluster's latest rolling update, each host's steps done."""
+    return clusters.update_status(ctx, name)
+
+
+@router.post("/{name}/update/resume")
+def resume_update(name: str, body: ResumeRequest, ctx: Ctx, caller: ClusterWrite) -> UpdateView:
+    return clusters.resume_update(ctx, name, skip=body.skip, actor=caller.name)
+
+
+@router.get("/{name}/pending")
+def pending(name: str, ctx: Ctx, caller: ClusterRead) -> PendingView:
+    """Guidance rolling updates left undone (above their level), per host and VM."""
+    return clusters.pending(ctx, name)
+
+
+@router.post("/{name}/pending/run", status_code=201)
+def run_pending(
+    name: str, ctx: Ctx, caller: ClusterWrite, body: PendingRunRequest | None = None
+) -> UpdateView:
+    """Carry out the pending guidance as an operation (the update's steps, no packages)."""
+    return clusters.run_pending(
+        ctx, name, actor=caller.name, logoff=body.logoff if body else "wait"
+    )
+
+
+@router.post("/{name}/bundle", openapi_extra=UPLOAD, responses=REPOSITORY_FAILED)
+async def upload_bundle(name: str, request: Request, ctx: Ctx, caller: ClusterWrite) -> SyncView:
+    """The offline channel's sync: the body is a tar of a signed apt repository, verified as
+    a sync verifies one; answers as a sync does, with the update hash."""
+    async with received_body(request, ctx, prefix="bundle", limit=2 << 30, what="bundle") as bundle:
+        return await run_in_threadpool(clusters.upload_bundle, ctx, name, bundle, actor=caller.name)

@@ -1,6 +1,7 @@
-"""Clusters of hypervisor hosts and their updates (docs/hosts.md): the coordinator, the one
-update channel (an apt repository whose InRelease is verified against the channel's key), the
-proxy, the sync and its schedule, what is available (``/updates``) with its guidance."""
+"""Clusters of hypervisor hosts and their updates (docs/hosts.md, docs/host-updates.md): the
+coordinator, the one update channel (an apt repository whose InRelease is verified against the
+channel's key), the proxy, the sync and its schedule, what is available (``/updates``) with its
+guidance, and the durable rolling update with its HA/balancing commands and pending guidance."""
 
 from __future__ import annotations
 
@@ -26,28 +27,52 @@ from goldfleet.services.clusters._clusters import (
     sync_tick,
     update_plan,
     updates,
+    upload_bundle,
+)
+from goldfleet.services.clusters._rolling import (
+    PendingView,
+    PrecheckFailed,
+    UpdateView,
+    pending,
+    resume_update,
+    run_pending,
+    set_ha,
+    start_update,
+    update_status,
+    update_tick,
 )
 
 __all__ = [
     "ClusterView",
     "HostUpdateView",
+    "PendingView",
+    "PrecheckFailed",
     "RepositoryError",
     "SyncView",
     "UpdatePlanView",
+    "UpdateView",
     "UpdatesView",
     "create_cluster",
     "disable_channel",
     "list_clusters",
+    "pending",
+    "resume_update",
+    "run_pending",
     "set_channel",
     "set_coordinator",
     "set_guidance_rules",
+    "set_ha",
     "set_proxy",
     "set_sync_schedule",
     "show_cluster",
     "show_host",
+    "start_update",
     "stream_sync",
     "sync",
     "sync_tick",
     "update_plan",
+    "update_status",
+    "update_tick",
     "updates",
+    "upload_bundle",
 ]

@@ -4,8 +4,8 @@ repository (signed ``InRelease`` verified against the channel key, ``Packages`` 
 it, the needed ``.deb``s downloaded to the coordinator's cache in the store with their sha256
 verified), the sync schedule, and what the last sync made available (``/updates``).
 
-Not built yet (issue 11): the rolling update and pending guidances, the offline bundle, the
-ssh host agent, per-cluster guidance rules.
+The rolling update itself is ``_rolling.py``. Not built yet (issue 11): the offline bundle,
+the ssh host agent.
 """
 
 from __future__ import annotations
@@ -16,10 +16,13 @@ import gzip
 import hashlib
 import logging
 import lzma
+import shutil
+import tarfile
 import threading
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,7 +32,7 @@ from sqlalchemy.orm import Session
 
 from goldfleet import crashpoints
 from goldfleet.context import Context
-from goldfleet.db.tables import Clone, Cluster, ClusterHost, Server
+from goldfleet.db.tables import Clone, Cluster, ClusterHost, ClusterUpdate, Server
 from goldfleet.domain import hostupdates as rules
 from goldfleet.domain.sites import next_sync
 from goldfleet.drivers.agents import HostUnreachable, make_agent
@@ -40,6 +43,7 @@ from goldfleet.store.debcache import DebCache
 
 log = logging.getLogger("goldfleet.clusters")
 
+MAX_BUNDLE = 16 << 30  # bytes an uploaded bundle may unpack to
 MAX_INDEX = 256 << 20  # bytes of an InRelease or a (decompressed) Packages goldfleet reads
 CHUNK = 1 << 20
 _KEEP: Any = object()
@@ -105,6 +109,7 @@ class ClusterView(BaseModel):
     warnings: list[str] = []
     # the guidance rules in force, first match wins: the cluster's own, then the shipped ones
     guidance_rules: list[dict[str, str]] = []
+    ha: dict[str, list[list[str]]] | None = None  # HA/balancing disable and enable commands
 
 
 class SyncView(BaseModel):
@@ -133,6 +138,21 @@ def _get(s: Session, name: str) -> Cluster:
     if c is None:
         raise NotFound(f"cluster {name!r} does not exist; see: goldfleet cluster list")
     return c
+
+
+def _updating(s: Session, c: Cluster) -> bool:
+    """A rolling update of the cluster is running or paused."""
+    return (
+        s.scalar(
+            select(ClusterUpdate.id)
+            .where(
+                ClusterUpdate.cluster_id == c.id,
+                ClusterUpdate.status.in_(rules.OPEN_UPDATE),
+            )
+            .limit(1)
+        )
+        is not None
+    )
 
 
 def _valid_sync(c: Cluster) -> tuple[bool, str | None]:
@@ -204,7 +224,10 @@ def _view(ctx: Context, s: Session, c: Cluster) -> ClusterView:
     for h in c.hosts:
         applied = None
         pending: dict[str, list[str]] = {}
-        if valid:
+        if valid and h.last_update_hash and h.last_update_hash == last.get("hash"):
+            applied = True  # a rolling update applied this sync's packages
+            pending = {k: v for k, v in ((h.pending or {}).get("host") or {}).items() if v}
+        elif valid:
             applied = not last.get("lacks", {}).get(h.name)
             pending = {k: v for k, v in _lacks_guidance(last, h.name, ruleset).items() if v}
         hosts.append(
@@ -253,6 +276,7 @@ def _view(ctx: Context, s: Session, c: Cluster) -> ClusterView:
     return ClusterView(
         name=c.name,
         coordinator=c.coordinator,
+        ha=c.ha,
         hosts=hosts,
         channel=channel,
         proxy=proxy,
@@ -352,9 +376,20 @@ def set_channel(
 ) -> ClusterView:
     rules.check_channel_kind(kind)
     if kind == "offline":
-        if url or suite or components or key:
-            raise InvalidInput("the offline channel takes no --url, --suite, --components, --key")
+        if url or suite or components:
+            raise InvalidInput(
+                "the offline channel takes no --url, --suite, --components: its bundles carry"
+                " them (give the --key they are signed with)"
+            )
         channel: dict[str, Any] = {"kind": kind, "fingerprint": None}
+        if key:
+            fingerprint, keyring = import_key(key)
+            channel.update(
+                fingerprint=fingerprint,
+                keyring=base64.b64encode(keyring).decode(),
+                arch=arch,
+                url=None,
+            )
     else:
         rules.check_repository(url or "", suite or "", components or [], arch)
         if not key:
@@ -464,7 +499,7 @@ def set_sync_schedule(
 # --- the sync -------------------------------------------------------------------------------
 
 
-def _claim(ctx: Context, name: str) -> None:
+def _claim(ctx: Context, name: str, *, bundle: bool = False) -> None:
     with ctx.session() as s:
         c = _get(s, name)
         if c.channel is None:
@@ -472,13 +507,18 @@ def _claim(ctx: Context, name: str) -> None:
                 f"cluster {name} has no update channel: goldfleet cluster channel {name} normal"
                 " --url URL --suite S --components C --key KEYFILE"
             )
-        if c.channel["kind"] == "offline":
+        if c.channel["kind"] == "offline" and not bundle:
             raise Conflict(
                 f"cluster {name} is on the offline channel: its updates come from an uploaded"
-                " bundle, which is not built yet (docs/hosts.md)"
+                f" bundle (goldfleet cluster bundle upload {name} FILE)"
             )
         if _alive(s, ctx, c.sync_owner):
             raise Conflict(f"a sync of cluster {name} is running; try again when it is done")
+        if _updating(s, c):
+            raise Conflict(
+                f"a rolling update of cluster {name} is not finished: no sync until it is"
+                f" (goldfleet cluster update-status {name})"
+            )
         c.sync_owner = ctx.server_id
         c.sync_started_at = ctx.clock.now()
         s.commit()
@@ -492,6 +532,117 @@ def _release(ctx: Context, name: str, error: str | None) -> None:
             c.sync_started_at = None
         c.last_error = error
         s.commit()
+
+
+BUNDLE_URL = "http://bundle.invalid"  # an uploaded bundle's files, read from its folder
+
+
+class _FolderTransport(httpx.BaseTransport):
+    """Answers ``GET http://bundle.invalid/PATH`` with the file PATH of an unpacked bundle
+    (safe relative paths only): the sync reads a bundle exactly as it reads a repository."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        path = request.url.path.lstrip("/")
+        try:
+            rules.safe_path(path, "bundle")
+        except InvalidInput:
+            return httpx.Response(404)
+        file = self.root / path
+        if not file.is_file():
+            return httpx.Response(404)
+        return httpx.Response(200, content=file.read_bytes())
+
+
+def _folder_client(root: Path) -> httpx.Client:
+    return httpx.Client(transport=_FolderTransport(root))
+
+
+MAX_BUNDLE_FILES = 10_000
+
+
+def _unpack(bundle: Path, into: Path, limit: int) -> tuple[str, list[str]]:
+    """A bundle: a tar of an apt repository (``dists/SUITE/InRelease``, its indexes,
+    ``pool/…/*.deb``). Only regular files and folders under safe relative names are unpacked,
+    at most ``limit`` bytes; returns its suite and components."""
+    try:
+        with tarfile.open(bundle) as tar:
+            members = tar.getmembers()
+            if len(members) > MAX_BUNDLE_FILES:
+                raise InvalidInput(f"the bundle has more than {MAX_BUNDLE_FILES} entries")
+            total = 0
+            for m in members:
+                name = m.name.removeprefix("./").rstrip("/")
+                if not name or name == ".":
+                    continue
+                rules.safe_path(name, "the bundle")
+                if m.isdir():
+                    (into / name).mkdir(parents=True, exist_ok=True)
+                    continue
+                if not m.isfile():
+                    raise InvalidInput(f"the bundle's {name} is not a regular file or folder")
+                total += m.size
+                if total > limit:
+                    raise InvalidInput(f"the bundle unpacks to more than {limit} bytes")
+                (into / name).parent.mkdir(parents=True, exist_ok=True)
+                src = tar.extractfile(m)
+                assert src is not None
+                with src, open(into / name, "wb") as out:
+                    shutil.copyfileobj(src, out, CHUNK)
+    except tarfile.TarError as exc:
+        raise InvalidInput(f"the bundle is not a tar file: {exc}") from None
+    dists = into / "dists"
+    suites = [p.name for p in dists.iterdir() if p.is_dir()] if dists.is_dir() else []
+    if len(suites) != 1 or not (dists / suites[0] / "InRelease").is_file():
+        raise InvalidInput(
+            "the bundle must hold one apt repository: dists/SUITE/InRelease (signed), its"
+            " Packages indexes and the .debs they name"
+        )
+    components = sorted(
+        p.name
+        for p in (dists / suites[0]).iterdir()
+        if p.is_dir() and any(q.name.startswith("binary-") for q in p.iterdir())
+    )
+    if not components:
+        raise InvalidInput(f"the bundle's suite {suites[0]} has no component with packages")
+    return suites[0], components
+
+
+def upload_bundle(ctx: Context, name: str, bundle: Path, *, actor: str) -> SyncView:
+    """The offline channel's sync: a bundle (a tar of a signed apt repository) verified exactly
+    as a sync verifies a repository (InRelease against the channel's key, indexes and .debs
+    against it), what the hosts lack put in the coordinator's cache, the update hash."""
+    with ctx.session() as s:
+        c = _get(s, name)
+        if c.channel is None or c.channel["kind"] != "offline":
+            raise Conflict(
+                f"cluster {name} is not on the offline channel (goldfleet cluster channel {name}"
+                " offline --key KEYFILE)"
+            )
+        if not c.channel.get("keyring"):
+            raise Conflict(
+                f"the offline channel of cluster {name} has no key to verify a bundle with:"
+                f" goldfleet cluster channel {name} offline --key KEYFILE"
+            )
+    # one folder per cluster: the claim makes this upload the cluster's only one, and a folder
+    # a killed upload left is removed by the next
+    work = ctx.settings.store / "host-updates" / f".bundle-{name}"
+    _claim(ctx, name, bundle=True)
+    try:
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        suite, components = _unpack(bundle, work, MAX_BUNDLE)
+        return _sync(ctx, name, actor, bundle=(work, suite, components))
+    except GoldfleetError as exc:
+        _release(ctx, name, exc.message)
+        raise
+    except Exception as exc:
+        _release(ctx, name, f"the bundle's sync failed: {exc}")
+        raise
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def _http(proxy: dict[str, Any] | None) -> httpx.Client:
@@ -613,10 +764,20 @@ def sync(
     return result
 
 
-def _sync(ctx: Context, name: str, actor: str, progress: streams.Report | None = None) -> SyncView:
+def _sync(
+    ctx: Context,
+    name: str,
+    actor: str,
+    progress: streams.Report | None = None,
+    bundle: tuple[Path, str, list[str]] | None = None,
+) -> SyncView:
+    """``bundle``: (the folder it was unpacked to, its suite, its components): read from there
+    instead of the channel's URL, verified the same way."""
     with ctx.session() as s:
         c = _get(s, name)
         channel = dict(c.channel or {})
+        if bundle is not None:
+            channel.update(url=BUNDLE_URL, suite=bundle[1], components=bundle[2])
         proxy = c.proxy
         coordinator = c.coordinator
         hosts = [h.name for h in c.hosts]
@@ -632,7 +793,8 @@ def _sync(ctx: Context, name: str, actor: str, progress: streams.Report | None =
     base = f"{channel['url']}/dists/{channel['suite']}"
     cache = DebCache(ctx.settings.store)
     cache.clear_work(name)  # a killed sync's partial downloads (this sync holds the cluster)
-    with _http(proxy) as http:
+    opened = _http(proxy) if bundle is None else _folder_client(bundle[0])
+    with opened as http:
         signed = _fetch(http, f"{base}/InRelease", "the channel's InRelease")
         text = verify_clearsigned(signed, keyring, f"the InRelease of {channel['url']}")
         release = rules.parse_release(text.decode("utf-8", errors="replace"))
@@ -839,8 +1001,8 @@ def _scheduled(ctx: Context, names: list[str]) -> None:
                 c = s.scalar(select(Cluster).where(Cluster.name == name))
                 if c is None or c.next_sync_at is None or c.next_sync_at > ctx.clock.now():
                     continue
-                if _alive(s, ctx, c.sync_owner):
-                    continue  # a sync under way: the scheduled one waits for the next pass
+                if _alive(s, ctx, c.sync_owner) or _updating(s, c):
+                    continue  # a sync or an update under way: the scheduled one waits
                 c.next_sync_at = next_sync(c.sync_schedule or "", ctx.clock.now())
                 s.commit()
             try:
@@ -884,16 +1046,14 @@ class UpdatePlanView(BaseModel):
 
 
 NOT_CHECKED = [
-    "no-pending-mandatory-guidance: pending guidances are recorded by the rolling update,"
-    " which is not built yet",
-    "ha-and-balancing-disabled: HA and balancing commands are not built yet",
-    "no-update-running: the rolling update is not built yet",
+    "hosts-reachable-now, no-pending-mandatory-guidance, ha-and-balancing-disabled,"
+    " no-update-running: checked when the update starts (goldfleet cluster update)",
 ]
 
 
 def update_plan(ctx: Context, name: str, requested_hash: str, level: str) -> UpdatePlanView:
     """What a rolling update of the cluster at ``level`` with ``requested_hash`` would do, and
-    its prechecks by name. Nothing is run: the rolling update itself is not built yet."""
+    its prechecks by name. Nothing is run: ``cluster update`` runs it (_rolling.py)."""
     rules.check_level(level)
     with ctx.session() as s:
         c = _get(s, name)
@@ -942,7 +1102,8 @@ def update_plan(ctx: Context, name: str, requested_hash: str, level: str) -> Upd
         prechecks=[PrecheckView(name=p.name, ok=p.ok, reason=p.reason) for p in checks],
         not_checked=NOT_CHECKED,
         hosts=plans,
-        note="a plan only: the rolling update that runs it is not built yet (docs/hosts.md)",
+        note="a plan only: goldfleet cluster update NAME --hash H --level L runs it"
+        " (docs/host-updates.md)",
     )
 
 
@@ -969,3 +1130,12 @@ def show_host(ctx: Context, host: str) -> HostUpdateView:
         view = _view(ctx, s, row.cluster)
     state = next(h for h in view.hosts if h.name == host)
     return HostUpdateView(name=host, cluster=view.name, state=state)
+
+
+# the helpers the rolling update (_rolling.py) shares
+get_cluster = _get
+valid_sync = _valid_sync
+rules_of = _rules_of
+lacks_guidance = _lacks_guidance
+alive = _alive
+cluster_view = _view
