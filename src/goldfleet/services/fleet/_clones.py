@@ -389,8 +389,13 @@ def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
         for c in s.scalars(select(Clone).where(Clone.id.in_([o.clone_id for o in outcomes])))
     }
     targets = {c.target_version_id for c in clones.values() if c.target_version_id}
-    if targets:
-        list(s.scalars(select(Version).where(Version.id.in_(targets))))
+    # held here: the session's identity map keeps rows only while they are referenced, so a
+    # list thrown away at once made every ``s.get`` below one more SELECT
+    versions = (
+        {v.id: v for v in s.scalars(select(Version).where(Version.id.in_(targets)))}
+        if targets
+        else {}
+    )
     for out in outcomes:
         c = clones.get(out.clone_id)
         if c is None:
@@ -410,7 +415,7 @@ def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
             continue
         if c.target_version_id is not None:
             c.version_id = c.target_version_id
-            c.template_id = s.get(Version, c.target_version_id).template_id
+            c.template_id = versions[c.target_version_id].template_id
         c.status, c.action, c.target_version_id = CloneStatus.READY, None, None
         c.error, c.discard_data = None, False
     return done, failed
