@@ -1,8 +1,10 @@
 """A batch of clone outcomes is recorded in the same few statements however many clones it
-holds (issue 10: the runner records 25 clones at a time, 400 times for a fleet of 10,000)."""
+holds (issue 10: the runner records 25 clones at a time, 400 times for a fleet of 10,000), and
+the folders of a batch's new clones are made durable by one fsync of their parent."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 
@@ -64,3 +66,34 @@ def test_a_batch_is_recorded_in_the_same_statements_for_one_clone_or_five(ctx, f
     five = record_marked(ctx, five_clones)
     # before: one more SELECT of the target version per clone (7 statements for 5 clones)
     assert len(five) == len(one), (one, five)
+
+
+def test_the_folders_of_a_batch_are_synced_once_before_it_is_recorded(
+    ctx, five_clones, monkeypatch
+):
+    synced: list[str] = []
+    real = os.fsync
+
+    def spy(fd: int) -> None:
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real(fd)
+
+    monkeypatch.setattr(os, "fsync", spy)
+    store = ctx.volumes
+    with ctx.session() as s:
+        plans = fleet.CloneWork(ctx).load(s, five_clones)
+    for plan in plans:
+        store.build_clone(plan.uid, plan.kind, plan.top, plan.virtual_size, plan.outline)
+    parent = str(store.dir)
+    assert parent not in synced  # each clone's own folder only, so far
+    assert all(str(store.clone_dir(p.uid)) in synced for p in plans)
+    store.sync_folders()
+    assert synced.count(parent) == 1
+    store.sync_folders()  # nothing new since: no second fsync
+    assert synced.count(parent) == 1
+    # the runner's recording does it before the rows say ready
+    store.build_clone(
+        plans[0].uid, plans[0].kind, plans[0].top, plans[0].virtual_size, plans[0].outline
+    )
+    record_marked(ctx, five_clones[:1])
+    assert synced.count(parent) == 2

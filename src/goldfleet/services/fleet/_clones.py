@@ -445,6 +445,15 @@ def _run_one(ctx: Context, clone_id: int) -> CloneView:
     with ctx.session() as s:
         (plan,) = load_plans(ctx, s, [clone_id])
     outcome = execute(ctx, plan)
+    if outcome.error is None:
+        try:
+            ctx.volumes.sync_folders()  # its folder durable before the row says it is done
+        except OSError as exc:
+            outcome = replace(
+                outcome,
+                error=f"{plan.action} failed: {exc}",
+                disk_full=ctx.disk_full_reason(exc),
+            )
     with ctx.session() as s:
         record(s, [outcome])
         s.commit()
@@ -1001,6 +1010,9 @@ class CloneWork:
         return execute(self.ctx, plan, logoff)
 
     def record(self, s: Session, outcomes: Sequence[Outcome]) -> tuple[int, int]:
+        # the batch's new clone folders are made durable with one fsync of their parent,
+        # before the rows say the clones are ready
+        self.ctx.volumes.sync_folders()
         return record(s, list(outcomes))
 
     def users(self, names: list[str]) -> dict[str, list[str]]:
