@@ -97,6 +97,7 @@ class VolumeStore:
         self._lock = threading.Lock()
         self._images: dict[str, _Image] = {}  # small prototypes' non-zero pages, by path
         self._unsynced = False  # a clone folder was made since clones/ was last fsynced
+        self._sync_lock = threading.Lock()
 
     def ensure(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -236,16 +237,19 @@ class VolumeStore:
         for all of them (each folder's own entries were fsynced by ``build_clone``). A kill -9
         needs none of this (the OS keeps what was written); it is for a power loss, so that a
         row saying ``ready`` never outlives its clone's folder."""
-        with self._lock:
-            if not self._unsynced:
-                return
-            self._unsynced = False
-        try:
-            fsync_dir(self.dir)
-        except BaseException:
+        # held through the fsync: a caller finding nothing left to sync returns only once the
+        # fsync that took its folder is over
+        with self._sync_lock:
             with self._lock:
-                self._unsynced = True
-            raise
+                if not self._unsynced:
+                    return
+                self._unsynced = False
+            try:
+                fsync_dir(self.dir)
+            except BaseException:
+                with self._lock:
+                    self._unsynced = True
+                raise
 
     def volume_paths(self, uid: str, outline: Outline) -> list[tuple[VolumeRole, int, Path]]:
         return [(role, i, self.path(uid, name)) for role, i, name in outline.volume_files()]
