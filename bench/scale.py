@@ -43,6 +43,7 @@ functions differ from these, gives ``null`` with a note). The functions called, 
     bench/cli.py     cli_env(home: Path, pycache: Path) -> dict[str, str]
                      measure_list(env: dict[str, str], expected: int) -> dict     (list_s, …)
                      measure_cli(env: dict[str, str]) -> dict            (cli_overhead_ms, …)
+                     run(n: int, runs: int, list_runs: int, say) -> dict  (its own server)
     bench/verify.py  measure_verify(home: Path, *, say: Callable[[str], None]) -> dict
                                                     (verify_s, verify_limit_s, verify_ratio, …)
     bench/serve.py   run(work: Path, *, layer_mib: int, repeats: int, concurrency: int,
@@ -50,7 +51,13 @@ functions differ from these, gives ``null`` with a note). The functions called, 
 
 ``env`` is the environment of a CLI pointed at this run's server; ``home`` the server's home,
 the server running and idle (list and CLI start-up first, then verify, which touches 1% of the
-data volumes). ``serve`` builds an HQ of its own in a folder of this run: the fleet's 64 MiB
+data volumes).
+
+CLI start-up (``cli_overhead_ms``) is measured as the issue states it, on an idle server: the
+one bench/cli.py starts with 3 clones (``run``). Against this run's server ``clone list
+--json`` prints the whole fleet, so that time is mostly the listing; it is printed too, as
+``cli_overhead_fleet_ms`` (the same commands, less the same ``import httpx``), not as
+start-up. ``serve`` builds an HQ of its own in a folder of this run: the fleet's 64 MiB
 template is too small to measure serving a layer.
 
 The run exits 0 whether or not a target is met; it exits non-zero only when the run itself
@@ -508,6 +515,29 @@ def optional(
     return {k: out.get(k) for k in keys}, out, None
 
 
+# --- CLI start-up ---------------------------------------------------------------------------
+
+
+def measure_startup(cli: ModuleType, home: Path, pycache: Path, say: Say) -> dict[str, Any]:
+    """``cli_overhead_ms`` as the issue means it: ``goldfleet --help`` and ``goldfleet clone
+    list --json`` on an idle server (bench/cli.py's own, with 3 clones), less a bare ``import
+    httpx``. Against this run's server the list prints the whole fleet, so its time is mostly
+    the listing (``list_s``): that figure is kept too, as ``cli_overhead_fleet_ms``, and not
+    called start-up."""
+    fleet = cli.measure_cli(cli.cli_env(home, pycache))
+    say(
+        f"  against the {TEMPLATE} fleet: import httpx {fleet['baseline_ms']:.1f} ms, --help"
+        f" {fleet['help_ms']:.1f} ms, clone list --json {fleet['list_ms']:.1f} ms"
+    )
+    small = cli.run(cli.REAL_CLONES, 15, 1, say)
+    return {
+        **small,
+        "cli_overhead_ms": small["cli_overhead_ms"],
+        "cli_overhead_fleet_ms": fleet["cli_overhead_ms"],
+        "fleet": fleet,
+    }
+
+
 # --- the run --------------------------------------------------------------------------------
 
 
@@ -540,8 +570,8 @@ def run(n: int, work: Path, say: Say, skip: set[str]) -> dict[str, Any]:
             (
                 "cli",
                 "cli",
-                ("cli_overhead_ms",),
-                lambda m: m.measure_cli(m.cli_env(home, pycache)),
+                ("cli_overhead_ms", "cli_overhead_fleet_ms"),
+                lambda m: measure_startup(m, home, pycache, say),
             ),
             (
                 "verify",
@@ -616,8 +646,9 @@ def summary(r: dict[str, Any]) -> str:
          r["verify_limit_s"]))),
         ("clone list --json, s", fig(r["list_s"], ".3f"), "1", "", "< 1 s",
          verdict(None if r["list_s"] is None else r["list_s"] < 1.0)),
-        ("CLI overhead, ms", fig(r["cli_overhead_ms"], ".1f"), "150", "", "<= 150 ms",
+        ("CLI start-up, ms", fig(r["cli_overhead_ms"], ".1f"), "150", "", "<= 150 ms",
          verdict(within(r["cli_overhead_ms"], 150.0))),
+        ("  listing the fleet", fig(r.get("cli_overhead_fleet_ms"), ".1f"), "", "", "", ""),
         ("serve many/alone", fig(r["serve_ratio"], ".3f"), "", "", ">= 0.8",
          verdict(None if r["serve_ratio"] is None else r["serve_ratio"] >= 0.8)),
         ("server peak RSS, MB", fig(r["peak_rss_mb"], ".1f"), "400", "", "< 400 MB",

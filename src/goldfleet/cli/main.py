@@ -144,6 +144,13 @@ def _status_line(op: dict) -> str:
     return "; ".join(parts)
 
 
+def _poll_interval(elapsed: float) -> float:
+    """How long the progress bar waits before asking again: 0.2 s for a short operation, 0.5 s
+    once it has run 2 s (each answer counts the operation's items: on a fleet of 10,000 a
+    poll every 0.2 s took server time from the work it shows)."""
+    return 0.2 if elapsed < 2.0 else 0.5
+
+
 def _watch(client: Client, op: dict, label: str, *, quiet: bool = False) -> dict:
     """Follow an operation until it ends or pauses, with a progress bar unless ``quiet``."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -164,11 +171,12 @@ def _watch(client: Client, op: dict, label: str, *, quiet: bool = False) -> dict
         transient=False,
     ) as progress:
         task = progress.add_task(label, total=op["total"], failed=0, line="")
+        began = time.monotonic()
         while True:
             progress.update(task, completed=_ended(op), failed=op["failed"], line=_status_line(op))
             if op["status"] not in UNDER_WAY:
                 break
-            time.sleep(0.2)
+            time.sleep(_poll_interval(time.monotonic() - began))
             op = _call(client.get, f"/operations/{op['id']}")
     return op
 

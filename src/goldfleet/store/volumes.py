@@ -96,6 +96,8 @@ class VolumeStore:
         self.layers = layers
         self._lock = threading.Lock()
         self._images: dict[str, _Image] = {}  # small prototypes' non-zero pages, by path
+        self._unsynced = False  # a clone folder was made since clones/ was last fsynced
+        self._sync_lock = threading.Lock()
 
     def ensure(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
@@ -218,13 +220,36 @@ class VolumeStore:
     def build_clone(
         self, uid: str, kind: str, top: str, virtual_size: int, outline: Outline
     ) -> None:
-        """All volumes of a new clone. Safe to run again after an interruption."""
+        """All volumes of a new clone. Safe to run again after an interruption. A folder made
+        here is in ``clones/`` for good once :meth:`sync_folders` has run (the caller does that
+        once per batch, before the database says the clone is ready)."""
         self.clone_dir(uid).mkdir(parents=True, exist_ok=True)
+        with self._lock:  # also when an earlier attempt (a killed server) made the folder
+            self._unsynced = True
         self.build_system(uid, kind, top, virtual_size)
         self.reset_temp(uid, outline)
         self.create_data(uid, outline)
         # the renames must survive a power loss before the database says the clone is ready
         fsync_dir(self.clone_dir(uid))
+
+    def sync_folders(self) -> None:
+        """Make the clone folders :meth:`build_clone` made durable: one fsync of ``clones/``
+        for all of them (each folder's own entries were fsynced by ``build_clone``). A kill -9
+        needs none of this (the OS keeps what was written); it is for a power loss, so that a
+        row saying ``ready`` never outlives its clone's folder."""
+        # held through the fsync: a caller finding nothing left to sync returns only once the
+        # fsync that took its folder is over
+        with self._sync_lock:
+            with self._lock:
+                if not self._unsynced:
+                    return
+                self._unsynced = False
+            try:
+                fsync_dir(self.dir)
+            except BaseException:
+                with self._lock:
+                    self._unsynced = True
+                raise
 
     def volume_paths(self, uid: str, outline: Outline) -> list[tuple[VolumeRole, int, Path]]:
         return [(role, i, self.path(uid, name)) for role, i, name in outline.volume_files()]

@@ -459,8 +459,13 @@ def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
         for c in s.scalars(select(Clone).where(Clone.id.in_([o.clone_id for o in outcomes])))
     }
     targets = {c.target_version_id for c in clones.values() if c.target_version_id}
-    if targets:
-        list(s.scalars(select(Version).where(Version.id.in_(targets))))
+    # held here: the session's identity map keeps rows only while they are referenced, so a
+    # list thrown away at once made every ``s.get`` below one more SELECT
+    versions = (
+        {v.id: v for v in s.scalars(select(Version).where(Version.id.in_(targets)))}
+        if targets
+        else {}
+    )
     for out in outcomes:
         c = clones.get(out.clone_id)
         if c is None:
@@ -480,7 +485,7 @@ def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
             continue
         if c.target_version_id is not None:
             c.version_id = c.target_version_id
-            c.template_id = s.get(Version, c.target_version_id).template_id
+            c.template_id = versions[c.target_version_id].template_id
         c.status, c.action, c.target_version_id = CloneStatus.READY, None, None
         c.error, c.discard_data = None, False
     return done, failed
@@ -510,6 +515,15 @@ def _run_one(ctx: Context, clone_id: int) -> CloneView:
     with ctx.session() as s:
         (plan,) = load_plans(ctx, s, [clone_id])
     outcome = execute(ctx, plan)
+    if outcome.error is None:
+        try:
+            ctx.volumes.sync_folders()  # its folder durable before the row says it is done
+        except OSError as exc:
+            outcome = replace(
+                outcome,
+                error=f"{plan.action} failed: {exc}",
+                disk_full=ctx.disk_full_reason(exc),
+            )
     with ctx.session() as s:
         record(s, [outcome])
         s.commit()
@@ -1083,6 +1097,9 @@ class CloneWork:
         return execute(self.ctx, plan, logoff)
 
     def record(self, s: Session, outcomes: Sequence[Outcome]) -> tuple[int, int]:
+        # the batch's new clone folders are made durable with one fsync of their parent,
+        # before the rows say the clones are ready
+        self.ctx.volumes.sync_folders()
         return record(s, list(outcomes))
 
     def users(self, names: list[str]) -> dict[str, list[str]]:

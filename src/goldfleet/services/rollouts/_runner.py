@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import bindparam, delete, func, select, update
 from sqlalchemy.orm import Session
 
 from goldfleet.context import Context
@@ -61,6 +61,14 @@ from goldfleet.services.rollouts._operations import drop_queued_creates
 log = logging.getLogger("goldfleet.operations")
 
 SCAN_LIMIT = 1000  # at most this many queued items are looked at per pass of one operation
+
+_items = OperationItem.__table__
+# one executed item closed (an executemany over a batch): its state, the reason, when
+_CLOSE_ITEM = (
+    _items.update()
+    .where(_items.c.id == bindparam("item"))
+    .values(state=bindparam("to"), reason=bindparam("why"), finished_at=bindparam("at"))
+)
 
 
 class Outcome(Protocol):
@@ -709,10 +717,14 @@ class Runner:
         )
         now = ctx.clock.now()
         with ctx.session() as s, s.no_autoflush:
+            # Core statements, not the ORM's unit of work: a batch's items are read and closed
+            # in one SELECT and one executemany UPDATE
             items = {
-                it.id: it
-                for it in s.scalars(
-                    select(OperationItem).where(OperationItem.id.in_([c.item_id for c in claims]))
+                row.id: row
+                for row in s.execute(
+                    select(OperationItem.id, OperationItem.owner, OperationItem.state).where(
+                        OperationItem.id.in_([c.item_id for c in claims])
+                    )
                 )
             }
             # an item another server took over (this one looked dead) is theirs to record
@@ -728,16 +740,18 @@ class Runner:
             full = {o.clone_id: o for o in outcomes if o.disk_full is not None}
             done, failed = self.work.record(s, [o for o in outcomes if o.clone_id not in full])
             errors = {o.clone_id: o.error for o in outcomes}
+            closed = []
             for claim in claims:
-                it = items[claim.item_id]
                 if claim.clone_id in full:
                     continue
                 if claim.clone_id in errors:
                     error = errors[claim.clone_id]
                     state = ItemState.FAILED if error else ItemState.DONE
-                    self._close(it, state, error, now)
                 else:  # the clone vanished under us
-                    self._close(it, ItemState.SKIPPED, "the clone was deleted", now)
+                    error, state = "the clone was deleted", ItemState.SKIPPED
+                closed.append({"item": claim.item_id, "to": state, "why": error})
+            if closed:
+                s.execute(_CLOSE_ITEM, [{**row, "at": now} for row in closed])
             # one atomic update: servers sharing an operation must not lose each other's counts
             s.execute(
                 update(Operation)
@@ -763,16 +777,20 @@ class Runner:
     def _finish_if_done(self, op_id: int) -> None:
         ctx = self.ctx
         with ctx.session() as s:
-            op = s.get(Operation, op_id)
-            if op is None or op.status not in ACTIVE or op.status == OpStatus.SCHEDULED:
-                return
-            open_items = s.scalar(
-                select(func.count()).where(
+            # is one item still open? (one index probe, not a count of the whole queue: this
+            # is asked after every batch)
+            open_item = s.scalar(
+                select(OperationItem.id)
+                .where(
                     OperationItem.operation_id == op_id,
                     OperationItem.state.in_([ItemState.QUEUED, ItemState.RUNNING]),
                 )
+                .limit(1)
             )
-            if open_items:
+            if open_item is not None:
+                return
+            op = s.get(Operation, op_id)
+            if op is None or op.status not in ACTIVE or op.status == OpStatus.SCHEDULED:
                 return
             counts = Counter(
                 dict(
