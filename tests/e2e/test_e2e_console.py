@@ -260,6 +260,34 @@ def test_bulk_restore_of_50_selected_clones_starts_one_operation(admin: Tab, srv
     assert admin.errors == []
 
 
+def test_selected_clones_stopped_as_one_operation_that_reaches_done(admin: Tab, srv: Any) -> None:
+    c = srv.client()
+    started = [f"base-05{i}" for i in range(2, 6)]
+    op = c.post("/clones/start", {"names": started, "wait": True})
+    assert (op["kind"], op["done"]) == ("clone.start", 4)
+    c.post("/sim/sessions", {"vm": started[0], "user": "erin"})
+    running = {r["name"] for r in c.get("/clones", params={"state": "running"})}
+    page = admin.page
+    admin.go("/ui/clones?template=base&state=running&size=50")
+    page.check("#select-all")
+    assert page.inner_text("#selected-count") == f"{len(running)} selected"
+    page.select_option("#bulk-action", "stop")
+    page.click("#bulk-go")
+    page.wait_for_selector("#bulk-result .ok")
+    op_id = int(re.search(r"operation (\d+) started", page.inner_text("#bulk-result")).group(1))
+    page.click("#bulk-result a")
+    page.wait_for_selector("#op-status:text('done')", timeout=60_000)
+    assert f"{len(running)} done, 0 failed" in page.inner_text("#op-counts")
+    op = c.get(f"/operations/{op_id}")
+    assert (op["kind"], op["total"], op["done"]) == ("clone.stop", len(running), len(running))
+    assert c.get("/clones", params={"state": "running"}) == []
+    assert c.get("/sim/sessions", params={"vm": started[0]}) == []  # logged off, then stopped
+    entries = [e for e in c.get("/audit") if e["action"] == "clone.stop"]
+    assert any(e["actor"] == f"user:{ADMIN}" and e["detail"].get("operation") == op_id
+               for e in entries)  # fmt: skip
+    assert admin.errors == []
+
+
 def test_a_helpdesk_user_of_one_pool_sees_its_clones_and_no_maintenance(
     browser: Any, srv: Any, shots: Path
 ) -> None:

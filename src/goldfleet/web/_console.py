@@ -801,42 +801,15 @@ def _bulk(p: Page, fields: dict[str, Any]) -> Response:
         raise InvalidInput("no clone selected")
     for name in names:  # every clone, before anything is done to any
         access.authorize(ctx, c, permission, "clone", name)
-    if verb in fleet.BULK_ACTIONS:
-        op = fleet.bulk_action(ctx, names=names, action=verb, actor=c.name)
-        link = f"/ui/operations/{op.id}"
-        return done_fragment(f"operation {op.id} started: {verb} of {op.total} clones", link)
-    problems: list[str] = []
-    if verb in ("start", "stop"):
-        run = fleet.start_clone if verb == "start" else fleet.stop_clone
-        for name in names:
-            try:
-                run(ctx, name, actor=c.name)
-            except GoldfleetError as exc:
-                problems.append(f"{name}: {exc.message}")
-    elif verb == "message":
-        message = text(fields, "text")
-        if message is None:
-            raise InvalidInput("write the message to send")
-        for name in names:
-            try:
-                report = fleet.send_message(ctx, text=message, clone=name, actor=c.name)
-                problems += [f"{o.clone}: {o.error}" for o in report.outcomes if o.error]
-            except GoldfleetError as exc:
-                problems.append(f"{name}: {exc.message}")
-    else:  # logoff: every user of the selected clones
-        chosen = set(names)
-        for s in fleet.list_sessions(ctx).sessions:
-            if s.clone in chosen:
-                try:
-                    fleet.logoff(ctx, s.clone, s.user, actor=c.name)
-                except GoldfleetError as exc:
-                    problems.append(f"{s.clone}: {exc.message}")
-    if problems:
-        return error_fragment(
-            f"{verb}: {len(problems)} of {len(names)} refused — " + "; ".join(problems[:10]),
-            409,
-        )
-    return done_fragment(f"{verb}: done for {len(names)} clones")
+    op = fleet.bulk_action(
+        ctx,
+        names=names,
+        action=verb,
+        text=text(fields, "text") if verb == "message" else None,
+        actor=c.name,
+    )
+    link = f"/ui/operations/{op.id}"
+    return done_fragment(f"operation {op.id} started: {verb} of {op.total} clones", link)
 
 
 def _operation(p: Page, op_id: int) -> dict[str, Any]:
