@@ -288,6 +288,111 @@ def test_selected_clones_stopped_as_one_operation_that_reaches_done(admin: Tab, 
     assert admin.errors == []
 
 
+def test_users_grants_and_a_token_made_on_the_users_page(admin: Tab, srv: Any) -> None:
+    page, c = admin.page, srv.client()
+    admin.go("/ui/users")
+    page.fill("#new-user", "newbie")
+    page.fill("#new-password", "newbie-password-1")
+    page.select_option("#new-role", "helpdesk")
+    page.fill("#new-scope", "pool:lab")
+    page.click("#user-create")
+    page.wait_for_selector("main td:text-is('newbie')")  # the page reloaded with the user
+    users = {u["name"]: u for u in c.get("/users")}
+    assert users["newbie"]["grants"] == ["helpdesk on pool:lab"]
+    # the same name again: refused in the server's words, next to the form
+    page.fill("#new-user", "newbie")
+    page.fill("#new-password", "newbie-password-1")
+    page.click("#user-create")
+    page.wait_for_selector("#user-create-result .error")
+    assert "409: user newbie already exists" in page.inner_text("#user-create-result")
+    page.select_option("#grant-user", "newbie")
+    page.select_option("#grant-role", "auditor")
+    page.fill("#grant-scope", "template:win")
+    page.click("#grant-add")
+    page.wait_for_selector("main td:text('auditor on template:win')")
+    assert "auditor on template:win" in {u["name"]: u for u in c.get("/users")}["newbie"]["grants"]
+    page.select_option("#grant-user", "newbie")
+    page.select_option("#grant-role", "auditor")
+    page.fill("#grant-scope", "template:win")
+    page.click("#grant-remove")
+    page.wait_for_selector("main td:text('auditor on template:win')", state="detached")
+    assert {u["name"]: u for u in c.get("/users")}["newbie"]["grants"] == ["helpdesk on pool:lab"]
+    # a token: its value shown once, and it works against the API
+    admin.go("/ui/users")
+    page.fill("#token-name", "deploy")
+    page.select_option("#token-role", "auditor")
+    page.click("#token-create")
+    value = page.inner_text("#token-value")
+    assert value.startswith("gf_")
+    got = httpx.get(srv.url + "/templates", headers={"Authorization": f"Bearer {value}"})
+    assert got.status_code == 200
+    admin.go("/ui/users")
+    assert value not in page.content()  # listed by name, never by value
+    assert "deploy" in page.inner_text("main")
+    actions = {(e["actor"], e["action"], e["target"]) for e in c.get("/audit")}
+    assert ("user:root", "user.create", "newbie") in actions
+    assert any(a[:2] == ("user:root", "token.create") for a in actions)
+    assert admin.errors == [] or all("status of 409" in e for e in admin.errors), admin.errors
+
+
+def test_a_pool_created_resized_and_deleted_on_the_pools_page(admin: Tab, srv: Any) -> None:
+    page, c = admin.page, srv.client()
+    admin.go("/ui/pools")
+    page.fill("#pool-name", "kiosk")
+    page.select_option("#pool-template", "base")
+    page.fill("#pool-max", "2")
+    page.fill("#pool-buffer", "1")
+    page.click("#pool-create")
+    page.wait_for_selector("main a[href='/ui/clones?pool=kiosk']")
+    assert (c.get("/pools/kiosk")["max"], c.get("/pools/kiosk")["buffer"]) == (2, 1)
+    page.select_option("#resize-pool", "kiosk")
+    page.fill("#resize-max", "0")
+    page.click("#pool-resize")
+    page.wait_for_selector("#pool-resize-result .error")
+    assert "422" in page.inner_text("#pool-resize-result")
+    assert c.get("/pools/kiosk")["max"] == 2  # nothing changed
+    page.fill("#resize-max", "4")
+    page.fill("#resize-buffer", "2")
+    page.click("#pool-resize")
+    page.wait_for_selector("main tr:has(a[href='/ui/clones?pool=kiosk']) td:text-is('4')")
+    assert (c.get("/pools/kiosk")["max"], c.get("/pools/kiosk")["buffer"]) == (4, 2)
+    admin.go("/ui/pools")
+    page.select_option("#delete-pool", "kiosk")
+    page.click("#pool-delete")
+    page.wait_for_selector("#pool-delete-result .ok")
+    assert "kiosk" not in {p["name"] for p in c.get("/pools")}
+    actions = {(e["actor"], e["action"], e["target"]) for e in c.get("/audit")}
+    assert {("user:root", a, "kiosk") for a in ("pool.create", "pool.resize", "pool.delete")} <= (
+        actions
+    )
+    assert [e for e in admin.errors if "status of 422" not in e] == []
+
+
+def test_the_forms_are_absent_and_refused_without_their_permission(browser: Any, srv: Any) -> None:
+    tab = Tab(browser, srv)
+    tab.login(HD, HD_PW)  # helpdesk on pool:lab: reads pools, writes none, no users
+    page = tab.page
+    tab.go("/ui/pools")
+    assert page.locator("#pool-forms, #pool-create, #pool-resize, #pool-delete").count() == 0
+    csrf = page.get_attribute('meta[name="csrf-token"]', "content")
+    for path, form, permission in [
+        ("/ui/pools/resize", {"pool": "lab", "max": "9"}, "pool.write"),
+        ("/ui/pools/delete", {"pool": "lab"}, "pool.write"),
+        ("/ui/pools", {"name": "x", "template": "base", "max": "1"}, "pool.write"),
+        ("/ui/users", {"name": "x", "password": "x-password-123", "role": "admin"}, "user.write"),
+        ("/ui/grants/add", {"user": HD, "role": "admin", "scope": "/"}, "user.write"),
+        ("/ui/tokens", {"name": "x", "role": "admin"}, "user.write"),
+    ]:
+        answer = page.request.post(srv.url + path, headers={"X-CSRF-Token": csrf}, form=form)
+        assert answer.status == 403 and permission in answer.text(), (path, answer.text())
+    c = srv.client()
+    assert c.get("/pools/lab")["max"] == 3 and "x" not in {p["name"] for p in c.get("/pools")}
+    assert {u["name"]: u for u in c.get("/users")}[HD]["grants"] == ["helpdesk on pool:lab"]
+    assert "x" not in {u["name"] for u in c.get("/users")}
+    assert "x" not in {t["name"] for t in c.get("/tokens")}
+    tab.close()
+
+
 def test_a_helpdesk_user_of_one_pool_sees_its_clones_and_no_maintenance(
     browser: Any, srv: Any, shots: Path
 ) -> None:

@@ -483,6 +483,74 @@ def console_app(ctx: Context) -> FastAPI:
         p = await page(request)
         return p.render("table.html", **(await run_in_threadpool(_users, p)))
 
+    @app.post("/ui/pools")
+    async def pool_create(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            done = await run_in_threadpool(_pool_create, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"pool {done.name} created", refresh=True)
+
+    @app.post("/ui/pools/resize")
+    async def pool_resize(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            done = await run_in_threadpool(_pool_resize, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(
+            f"pool {done.name}: min {done.min}, max {done.max}, buffer {done.buffer}", refresh=True
+        )
+
+    @app.post("/ui/pools/delete")
+    async def pool_delete(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            name, op = await run_in_threadpool(_pool_delete, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        if op is None:
+            return done_fragment(f"pool {name} deleted", refresh=True)
+        return done_fragment(
+            f"pool {name} deleted; operation {op.id} deletes its {op.total} clones",
+            f"/ui/operations/{op.id}",
+        )
+
+    @app.post("/ui/users")
+    async def user_create(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            made = await run_in_threadpool(_user_create, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"user {made.name} created", refresh=True)
+
+    @app.post("/ui/grants/{verb}")
+    async def grant_change(request: Request, verb: str) -> Response:
+        p, fields = await action(request)
+        if verb not in ("add", "remove"):
+            return error_fragment(f"no grant action {verb!r}: use add or remove", 404)
+        try:
+            said = await run_in_threadpool(_grant, p, fields, verb == "add")
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(said, refresh=True)
+
+    @app.post("/ui/tokens")
+    async def token_create(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            name, value = await run_in_threadpool(_token_create, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        body = templates.env.from_string(
+            '<div class="ok" role="status"><p>Token {{ name }} created. Its value, shown this'
+            " once (copy it now; only its hash is kept):</p>"
+            '<p><code id="token-value">{{ value }}</code></p></div>'
+        ).render(name=name, value=value)
+        return HTMLResponse(body)
+
     @app.post("/ui/pools/{name}/{verb}")
     async def pool_control(request: Request, name: str, verb: str) -> Response:
         p, _ = await action(request)
@@ -959,9 +1027,17 @@ def _pools(p: Page) -> dict[str, Any]:
             return button(f"/ui/pools/{quote(v.name)}/drain", "Drain", f"Drain pool {v.name}?")
         return button(f"/ui/pools/{quote(v.name)}/enable", "Enable")
 
+    templates_writable = [
+        t.name
+        for t in _visible_templates(p)
+        if holds(c, "pool.write") and may(ctx, c, "pool.write", "template", t.name)
+    ]
     return {
         "title": "Pools",
-        "intro": "Create, resize, delete pools and set their windows with `goldfleet pool`.",
+        "intro": "Set pools' maintenance windows with `goldfleet pool window`.",
+        "forms": "_pool_forms.html",
+        "pool_create": templates_writable,
+        "pool_targets": [v.name for v in found if may(ctx, c, "pool.write", "pool", v.name)],
         "tables": [
             (
                 "Pools",
@@ -983,6 +1059,86 @@ def _pools(p: Page) -> dict[str, Any]:
             )
         ],
     }
+
+
+def _pool_create(p: Page, fields: dict[str, Any]) -> Any:
+    ctx, c = p.ctx, p.caller
+    template = text(fields, "template") or ""
+    access.authorize(ctx, c, "pool.write", "template", template)
+    return pools.create_pool(
+        ctx,
+        name=text(fields, "name") or "",
+        template=template,
+        min_size=number(fields, "min", "min") or 0,
+        max_size=_required(number(fields, "max", "max"), "max"),
+        buffer=number(fields, "buffer", "buffer") or 0,
+        actor=c.name,
+    )
+
+
+def _pool_resize(p: Page, fields: dict[str, Any]) -> Any:
+    ctx, c = p.ctx, p.caller
+    name = text(fields, "pool") or ""
+    access.authorize(ctx, c, "pool.write", "pool", name)
+    return pools.resize_pool(
+        ctx,
+        name,
+        min_size=number(fields, "min", "min") or 0,
+        max_size=_required(number(fields, "max", "max"), "max"),
+        buffer=number(fields, "buffer", "buffer") or 0,
+        actor=c.name,
+    )
+
+
+def _pool_delete(p: Page, fields: dict[str, Any]) -> tuple[str, Any]:
+    ctx, c = p.ctx, p.caller
+    name = text(fields, "pool") or ""
+    access.authorize(ctx, c, "pool.write", "pool", name)
+    keep = fields.get("keep_clones") == "on"
+    return name, pools.delete_pool(ctx, name, keep_clones=keep, actor=c.name)
+
+
+def _required(value: int | None, label: str) -> int:
+    if value is None:
+        raise InvalidInput(f"give the {label}")
+    return value
+
+
+def _user_create(p: Page, fields: dict[str, Any]) -> Any:
+    ctx, c = p.ctx, p.caller
+    access.authorize(ctx, c, "user.write", None, None)
+    return access.create_user(
+        ctx,
+        name=text(fields, "name") or "",
+        password=str(fields.get("password") or ""),
+        role=text(fields, "role") or "",
+        scope=text(fields, "scope"),
+        actor=c.name,
+    )
+
+
+def _grant(p: Page, fields: dict[str, Any], add: bool) -> str:
+    ctx, c = p.ctx, p.caller
+    access.authorize(ctx, c, "user.write", None, None)
+    user, role, scope = text(fields, "user"), text(fields, "role"), text(fields, "scope")
+    if not user or not role or not scope:
+        raise InvalidInput("give the user, the role and the scope")
+    holder = access.Holder("user", user)
+    if add:
+        access.add_grant(ctx, holder, role, scope, actor=c.name)
+        return f"{user} holds {role} on {scope}"
+    access.remove_grant(ctx, holder, role, scope, actor=c.name)
+    return f"{user} no longer holds {role} on {scope}"
+
+
+def _token_create(p: Page, fields: dict[str, Any]) -> tuple[str, str]:
+    ctx, c = p.ctx, p.caller
+    access.authorize(ctx, c, "user.write", None, None)
+    name = text(fields, "name") or ""
+    value = access.create_token(
+        ctx, name=name, role=text(fields, "role") or "", scope=text(fields, "scope"), actor=c.name
+    )
+    return name, value
 
 
 def _sites(p: Page) -> dict[str, Any]:
@@ -1134,6 +1290,8 @@ def _users(p: Page) -> dict[str, Any]:
     return {
         "title": "Users, roles and tokens",
         "user_actions": can_write,
+        "forms": "_user_forms.html",
+        "role_names": [r.name for r in access.list_roles(ctx)] if can_write else [],
         "tables": [
             (
                 "Users",
