@@ -71,7 +71,10 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     of ``base`` (3 clones), cluster ``pve``, site ``branch``, an admin user, a helpdesk user
     scoped to ``pool:lab`` and one scoped to ``template:win``."""
     root = tmp_path_factory.mktemp("console")
-    server = Server(home=root / "home")
+    # the sim: a start takes 0.4 s (an operation to pause and cancel while it runs), and every
+    # action on VM "odd-001" fails (an operation with a failed item to retry)
+    plan = {"latency_ms": {"start": 400}, "fail_vms": ["odd-001"]}
+    server = Server(home=root / "home", env={"GOLDFLEET_SIM_PLAN": json.dumps(plan)})
     server.start()
     c = server.client()
     for name in ("base", "win"):
@@ -390,6 +393,101 @@ def test_the_forms_are_absent_and_refused_without_their_permission(browser: Any,
     assert {u["name"]: u for u in c.get("/users")}[HD]["grants"] == ["helpdesk on pool:lab"]
     assert "x" not in {u["name"] for u in c.get("/users")}
     assert "x" not in {t["name"] for t in c.get("/tokens")}
+    tab.close()
+
+
+def test_an_operation_paused_resumed_and_cancelled_from_its_page(admin: Tab, srv: Any) -> None:
+    c, page = srv.client(), admin.page
+    names = [f"base-0{i}" for i in range(10, 30)]  # 20 starts of 0.4 s, one at a time
+    op = c.post("/clones/start", {"names": names, "rollout": {"max_parallel": 1}})
+    admin.go(f"/ui/operations/{op['id']}")
+    page.click("#op-pause")
+    page.wait_for_selector("#op-status:text('paused')")
+    page.click("#op-resume")
+    page.wait_for_selector("#op-status:text('running')")
+    page.click("#op-cancel")
+    page.wait_for_selector("#op-status:text('cancelled')", timeout=30_000)
+    shown = c.get(f"/operations/{op['id']}")
+    assert shown["status"] == "cancelled" and 0 < shown["cancelled"] < 20, shown
+    assert page.locator("#op-cancel, #op-pause, #op-resume").count() == 0  # it has ended
+    steps = [
+        e["action"]
+        for e in c.get("/audit")
+        if e["actor"] == f"user:{ADMIN}" and e["target"] == str(op["id"])
+    ]
+    assert {"operation.pause", "operation.resume", "operation.cancel"} <= set(steps), steps
+    assert admin.errors == []
+
+
+def test_the_failed_items_of_an_operation_retried_as_one_operation(admin: Tab, srv: Any) -> None:
+    c, page = srv.client(), admin.page
+    made = c.post("/clones", {"template": "base", "name": "odd-001", "wait": True})["operation"]
+    assert made["failed"] == 1, made  # the sim fails every action on odd-001
+    admin.go(f"/ui/operations/{made['id']}")
+    page.wait_for_selector("#op-status:text('failed')")
+    first = page.url
+    page.click("#op-retry")
+    page.wait_for_url(lambda url: url != first and re.search(r"/ui/operations/\d+$", url))
+    retry_id = int(page.url.rsplit("/", 1)[1])
+    assert retry_id != made["id"]
+    page.wait_for_selector("#op-status:text('failed')", timeout=30_000)  # it fails again
+    again = c.get(f"/operations/{retry_id}")
+    assert (again["kind"], again["total"], again["failed"]) == ("clone.retry", 1, 1)
+    assert "odd-001" in page.inner_text("#items")
+    assert [e for e in admin.errors if "status of" not in e] == []
+
+
+def test_maintenance_aborted_from_the_template_page(admin: Tab, srv: Any) -> None:
+    page = admin.page
+    admin.go("/ui/templates/win")
+    page.click("#enter-maintenance")
+    page.wait_for_selector("#abort-maintenance")
+    assert srv.client().get("/templates/win")["status"] == "maintenance"
+    page.click("#abort-maintenance")  # its confirmation accepted
+    page.wait_for_selector("#enter-maintenance")
+    assert srv.client().get("/templates/win")["status"] == "ready"
+    assert any(
+        e["action"] == "template.maintenance.abort" and e["actor"] == f"user:{ADMIN}"
+        for e in srv.client().get("/audit")
+    )
+    assert admin.errors == []
+
+
+def test_a_disabled_users_session_reaches_no_page(browser: Any, admin: Tab, srv: Any) -> None:
+    srv.client().post("/users", {"name": "leaver", "password": "leaver-password-1",
+                                 "role": "helpdesk", "scope": "pool:lab"})  # fmt: skip
+    tab = Tab(browser, srv)
+    tab.login("leaver", "leaver-password-1")
+    assert tab.go("/ui/clones").status == 200
+    admin.go("/ui/users")
+    admin.page.click("ul.useractions li:has-text('leaver:') button:text('Disable')")
+    admin.page.wait_for_selector("ul.useractions li:has-text('leaver:') button:text('Enable')")
+    for path in ["/ui/", "/ui/clones", "/ui/pools"]:
+        tab.go(path)
+        tab.page.wait_for_url(re.compile(r".*/ui/login\?next=.*"))
+    csrf_less = tab.page.request.post(srv.url + "/ui/clones/bulk", form={"action": "stop"})
+    assert csrf_less.status == 401
+    tab.close()
+
+
+def test_the_login_throttle_is_shown_with_its_429(browser: Any, srv: Any) -> None:
+    srv.client().post("/users", {"name": "forgetful", "password": "forgetful-password-1",
+                                 "role": "auditor"})  # fmt: skip
+    tab = Tab(browser, srv)
+    tab.go("/ui/login")
+    for _ in range(5):
+        tab.page.fill("#name", "forgetful")
+        tab.page.fill("#password", "not-it")
+        tab.page.click("button[type=submit]")
+        tab.page.wait_for_selector("#login-error")
+    tab.page.fill("#name", "forgetful")
+    tab.page.fill("#password", "forgetful-password-1")  # right, but too soon
+    answer = tab.page.expect_response(lambda r: r.url.endswith("/ui/login"))
+    with answer as got:
+        tab.page.click("button[type=submit]")
+    assert got.value.status == 429
+    assert "failed logins of forgetful: try again in" in tab.page.inner_text("#login-error")
+    assert any(e["action"] == "auth.login-throttled" for e in srv.client().get("/audit"))
     tab.close()
 
 
