@@ -242,6 +242,7 @@ def test_a_maintenance_cycle_done_only_through_the_console(admin: Tab, shots: Pa
     assert page.locator("#items .badge.done").count() == 4
     admin.go("/ui/templates/win")
     assert "v2" in (page.text_content("svg#chain") or "")
+    page.screenshot(path=str(shots / "console-template.png"), full_page=True)  # docs/img
     assert admin.errors == []
 
 
@@ -396,7 +397,9 @@ def test_the_forms_are_absent_and_refused_without_their_permission(browser: Any,
     tab.close()
 
 
-def test_an_operation_paused_resumed_and_cancelled_from_its_page(admin: Tab, srv: Any) -> None:
+def test_an_operation_paused_resumed_and_cancelled_from_its_page(
+    admin: Tab, srv: Any, shots: Path
+) -> None:
     c, page = srv.client(), admin.page
     names = [f"base-0{i}" for i in range(10, 30)]  # 20 starts of 0.4 s, one at a time
     op = c.post("/clones/start", {"names": names, "rollout": {"max_parallel": 1}})
@@ -405,6 +408,10 @@ def test_an_operation_paused_resumed_and_cancelled_from_its_page(admin: Tab, srv
     page.wait_for_selector("#op-status:text('paused')")
     page.click("#op-resume")
     page.wait_for_selector("#op-status:text('running')")
+    deadline = time.monotonic() + 15  # a few done, live: the picture of a running operation
+    while int(page.get_attribute("#op-bar", "value") or 0) < 3 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    page.screenshot(path=str(shots / "console-operation.png"), full_page=True)  # docs/img
     page.click("#op-cancel")
     page.wait_for_selector("#op-status:text('cancelled')", timeout=30_000)
     shown = c.get(f"/operations/{op['id']}")
