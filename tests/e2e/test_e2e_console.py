@@ -386,6 +386,11 @@ def test_the_forms_are_absent_and_refused_without_their_permission(browser: Any,
         ("/ui/users", {"name": "x", "password": "x-password-123", "role": "admin"}, "user.write"),
         ("/ui/grants/add", {"user": HD, "role": "admin", "scope": "/"}, "user.write"),
         ("/ui/tokens", {"name": "x", "role": "admin"}, "user.write"),
+        ("/ui/sites", {"name": "x"}, "site.write"),
+        ("/ui/sites/assign", {"site": "branch", "template": "base"}, "site.write"),
+        ("/ui/clusters", {"name": "x", "hosts": "h", "coordinator": "h"}, "cluster.write"),
+        ("/ui/clusters/pve/sync", {}, "cluster.write"),
+        ("/ui/keys/trust", {"name": "x", "public_key": "ab" * 32}, "key.write"),
     ]:
         answer = page.request.post(srv.url + path, headers={"X-CSRF-Token": csrf}, form=form)
         assert answer.status == 403 and permission in answer.text(), (path, answer.text())
@@ -496,6 +501,45 @@ def test_the_login_throttle_is_shown_with_its_429(browser: Any, srv: Any) -> Non
     assert "failed logins of forgetful: try again in" in tab.page.inner_text("#login-error")
     assert any(e["action"] == "auth.login-throttled" for e in srv.client().get("/audit"))
     tab.close()
+
+
+def test_sites_clusters_and_keys_changed_on_their_pages(admin: Tab, srv: Any) -> None:
+    page, c = admin.page, srv.client()
+    admin.go("/ui/sites")
+    page.fill("#site-name", "harbour")
+    page.click("#site-create")
+    assert page.inner_text("#site-token").startswith("gf_")  # shown once
+    admin.go("/ui/sites")
+    assert "harbour" in page.inner_text("main table")
+    page.select_option("#assign-site", "branch")
+    page.select_option("#assign-template", "win")
+    page.click("#site-assign")
+    page.wait_for_selector("main tr:has(td:text-is('branch')) td:text-is('win')")
+    assert "win" in {s["name"]: s for s in c.get("/sites")}["branch"]["templates"]
+    admin.go("/ui/hosts")
+    page.fill("#cluster-name", "edge")
+    page.fill("#cluster-hosts", "sim-host-2")
+    page.fill("#cluster-coordinator", "sim-host-2")
+    page.click("#cluster-create")
+    page.wait_for_selector("main td:text-is('edge')")
+    assert c.get("/clusters/edge")["coordinator"] == "sim-host-2"
+    # pve has no package channel: the sync is refused in the server's words, next to the table
+    page.click("main tr:has(td:text-is('pve')) button:text('Sync now')")
+    page.wait_for_selector("#table-result .error")
+    refusal = page.inner_text("#table-result")
+    assert re.match(r"^4\d\d: ", refusal) and "pve" in refusal, refusal
+    admin.go("/ui/keys")
+    page.fill("#key-name", "partner")
+    page.fill("#key-public", "not a key")
+    page.click("#key-trust")
+    page.wait_for_selector("#key-trust-result .error")
+    assert "422" in page.inner_text("#key-trust-result")
+    page.fill("#key-public", "ab" * 32)
+    page.click("#key-trust")
+    page.wait_for_selector("main td:has-text('partner')")
+    actions = {(e["actor"], e["action"]) for e in c.get("/audit")}
+    assert {("user:root", "site.create"), ("user:root", "cluster.create")} <= actions
+    assert [e for e in admin.errors if not re.search(r"status of 4\d\d", e)] == []
 
 
 def test_a_helpdesk_user_of_one_pool_sees_its_clones_and_no_maintenance(

@@ -551,6 +551,65 @@ def console_app(ctx: Context) -> FastAPI:
         ).render(name=name, value=value)
         return HTMLResponse(body)
 
+    @app.post("/ui/sites")
+    async def site_create(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            made = await run_in_threadpool(_site_create, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        body = templates.env.from_string(
+            '<div class="ok" role="status"><p>Site {{ name }} created. Its token, shown this'
+            " once (give it to the site's server: goldfleet site join; only its hash is kept):"
+            '</p><p><code id="site-token">{{ value }}</code></p></div>'
+        ).render(name=made.site.name, value=made.token)
+        return HTMLResponse(body)
+
+    @app.post("/ui/sites/assign")
+    async def site_assign(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            said = await run_in_threadpool(_site_assign, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(said, refresh=True)
+
+    @app.post("/ui/clusters")
+    async def cluster_create(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            made = await run_in_threadpool(_cluster_create, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"cluster {made.name} created", refresh=True)
+
+    @app.post("/ui/clusters/{name}/sync")
+    async def cluster_sync(request: Request, name: str) -> Response:
+        p, _ = await action(request)
+        try:
+            await run_in_threadpool(
+                access.authorize, ctx, p.caller, "cluster.write", "cluster", name
+            )
+            await run_in_threadpool(lambda: clusters.sync(ctx, name, actor=p.caller.name))
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"cluster {name} synced", refresh=True)
+
+    @app.post("/ui/keys/trust")
+    async def key_trust(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            await run_in_threadpool(access.authorize, ctx, p.caller, "key.write", None, None)
+            name = text(fields, "name") or ""
+            await run_in_threadpool(
+                lambda: distribution.trust_key(
+                    ctx, name, str(fields.get("public_key") or ""), actor=p.caller.name
+                )
+            )
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"key {name} trusted", refresh=True)
+
     @app.post("/ui/pools/{name}/{verb}")
     async def pool_control(request: Request, name: str, verb: str) -> Response:
         p, _ = await action(request)
@@ -1141,6 +1200,35 @@ def _token_create(p: Page, fields: dict[str, Any]) -> tuple[str, str]:
     return name, value
 
 
+def _site_create(p: Page, fields: dict[str, Any]) -> Any:
+    ctx, c = p.ctx, p.caller
+    access.authorize(ctx, c, "site.write", None, None)
+    return distribution.create_site(
+        ctx,
+        text(fields, "name") or "",
+        local_patches=fields.get("local_patches") == "on",
+        actor=c.name,
+    )
+
+
+def _site_assign(p: Page, fields: dict[str, Any]) -> str:
+    ctx, c = p.ctx, p.caller
+    site, template = text(fields, "site") or "", text(fields, "template") or ""
+    access.authorize(ctx, c, "site.write", "site", site)
+    versions = text(fields, "versions") or "all"
+    distribution.assign_template(ctx, site, template, versions=versions, actor=c.name)
+    return f"site {site} receives {template} ({versions})"
+
+
+def _cluster_create(p: Page, fields: dict[str, Any]) -> Any:
+    ctx, c = p.ctx, p.caller
+    access.authorize(ctx, c, "cluster.write", None, None)
+    hosts = [h.strip() for h in (text(fields, "hosts") or "").split(",") if h.strip()]
+    return clusters.create_cluster(
+        ctx, text(fields, "name") or "", hosts, text(fields, "coordinator") or "", actor=c.name
+    )
+
+
 def _sites(p: Page) -> dict[str, Any]:
     ctx, c = p.ctx, p.caller
     if not holds(c, "site.read"):
@@ -1148,8 +1236,13 @@ def _sites(p: Page) -> dict[str, Any]:
     found = access.visible(
         c, "site.read", distribution.list_sites(ctx), lambda v: site_path(v.name)
     )
+    targets = [v.name for v in found if may(ctx, c, "site.write", "site", v.name)]
     return {
         "title": "Sites",
+        "forms": "_site_forms.html",
+        "site_create": may(ctx, c, "site.write", None, None),
+        "site_targets": targets,
+        "site_templates": [t.name for t in _visible_templates(p)] if targets else [],
         "tables": [
             (
                 "Sites",
@@ -1179,7 +1272,15 @@ def _hosts(p: Page) -> dict[str, Any]:
     tables = [
         (
             "Clusters",
-            ["Cluster", "Coordinator", "Hosts", "Sync schedule", "Last sync", "Last error"],
+            [
+                "Cluster",
+                "Coordinator",
+                "Hosts",
+                "Sync schedule",
+                "Last sync",
+                "Last error",
+                "Action",
+            ],
             [
                 [
                     v.name,
@@ -1188,6 +1289,9 @@ def _hosts(p: Page) -> dict[str, Any]:
                     v.sync_schedule,
                     when(v.last_update_sync),
                     v.last_error or "–",
+                    button(f"/ui/clusters/{quote(v.name)}/sync", "Sync now")
+                    if may(ctx, c, "cluster.write", "cluster", v.name)
+                    else None,
                 ]
                 for v in found
             ],
@@ -1215,7 +1319,12 @@ def _hosts(p: Page) -> dict[str, Any]:
                 [[h.name, _brief(h)] for h in edge.hosts],
             )
         )
-    return {"title": "Hosts and clusters", "tables": tables}
+    return {
+        "title": "Hosts and clusters",
+        "tables": tables,
+        "forms": "_host_forms.html",
+        "cluster_create": may(ctx, c, "cluster.write", None, None),
+    }
 
 
 def button(url: str, label: str, confirm: str | None = None) -> dict[str, str | None]:
@@ -1243,8 +1352,11 @@ def _keys(p: Page) -> dict[str, Any]:
             rows.append([k, v if not isinstance(v, dict) else _flat(v)])
     return {
         "title": "Bundles and keys",
+        "forms": "_key_forms.html",
+        "key_write": may(ctx, c, "key.write", None, None),
         "intro": "This server's signing key and the keys it trusts for offline bundles. "
-        "Export and import bundles with `goldfleet bundle export|import`.",
+        "Export and import bundles with `goldfleet bundle export|import`; untrust a key with"
+        " `goldfleet keys untrust`.",
         "tables": [("Keys", ["What", "Value"], rows)],
     }
 
