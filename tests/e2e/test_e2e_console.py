@@ -71,9 +71,14 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     of ``base`` (3 clones), cluster ``pve``, site ``branch``, an admin user, a helpdesk user
     scoped to ``pool:lab`` and one scoped to ``template:win``."""
     root = tmp_path_factory.mktemp("console")
-    # the sim: a start takes 0.4 s (an operation to pause and cancel while it runs), and every
-    # action on VM "odd-001" fails (an operation with a failed item to retry)
-    plan = {"latency_ms": {"start": 400}, "fail_vms": ["odd-001"]}
+    # the sim: a start takes 0.4 s (an operation to pause and cancel while it runs), every
+    # action on VM "odd-001" fails and so does the first message (operations with a failed
+    # item to retry)
+    plan = {
+        "latency_ms": {"start": 400},
+        "fail_vms": ["odd-001"],
+        "fail_nth": {"send_message": 1},  # the first message sent fails
+    }
     server = Server(home=root / "home", env={"GOLDFLEET_SIM_PLAN": json.dumps(plan)})
     server.start()
     c = server.client()
@@ -447,6 +452,25 @@ def test_the_failed_items_of_an_operation_retried_as_one_operation(admin: Tab, s
     assert (again["kind"], again["total"], again["failed"]) == ("clone.retry", 1, 1)
     assert "odd-001" in page.inner_text("#items")
     assert [e for e in admin.errors if "status of" not in e] == []
+
+
+def test_a_failed_message_retried_as_the_same_message_to_that_clone(admin: Tab, srv: Any) -> None:
+    c, page = srv.client(), admin.page
+    names = ["base-040", "base-041"]
+    c.post("/clones/start", {"names": names, "wait": True})
+    op = c.post("/clones/message", {"names": names, "text": "Lunch at noon", "wait": True})
+    assert (op["done"], op["failed"]) == (1, 1), op  # the sim failed the first message
+    admin.go(f"/ui/operations/{op['id']}")
+    first = page.url
+    page.click("#op-retry")
+    page.wait_for_url(lambda url: url != first and re.search(r"/ui/operations/\d+$", url))
+    page.wait_for_selector("#op-status:text('done')", timeout=30_000)
+    again = c.get(f"/operations/{page.url.rsplit('/', 1)[1]}")
+    assert (again["kind"], again["total"], again["done"]) == ("clone.message", 1, 1)
+    got = {n: [m["text"] for m in c.get("/sim/messages", params={"vm": n})] for n in names}
+    assert sorted(got.values()) == [["Lunch at noon"], ["Lunch at noon"]], got
+    assert {c.get(f"/clones/{n}")["status"] for n in names} == {"ready"}  # items failed, not clones
+    assert admin.errors == []
 
 
 def test_maintenance_aborted_from_the_template_page(admin: Tab, srv: Any) -> None:

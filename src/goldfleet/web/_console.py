@@ -41,6 +41,8 @@ from goldfleet.domain.access import (
     site_path,
     template_path,
 )
+from goldfleet.domain.model import LIGHT_ACTIONS
+from goldfleet.domain.rollout import Policy
 from goldfleet.errors import Forbidden, GoldfleetError, InvalidInput, Unauthorized
 from goldfleet.services import (
     access,
@@ -65,6 +67,7 @@ PAGE_SIZES = (50, 100, 200, 500)
 MAX_ITEMS_SHOWN = 500  # an operation's items on its page (the counts cover them all)
 SSE_TICK = 0.2  # seconds between looks at a running operation
 SSE_STREAM_SECONDS = 30.0  # then the stream ends and the browser opens a new one
+LIGHT_KINDS = frozenset(str(a) for a in LIGHT_ACTIONS)  # start, stop, message, logoff
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
@@ -947,8 +950,15 @@ def _operation(p: Page, op_id: int) -> dict[str, Any]:
         "op": op,
         "items": rollouts.list_items(ctx, op_id, limit=MAX_ITEMS_SHOWN),
         "can_control": may(ctx, c, "operation.control", "operation", op_id),
-        "can_retry": holds(c, "clone.recreate"),
+        "can_retry": holds(c, retry_permission(op.kind)),
     }
+
+
+def retry_permission(kind: str) -> str:
+    """What retrying an operation's failed items asks: the same start, stop, message or logoff
+    again, or finishing the clones' failed action (clone.recreate, as `clone retry`)."""
+    light = kind.removeprefix("clone.")
+    return f"clone.{light}" if light in LIGHT_KINDS else "clone.recreate"
 
 
 def _control(p: Page, op_id: int, verb: str) -> Response:
@@ -959,6 +969,26 @@ def _control(p: Page, op_id: int, verb: str) -> Response:
         failed = [i.clone for i in items if i.state == "failed"]
         if not failed:
             raise InvalidInput(f"operation {op_id} has no failed item to retry")
+        first = rollouts.show_operation(ctx, op_id)
+        light = first.kind.removeprefix("clone.")
+        if light in LIGHT_KINDS:
+            # a start, stop, message or logoff failed an item, not its clone: the same action
+            # again over those clones, under the same policy (a message: the same text)
+            for name in failed:
+                access.authorize(ctx, c, f"clone.{light}", "clone", name)
+            policy = Policy.from_json(first.policy)
+            op = fleet.bulk_action(
+                ctx,
+                names=failed,
+                action=light,
+                text=policy.message if light == "message" else None,
+                policy=policy,
+                actor=c.name,
+            )
+            link = f"/ui/operations/{op.id}"
+            response = done_fragment(f"operation {op.id}: {light} of {op.total} clones", link)
+            response.headers["HX-Redirect"] = link
+            return response
         for name in failed:
             access.authorize(ctx, c, "clone.recreate", "clone", name)
         op = fleet.retry(ctx, names=failed, actor=c.name)
@@ -990,7 +1020,7 @@ async def _events(p: Page, op_id: int) -> AsyncIterator[bytes]:
     can_control, can_retry = await run_in_threadpool(
         lambda: (
             may(ctx, p.caller, "operation.control", "operation", op_id),
-            holds(p.caller, "clone.recreate"),
+            holds(p.caller, retry_permission(rollouts.show_operation(ctx, op_id).kind)),
         )
     )
     last: tuple | None = None
