@@ -399,6 +399,12 @@ def test_the_forms_are_absent_and_refused_without_their_permission(browser: Any,
     ]:
         answer = page.request.post(srv.url + path, headers={"X-CSRF-Token": csrf}, form=form)
         assert answer.status == 403 and permission in answer.text(), (path, answer.text())
+    answer = page.request.post(
+        srv.url + "/ui/bundles/import",
+        headers={"X-CSRF-Token": csrf, "Content-Type": "application/octet-stream"},
+        data=b"anything",
+    )
+    assert answer.status == 403 and "bundle.import" in answer.text(), answer.text()
     c = srv.client()
     assert c.get("/pools/lab")["max"] == 3 and "x" not in {p["name"] for p in c.get("/pools")}
     assert {u["name"]: u for u in c.get("/users")}[HD]["grants"] == ["helpdesk on pool:lab"]
@@ -564,6 +570,38 @@ def test_sites_clusters_and_keys_changed_on_their_pages(admin: Tab, srv: Any) ->
     actions = {(e["actor"], e["action"]) for e in c.get("/audit")}
     assert {("user:root", "site.create"), ("user:root", "cluster.create")} <= actions
     assert [e for e in admin.errors if not re.search(r"status of 4\d\d", e)] == []
+
+
+def test_a_bundle_uploaded_on_the_keys_page(admin: Tab, srv: Any, tmp_path: Path) -> None:
+    page, c = admin.page, srv.client()
+    junk = tmp_path / "junk.bundle"
+    junk.write_bytes(b"not a bundle at all" * 100)
+    admin.go("/ui/keys")
+    page.set_input_files("#bundle-file", str(junk))
+    page.click("#bundle-go")
+    page.wait_for_selector("#bundle-result .error")
+    assert page.inner_text("#bundle-result").startswith(
+        "422: bundle refused: the file is truncated or not a bundle"
+    )
+    # this server's own bundle of win, its own key trusted: imported again
+    own = c.get("/keys")["own"]["public_key"]
+    c.post("/keys/trust", {"name": "myself", "public_key": own})
+    got = httpx.get(
+        srv.url + "/templates/win/bundle", headers={"Authorization": f"Bearer {srv.token}"}
+    )
+    assert got.status_code == 200
+    real = tmp_path / "win.bundle"
+    real.write_bytes(got.content)
+    page.set_input_files("#bundle-file", str(real))
+    page.click("#bundle-go")
+    page.wait_for_selector("#bundle-result .ok")
+    said = page.inner_text("#bundle-result")
+    assert said.startswith("bundle of win imported (signed by myself): versions added none;")
+    assert "already here v1" in said  # nothing new: every version of it is here
+    assert any(
+        e["action"] == "bundle.import" and e["actor"] == f"user:{ADMIN}" for e in c.get("/audit")
+    )
+    assert [e for e in admin.errors if "status of 422" not in e] == []
 
 
 def test_a_helpdesk_user_of_one_pool_sees_its_clones_and_no_maintenance(

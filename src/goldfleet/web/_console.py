@@ -598,6 +598,35 @@ def console_app(ctx: Context) -> FastAPI:
             return error_fragment(exc)
         return done_fragment(f"cluster {name} synced", refresh=True)
 
+    @app.post("/ui/bundles/import")
+    async def bundle_import(request: Request) -> Response:
+        """The bundle file as the request's body (console.js sends it with fetch), streamed
+        into the incoming folder as the API's upload is; the CSRF token in its header."""
+        from goldfleet.api.uploads import received_body
+
+        p = await page(request)
+        sent = request.headers.get("x-csrf-token") or ""
+        if not sent or not hmac.compare_digest(sent, p.csrf):
+            raise Forbidden("the form's CSRF token is missing or wrong: reload the page")
+        limit = ctx.settings.max_virtual_size * 4 + (64 << 20)
+        try:
+            await run_in_threadpool(access.authorize, ctx, p.caller, "bundle.import", None, None)
+            async with received_body(
+                request, ctx, prefix="bundle", limit=limit, what="bundle"
+            ) as file:
+                made = await run_in_threadpool(
+                    lambda: distribution.import_bundle(ctx, file, actor=p.caller.name)
+                )
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        added = ", ".join(f"v{n}" for n in made.versions_added) or "none"
+        skipped = ", ".join(f"v{n}" for n in made.versions_skipped) or "none"
+        return done_fragment(
+            f"bundle of {made.template} imported (signed by {made.signer}): versions added"
+            f" {added}; already here {skipped}; {made.layers_received} layers received",
+            f"/ui/templates/{quote(made.template)}",
+        )
+
     @app.post("/ui/keys/trust")
     async def key_trust(request: Request) -> Response:
         p, fields = await action(request)
@@ -1384,8 +1413,9 @@ def _keys(p: Page) -> dict[str, Any]:
         "title": "Bundles and keys",
         "forms": "_key_forms.html",
         "key_write": may(ctx, c, "key.write", None, None),
+        "bundle_import": may(ctx, c, "bundle.import", None, None),
         "intro": "This server's signing key and the keys it trusts for offline bundles. "
-        "Export and import bundles with `goldfleet bundle export|import`; untrust a key with"
+        "Export bundles with `goldfleet bundle export`; untrust a key with"
         " `goldfleet keys untrust`.",
         "tables": [("Keys", ["What", "Value"], rows)],
     }
