@@ -71,7 +71,15 @@ def srv(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
     of ``base`` (3 clones), cluster ``pve``, site ``branch``, an admin user, a helpdesk user
     scoped to ``pool:lab`` and one scoped to ``template:win``."""
     root = tmp_path_factory.mktemp("console")
-    server = Server(home=root / "home")
+    # the sim: a start takes 0.4 s (an operation to pause and cancel while it runs), every
+    # action on VM "odd-001" fails and so does the first message (operations with a failed
+    # item to retry)
+    plan = {
+        "latency_ms": {"start": 400},
+        "fail_vms": ["odd-001"],
+        "fail_nth": {"send_message": 1},  # the first message sent fails
+    }
+    server = Server(home=root / "home", env={"GOLDFLEET_SIM_PLAN": json.dumps(plan)})
     server.start()
     c = server.client()
     for name in ("base", "win"):
@@ -239,6 +247,7 @@ def test_a_maintenance_cycle_done_only_through_the_console(admin: Tab, shots: Pa
     assert page.locator("#items .badge.done").count() == 4
     admin.go("/ui/templates/win")
     assert "v2" in (page.text_content("svg#chain") or "")
+    page.screenshot(path=str(shots / "console-template.png"), full_page=True)  # docs/img
     assert admin.errors == []
 
 
@@ -258,6 +267,341 @@ def test_bulk_restore_of_50_selected_clones_starts_one_operation(admin: Tab, srv
     entries = [e for e in srv.client().get("/audit") if e["action"] == "clone.restore"]
     assert any(e["actor"] == f"user:{ADMIN}" and e["detail"].get("count") == 50 for e in entries)
     assert admin.errors == []
+
+
+def test_selected_clones_stopped_as_one_operation_that_reaches_done(admin: Tab, srv: Any) -> None:
+    c = srv.client()
+    started = [f"base-05{i}" for i in range(2, 6)]
+    op = c.post("/clones/start", {"names": started, "wait": True})
+    assert (op["kind"], op["done"]) == ("clone.start", 4)
+    c.post("/sim/sessions", {"vm": started[0], "user": "erin"})
+    running = {r["name"] for r in c.get("/clones", params={"state": "running"})}
+    page = admin.page
+    admin.go("/ui/clones?template=base&state=running&size=50")
+    page.check("#select-all")
+    assert page.inner_text("#selected-count") == f"{len(running)} selected"
+    page.select_option("#bulk-action", "stop")
+    page.click("#bulk-go")
+    page.wait_for_selector("#bulk-result .ok")
+    op_id = int(re.search(r"operation (\d+) started", page.inner_text("#bulk-result")).group(1))
+    page.click("#bulk-result a")
+    page.wait_for_selector("#op-status:text('done')", timeout=60_000)
+    assert f"{len(running)} done, 0 failed" in page.inner_text("#op-counts")
+    op = c.get(f"/operations/{op_id}")
+    assert (op["kind"], op["total"], op["done"]) == ("clone.stop", len(running), len(running))
+    assert c.get("/clones", params={"state": "running"}) == []
+    assert c.get("/sim/sessions", params={"vm": started[0]}) == []  # logged off, then stopped
+    entries = [e for e in c.get("/audit") if e["action"] == "clone.stop"]
+    assert any(e["actor"] == f"user:{ADMIN}" and e["detail"].get("operation") == op_id
+               for e in entries)  # fmt: skip
+    assert admin.errors == []
+
+
+def test_users_grants_and_a_token_made_on_the_users_page(admin: Tab, srv: Any) -> None:
+    page, c = admin.page, srv.client()
+    admin.go("/ui/users")
+    page.fill("#new-user", "newbie")
+    page.fill("#new-password", "newbie-password-1")
+    page.select_option("#new-role", "helpdesk")
+    page.fill("#new-scope", "pool:lab")
+    page.click("#user-create")
+    page.wait_for_selector("main td:text-is('newbie')")  # the page reloaded with the user
+    users = {u["name"]: u for u in c.get("/users")}
+    assert users["newbie"]["grants"] == ["helpdesk on pool:lab"]
+    # the same name again: refused in the server's words, next to the form
+    page.fill("#new-user", "newbie")
+    page.fill("#new-password", "newbie-password-1")
+    page.click("#user-create")
+    page.wait_for_selector("#user-create-result .error")
+    assert "409: user newbie already exists" in page.inner_text("#user-create-result")
+    page.select_option("#grant-user", "newbie")
+    page.select_option("#grant-role", "auditor")
+    page.fill("#grant-scope", "template:win")
+    page.click("#grant-add")
+    page.wait_for_selector("main td:text('auditor on template:win')")
+    assert "auditor on template:win" in {u["name"]: u for u in c.get("/users")}["newbie"]["grants"]
+    page.select_option("#grant-user", "newbie")
+    page.select_option("#grant-role", "auditor")
+    page.fill("#grant-scope", "template:win")
+    page.click("#grant-remove")
+    page.wait_for_selector("main td:text('auditor on template:win')", state="detached")
+    assert {u["name"]: u for u in c.get("/users")}["newbie"]["grants"] == ["helpdesk on pool:lab"]
+    # a token: its value shown once, and it works against the API
+    admin.go("/ui/users")
+    page.fill("#token-name", "deploy")
+    page.select_option("#token-role", "auditor")
+    page.click("#token-create")
+    value = page.inner_text("#token-value")
+    assert value.startswith("gf_")
+    got = httpx.get(srv.url + "/templates", headers={"Authorization": f"Bearer {value}"})
+    assert got.status_code == 200
+    admin.go("/ui/users")
+    assert value not in page.content()  # listed by name, never by value
+    assert "deploy" in page.inner_text("main")
+    actions = {(e["actor"], e["action"], e["target"]) for e in c.get("/audit")}
+    assert ("user:root", "user.create", "newbie") in actions
+    assert any(a[:2] == ("user:root", "token.create") for a in actions)
+    assert admin.errors == [] or all("status of 409" in e for e in admin.errors), admin.errors
+
+
+def test_a_pool_created_resized_and_deleted_on_the_pools_page(admin: Tab, srv: Any) -> None:
+    page, c = admin.page, srv.client()
+    admin.go("/ui/pools")
+    page.fill("#pool-name", "kiosk")
+    page.select_option("#pool-template", "base")
+    page.fill("#pool-max", "2")
+    page.fill("#pool-buffer", "1")
+    page.click("#pool-create")
+    page.wait_for_selector("main a[href='/ui/clones?pool=kiosk']")
+    assert (c.get("/pools/kiosk")["max"], c.get("/pools/kiosk")["buffer"]) == (2, 1)
+    page.select_option("#resize-pool", "kiosk")
+    page.fill("#resize-max", "0")
+    page.click("#pool-resize")
+    page.wait_for_selector("#pool-resize-result .error")
+    assert "422" in page.inner_text("#pool-resize-result")
+    assert c.get("/pools/kiosk")["max"] == 2  # nothing changed
+    page.fill("#resize-max", "4")
+    page.fill("#resize-buffer", "2")
+    page.click("#pool-resize")
+    page.wait_for_selector("main tr:has(a[href='/ui/clones?pool=kiosk']) td:text-is('4')")
+    assert (c.get("/pools/kiosk")["max"], c.get("/pools/kiosk")["buffer"]) == (4, 2)
+    admin.go("/ui/pools")
+    page.select_option("#delete-pool", "kiosk")
+    page.click("#pool-delete")
+    page.wait_for_selector("#pool-delete-result .ok")
+    assert "kiosk" not in {p["name"] for p in c.get("/pools")}
+    actions = {(e["actor"], e["action"], e["target"]) for e in c.get("/audit")}
+    assert {("user:root", a, "kiosk") for a in ("pool.create", "pool.resize", "pool.delete")} <= (
+        actions
+    )
+    assert [e for e in admin.errors if "status of 422" not in e] == []
+
+
+def test_the_forms_are_absent_and_refused_without_their_permission(browser: Any, srv: Any) -> None:
+    tab = Tab(browser, srv)
+    tab.login(HD, HD_PW)  # helpdesk on pool:lab: reads pools, writes none, no users
+    page = tab.page
+    tab.go("/ui/pools")
+    assert page.locator("#pool-forms, #pool-create, #pool-resize, #pool-delete").count() == 0
+    csrf = page.get_attribute('meta[name="csrf-token"]', "content")
+    for path, form, permission in [
+        ("/ui/pools/resize", {"pool": "lab", "max": "9"}, "pool.write"),
+        ("/ui/pools/delete", {"pool": "lab"}, "pool.write"),
+        ("/ui/pools", {"name": "x", "template": "base", "max": "1"}, "pool.write"),
+        ("/ui/users", {"name": "x", "password": "x-password-123", "role": "admin"}, "user.write"),
+        ("/ui/grants/add", {"user": HD, "role": "admin", "scope": "/"}, "user.write"),
+        ("/ui/tokens", {"name": "x", "role": "admin"}, "user.write"),
+        ("/ui/sites", {"name": "x"}, "site.write"),
+        ("/ui/sites/assign", {"site": "branch", "template": "base"}, "site.write"),
+        ("/ui/clusters", {"name": "x", "hosts": "h", "coordinator": "h"}, "cluster.write"),
+        ("/ui/clusters/pve/sync", {}, "cluster.write"),
+        ("/ui/keys/trust", {"name": "x", "public_key": "ab" * 32}, "key.write"),
+    ]:
+        answer = page.request.post(srv.url + path, headers={"X-CSRF-Token": csrf}, form=form)
+        assert answer.status == 403 and permission in answer.text(), (path, answer.text())
+    answer = page.request.post(
+        srv.url + "/ui/bundles/import",
+        headers={"X-CSRF-Token": csrf, "Content-Type": "application/octet-stream"},
+        data=b"anything",
+    )
+    assert answer.status == 403 and "bundle.import" in answer.text(), answer.text()
+    c = srv.client()
+    assert c.get("/pools/lab")["max"] == 3 and "x" not in {p["name"] for p in c.get("/pools")}
+    assert {u["name"]: u for u in c.get("/users")}[HD]["grants"] == ["helpdesk on pool:lab"]
+    assert "x" not in {u["name"] for u in c.get("/users")}
+    assert "x" not in {t["name"] for t in c.get("/tokens")}
+    tab.close()
+
+
+def test_an_operation_paused_resumed_and_cancelled_from_its_page(
+    admin: Tab, srv: Any, shots: Path
+) -> None:
+    c, page = srv.client(), admin.page
+    names = [f"base-0{i}" for i in range(10, 30)]  # 20 starts of 0.4 s, one at a time
+    op = c.post("/clones/start", {"names": names, "rollout": {"max_parallel": 1}})
+    admin.go(f"/ui/operations/{op['id']}")
+    page.click("#op-pause")
+    page.wait_for_selector("#op-status:text('paused')")
+    page.click("#op-resume")
+    page.wait_for_selector("#op-status:text('running')")
+    deadline = time.monotonic() + 15  # a few done, live: the picture of a running operation
+    while int(page.get_attribute("#op-bar", "value") or 0) < 3 and time.monotonic() < deadline:
+        page.wait_for_timeout(100)
+    page.screenshot(path=str(shots / "console-operation.png"), full_page=True)  # docs/img
+    page.click("#op-cancel")
+    page.wait_for_selector("#op-status:text('cancelled')", timeout=30_000)
+    shown = c.get(f"/operations/{op['id']}")
+    assert shown["status"] == "cancelled" and 0 < shown["cancelled"] < 20, shown
+    assert page.locator("#op-cancel, #op-pause, #op-resume").count() == 0  # it has ended
+    steps = [
+        e["action"]
+        for e in c.get("/audit")
+        if e["actor"] == f"user:{ADMIN}" and e["target"] == str(op["id"])
+    ]
+    assert {"operation.pause", "operation.resume", "operation.cancel"} <= set(steps), steps
+    assert admin.errors == []
+
+
+def test_the_failed_items_of_an_operation_retried_as_one_operation(admin: Tab, srv: Any) -> None:
+    c, page = srv.client(), admin.page
+    made = c.post("/clones", {"template": "base", "name": "odd-001", "wait": True})["operation"]
+    assert made["failed"] == 1, made  # the sim fails every action on odd-001
+    admin.go(f"/ui/operations/{made['id']}")
+    page.wait_for_selector("#op-status:text('failed')")
+    first = page.url
+    page.click("#op-retry")
+    page.wait_for_url(lambda url: url != first and re.search(r"/ui/operations/\d+$", url))
+    retry_id = int(page.url.rsplit("/", 1)[1])
+    assert retry_id != made["id"]
+    page.wait_for_selector("#op-status:text('failed')", timeout=30_000)  # it fails again
+    again = c.get(f"/operations/{retry_id}")
+    assert (again["kind"], again["total"], again["failed"]) == ("clone.retry", 1, 1)
+    assert "odd-001" in page.inner_text("#items")
+    assert [e for e in admin.errors if "status of" not in e] == []
+
+
+def test_a_failed_message_retried_as_the_same_message_to_that_clone(admin: Tab, srv: Any) -> None:
+    c, page = srv.client(), admin.page
+    names = ["base-040", "base-041"]
+    c.post("/clones/start", {"names": names, "wait": True})
+    op = c.post("/clones/message", {"names": names, "text": "Lunch at noon", "wait": True})
+    assert (op["done"], op["failed"]) == (1, 1), op  # the sim failed the first message
+    admin.go(f"/ui/operations/{op['id']}")
+    first = page.url
+    page.click("#op-retry")
+    page.wait_for_url(lambda url: url != first and re.search(r"/ui/operations/\d+$", url))
+    page.wait_for_selector("#op-status:text('done')", timeout=30_000)
+    again = c.get(f"/operations/{page.url.rsplit('/', 1)[1]}")
+    assert (again["kind"], again["total"], again["done"]) == ("clone.message", 1, 1)
+    got = {n: [m["text"] for m in c.get("/sim/messages", params={"vm": n})] for n in names}
+    assert sorted(got.values()) == [["Lunch at noon"], ["Lunch at noon"]], got
+    assert {c.get(f"/clones/{n}")["status"] for n in names} == {"ready"}  # items failed, not clones
+    assert admin.errors == []
+
+
+def test_maintenance_aborted_from_the_template_page(admin: Tab, srv: Any) -> None:
+    page = admin.page
+    admin.go("/ui/templates/win")
+    page.click("#enter-maintenance")
+    page.wait_for_selector("#abort-maintenance")
+    assert srv.client().get("/templates/win")["status"] == "maintenance"
+    page.click("#abort-maintenance")  # its confirmation accepted
+    page.wait_for_selector("#enter-maintenance")
+    assert srv.client().get("/templates/win")["status"] == "ready"
+    assert any(
+        e["action"] == "template.maintenance.abort" and e["actor"] == f"user:{ADMIN}"
+        for e in srv.client().get("/audit")
+    )
+    assert admin.errors == []
+
+
+def test_a_disabled_users_session_reaches_no_page(browser: Any, admin: Tab, srv: Any) -> None:
+    srv.client().post("/users", {"name": "leaver", "password": "leaver-password-1",
+                                 "role": "helpdesk", "scope": "pool:lab"})  # fmt: skip
+    tab = Tab(browser, srv)
+    tab.login("leaver", "leaver-password-1")
+    assert tab.go("/ui/clones").status == 200
+    admin.go("/ui/users")
+    admin.page.click("ul.useractions li:has-text('leaver:') button:text('Disable')")
+    admin.page.wait_for_selector("ul.useractions li:has-text('leaver:') button:text('Enable')")
+    for path in ["/ui/", "/ui/clones", "/ui/pools"]:
+        tab.go(path)
+        tab.page.wait_for_url(re.compile(r".*/ui/login\?next=.*"))
+    csrf_less = tab.page.request.post(srv.url + "/ui/clones/bulk", form={"action": "stop"})
+    assert csrf_less.status == 401
+    tab.close()
+
+
+def test_the_login_throttle_is_shown_with_its_429(browser: Any, srv: Any) -> None:
+    srv.client().post("/users", {"name": "forgetful", "password": "forgetful-password-1",
+                                 "role": "auditor"})  # fmt: skip
+    tab = Tab(browser, srv)
+    tab.go("/ui/login")
+    for _ in range(5):
+        tab.page.fill("#name", "forgetful")
+        tab.page.fill("#password", "not-it")
+        tab.page.click("button[type=submit]")
+        tab.page.wait_for_selector("#login-error")
+    tab.page.fill("#name", "forgetful")
+    tab.page.fill("#password", "forgetful-password-1")  # right, but too soon
+    answer = tab.page.expect_response(lambda r: r.url.endswith("/ui/login"))
+    with answer as got:
+        tab.page.click("button[type=submit]")
+    assert got.value.status == 429
+    assert "failed logins of forgetful: try again in" in tab.page.inner_text("#login-error")
+    assert any(e["action"] == "auth.login-throttled" for e in srv.client().get("/audit"))
+    tab.close()
+
+
+def test_sites_clusters_and_keys_changed_on_their_pages(admin: Tab, srv: Any) -> None:
+    page, c = admin.page, srv.client()
+    admin.go("/ui/sites")
+    page.fill("#site-name", "harbour")
+    page.click("#site-create")
+    assert page.inner_text("#site-token").startswith("gf_")  # shown once
+    admin.go("/ui/sites")
+    assert "harbour" in page.inner_text("main table")
+    page.select_option("#assign-site", "branch")
+    page.select_option("#assign-template", "win")
+    page.click("#site-assign")
+    page.wait_for_selector("main tr:has(td:text-is('branch')) td:text-is('win')")
+    assert "win" in {s["name"]: s for s in c.get("/sites")}["branch"]["templates"]
+    admin.go("/ui/hosts")
+    page.fill("#cluster-name", "edge")
+    page.fill("#cluster-hosts", "sim-host-2")
+    page.fill("#cluster-coordinator", "sim-host-2")
+    page.click("#cluster-create")
+    page.wait_for_selector("main td:text-is('edge')")
+    assert c.get("/clusters/edge")["coordinator"] == "sim-host-2"
+    # pve has no package channel: the sync is refused in the server's words, next to the table
+    page.click("main tr:has(td:text-is('pve')) button:text('Sync now')")
+    page.wait_for_selector("#table-result .error")
+    refusal = page.inner_text("#table-result")
+    assert re.match(r"^4\d\d: ", refusal) and "pve" in refusal, refusal
+    admin.go("/ui/keys")
+    page.fill("#key-name", "partner")
+    page.fill("#key-public", "not a key")
+    page.click("#key-trust")
+    page.wait_for_selector("#key-trust-result .error")
+    assert "422" in page.inner_text("#key-trust-result")
+    page.fill("#key-public", "ab" * 32)
+    page.click("#key-trust")
+    page.wait_for_selector("main td:has-text('partner')")
+    actions = {(e["actor"], e["action"]) for e in c.get("/audit")}
+    assert {("user:root", "site.create"), ("user:root", "cluster.create")} <= actions
+    assert [e for e in admin.errors if not re.search(r"status of 4\d\d", e)] == []
+
+
+def test_a_bundle_uploaded_on_the_keys_page(admin: Tab, srv: Any, tmp_path: Path) -> None:
+    page, c = admin.page, srv.client()
+    junk = tmp_path / "junk.bundle"
+    junk.write_bytes(b"not a bundle at all" * 100)
+    admin.go("/ui/keys")
+    page.set_input_files("#bundle-file", str(junk))
+    page.click("#bundle-go")
+    page.wait_for_selector("#bundle-result .error")
+    assert page.inner_text("#bundle-result").startswith(
+        "422: bundle refused: the file is truncated or not a bundle"
+    )
+    # this server's own bundle of win, its own key trusted: imported again
+    own = c.get("/keys")["own"]["public_key"]
+    c.post("/keys/trust", {"name": "myself", "public_key": own})
+    got = httpx.get(
+        srv.url + "/templates/win/bundle", headers={"Authorization": f"Bearer {srv.token}"}
+    )
+    assert got.status_code == 200
+    real = tmp_path / "win.bundle"
+    real.write_bytes(got.content)
+    page.set_input_files("#bundle-file", str(real))
+    page.click("#bundle-go")
+    page.wait_for_selector("#bundle-result .ok")
+    said = page.inner_text("#bundle-result")
+    assert said.startswith("bundle of win imported (signed by myself): versions added none;")
+    assert "already here v1" in said  # nothing new: every version of it is here
+    assert any(
+        e["action"] == "bundle.import" and e["actor"] == f"user:{ADMIN}" for e in c.get("/audit")
+    )
+    assert [e for e in admin.errors if "status of 422" not in e] == []
 
 
 def test_a_helpdesk_user_of_one_pool_sees_its_clones_and_no_maintenance(

@@ -159,3 +159,21 @@ def test_pool_cli_json(fleet, template: str) -> None:
     assert kept == {"pool": "labs", "operation": None}
     assert len(fleet.client.get("/clones")) == 2  # plain clones now
     assert fleet.cli_json("pool", "list") == []
+
+
+def test_pool_resized_over_http_and_the_cli(fleet, client: Client, template: str) -> None:
+    client.post("/pools", {"name": "desks", "template": template, "min": 0, "max": 2, "buffer": 2})
+    wait_ready(client, "desks", idle=2, total=2)
+    grown = client.put("/pools/desks/size", {"min": 0, "max": 4, "buffer": 3})
+    assert (grown["max"], grown["buffer"]) == (4, 3)
+    wait_ready(client, "desks", idle=3, total=3)  # provisioned to the new buffer
+    # a maximum below the pool's clones is refused, and nothing changes
+    status, message = refused(client.put, "/pools/desks/size", {"min": 0, "max": 2, "buffer": 1})
+    assert status == 409 and "has 3 clones" in message
+    status, message = refused(client.put, "/pools/desks/size", {"min": 5, "max": 4})
+    assert status == 422
+    assert client.get("/pools/desks")["max"] == 4
+    shown = fleet.cli_json("pool", "resize", "desks", "--max", "5", "--buffer", "3")
+    assert (shown["min"], shown["max"], shown["buffer"]) == (0, 5, 3)
+    entry = next(e for e in client.get("/audit") if e["action"] == "pool.resize")
+    assert entry["detail"]["was"] == {"min": 0, "max": 4, "buffer": 3}

@@ -741,3 +741,15 @@ def test_policy_from_a_partial_row_fills_the_defaults() -> None:
     assert Policy.from_json({"logoff": "force", "canary": 3}) == Policy(
         logoff=Logoff.FORCE, canary=3
     )
+
+
+def test_leave_is_the_services_own_logoff_mode_never_an_admins():
+    """A start or a message (Logoff.LEAVE) never waits on users; an admin cannot ask for it
+    (a rebuild under it would shut a VM down under its users)."""
+    now = datetime(2026, 1, 1)
+    leave = Policy(logoff=Logoff.LEAVE)
+    assert session_step(leave, ["alice"], None, now) == (SessionStep.GO, None)
+    assert session_step(Policy(), ["alice"], None, now)[0] == SessionStep.WAIT
+    with pytest.raises(InvalidInput, match="--logoff 'leave' is not valid"):
+        build_policy(now=now, logoff="leave")
+    assert Policy.from_json(leave.to_json()) == leave

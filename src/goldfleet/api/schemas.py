@@ -112,6 +112,21 @@ class CloneRebaseMany(Body):
     rollout: Rollout | None = None
 
 
+class CloneSelection(Body):
+    """Clones by name (up to 10,000), or every ready clone of a template: one operation."""
+
+    names: list[Annotated[str, Field(max_length=255)]] | None = Field(
+        default=None, min_length=1, max_length=10_000
+    )
+    template: str | None = Field(default=None, max_length=255)
+    wait: StrictBool = False
+    rollout: Rollout | None = None
+
+
+class CloneMessageMany(CloneSelection):
+    text: str = Field(max_length=1000)
+
+
 class CloneRetry(Body):
     name: str | None = None
     all: StrictBool = False

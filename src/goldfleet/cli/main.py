@@ -676,16 +676,45 @@ def _clone_action(verb: str, name: str, as_json: bool, body: dict | None = None)
     output.emit_json(c) if as_json else output.clone_rows([c])
 
 
+def _clone_power(verb: str, name: str | None, template: str | None, detach: bool,
+                 as_json: bool) -> None:  # fmt: skip
+    if (name is None) == (template is None):
+        _fail("give either a clone name or --template")
+    if name is not None:
+        _clone_action(verb, name, as_json)
+        return
+    client = _client()
+    op = _call(client.post, f"/clones/{verb}", {"template": template})
+    if not detach:
+        op = _watch(client, op, f"{verb} of the clones of {template}", quiet=as_json)
+    _finish(op, as_json)
+
+
 @clone_app.command("start")
-def clone_start(name: str, as_json: JsonOpt = False) -> None:
-    """Start a clone."""
-    _clone_action("start", name, as_json)
+def clone_start(
+    name: Annotated[str | None, typer.Argument(help="One clone (or use --template).")] = None,
+    template: Annotated[
+        str | None, typer.Option(help="Every ready clone of a template, as one operation.")
+    ] = None,
+    detach: DetachOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a clone (or every ready clone of --template)."""
+    _clone_power("start", name, template, detach, as_json)
 
 
 @clone_app.command("stop")
-def clone_stop(name: str, as_json: JsonOpt = False) -> None:
-    """Stop a clone; its temp volumes are emptied."""
-    _clone_action("stop", name, as_json)
+def clone_stop(
+    name: Annotated[str | None, typer.Argument(help="One clone (or use --template).")] = None,
+    template: Annotated[
+        str | None,
+        typer.Option(help="Every ready clone of a template, as one operation (users logged off)."),
+    ] = None,
+    detach: DetachOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Stop a clone (or every ready clone of --template); temp volumes are emptied."""
+    _clone_power("stop", name, template, detach, as_json)
 
 
 @clone_app.command("restore")

@@ -191,6 +191,19 @@ def release(name: str, user: str, as_json: JsonOpt = False) -> None:
         output.console.print(f"clone {c['name']} of pool {name} released by {user}")
 
 
+@pool_app.command("resize")
+def resize(
+    name: str,
+    max_size: Annotated[int, typer.Option("--max", help="Never more clones than this.")],
+    min_size: Annotated[int, typer.Option("--min", help="At least this many clones.")] = 0,
+    buffer: Annotated[int, typer.Option(help="Idle clones kept ready for new users.")] = 0,
+    as_json: JsonOpt = False,
+) -> None:
+    """New sizes for a pool (a --max below its clones is refused)."""
+    body = {"min": min_size, "max": max_size, "buffer": buffer}
+    _show(_call("PUT", f"/pools/{name}/size", json=body), as_json)
+
+
 @pool_app.command("drain")
 def drain(name: str, as_json: JsonOpt = False) -> None:
     """Stop assigning clones (assigned users keep theirs)."""

@@ -57,6 +57,18 @@ class CloneAction(StrEnum):
     REBASE = "rebase"
     RECREATE = "recreate"
     DELETE = "delete"
+    # power and sessions: they leave the clone's files and status alone (LIGHT below)
+    START = "start"
+    STOP = "stop"
+    MESSAGE = "message"  # the text is the operation's policy message
+    LOGOFF = "logoff"  # every user logged in when the item runs
+
+
+# Actions done on a clone without marking it (its status stays, its files are not touched):
+# an operation's item for one of them fails alone, the clone is not failed by it.
+LIGHT_ACTIONS = frozenset(
+    {CloneAction.START, CloneAction.STOP, CloneAction.MESSAGE, CloneAction.LOGOFF}
+)
 
 
 class RecreateScope(StrEnum):

@@ -199,6 +199,8 @@ def check_window_policy(
     ``logoff``, ``grace_seconds`` and ``message``); unset fields take the rollout defaults."""
     try:
         mode = Logoff(logoff or Logoff.WAIT)
+        if mode == Logoff.LEAVE:
+            raise ValueError(logoff)
     except ValueError:
         raise InvalidInput(
             f"--window-logoff {logoff!r} is not valid: use wait, notify-force or force"

@@ -29,6 +29,9 @@ class Logoff(StrEnum):
     WAIT = "wait"  # never touch a clone with an active session
     NOTIFY_FORCE = "notify-force"  # message the users, wait the grace period, log them off
     FORCE = "force"  # log them off at once
+    # leave users be: for work that does not disturb them (a start, a message). Set by the
+    # services for those operations only; never accepted from an admin (build_policy)
+    LEAVE = "leave"
 
 
 class OpStatus(StrEnum):
@@ -198,7 +201,7 @@ def session_step(
     policy: Policy, users: list[str], notified_at: datetime | None, now: datetime
 ) -> tuple[SessionStep, str | None]:
     """What to do with a clone whose logged-in users are ``users``; with the reason shown."""
-    if not users:
+    if not users or policy.logoff == Logoff.LEAVE:
         return SessionStep.GO, None
     who = ", ".join(sorted(users))
     if policy.logoff == Logoff.FORCE:
@@ -247,6 +250,8 @@ def build_policy(
     """A policy from what an admin typed (CLI flags or API fields)."""
     try:
         mode = Logoff(logoff)
+        if mode == Logoff.LEAVE:
+            raise ValueError(logoff)
     except ValueError:
         raise InvalidInput(
             f"--logoff {logoff!r} is not valid: use wait, notify-force or force"

@@ -41,6 +41,8 @@ from goldfleet.domain.access import (
     site_path,
     template_path,
 )
+from goldfleet.domain.model import LIGHT_ACTIONS
+from goldfleet.domain.rollout import Policy
 from goldfleet.errors import Forbidden, GoldfleetError, InvalidInput, Unauthorized
 from goldfleet.services import (
     access,
@@ -65,6 +67,7 @@ PAGE_SIZES = (50, 100, 200, 500)
 MAX_ITEMS_SHOWN = 500  # an operation's items on its page (the counts cover them all)
 SSE_TICK = 0.2  # seconds between looks at a running operation
 SSE_STREAM_SECONDS = 30.0  # then the stream ends and the browser opens a new one
+LIGHT_KINDS = frozenset(str(a) for a in LIGHT_ACTIONS)  # start, stop, message, logoff
 
 templates = Jinja2Templates(directory=str(HERE / "templates"))
 
@@ -483,6 +486,162 @@ def console_app(ctx: Context) -> FastAPI:
         p = await page(request)
         return p.render("table.html", **(await run_in_threadpool(_users, p)))
 
+    @app.post("/ui/pools")
+    async def pool_create(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            done = await run_in_threadpool(_pool_create, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"pool {done.name} created", refresh=True)
+
+    @app.post("/ui/pools/resize")
+    async def pool_resize(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            done = await run_in_threadpool(_pool_resize, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(
+            f"pool {done.name}: min {done.min}, max {done.max}, buffer {done.buffer}", refresh=True
+        )
+
+    @app.post("/ui/pools/delete")
+    async def pool_delete(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            name, op = await run_in_threadpool(_pool_delete, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        if op is None:
+            return done_fragment(f"pool {name} deleted", refresh=True)
+        return done_fragment(
+            f"pool {name} deleted; operation {op.id} deletes its {op.total} clones",
+            f"/ui/operations/{op.id}",
+        )
+
+    @app.post("/ui/users")
+    async def user_create(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            made = await run_in_threadpool(_user_create, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"user {made.name} created", refresh=True)
+
+    @app.post("/ui/grants/{verb}")
+    async def grant_change(request: Request, verb: str) -> Response:
+        p, fields = await action(request)
+        if verb not in ("add", "remove"):
+            return error_fragment(f"no grant action {verb!r}: use add or remove", 404)
+        try:
+            said = await run_in_threadpool(_grant, p, fields, verb == "add")
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(said, refresh=True)
+
+    @app.post("/ui/tokens")
+    async def token_create(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            name, value = await run_in_threadpool(_token_create, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        body = templates.env.from_string(
+            '<div class="ok" role="status"><p>Token {{ name }} created. Its value, shown this'
+            " once (copy it now; only its hash is kept):</p>"
+            '<p><code id="token-value">{{ value }}</code></p></div>'
+        ).render(name=name, value=value)
+        return HTMLResponse(body)
+
+    @app.post("/ui/sites")
+    async def site_create(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            made = await run_in_threadpool(_site_create, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        body = templates.env.from_string(
+            '<div class="ok" role="status"><p>Site {{ name }} created. Its token, shown this'
+            " once (give it to the site's server: goldfleet site join; only its hash is kept):"
+            '</p><p><code id="site-token">{{ value }}</code></p></div>'
+        ).render(name=made.site.name, value=made.token)
+        return HTMLResponse(body)
+
+    @app.post("/ui/sites/assign")
+    async def site_assign(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            said = await run_in_threadpool(_site_assign, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(said, refresh=True)
+
+    @app.post("/ui/clusters")
+    async def cluster_create(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            made = await run_in_threadpool(_cluster_create, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"cluster {made.name} created", refresh=True)
+
+    @app.post("/ui/clusters/{name}/sync")
+    async def cluster_sync(request: Request, name: str) -> Response:
+        p, _ = await action(request)
+        try:
+            await run_in_threadpool(
+                access.authorize, ctx, p.caller, "cluster.write", "cluster", name
+            )
+            await run_in_threadpool(lambda: clusters.sync(ctx, name, actor=p.caller.name))
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"cluster {name} synced", refresh=True)
+
+    @app.post("/ui/bundles/import")
+    async def bundle_import(request: Request) -> Response:
+        """The bundle file as the request's body (console.js sends it with fetch), streamed
+        into the incoming folder as the API's upload is; the CSRF token in its header."""
+        from goldfleet.api.uploads import received_body
+
+        p = await page(request)
+        sent = request.headers.get("x-csrf-token") or ""
+        if not sent or not hmac.compare_digest(sent, p.csrf):
+            raise Forbidden("the form's CSRF token is missing or wrong: reload the page")
+        limit = ctx.settings.max_virtual_size * 4 + (64 << 20)
+        try:
+            await run_in_threadpool(access.authorize, ctx, p.caller, "bundle.import", None, None)
+            async with received_body(
+                request, ctx, prefix="bundle", limit=limit, what="bundle"
+            ) as file:
+                made = await run_in_threadpool(
+                    lambda: distribution.import_bundle(ctx, file, actor=p.caller.name)
+                )
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        added = ", ".join(f"v{n}" for n in made.versions_added) or "none"
+        skipped = ", ".join(f"v{n}" for n in made.versions_skipped) or "none"
+        return done_fragment(
+            f"bundle of {made.template} imported (signed by {made.signer}): versions added"
+            f" {added}; already here {skipped}; {made.layers_received} layers received",
+            f"/ui/templates/{quote(made.template)}",
+        )
+
+    @app.post("/ui/keys/trust")
+    async def key_trust(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            await run_in_threadpool(access.authorize, ctx, p.caller, "key.write", None, None)
+            name = text(fields, "name") or ""
+            await run_in_threadpool(
+                lambda: distribution.trust_key(
+                    ctx, name, str(fields.get("public_key") or ""), actor=p.caller.name
+                )
+            )
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"key {name} trusted", refresh=True)
+
     @app.post("/ui/pools/{name}/{verb}")
     async def pool_control(request: Request, name: str, verb: str) -> Response:
         p, _ = await action(request)
@@ -801,42 +960,15 @@ def _bulk(p: Page, fields: dict[str, Any]) -> Response:
         raise InvalidInput("no clone selected")
     for name in names:  # every clone, before anything is done to any
         access.authorize(ctx, c, permission, "clone", name)
-    if verb in fleet.BULK_ACTIONS:
-        op = fleet.bulk_action(ctx, names=names, action=verb, actor=c.name)
-        link = f"/ui/operations/{op.id}"
-        return done_fragment(f"operation {op.id} started: {verb} of {op.total} clones", link)
-    problems: list[str] = []
-    if verb in ("start", "stop"):
-        run = fleet.start_clone if verb == "start" else fleet.stop_clone
-        for name in names:
-            try:
-                run(ctx, name, actor=c.name)
-            except GoldfleetError as exc:
-                problems.append(f"{name}: {exc.message}")
-    elif verb == "message":
-        message = text(fields, "text")
-        if message is None:
-            raise InvalidInput("write the message to send")
-        for name in names:
-            try:
-                report = fleet.send_message(ctx, text=message, clone=name, actor=c.name)
-                problems += [f"{o.clone}: {o.error}" for o in report.outcomes if o.error]
-            except GoldfleetError as exc:
-                problems.append(f"{name}: {exc.message}")
-    else:  # logoff: every user of the selected clones
-        chosen = set(names)
-        for s in fleet.list_sessions(ctx).sessions:
-            if s.clone in chosen:
-                try:
-                    fleet.logoff(ctx, s.clone, s.user, actor=c.name)
-                except GoldfleetError as exc:
-                    problems.append(f"{s.clone}: {exc.message}")
-    if problems:
-        return error_fragment(
-            f"{verb}: {len(problems)} of {len(names)} refused — " + "; ".join(problems[:10]),
-            409,
-        )
-    return done_fragment(f"{verb}: done for {len(names)} clones")
+    op = fleet.bulk_action(
+        ctx,
+        names=names,
+        action=verb,
+        text=text(fields, "text") if verb == "message" else None,
+        actor=c.name,
+    )
+    link = f"/ui/operations/{op.id}"
+    return done_fragment(f"operation {op.id} started: {verb} of {op.total} clones", link)
 
 
 def _operation(p: Page, op_id: int) -> dict[str, Any]:
@@ -847,8 +979,15 @@ def _operation(p: Page, op_id: int) -> dict[str, Any]:
         "op": op,
         "items": rollouts.list_items(ctx, op_id, limit=MAX_ITEMS_SHOWN),
         "can_control": may(ctx, c, "operation.control", "operation", op_id),
-        "can_retry": holds(c, "clone.recreate"),
+        "can_retry": holds(c, retry_permission(op.kind)),
     }
+
+
+def retry_permission(kind: str) -> str:
+    """What retrying an operation's failed items asks: the same start, stop, message or logoff
+    again, or finishing the clones' failed action (clone.recreate, as `clone retry`)."""
+    light = kind.removeprefix("clone.")
+    return f"clone.{light}" if light in LIGHT_KINDS else "clone.recreate"
 
 
 def _control(p: Page, op_id: int, verb: str) -> Response:
@@ -859,6 +998,26 @@ def _control(p: Page, op_id: int, verb: str) -> Response:
         failed = [i.clone for i in items if i.state == "failed"]
         if not failed:
             raise InvalidInput(f"operation {op_id} has no failed item to retry")
+        first = rollouts.show_operation(ctx, op_id)
+        light = first.kind.removeprefix("clone.")
+        if light in LIGHT_KINDS:
+            # a start, stop, message or logoff failed an item, not its clone: the same action
+            # again over those clones, under the same policy (a message: the same text)
+            for name in failed:
+                access.authorize(ctx, c, f"clone.{light}", "clone", name)
+            policy = Policy.from_json(first.policy)
+            op = fleet.bulk_action(
+                ctx,
+                names=failed,
+                action=light,
+                text=policy.message if light == "message" else None,
+                policy=policy,
+                actor=c.name,
+            )
+            link = f"/ui/operations/{op.id}"
+            response = done_fragment(f"operation {op.id}: {light} of {op.total} clones", link)
+            response.headers["HX-Redirect"] = link
+            return response
         for name in failed:
             access.authorize(ctx, c, "clone.recreate", "clone", name)
         op = fleet.retry(ctx, names=failed, actor=c.name)
@@ -890,7 +1049,7 @@ async def _events(p: Page, op_id: int) -> AsyncIterator[bytes]:
     can_control, can_retry = await run_in_threadpool(
         lambda: (
             may(ctx, p.caller, "operation.control", "operation", op_id),
-            holds(p.caller, "clone.recreate"),
+            holds(p.caller, retry_permission(rollouts.show_operation(ctx, op_id).kind)),
         )
     )
     last: tuple | None = None
@@ -986,9 +1145,17 @@ def _pools(p: Page) -> dict[str, Any]:
             return button(f"/ui/pools/{quote(v.name)}/drain", "Drain", f"Drain pool {v.name}?")
         return button(f"/ui/pools/{quote(v.name)}/enable", "Enable")
 
+    templates_writable = [
+        t.name
+        for t in _visible_templates(p)
+        if holds(c, "pool.write") and may(ctx, c, "pool.write", "template", t.name)
+    ]
     return {
         "title": "Pools",
-        "intro": "Create, resize, delete pools and set their windows with `goldfleet pool`.",
+        "intro": "Set pools' maintenance windows with `goldfleet pool window`.",
+        "forms": "_pool_forms.html",
+        "pool_create": templates_writable,
+        "pool_targets": [v.name for v in found if may(ctx, c, "pool.write", "pool", v.name)],
         "tables": [
             (
                 "Pools",
@@ -1012,6 +1179,115 @@ def _pools(p: Page) -> dict[str, Any]:
     }
 
 
+def _pool_create(p: Page, fields: dict[str, Any]) -> Any:
+    ctx, c = p.ctx, p.caller
+    template = text(fields, "template") or ""
+    access.authorize(ctx, c, "pool.write", "template", template)
+    return pools.create_pool(
+        ctx,
+        name=text(fields, "name") or "",
+        template=template,
+        min_size=number(fields, "min", "min") or 0,
+        max_size=_required(number(fields, "max", "max"), "max"),
+        buffer=number(fields, "buffer", "buffer") or 0,
+        actor=c.name,
+    )
+
+
+def _pool_resize(p: Page, fields: dict[str, Any]) -> Any:
+    ctx, c = p.ctx, p.caller
+    name = text(fields, "pool") or ""
+    access.authorize(ctx, c, "pool.write", "pool", name)
+    return pools.resize_pool(
+        ctx,
+        name,
+        min_size=number(fields, "min", "min") or 0,
+        max_size=_required(number(fields, "max", "max"), "max"),
+        buffer=number(fields, "buffer", "buffer") or 0,
+        actor=c.name,
+    )
+
+
+def _pool_delete(p: Page, fields: dict[str, Any]) -> tuple[str, Any]:
+    ctx, c = p.ctx, p.caller
+    name = text(fields, "pool") or ""
+    access.authorize(ctx, c, "pool.write", "pool", name)
+    keep = fields.get("keep_clones") == "on"
+    return name, pools.delete_pool(ctx, name, keep_clones=keep, actor=c.name)
+
+
+def _required(value: int | None, label: str) -> int:
+    if value is None:
+        raise InvalidInput(f"give the {label}")
+    return value
+
+
+def _user_create(p: Page, fields: dict[str, Any]) -> Any:
+    ctx, c = p.ctx, p.caller
+    access.authorize(ctx, c, "user.write", None, None)
+    return access.create_user(
+        ctx,
+        name=text(fields, "name") or "",
+        password=str(fields.get("password") or ""),
+        role=text(fields, "role") or "",
+        scope=text(fields, "scope"),
+        actor=c.name,
+    )
+
+
+def _grant(p: Page, fields: dict[str, Any], add: bool) -> str:
+    ctx, c = p.ctx, p.caller
+    access.authorize(ctx, c, "user.write", None, None)
+    user, role, scope = text(fields, "user"), text(fields, "role"), text(fields, "scope")
+    if not user or not role or not scope:
+        raise InvalidInput("give the user, the role and the scope")
+    holder = access.Holder("user", user)
+    if add:
+        access.add_grant(ctx, holder, role, scope, actor=c.name)
+        return f"{user} holds {role} on {scope}"
+    access.remove_grant(ctx, holder, role, scope, actor=c.name)
+    return f"{user} no longer holds {role} on {scope}"
+
+
+def _token_create(p: Page, fields: dict[str, Any]) -> tuple[str, str]:
+    ctx, c = p.ctx, p.caller
+    access.authorize(ctx, c, "user.write", None, None)
+    name = text(fields, "name") or ""
+    value = access.create_token(
+        ctx, name=name, role=text(fields, "role") or "", scope=text(fields, "scope"), actor=c.name
+    )
+    return name, value
+
+
+def _site_create(p: Page, fields: dict[str, Any]) -> Any:
+    ctx, c = p.ctx, p.caller
+    access.authorize(ctx, c, "site.write", None, None)
+    return distribution.create_site(
+        ctx,
+        text(fields, "name") or "",
+        local_patches=fields.get("local_patches") == "on",
+        actor=c.name,
+    )
+
+
+def _site_assign(p: Page, fields: dict[str, Any]) -> str:
+    ctx, c = p.ctx, p.caller
+    site, template = text(fields, "site") or "", text(fields, "template") or ""
+    access.authorize(ctx, c, "site.write", "site", site)
+    versions = text(fields, "versions") or "all"
+    distribution.assign_template(ctx, site, template, versions=versions, actor=c.name)
+    return f"site {site} receives {template} ({versions})"
+
+
+def _cluster_create(p: Page, fields: dict[str, Any]) -> Any:
+    ctx, c = p.ctx, p.caller
+    access.authorize(ctx, c, "cluster.write", None, None)
+    hosts = [h.strip() for h in (text(fields, "hosts") or "").split(",") if h.strip()]
+    return clusters.create_cluster(
+        ctx, text(fields, "name") or "", hosts, text(fields, "coordinator") or "", actor=c.name
+    )
+
+
 def _sites(p: Page) -> dict[str, Any]:
     ctx, c = p.ctx, p.caller
     if not holds(c, "site.read"):
@@ -1019,8 +1295,13 @@ def _sites(p: Page) -> dict[str, Any]:
     found = access.visible(
         c, "site.read", distribution.list_sites(ctx), lambda v: site_path(v.name)
     )
+    targets = [v.name for v in found if may(ctx, c, "site.write", "site", v.name)]
     return {
         "title": "Sites",
+        "forms": "_site_forms.html",
+        "site_create": may(ctx, c, "site.write", None, None),
+        "site_targets": targets,
+        "site_templates": [t.name for t in _visible_templates(p)] if targets else [],
         "tables": [
             (
                 "Sites",
@@ -1050,7 +1331,15 @@ def _hosts(p: Page) -> dict[str, Any]:
     tables = [
         (
             "Clusters",
-            ["Cluster", "Coordinator", "Hosts", "Sync schedule", "Last sync", "Last error"],
+            [
+                "Cluster",
+                "Coordinator",
+                "Hosts",
+                "Sync schedule",
+                "Last sync",
+                "Last error",
+                "Action",
+            ],
             [
                 [
                     v.name,
@@ -1059,6 +1348,9 @@ def _hosts(p: Page) -> dict[str, Any]:
                     v.sync_schedule,
                     when(v.last_update_sync),
                     v.last_error or "–",
+                    button(f"/ui/clusters/{quote(v.name)}/sync", "Sync now")
+                    if may(ctx, c, "cluster.write", "cluster", v.name)
+                    else None,
                 ]
                 for v in found
             ],
@@ -1086,7 +1378,12 @@ def _hosts(p: Page) -> dict[str, Any]:
                 [[h.name, _brief(h)] for h in edge.hosts],
             )
         )
-    return {"title": "Hosts and clusters", "tables": tables}
+    return {
+        "title": "Hosts and clusters",
+        "tables": tables,
+        "forms": "_host_forms.html",
+        "cluster_create": may(ctx, c, "cluster.write", None, None),
+    }
 
 
 def button(url: str, label: str, confirm: str | None = None) -> dict[str, str | None]:
@@ -1114,8 +1411,12 @@ def _keys(p: Page) -> dict[str, Any]:
             rows.append([k, v if not isinstance(v, dict) else _flat(v)])
     return {
         "title": "Bundles and keys",
+        "forms": "_key_forms.html",
+        "key_write": may(ctx, c, "key.write", None, None),
+        "bundle_import": may(ctx, c, "bundle.import", None, None),
         "intro": "This server's signing key and the keys it trusts for offline bundles. "
-        "Export and import bundles with `goldfleet bundle export|import`.",
+        "Export bundles with `goldfleet bundle export`; untrust a key with"
+        " `goldfleet keys untrust`.",
         "tables": [("Keys", ["What", "Value"], rows)],
     }
 
@@ -1161,6 +1462,8 @@ def _users(p: Page) -> dict[str, Any]:
     return {
         "title": "Users, roles and tokens",
         "user_actions": can_write,
+        "forms": "_user_forms.html",
+        "role_names": [r.name for r in access.list_roles(ctx)] if can_write else [],
         "tables": [
             (
                 "Users",

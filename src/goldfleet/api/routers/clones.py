@@ -9,10 +9,12 @@ from goldfleet.api.deps import Allow, Caller, Ctx
 from goldfleet.api.schemas import (
     CloneBulkPublic,
     CloneCreate,
+    CloneMessageMany,
     CloneRebase,
     CloneRebaseMany,
     CloneRecreate,
     CloneRetry,
+    CloneSelection,
 )
 from goldfleet.domain.names import MAX_VERSION
 from goldfleet.services import access, fleet, rollouts
@@ -114,6 +116,56 @@ def rebase_many(body: CloneRebaseMany, ctx: Ctx, caller: Caller) -> OperationVie
         policy=policy,
         start_at=start_at,
     )
+
+
+def _selected(
+    ctx: Ctx, caller: access.Caller, body: CloneSelection, action: str, text: str | None = None
+) -> OperationView:
+    """start, stop, message, logoff of the clones named (the permission on each) or of a
+    template's ready clones (the permission on the template): one operation."""
+    if body.names is not None:
+        for name in body.names:  # every clone, before anything is done to any
+            access.authorize(ctx, caller, f"clone.{action}", "clone", name)
+    else:
+        access.authorize(ctx, caller, f"clone.{action}", "template", body.template)
+    policy, start_at = rollouts.policy_from(ctx, body.rollout)
+    return fleet.bulk_action(
+        ctx,
+        names=body.names,
+        template=body.template,
+        action=action,
+        text=text,
+        actor=caller.name,
+        wait=body.wait,
+        policy=policy,
+        start_at=start_at,
+    )
+
+
+@router.post("/start", status_code=202)
+def start_many(body: CloneSelection, ctx: Ctx, caller: Caller) -> OperationView:
+    """Start the clones named or a template's ready clones, as one operation."""
+    return _selected(ctx, caller, body, "start")
+
+
+@router.post("/stop", status_code=202)
+def stop_many(body: CloneSelection, ctx: Ctx, caller: Caller) -> OperationView:
+    """Stop them, as one operation; logged-in users as the rollout's logoff says (force when
+    no rollout is given)."""
+    return _selected(ctx, caller, body, "stop")
+
+
+@router.post("/message", status_code=202)
+def message_many(body: CloneMessageMany, ctx: Ctx, caller: Caller) -> OperationView:
+    """Send ``text`` to the users of the running clones among them, as one operation."""
+    return _selected(ctx, caller, body, "message", body.text)
+
+
+@router.post("/logoff", status_code=202)
+def logoff_many(body: CloneSelection, ctx: Ctx, caller: Caller) -> OperationView:
+    """Log off every user of them, as one operation: at once, or with notify-force after the
+    rollout's message and grace period."""
+    return _selected(ctx, caller, body, "logoff")
 
 
 @router.post("/retry", status_code=202)

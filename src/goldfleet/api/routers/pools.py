@@ -47,6 +47,14 @@ class PoolWindow(BaseModel):
     message: str | None = Field(default=None, max_length=1000)
 
 
+class PoolSize(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    min: int = Field(default=0, ge=0, le=MAX_POOL_SIZE)
+    max: int = Field(ge=1, le=MAX_POOL_SIZE)
+    buffer: int = Field(default=0, ge=0, le=MAX_POOL_SIZE)
+
+
 class PoolUser(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -74,6 +82,19 @@ def create_pool(body: PoolCreate, ctx: Ctx, caller: Caller) -> PoolView:
         window_grace=body.window_grace,
         window_message=body.window_message,
         actor=caller.name,
+    )
+
+
+@router.put("/{name}/size")
+def resize(
+    name: str,
+    body: PoolSize,
+    ctx: Ctx,
+    caller: Annotated[access.Caller, Allow("pool.write", "pool")],
+) -> PoolView:
+    """New minimum, maximum and buffer (a maximum below the pool's clones is refused)."""
+    return pools.resize_pool(
+        ctx, name, min_size=body.min, max_size=body.max, buffer=body.buffer, actor=caller.name
     )
 
 

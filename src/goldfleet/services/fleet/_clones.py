@@ -28,9 +28,17 @@ from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Operation, OperationItem, Pool, Template, Version
 from goldfleet.domain import rules, sites, space
 from goldfleet.domain.access import Reach
-from goldfleet.domain.model import CloneAction, CloneKind, CloneStatus, Outline, Power, VolumeRole
+from goldfleet.domain.model import (
+    LIGHT_ACTIONS,
+    CloneAction,
+    CloneKind,
+    CloneStatus,
+    Outline,
+    Power,
+    VolumeRole,
+)
 from goldfleet.domain.names import check_name, numbered_names, parse_version_ref
-from goldfleet.domain.rollout import ItemState, Policy, check_policy
+from goldfleet.domain.rollout import ItemState, Logoff, Policy, check_policy
 from goldfleet.drivers.base import DiskSpec, DomainSpec, DriverError
 from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, NoSpace, NotFound
 from goldfleet.services import hosts, rollouts
@@ -48,6 +56,7 @@ from goldfleet.services.common import (
 from goldfleet.store.files import Abandoned
 
 MAX_BULK = 10_000
+MAX_MESSAGE = 1000  # characters of a message to users, as a rollout's --message
 
 _STATUS_FOR = {
     CloneAction.CREATE: CloneStatus.CREATING,
@@ -77,6 +86,7 @@ class Plan:
     backing: tuple[str, ...] = ()  # the target's layer files, top first (linked clones)
     host: str | None = None
     chain: tuple[str, ...] = ()  # the target's layer digests, top first (linked clones)
+    text: str = ""  # a message's text (the operation's policy message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +97,7 @@ class Outcome:
     host: str | None = None
     copied: tuple[tuple[str, int, int], ...] = ()  # into edge stores: (host, layers, bytes)
     disk_full: str | None = None  # the work found goldfleet's disk full: the runner pauses
+    light: bool = False  # a start, stop, message or logoff: the clone was not marked
 
 
 # --- views --------------------------------------------------------------------------------
@@ -237,54 +248,112 @@ def count_clones(ctx: Context, *, reach: Reach | None = None) -> dict[str, dict[
     return out
 
 
-BULK_ACTIONS = ("restore", "rebase", "recreate")
+BULK_ACTIONS = ("restore", "rebase", "recreate", "start", "stop", "message", "logoff")
+# how an operation that does not rebuild treats logged-in users unless told otherwise: a start
+# and a message leave them be; a stop and a logoff log them off at once, as a single stop does
+_LIGHT_LOGOFF = {
+    CloneAction.START: Logoff.LEAVE,
+    CloneAction.MESSAGE: Logoff.LEAVE,
+    CloneAction.STOP: Logoff.FORCE,
+    CloneAction.LOGOFF: Logoff.FORCE,
+}
 
 
 def bulk_action(
     ctx: Context,
     *,
-    names: Sequence[str],
+    names: Sequence[str] | None = None,
+    template: str | None = None,
     action: str,
     actor: str,
+    text: str | None = None,
     policy: Policy | None = None,
     start_at: datetime | None = None,
+    wait: bool = False,
 ) -> OperationView:
-    """One operation over the clones named: ``restore`` (each to its own version), ``rebase``
-    or ``recreate`` (each onto its template's current version). All are refused, nothing
-    started, if one is unknown, unusable or held by another operation."""
+    """One operation over the clones named (or every ready clone of ``template``):
+    ``restore`` (each to its own version), ``rebase`` or ``recreate`` (each onto its
+    template's current version), ``start``, ``stop``, ``message`` (``text`` to their users) or
+    ``logoff`` (every user logged in when the clone's turn comes). All are refused, nothing
+    started, if one is unknown, unusable or held by another operation.
+
+    Users: a start and a message leave them be (whatever ``policy`` says); a stop honours the
+    policy's logoff mode (force when no policy is given: a stop shuts the clone down, as
+    ``clone stop`` does); a logoff logs them off at once (force) or, with notify-force, after
+    the policy's message and grace period (``wait`` is taken as force)."""
     if action not in BULK_ACTIONS:
         raise InvalidInput(f"action {action!r} is not one of {', '.join(BULK_ACTIONS)}")
-    wanted = sorted(set(names))
-    if not wanted:
-        raise InvalidInput("no clone selected")
-    if len(wanted) > MAX_BULK:
-        raise InvalidInput(f"{len(wanted)} clones selected: {MAX_BULK} at most")
+    kind = CloneAction(action)
+    if (names is None) == (template is None):
+        raise InvalidInput("name the clones or a template, not both or neither")
+    if kind == CloneAction.MESSAGE:
+        text = check_text(text or "")
+    elif text is not None:
+        raise InvalidInput(f"a {action} sends no text: only a message does")
+    if kind in LIGHT_ACTIONS:
+        policy = policy or Policy(per_host=ctx.settings.per_host_limit, logoff=_LIGHT_LOGOFF[kind])
+        if kind in (CloneAction.START, CloneAction.MESSAGE):
+            policy = replace(policy, logoff=Logoff.LEAVE)
+        elif kind == CloneAction.LOGOFF and policy.logoff == Logoff.WAIT:
+            policy = replace(policy, logoff=Logoff.FORCE)
+        if text is not None:
+            policy = replace(policy, message=text)
     with ctx.session() as s:
-        chosen = list(s.scalars(select(Clone).where(Clone.name.in_(wanted)).order_by(Clone.name)))
-        missing = sorted(set(wanted) - {c.name for c in chosen})
-        if missing:
-            raise NotFound(f"no clone {', '.join(missing[:5])}")
+        if template is not None:
+            t = get_template(s, template)
+            chosen = list(
+                s.scalars(
+                    select(Clone)
+                    .where(Clone.template_id == t.id, Clone.status == CloneStatus.READY)
+                    .order_by(Clone.name)
+                )
+            )
+            if not chosen:
+                raise Conflict(f"template {template} has no ready clone to {action}")
+        else:
+            wanted = sorted(set(names or ()))
+            if not wanted:
+                raise InvalidInput("no clone selected")
+            if len(wanted) > MAX_BULK:
+                raise InvalidInput(f"{len(wanted)} clones selected: {MAX_BULK} at most")
+            chosen = list(
+                s.scalars(select(Clone).where(Clone.name.in_(wanted)).order_by(Clone.name))
+            )
+            missing = sorted(set(wanted) - {c.name for c in chosen})
+            if missing:
+                raise NotFound(f"no clone {', '.join(missing[:5])}")
         for c in chosen:
             rules.check_clone_usable(c.name, c.status)
         rollouts.refuse_busy(s, chosen)
         currents: dict[int, Version] = {}
         work = []
         for c in chosen:
-            if action == "restore":
+            if kind in LIGHT_ACTIONS or kind == CloneAction.RESTORE:
                 target = c.version
             else:
                 if c.template_id not in currents:
                     currents[c.template_id] = get_version(s, c.template, None)
                 target = currents[c.template_id]
-            work.append((c, CloneAction(action), target, False))
-        label = chosen[0].name if len(chosen) == 1 else f"{len(chosen)} clones"
+            work.append((c, kind, target, False))
+        label = template or (chosen[0].name if len(chosen) == 1 else f"{len(chosen)} clones")
         op = rollouts.start_operation(
             ctx, s, f"clone.{action}", label, work, actor, policy, start_at
         )
-        audit.record(s, actor, f"clone.{action}", label, count=len(chosen), operation=op.id)
+        detail: dict[str, Any] = {"count": len(chosen), "operation": op.id}
+        if text is not None:
+            detail["text"] = text
+        audit.record(s, actor, f"clone.{action}", label, **detail)
         s.commit()
         op_id = op.id
-    return rollouts.launch(ctx, op_id, False)
+    return rollouts.launch(ctx, op_id, wait)
+
+
+def check_text(text: str) -> str:
+    if not isinstance(text, str) or not text.strip():
+        raise InvalidInput("the message is empty; write the text the users should read")
+    if len(text) > MAX_MESSAGE:
+        raise InvalidInput(f"the message is longer than {MAX_MESSAGE} characters")
+    return text
 
 
 def _within(reach: Reach) -> ColumnElement[bool]:
@@ -325,7 +394,40 @@ def load_plans(ctx: Context, s: Session, clone_ids: list[int]) -> list[Plan]:
     plans = []
     chains: dict[str, tuple[str, ...]] = {}
     digests: dict[str, tuple[str, ...]] = {}
+    # a start, stop, message or logoff leaves the clone unmarked: its running item says it
+    light = {
+        clone_id: (action, op_id)
+        for clone_id, action, op_id in s.execute(
+            select(OperationItem.clone_id, OperationItem.action, OperationItem.operation_id).where(
+                OperationItem.clone_id.in_(clone_ids),
+                OperationItem.state == ItemState.RUNNING,
+                OperationItem.action.in_([str(a) for a in LIGHT_ACTIONS]),
+            )
+        )
+    }
+    texts: dict[int, str] = {}
     for c in s.scalars(select(Clone).where(Clone.id.in_(clone_ids)).order_by(Clone.id)):
+        if c.id in light:
+            action, op_id = light[c.id]
+            if action == CloneAction.MESSAGE and op_id not in texts:
+                texts[op_id] = Policy.from_json(s.get(Operation, op_id).policy).message
+            plans.append(
+                Plan(
+                    clone_id=c.id,
+                    name=c.name,
+                    uid=c.uid,
+                    kind=c.kind,
+                    action=action,
+                    top=c.version.top_layer,
+                    virtual_size=0,
+                    outline=outline_of(c.template),
+                    running=c.power == Power.RUNNING,
+                    discard_data=False,
+                    host=c.host,
+                    text=texts.get(op_id, ""),
+                )
+            )
+            continue
         target = c.target_version or c.version
         if target.top_layer not in chains:
             digests[target.top_layer] = tuple(x.digest for x in chain(s, target.top_layer))
@@ -396,6 +498,8 @@ def call_driver(ctx: Context, fn: Callable[..., T], **kwargs: Any) -> T:
 
 def execute(ctx: Context, plan: Plan, logoff: Sequence[str] = ()) -> Outcome:
     """Do one clone's files and hypervisor work. Idempotent; writes nothing to the database."""
+    if plan.action in LIGHT_ACTIONS:
+        return _execute_light(ctx, plan, logoff)
     power = Power.RUNNING if plan.running else Power.STOPPED
     host = plan.host
     drv = ctx.driver
@@ -450,6 +554,35 @@ def execute(ctx: Context, plan: Plan, logoff: Sequence[str] = ()) -> Outcome:
     return Outcome(plan.clone_id, error, power, host, tuple(copied), full)
 
 
+def _execute_light(ctx: Context, plan: Plan, logoff: Sequence[str]) -> Outcome:
+    """A start, stop, message or logoff of one clone (an operation's item). ``logoff``: the
+    users the operation's policy logs off first (a stop's, a logoff's). Starting a running
+    clone, stopping a stopped one, messaging or logging off a stopped one do nothing."""
+    power = Power.RUNNING if plan.running else Power.STOPPED
+    drv = ctx.driver
+    try:
+        if logoff and plan.running:
+            # whoever is logged on now: users may have left (or come) since the policy looked
+            now_on = call_driver(ctx, drv.sessions, names=[plan.name]).get(plan.name, [])
+            for session in now_on:
+                call_driver(ctx, drv.logoff, name=plan.name, user=session.user)
+        if plan.action == CloneAction.START and not plan.running:
+            call_driver(ctx, drv.start, name=plan.name)
+            power = Power.RUNNING
+        elif plan.action == CloneAction.STOP and plan.running:
+            call_driver(ctx, drv.shutdown, name=plan.name, timeout=ctx.settings.shutdown_timeout)
+            ctx.volumes.reset_temp(plan.uid, plan.outline)  # as every shutdown
+            power = Power.STOPPED
+        elif plan.action == CloneAction.MESSAGE and plan.running:
+            call_driver(ctx, drv.send_message, name=plan.name, text=plan.text)
+        return Outcome(plan.clone_id, None, power, plan.host, light=True)
+    except GoldfleetError as exc:
+        error = f"{plan.action} failed: {exc.message}"
+    except Exception as exc:  # one clone's failure must never stop the others
+        error = f"{plan.action} failed: {type(exc).__name__}: {exc}"
+    return Outcome(plan.clone_id, error, power, plan.host, light=True)
+
+
 def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
     """Write the outcomes of executed plans; returns (done, failed)."""
     done = failed = 0
@@ -469,6 +602,10 @@ def record(s: Session, outcomes: list[Outcome]) -> tuple[int, int]:
     for out in outcomes:
         c = clones.get(out.clone_id)
         if c is None:
+            continue
+        if out.light:  # the clone was not marked: only its power changed (or not)
+            c.power = out.power
+            done, failed = (done, failed + 1) if out.error else (done + 1, failed)
             continue
         _audit_copies(s, c, out.copied)
         c.power = out.power
@@ -1088,6 +1225,8 @@ class CloneWork:
             clone.host = placer.host_for(clone.kind, placer.chain_of(target_version_id))
 
     def mark(self, clone: Clone, item: OperationItem, version: Version, op_id: int) -> None:
+        if item.action in LIGHT_ACTIONS:
+            return  # a start, stop, message or logoff: the item alone says what is under way
         _mark(clone, CloneAction(item.action), version, op_id, discard_data=item.discard_data)
 
     def load(self, s: Session, clone_ids: list[int]) -> list[Plan]:

@@ -20,9 +20,7 @@ from goldfleet.domain.model import Power
 from goldfleet.domain.names import check_name
 from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, NotFound
 from goldfleet.services.common import audit, get_clone, get_template
-from goldfleet.services.fleet._clones import call_driver
-
-MAX_MESSAGE = 1000  # as a rollout's --message
+from goldfleet.services.fleet._clones import call_driver, check_text
 
 
 class SessionView(BaseModel):
@@ -130,14 +128,6 @@ def list_sessions(
     return SessionList(sessions=sessions, errors=errors)
 
 
-def _check_text(text: str) -> str:
-    if not isinstance(text, str) or not text.strip():
-        raise InvalidInput("the message is empty; write the text the users should read")
-    if len(text) > MAX_MESSAGE:
-        raise InvalidInput(f"the message is longer than {MAX_MESSAGE} characters")
-    return text
-
-
 def send_message(
     ctx: Context,
     *,
@@ -149,7 +139,7 @@ def send_message(
     """Send ``text`` to the users of one running clone, or of every running clone of template
     ``all_of`` that has users logged in (all its running clones if the driver cannot list
     sessions). One clone's refusal is its outcome; with a single clone it is the error."""
-    _check_text(text)
+    check_text(text)
     if (clone is None) == (all_of is None):
         raise InvalidInput("name one clone, or a template with --all-of, not both or neither")
     with ctx.session() as s:

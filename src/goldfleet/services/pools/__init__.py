@@ -14,6 +14,7 @@ from goldfleet.services.pools._pools import (
     list_pools,
     reconcile_pools,
     release,
+    resize_pool,
     set_window,
     show_pool,
 )
@@ -29,6 +30,7 @@ __all__ = [
     "list_pools",
     "reconcile_pools",
     "release",
+    "resize_pool",
     "set_window",
     "show_pool",
 ]

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from pydantic import BaseModel
-from sqlalchemy import select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -343,6 +343,30 @@ def set_window(
             window_policy=policy,
         )
         s.commit()
+    return show_pool(ctx, name)
+
+
+def resize_pool(
+    ctx: Context, name: str, *, min_size: int, max_size: int, buffer: int, actor: str
+) -> PoolView:
+    """New sizes; the pool's next pass (and this call) provision what they now lack. A maximum
+    below the clones the pool has is refused: nothing deletes a pool's clones to shrink it."""
+    rules.check_sizes(name, min_size, max_size, buffer)
+    with _locked(ctx, name) as s:
+        p = get_pool(s, name, lock=True)
+        have = s.scalar(select(func.count()).where(Clone.pool_id == p.id)) or 0
+        if max_size < have:
+            raise Conflict(
+                f"pool {name} has {have} clones: a maximum of {max_size} is below that; delete"
+                " idle clones of the pool first (goldfleet clone delete NAME)"
+            )
+        before = {"min": p.min_size, "max": p.max_size, "buffer": p.buffer}
+        p.min_size, p.max_size, p.buffer = min_size, max_size, buffer
+        audit.record(
+            s, actor, "pool.resize", name, min=min_size, max=max_size, buffer=buffer, was=before
+        )
+        s.commit()
+    _provision_quietly(ctx, name)
     return show_pool(ctx, name)
 
 

@@ -24,6 +24,29 @@
     if (t && (t.id === "select-all" || t.name === "clone")) countSelected();
   });
 
+  // a bundle upload: the file itself as the body (not multipart), streamed by the server
+  document.addEventListener("submit", function (event) {
+    var form = event.target;
+    if (!form || form.id !== "bundle-import") return;
+    event.preventDefault();
+    var out = document.getElementById("bundle-result");
+    var file = form.querySelector('input[type="file"]').files[0];
+    if (!file) { out.textContent = "choose a bundle file"; return; }
+    out.textContent = "uploading " + file.name + " (" + file.size + " bytes)…";
+    var meta = document.querySelector('meta[name="csrf-token"]');
+    fetch(form.getAttribute("action"), {
+      method: "POST",
+      body: file,
+      credentials: "same-origin",
+      headers: {
+        "X-CSRF-Token": meta ? meta.content : "",
+        "Content-Type": "application/octet-stream"
+      }
+    }).then(function (r) { return r.text(); })
+      .then(function (html) { out.innerHTML = html; })
+      .catch(function (e) { out.textContent = "the upload failed: " + e; });
+  });
+
   function follow() {
     var box = document.getElementById("progress");
     if (!box || !box.dataset.events || !window.EventSource) return;
