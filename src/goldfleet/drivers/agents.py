@@ -318,7 +318,8 @@ class SshAgent(HostAgent):
         try:
             if not debs:
                 return
-            sums = []
+            # hashed here before the copy: the host checks it received exactly these bytes
+            sums = [f"{_sha256(deb)}  {i}.deb" for i, deb in enumerate(debs)]
             for i, deb in enumerate(debs):
                 name = f"{i}.deb"
                 rc, _, words = self._run(
@@ -328,7 +329,6 @@ class SshAgent(HostAgent):
                     raise ApplyFailed(
                         f"host {self.host}: copying {deb.name} failed (exit {rc}): {words}"
                     )
-                sums.append(f"{_sha256(deb)}  {name}")
             dpkg = "dpkg -i"
             if self.root is not None:
                 r = self.root
