@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from aptkit import UPDATED, World, build_deb, host_root, installed, material, world
+from aptkit import NEW, UPDATED, World, build_deb, host_root, installed, material, world
 
 from goldfleet.config import Settings
 from goldfleet.drivers.agents import (
@@ -258,8 +258,9 @@ def test_an_unknown_or_changed_host_key_is_refused(sshd: Sshd, tmp_path: Path) -
         sshd.agent("h1", root, known_hosts=sshd.known_hosts("h2")).installed()
 
 
-def test_cluster_sync_reads_hosts_over_ssh(sshd: Sshd, world: World) -> None:
-    """The server itself on the ssh agent: `cluster sync` reads h1..h3 through the real sshd."""
+def test_cluster_sync_and_update_over_ssh(sshd: Sshd, world: World) -> None:
+    """The server itself on the ssh agent: `cluster sync` reads h1..h3 through the real sshd,
+    `cluster update` installs the hash's packages through it."""
     w = world
     known = sshd.known_hosts("h1", "h2", "h3")
     target = f"{sshd.user}@127.0.0.1:{sshd.port}"
@@ -284,6 +285,26 @@ def test_cluster_sync_reads_hosts_over_ssh(sshd: Sshd, world: World) -> None:
         assert h["installed_packages"] == len(installed(w.roots / h["name"]))
     applied = {h["name"]: h["latest_synced_updates_applied"] for h in c["hosts"]}
     assert applied == {"h1": False, "h2": False, "h3": True}
+    # the rolling update installs over ssh: copied, sha256-checked, `dpkg -i` in each root
+    w.ok(
+        "cluster", "ha", "pve",
+        "--disable-cmd", f"sh -c 'echo off >> {w.tmp / 'ha.log'}'",
+        "--enable-cmd", f"sh -c 'echo on >> {w.tmp / 'ha.log'}'",
+    )  # fmt: skip
+    before = {h: installed(w.roots / h) for h in ("h1", "h2", "h3")}
+    u = w.ok_json(
+        "cluster", "update", "pve", "--hash", r["hash"], "--level", "mandatory", "--wait"
+    )  # fmt: skip
+    assert u["status"] == "done", u
+    for x in u["hosts"]:
+        got = installed(w.roots / x["host"])
+        assert all(got[p] == NEW[p][0] == v for p, v in x["applied"].items())
+        assert set(got) == set(before[x["host"]])  # upgrades only, nothing else installed
+    assert {x["host"] for x in u["hosts"] if x["applied"]} == {"h1", "h2"}
+    log = (w.roots / "h1" / "var" / "log" / "dpkg.log").read_text()
+    assert " upgrade libvirt-daemon:" in log
+    c = w.client.get("/clusters/pve")
+    assert all(h["latest_synced_updates_applied"] for h in c["hosts"])
     # h2's host key changes: the sync goes on, h2 is offline
     impostor = " ".join(_keygen(w.tmp / "impostor").split()[:2])
     known.write_text(known.read_text().replace(f"h2 {sshd.host_pub}", f"h2 {impostor}"))
