@@ -77,6 +77,14 @@ system-packages: system-base
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
 	    chromium >/dev/null; \
 	fi
+	@# the ssh host agent's test (tests/e2e/test_e2e_ssh_agent.py) starts its own sshd on loopback
+	@if ! command -v ssh >/dev/null || ! command -v ssh-keygen >/dev/null \
+	    || ! test -x /usr/sbin/sshd; then \
+	  echo "installing Debian packages: openssh-server openssh-client"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends \
+	    openssh-server openssh-client >/dev/null; \
+	fi
 	@if ! command -v curl >/dev/null; then \
 	  echo "installing Debian package: curl"; \
 	  $(SUDO) apt-get update -qq && \

@@ -71,6 +71,20 @@ class Settings(BaseSettings):
     # local-root agent the folder holding each host's root (ROOT/HOST); empty: <home>/host-roots
     host_agent: str = "local-root"
     host_roots: Path | None = None
+    # the ssh agent (host_agent = "ssh", docs/hosts.md "The ssh agent"): host H is reached at
+    # ssh_hosts[H] ("[user@]address[:port]"; not listed: at its own name), as ssh_user on
+    # ssh_port, with the private key ssh_key (empty: <home>/ssh/id_ed25519), its host key checked
+    # against ssh_known_hosts (empty: <home>/ssh/known_hosts; entries named by the host's
+    # goldfleet name); ssh_roots, when set, is a folder on each host holding its root at
+    # ssh_roots/H (dpkg --root, as host_roots; for tests), empty: the host's own /
+    ssh_hosts: dict[str, str] = {}
+    ssh_user: str = "root"
+    ssh_port: int = 22
+    ssh_key: Path | None = None
+    ssh_known_hosts: Path | None = None
+    ssh_roots: str = ""
+    ssh_connect_timeout: float = 10.0  # seconds to reach a host
+    ssh_timeout: float = 120.0  # a read of a host over ssh; an apply gets 600 s
     # a rolling update pauses on a host not up again this long after its reboot
     host_reboot_timeout: float = 900.0
 
@@ -79,7 +93,7 @@ class Settings(BaseSettings):
     def _empty_edge_root_is_off(cls, value: object) -> object:
         return None if value == "" else value
 
-    @field_validator("host_roots", mode="before")
+    @field_validator("host_roots", "ssh_key", "ssh_known_hosts", mode="before")
     @classmethod
     def _empty_host_roots_is_default(cls, value: object) -> object:
         return None if value == "" else value
@@ -103,6 +117,14 @@ class Settings(BaseSettings):
     @property
     def hosts_root(self) -> Path:
         return self.host_roots or self.home / "host-roots"
+
+    @property
+    def ssh_key_path(self) -> Path:
+        return self.ssh_key or self.home / "ssh" / "id_ed25519"
+
+    @property
+    def ssh_known_hosts_path(self) -> Path:
+        return self.ssh_known_hosts or self.home / "ssh" / "known_hosts"
 
     @property
     def store(self) -> Path:

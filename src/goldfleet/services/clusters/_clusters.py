@@ -735,7 +735,7 @@ def _read_hosts(
     booted: dict[str, str | None] = {}
     offline = []
     for host in hosts:
-        agent = make_agent(ctx.settings.host_agent, host, ctx.settings.hosts_root)
+        agent = make_agent(ctx.settings, host)
         try:
             installed[host] = agent.installed()
             booted[host] = agent.booted_kernel()

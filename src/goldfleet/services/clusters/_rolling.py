@@ -176,7 +176,7 @@ def _reachable(ctx: Context, hosts: list[str]) -> dict[str, str | None]:
     out: dict[str, str | None] = {}
     for h in hosts:
         try:
-            make_agent(ctx.settings.host_agent, h, ctx.settings.hosts_root).installed()
+            make_agent(ctx.settings, h).installed()
             out[h] = None if ctx.driver.host_up(host=h) else "down"
         except HostUnreachable as exc:
             out[h] = exc.message
@@ -890,7 +890,7 @@ def _apply(u: _U, host: str) -> bool:
     """Install exactly the packages of the hash this host lacks; one already at its version
     (installed before a crash) is not installed again."""
     ctx = u.ctx
-    agent = make_agent(ctx.settings.host_agent, host, ctx.settings.hosts_root)
+    agent = make_agent(ctx.settings, host)
     installed = agent.installed()
     todo = [
         p
@@ -1018,7 +1018,7 @@ def _host_done(u: _U, host: str) -> None:
         if u.kind == "update":
             row.pending = pend if (pend["host"] or pend["vms"]) else None
             if p["packages"]:
-                agent = make_agent(ctx.settings.host_agent, host, ctx.settings.hosts_root)
+                agent = make_agent(ctx.settings, host)
                 row.installed = agent.installed()
                 row.installed_at = ctx.clock.now()
                 row.last_software_update = ctx.clock.now()
