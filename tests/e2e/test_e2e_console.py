@@ -185,7 +185,7 @@ def test_every_page_renders_with_real_data_and_no_console_error(admin: Tab, shot
     admin.go("/ui/")
     assert admin.page.inner_text("#c-templates + p") == "2"
     assert "ready 67" in " ".join(admin.page.inner_text(".counts >> nth=0").split())
-    admin.page.screenshot(path=str(shots / "dashboard.png"), full_page=True)
+    admin.page.screenshot(path=str(shots / "console-dashboard.png"), full_page=True)  # docs/img
     admin.go("/ui/templates/base")
     assert admin.page.locator("svg#chain rect.own").count() >= 1
     admin.page.screenshot(path=str(shots / "template-chain.png"), full_page=True)
@@ -396,6 +396,10 @@ def test_the_forms_are_absent_and_refused_without_their_permission(browser: Any,
         ("/ui/clusters", {"name": "x", "hosts": "h", "coordinator": "h"}, "cluster.write"),
         ("/ui/clusters/pve/sync", {}, "cluster.write"),
         ("/ui/keys/trust", {"name": "x", "public_key": "ab" * 32}, "key.write"),
+        ("/ui/password", {"user": ADMIN, "password": "x-password-123"}, "user.write"),
+        ("/ui/roles", {"name": "x", "allow": "user.write"}, "user.write"),
+        ("/ui/roles/auditor/delete", {}, "user.write"),
+        ("/ui/pools/window", {"pool": "lab", "cron": "0 2 * * *", "minutes": "60"}, "pool.write"),
     ]:
         answer = page.request.post(srv.url + path, headers={"X-CSRF-Token": csrf}, form=form)
         assert answer.status == 403 and permission in answer.text(), (path, answer.text())
@@ -410,7 +414,123 @@ def test_the_forms_are_absent_and_refused_without_their_permission(browser: Any,
     assert {u["name"]: u for u in c.get("/users")}[HD]["grants"] == ["helpdesk on pool:lab"]
     assert "x" not in {u["name"] for u in c.get("/users")}
     assert "x" not in {t["name"] for t in c.get("/tokens")}
+    assert "x" not in {r["name"] for r in c.get("/roles")}
+    assert "auditor" in {r["name"] for r in c.get("/roles")}
+    assert c.get("/pools/lab")["window_cron"] is None
+    assert c.post("/auth/login", {"name": ADMIN, "password": ADMIN_PW})["token"]
     tab.close()
+
+
+def test_passwords_set_by_an_admin_and_changed_by_their_user(
+    browser: Any, admin: Tab, srv: Any
+) -> None:
+    c = srv.client()
+    c.post("/users", {"name": "pw", "password": "pw-password-old", "role": "auditor"})
+    page = admin.page
+    admin.go("/ui/users")
+    page.select_option("#password-user", "pw")
+    page.fill("#password-new", "short")
+    page.click("#password-set")
+    page.wait_for_selector("#password-result .error")
+    assert "422: a password needs" in page.inner_text("#password-result")
+    page.fill("#password-new", "pw-password-set")
+    page.click("#password-set")
+    page.wait_for_selector("#password-result .ok")
+    tab = Tab(browser, srv)
+    tab.login("pw", "pw-password-set")  # the admin's password works
+    tab.page.fill("#own-password", "pw-password-own")
+    tab.page.click("#own-password-set")
+    tab.page.wait_for_url(re.compile(r".*/ui/login"))  # its session ended: log in again
+    tab.login("pw", "pw-password-own")
+    for old in ("pw-password-old", "pw-password-set"):
+        got = httpx.post(srv.url + "/auth/login", json={"name": "pw", "password": old})
+        assert got.status_code == 401, got.text
+    actions = [(e["actor"], e["action"], e["target"]) for e in c.get("/audit")]
+    assert actions.count(("user:root", "user.passwd", "pw")) == 1
+    assert ("user:pw", "user.passwd", "pw") in actions
+    assert tab.errors == []
+    tab.close()
+
+
+def test_a_custom_role_created_granted_and_deleted(admin: Tab, srv: Any) -> None:
+    page, c = admin.page, srv.client()
+    admin.go("/ui/users")
+    page.fill("#role-name", "lister")
+    page.check("#allow-template-read")
+    page.check("#allow-clone-read")
+    page.click("#role-create")
+    page.wait_for_selector("main td:text-is('lister')")
+    roles = {r["name"]: r for r in c.get("/roles")}
+    assert sorted(roles["lister"]["permissions"]) == ["clone.read", "template.read"]
+    page.fill("#role-name", "lister")  # no permission checked: the server's words
+    page.click("#role-create")
+    page.wait_for_selector("#role-result .error")
+    assert "422: a role needs at least one permission" in page.inner_text("#role-result")
+    page.check("#allow-audit-read")  # the same name again: 409
+    page.click("#role-create")
+    page.wait_for_selector("#role-result .error:text('409')")
+    assert "409: role lister" in page.inner_text("#role-result")
+    page.select_option("#grant-user", HD2)
+    page.select_option("#grant-role", "lister")
+    page.fill("#grant-scope", "template:base")
+    page.click("#grant-add")
+    page.wait_for_selector("main td:text('lister on template:base')")
+    assert "lister on template:base" in {u["name"]: u for u in c.get("/users")}[HD2]["grants"]
+    c.post("/grants/remove", {"user": HD2, "role": "lister", "scope": "template:base"})
+    c.post("/roles", {"name": "gone", "allow": ["audit.read"]})
+    admin.go("/ui/users")
+    page.click("main tr:has(td:text-is('gone')) button:text-is('Delete')")
+    page.wait_for_selector("main td:text-is('gone')", state="detached")
+    assert "gone" not in {r["name"] for r in c.get("/roles")}
+    actions = {(e["actor"], e["action"], e["target"]) for e in c.get("/audit")}
+    assert ("user:root", "role.create", "lister") in actions
+    assert ("user:root", "role.delete", "gone") in actions
+    assert [e for e in admin.errors if not re.search("status of 4(09|22)", e)] == []
+
+
+def test_a_pool_window_set_and_removed_on_the_pools_page(admin: Tab, srv: Any) -> None:
+    page, c = admin.page, srv.client()
+    admin.go("/ui/pools")
+    page.select_option("#window-pool", "lab")
+    page.fill("#window-cron", "not a cron")
+    page.fill("#window-minutes", "60")
+    page.click("#pool-window")
+    page.wait_for_selector("#pool-window-result .error")
+    assert "422" in page.inner_text("#pool-window-result")
+    assert c.get("/pools/lab")["window_cron"] is None  # nothing changed
+    page.fill("#window-cron", "0 2 * * *")
+    page.select_option("#window-logoff", "notify-force")
+    page.fill("#window-grace", "10m")
+    page.click("#pool-window")
+    page.wait_for_selector("main td:text-is('0 2 * * * (60 min)')")
+    lab = c.get("/pools/lab")
+    assert (lab["window_cron"], lab["window_minutes"], lab["window_logoff"]) == (
+        "0 2 * * *",
+        60,
+        "notify-force",
+    )
+    assert lab["window_grace_seconds"] == 600
+    page.select_option("#window-pool", "lab")
+    page.fill("#window-cron", "")
+    page.fill("#window-minutes", "")
+    page.click("#pool-window")
+    page.wait_for_selector("main td:text-is('0 2 * * * (60 min)')", state="detached")
+    assert c.get("/pools/lab")["window_cron"] is None
+    actions = [(e["actor"], e["action"], e["target"]) for e in c.get("/audit")]
+    assert actions.count(("user:root", "pool.window", "lab")) == 2
+    assert [e for e in admin.errors if "status of 422" not in e] == []
+
+
+def test_a_console_form_larger_than_the_api_body_limit_is_refused(admin: Tab, srv: Any) -> None:
+    csrf = admin.page.get_attribute('meta[name="csrf-token"]', "content")
+    big = "x" * ((16 << 20) + 1)
+    answer = admin.page.request.post(
+        srv.url + "/ui/roles",
+        headers={"X-CSRF-Token": csrf},
+        form={"name": "huge", "allow": big},
+    )
+    assert answer.status == 413 and "larger than 16 MiB" in answer.text(), answer.text()[:200]
+    assert "huge" not in {r["name"] for r in srv.client().get("/roles")}
 
 
 def test_an_operation_paused_resumed_and_cancelled_from_its_page(
@@ -420,6 +540,8 @@ def test_an_operation_paused_resumed_and_cancelled_from_its_page(
     names = [f"base-0{i}" for i in range(10, 30)]  # 20 starts of 0.4 s, one at a time
     op = c.post("/clones/start", {"names": names, "rollout": {"max_parallel": 1}})
     admin.go(f"/ui/operations/{op['id']}")
+    policy = page.inner_text("#op-policy")  # a start: no logoff, grace or message shown
+    assert "max_parallel=1" in policy and not re.search("message|logoff|grace", policy), policy
     page.click("#op-pause")
     page.wait_for_selector("#op-status:text('paused')")
     page.click("#op-resume")
@@ -433,6 +555,11 @@ def test_an_operation_paused_resumed_and_cancelled_from_its_page(
     shown = c.get(f"/operations/{op['id']}")
     assert shown["status"] == "cancelled" and 0 < shown["cancelled"] < 20, shown
     assert page.locator("#op-cancel, #op-pause, #op-resume").count() == 0  # it has ended
+    # the counts and the items on the page are of the same moment
+    counts = page.inner_text("#op-counts")
+    for state in ("done", "cancelled"):
+        rows = page.locator(f"#items .badge.{state}").count()
+        assert f"{rows} {state}" in counts, (state, rows, counts)
     steps = [
         e["action"]
         for e in c.get("/audit")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from goldfleet.web._console import _local, chain_svg, csrf_of
+from goldfleet.web._console import _local, chain_svg, csrf_of, policy_line
 
 
 def version(number: int, chain: list[str], clones: int = 0, current: bool = False):
@@ -48,3 +48,25 @@ def test_a_login_sends_the_browser_only_to_a_page_of_the_console() -> None:
 def test_the_csrf_token_is_the_sessions_own() -> None:
     assert csrf_of("gs_one") == csrf_of("gs_one") != csrf_of("gs_two")
     assert "gs_one" not in csrf_of("gs_one")
+
+
+def test_the_policy_line_shows_what_applies_to_the_operations_kind() -> None:
+    policy = {
+        "logoff": "wait",
+        "grace_seconds": 600.0,
+        "message": "This desktop will be updated",
+        "max_parallel": 1,
+        "deadline": None,
+    }
+    assert policy_line("clone.start", policy) == [("max_parallel", 1)]
+    assert policy_line("clone.message", policy) == [
+        ("max_parallel", 1),
+        ("message", "This desktop will be updated"),
+    ]
+    assert [k for k, _ in policy_line("template.exit", policy)] == [
+        "grace_seconds",
+        "logoff",
+        "max_parallel",
+        "message",
+    ]
+    assert policy_line("clone.start", None) == []

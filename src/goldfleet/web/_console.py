@@ -203,6 +203,9 @@ async def action(request: Request) -> tuple[Page, dict[str, Any]]:
     """A non-GET request: the session, then its CSRF token (header or form field), checked
     before anything is done; answers the page and the form's fields."""
     p = await page(request)
+    problem = form_body_problem(request)
+    if problem is not None:  # too large (413) or of unknown length (411): never read
+        raise problem
     form = await request.form()
     sent = request.headers.get("x-csrf-token") or str(form.get("csrf") or "")
     if not sent or not hmac.compare_digest(sent, p.csrf):
@@ -212,6 +215,14 @@ async def action(request: Request) -> tuple[Page, dict[str, Any]]:
         values = form.getlist(key)
         fields[key] = [str(v) for v in values] if len(values) > 1 else str(values[0])
     return p, fields
+
+
+def form_body_problem(request: Request) -> GoldfleetError | None:
+    """A console form is parsed in memory: the API's cap (``MAX_BODY``, 411 without a length)
+    holds for it too. (A bundle's upload is streamed under its own limit, not a form.)"""
+    from goldfleet.api.uploads import body_problem
+
+    return body_problem(request.method, request.url.path, request.headers)
 
 
 def listed(fields: dict[str, Any], key: str) -> list[str]:
@@ -675,6 +686,64 @@ def console_app(ctx: Context) -> FastAPI:
             return error_fragment(exc)
         return done_fragment(f"token {name} revoked", refresh=True)
 
+    @app.post("/ui/password")
+    async def password_change(request: Request) -> Response:
+        """A user changes its own password; ``user.write`` changes anyone's (the API's
+        ``POST /users/NAME/password``). The user's sessions end: its own, a new login."""
+        p, fields = await action(request)
+        name = text(fields, "user") or p.caller.user or ""
+        try:
+            await run_in_threadpool(_password, p, name, str(fields.get("password") or ""))
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        if name == p.caller.user:
+            response = done_fragment("password changed: log in with the new one")
+            response.headers["HX-Redirect"] = "/ui/login"
+            response.delete_cookie(COOKIE, path="/ui/")
+            return response
+        return done_fragment(f"password of {name} changed; its sessions ended")
+
+    @app.post("/ui/roles")
+    async def role_create(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            await run_in_threadpool(access.authorize, ctx, p.caller, "user.write", None, None)
+            made = await run_in_threadpool(
+                lambda: access.create_role(
+                    ctx,
+                    name=text(fields, "name") or "",
+                    allow=listed(fields, "allow"),
+                    actor=p.caller.name,
+                )
+            )
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"role {made.name} created", refresh=True)
+
+    @app.post("/ui/roles/{name}/delete")
+    async def role_delete(request: Request, name: str) -> Response:
+        p, _ = await action(request)
+        try:
+            await run_in_threadpool(access.authorize, ctx, p.caller, "user.write", None, None)
+            await run_in_threadpool(lambda: access.delete_role(ctx, name, actor=p.caller.name))
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"role {name} deleted", refresh=True)
+
+    @app.post("/ui/pools/window")
+    async def pool_window(request: Request) -> Response:
+        p, fields = await action(request)
+        try:
+            done = await run_in_threadpool(_pool_window, p, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        said = (
+            f"pool {done.name}: no maintenance window"
+            if not done.window_cron
+            else f"pool {done.name}: window {done.window_cron} for {done.window_minutes} min"
+        )
+        return done_fragment(said, refresh=True)
+
     @app.post("/ui/users/{name}/{verb}")
     async def user_control(request: Request, name: str, verb: str) -> Response:
         p, _ = await action(request)
@@ -974,13 +1043,50 @@ def _bulk(p: Page, fields: dict[str, Any]) -> Response:
 def _operation(p: Page, op_id: int) -> dict[str, Any]:
     ctx, c = p.ctx, p.caller
     access.authorize(ctx, c, "operation.read", "operation", op_id)
-    op = rollouts.show_operation(ctx, op_id)
+    op, items = snapshot(ctx, op_id)
     return {
         "op": op,
-        "items": rollouts.list_items(ctx, op_id, limit=MAX_ITEMS_SHOWN),
+        "items": items,
+        "policy": policy_line(op.kind, op.policy),
         "can_control": may(ctx, c, "operation.control", "operation", op_id),
         "can_retry": holds(c, retry_permission(op.kind)),
     }
+
+
+def progress_key(op: Any) -> tuple:
+    return (op.status, op.done, op.failed, op.running, op.queued, op.skipped, op.cancelled)
+
+
+def snapshot(ctx: Context, op_id: int, tries: int = 3) -> tuple[Any, list[Any]]:
+    """The operation and its items as of one moment: read the operation, its items, then the
+    operation again; its counts unchanged in between, they agree with the items (else read
+    again, a few times; the last pair is at worst one tick apart and the next tick sends it
+    again, its counts having changed)."""
+    op = rollouts.show_operation(ctx, op_id)
+    while True:
+        items = rollouts.list_items(ctx, op_id, limit=MAX_ITEMS_SHOWN)
+        again = rollouts.show_operation(ctx, op_id)
+        tries -= 1
+        if progress_key(again) == progress_key(op) or tries <= 0:
+            return again, items
+        op = again
+
+
+# what of a rollout policy matters to an operation of each kind: a start logs nobody off and
+# sends no message; a message sends its text and logs nobody off
+POLICY_HIDDEN = {
+    "clone.start": {"logoff", "grace_seconds", "message", "deadline"},
+    "clone.message": {"logoff", "grace_seconds", "deadline"},
+}
+
+
+def policy_line(kind: str, policy: dict[str, Any] | None) -> list[tuple[str, Any]]:
+    """The policy as ``key=value`` pairs, without what does not apply to the operation's kind
+    (a start shows no logoff message) and without empty values."""
+    hidden = POLICY_HIDDEN.get(kind, set())
+    return sorted(
+        (k, v) for k, v in (policy or {}).items() if k not in hidden and v not in (None, "")
+    )
 
 
 def retry_permission(kind: str) -> str:
@@ -1056,10 +1162,9 @@ async def _events(p: Page, op_id: int) -> AsyncIterator[bytes]:
     checked = loop.time()
     while True:
         op = await run_in_threadpool(rollouts.show_operation, ctx, op_id)
-        key = (op.status, op.done, op.failed, op.running, op.queued, op.skipped, op.cancelled)
-        if key != last:
-            last = key
-            items = await run_in_threadpool(rollouts.list_items, ctx, op_id, limit=MAX_ITEMS_SHOWN)
+        if progress_key(op) != last:
+            op, items = await run_in_threadpool(snapshot, ctx, op_id)
+            last = progress_key(op)
             progress = templates.get_template("_progress.html").render(
                 op=op, can_control=can_control, can_retry=can_retry
             )
@@ -1152,14 +1257,24 @@ def _pools(p: Page) -> dict[str, Any]:
     ]
     return {
         "title": "Pools",
-        "intro": "Set pools' maintenance windows with `goldfleet pool window`.",
         "forms": "_pool_forms.html",
         "pool_create": templates_writable,
         "pool_targets": [v.name for v in found if may(ctx, c, "pool.write", "pool", v.name)],
         "tables": [
             (
                 "Pools",
-                ["Pool", "Template", "Min", "Max", "Buffer", "State", "Clones", "Idle", "Action"],
+                [
+                    "Pool",
+                    "Template",
+                    "Min",
+                    "Max",
+                    "Buffer",
+                    "Window",
+                    "State",
+                    "Clones",
+                    "Idle",
+                    "Action",
+                ],
                 [
                     [
                         (v.name, f"/ui/clones?pool={quote(v.name)}"),
@@ -1167,6 +1282,7 @@ def _pools(p: Page) -> dict[str, Any]:
                         v.min,
                         v.max,
                         v.buffer,
+                        f"{v.window_cron} ({v.window_minutes} min)" if v.window_cron else "–",
                         v.state,
                         v.total,
                         v.idle,
@@ -1214,6 +1330,30 @@ def _pool_delete(p: Page, fields: dict[str, Any]) -> tuple[str, Any]:
     access.authorize(ctx, c, "pool.write", "pool", name)
     keep = fields.get("keep_clones") == "on"
     return name, pools.delete_pool(ctx, name, keep_clones=keep, actor=c.name)
+
+
+def _pool_window(p: Page, fields: dict[str, Any]) -> Any:
+    """The API's ``PUT /pools/NAME/window``: cron and minutes both empty, no window."""
+    ctx, c = p.ctx, p.caller
+    name = text(fields, "pool") or ""
+    access.authorize(ctx, c, "pool.write", "pool", name)
+    return pools.set_window(
+        ctx,
+        name,
+        cron=text(fields, "cron"),
+        minutes=number(fields, "minutes", "minutes"),
+        logoff=text(fields, "logoff"),
+        grace=text(fields, "grace"),
+        message=text(fields, "message"),
+        actor=c.name,
+    )
+
+
+def _password(p: Page, name: str, password: str) -> None:
+    ctx, c = p.ctx, p.caller
+    if c.user != name:
+        access.authorize(ctx, c, "user.write", None, None)
+    access.set_password(ctx, name, password, actor=c.name)
 
 
 def _required(value: int | None, label: str) -> int:
@@ -1464,6 +1604,7 @@ def _users(p: Page) -> dict[str, Any]:
         "user_actions": can_write,
         "forms": "_user_forms.html",
         "role_names": [r.name for r in access.list_roles(ctx)] if can_write else [],
+        "permissions": sorted(access.PERMISSIONS) if can_write else [],
         "tables": [
             (
                 "Users",
@@ -1475,9 +1616,20 @@ def _users(p: Page) -> dict[str, Any]:
             ),
             (
                 "Roles",
-                ["Role", "Built in", "Permissions"],
+                ["Role", "Built in", "Permissions", "Action"],
                 [
-                    [r.name, "yes" if r.builtin else "no", ", ".join(r.permissions)]
+                    [
+                        r.name,
+                        "yes" if r.builtin else "no",
+                        ", ".join(r.permissions),
+                        button(
+                            f"/ui/roles/{quote(r.name)}/delete",
+                            "Delete",
+                            f"Delete role {r.name}?",
+                        )
+                        if can_write and not r.builtin
+                        else None,
+                    ]
                     for r in access.list_roles(ctx)
                 ],
             ),
