@@ -400,6 +400,12 @@ def test_the_forms_are_absent_and_refused_without_their_permission(browser: Any,
         ("/ui/roles", {"name": "x", "allow": "user.write"}, "user.write"),
         ("/ui/roles/auditor/delete", {}, "user.write"),
         ("/ui/pools/window", {"pool": "lab", "cron": "0 2 * * *", "minutes": "60"}, "pool.write"),
+        ("/ui/sites/rights", {"site": "branch", "local_patches": "on"}, "site.write"),
+        ("/ui/sites/branch/revoke", {}, "site.write"),
+        ("/ui/keys/untrust", {"name": "x"}, "key.write"),
+        ("/ui/clusters/settings/schedule", {"cluster": "pve", "kind": "off"}, "cluster.write"),
+        ("/ui/clusters/settings/proxy", {"cluster": "pve", "url": "http://p:1"}, "cluster.write"),
+        ("/ui/clusters/settings/channel", {"cluster": "pve", "kind": "disable"}, "cluster.write"),
     ]:
         answer = page.request.post(srv.url + path, headers={"X-CSRF-Token": csrf}, form=form)
         assert answer.status == 403 and permission in answer.text(), (path, answer.text())
@@ -409,6 +415,8 @@ def test_the_forms_are_absent_and_refused_without_their_permission(browser: Any,
         data=b"anything",
     )
     assert answer.status == 403 and "bundle.import" in answer.text(), answer.text()
+    answer = page.request.get(srv.url + "/ui/bundles/export?template=base")
+    assert answer.status == 403 and "bundle.export" in answer.text(), answer.text()
     c = srv.client()
     assert c.get("/pools/lab")["max"] == 3 and "x" not in {p["name"] for p in c.get("/pools")}
     assert {u["name"]: u for u in c.get("/users")}[HD]["grants"] == ["helpdesk on pool:lab"]
@@ -417,6 +425,9 @@ def test_the_forms_are_absent_and_refused_without_their_permission(browser: Any,
     assert "x" not in {r["name"] for r in c.get("/roles")}
     assert "auditor" in {r["name"] for r in c.get("/roles")}
     assert c.get("/pools/lab")["window_cron"] is None
+    assert c.get("/clusters/pve")["proxy"] is None
+    branch = {v["name"]: v for v in c.get("/sites")}["branch"]
+    assert (branch["local_patches"], branch["token_revoked"]) == (False, False)
     assert c.post("/auth/login", {"name": ADMIN, "password": ADMIN_PW})["token"]
     tab.close()
 
@@ -673,6 +684,14 @@ def test_sites_clusters_and_keys_changed_on_their_pages(admin: Tab, srv: Any) ->
     page.click("#site-assign")
     page.wait_for_selector("main tr:has(td:text-is('branch')) td:text-is('win')")
     assert "win" in {s["name"]: s for s in c.get("/sites")}["branch"]["templates"]
+    page.select_option("#rights-site", "harbour")
+    page.check("#rights-patches")
+    page.click("#site-rights")
+    page.wait_for_selector("main tr:has(td:text-is('harbour')) td:nth-child(5):text-is('yes')")
+    assert {s["name"]: s for s in c.get("/sites")}["harbour"]["local_patches"] is True
+    page.click("main tr:has(td:text-is('harbour')) button:text-is('Revoke')")
+    page.wait_for_selector("main tr:has(td:text-is('harbour')) td:nth-child(6):text-is('yes')")
+    assert {s["name"]: s for s in c.get("/sites")}["harbour"]["token_revoked"] is True
     admin.go("/ui/hosts")
     page.fill("#cluster-name", "edge")
     page.fill("#cluster-hosts", "sim-host-2")
@@ -680,6 +699,45 @@ def test_sites_clusters_and_keys_changed_on_their_pages(admin: Tab, srv: Any) ->
     page.click("#cluster-create")
     page.wait_for_selector("main td:text-is('edge')")
     assert c.get("/clusters/edge")["coordinator"] == "sim-host-2"
+    page.select_option("#schedule-cluster", "edge")
+    page.select_option("#schedule-kind", "weekly")
+    page.fill("#schedule-day", "1")
+    page.fill("#schedule-at", "03:30")
+    page.click("#cluster-schedule")
+    page.wait_for_selector("main tr:has(td:text-is('edge')) td:text('03:30')")  # reloaded
+    schedule = c.get("/clusters/edge")["sync_schedule"]
+    assert "03:30" in schedule and schedule.startswith("weekly"), schedule
+    page.select_option("#proxy-cluster", "edge")
+    page.fill("#proxy-url", "ftp://proxy.lan")  # refused in the server's words
+    page.click("#cluster-proxy")
+    page.wait_for_selector("#cluster-proxy-result .error")
+    assert "422" in page.inner_text("#cluster-proxy-result")
+    assert c.get("/clusters/edge")["proxy"] is None
+    page.fill("#proxy-url", "http://proxy.lan:3128")
+    page.fill("#proxy-user", "fleet")
+    page.fill("#proxy-password", "proxy-secret-42")
+    page.click("#cluster-proxy")
+    page.wait_for_selector("main td:text('http://proxy.lan:3128 as fleet (password set)')")
+    assert "proxy-secret-42" not in page.content()  # never shown back
+    assert c.get("/clusters/edge")["proxy"]["password_set"] is True
+    page.select_option("#channel-cluster", "edge")
+    page.select_option("#channel-kind", "normal")
+    page.fill("#channel-url", "http://127.0.0.1:9/debian")
+    page.fill("#channel-suite", "bookworm")
+    page.fill("#channel-components", "main")
+    page.click("#cluster-channel")  # no signing key: refused in the server's words
+    page.wait_for_selector("#cluster-channel-result .error")
+    assert "needs the key its InRelease is signed with" in page.inner_text(
+        "#cluster-channel-result"
+    )
+    assert c.get("/clusters/edge")["channel"] is None
+    page.select_option("#channel-kind", "offline")
+    page.fill("#channel-url", "")
+    page.fill("#channel-suite", "")
+    page.fill("#channel-components", "")
+    page.click("#cluster-channel")
+    page.wait_for_selector("main tr:has(td:text-is('edge')) td:text-is('offline')")
+    assert c.get("/clusters/edge")["channel"]["kind"] == "offline"
     # pve has no package channel: the sync is refused in the server's words, next to the table
     page.click("main tr:has(td:text-is('pve')) button:text('Sync now')")
     page.wait_for_selector("#table-result .error")
@@ -696,6 +754,8 @@ def test_sites_clusters_and_keys_changed_on_their_pages(admin: Tab, srv: Any) ->
     page.wait_for_selector("main td:has-text('partner')")
     actions = {(e["actor"], e["action"]) for e in c.get("/audit")}
     assert {("user:root", "site.create"), ("user:root", "cluster.create")} <= actions
+    assert {("user:root", "site.rights"), ("user:root", "site.revoke")} <= actions
+    assert {("user:root", "cluster.sync-schedule"), ("user:root", "cluster.proxy")} <= actions
     assert [e for e in admin.errors if not re.search(r"status of 4\d\d", e)] == []
 
 
@@ -713,12 +773,18 @@ def test_a_bundle_uploaded_on_the_keys_page(admin: Tab, srv: Any, tmp_path: Path
     # this server's own bundle of win, its own key trusted: imported again
     own = c.get("/keys")["own"]["public_key"]
     c.post("/keys/trust", {"name": "myself", "public_key": own})
-    got = httpx.get(
-        srv.url + "/templates/win/bundle", headers={"Authorization": f"Bearer {srv.token}"}
-    )
-    assert got.status_code == 200
+    admin.go("/ui/keys")
+    page.fill("#export-since", "x")  # refused in the server's words, on the page
+    page.click("#bundle-export-go")
+    page.wait_for_selector("main .error, main p:text('422')")
+    assert "since 'x' is not a version number" in page.inner_text("main")
+    admin.go("/ui/keys")
+    page.select_option("#export-template", "win")
+    with page.expect_download() as download:  # the console's own export: a download
+        page.click("#bundle-export-go")
+    assert download.value.suggested_filename == "win.bundle"
     real = tmp_path / "win.bundle"
-    real.write_bytes(got.content)
+    download.value.save_as(str(real))
     page.set_input_files("#bundle-file", str(real))
     page.click("#bundle-go")
     page.wait_for_selector("#bundle-result .ok")
@@ -728,6 +794,13 @@ def test_a_bundle_uploaded_on_the_keys_page(admin: Tab, srv: Any, tmp_path: Path
     assert any(
         e["action"] == "bundle.import" and e["actor"] == f"user:{ADMIN}" for e in c.get("/audit")
     )
+    admin.go("/ui/keys")
+    page.select_option("#untrust-name", "myself")
+    page.click("#key-untrust")  # the page reloads without it
+    page.wait_for_selector("#untrust-name option:text-is('myself')", state="detached")
+    assert "myself" not in {k["name"] for k in c.get("/keys")["trusted"]}
+    actions = {(e["actor"], e["action"]) for e in c.get("/audit")}
+    assert (f"user:{ADMIN}", "key.untrust") in actions
     assert [e for e in admin.errors if "status of 422" not in e] == []
 
 

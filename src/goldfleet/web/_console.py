@@ -588,6 +588,35 @@ def console_app(ctx: Context) -> FastAPI:
             return error_fragment(exc)
         return done_fragment(said, refresh=True)
 
+    @app.post("/ui/sites/rights")
+    async def site_rights(request: Request) -> Response:
+        p, fields = await action(request)
+        site = text(fields, "site") or ""
+        patches = fields.get("local_patches") == "on"
+        try:
+            await run_in_threadpool(access.authorize, ctx, p.caller, "site.write", "site", site)
+            await run_in_threadpool(
+                lambda: distribution.set_rights(
+                    ctx, site, local_patches=patches, actor=p.caller.name
+                )
+            )
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        said = "may" if patches else "may not"
+        return done_fragment(f"site {site} {said} publish local patches", refresh=True)
+
+    @app.post("/ui/sites/{name}/revoke")
+    async def site_revoke(request: Request, name: str) -> Response:
+        p, _ = await action(request)
+        try:
+            await run_in_threadpool(access.authorize, ctx, p.caller, "site.write", "site", name)
+            await run_in_threadpool(
+                lambda: distribution.revoke_site(ctx, name, actor=p.caller.name)
+            )
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"site {name}: its token is revoked", refresh=True)
+
     @app.post("/ui/clusters")
     async def cluster_create(request: Request) -> Response:
         p, fields = await action(request)
@@ -596,6 +625,19 @@ def console_app(ctx: Context) -> FastAPI:
         except GoldfleetError as exc:
             return error_fragment(exc)
         return done_fragment(f"cluster {made.name} created", refresh=True)
+
+    @app.post("/ui/clusters/settings/{what}")
+    async def cluster_settings(request: Request, what: str) -> Response:
+        """A cluster's package channel, proxy or sync schedule: the API's ``POST
+        /clusters/NAME/channel|proxy|sync-schedule`` (``cluster.write`` on the cluster)."""
+        p, fields = await action(request)
+        if what not in ("channel", "proxy", "schedule"):
+            return error_fragment(f"no cluster setting {what!r}", 404)
+        try:
+            said = await run_in_threadpool(_cluster_setting, p, what, fields)
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(said, refresh=True)
 
     @app.post("/ui/clusters/{name}/sync")
     async def cluster_sync(request: Request, name: str) -> Response:
@@ -652,6 +694,44 @@ def console_app(ctx: Context) -> FastAPI:
         except GoldfleetError as exc:
             return error_fragment(exc)
         return done_fragment(f"key {name} trusted", refresh=True)
+
+    @app.post("/ui/keys/untrust")
+    async def key_untrust(request: Request) -> Response:
+        p, fields = await action(request)
+        name = text(fields, "name") or ""
+        try:
+            await run_in_threadpool(access.authorize, ctx, p.caller, "key.write", None, None)
+            await run_in_threadpool(
+                lambda: distribution.untrust_key(ctx, name, actor=p.caller.name)
+            )
+        except GoldfleetError as exc:
+            return error_fragment(exc)
+        return done_fragment(f"key {name} is no longer trusted", refresh=True)
+
+    @app.get("/ui/bundles/export")
+    async def bundle_export(request: Request, template: str = "", since: str = "") -> Response:
+        """The API's ``GET /templates/NAME/bundle`` as a download (``bundle.export`` on the
+        template): the signed bundle streamed as a tar; refusals before the first byte, shown
+        on the page around them."""
+        from goldfleet.api.streaming import GuardedStream
+
+        p = await page(request)
+        await run_in_threadpool(
+            access.authorize, ctx, p.caller, "bundle.export", "template", template
+        )
+        after = None
+        if since.strip():
+            if not since.strip().isdigit() or int(since) < 1:
+                raise InvalidInput(f"since {since!r} is not a version number")
+            after = int(since)
+        plan = await run_in_threadpool(distribution.plan_export, ctx, template, after, False)
+        suffix = f"-since-v{after}" if after is not None else ""
+        return GuardedStream(
+            distribution.stream_bundle(plan),
+            stall_seconds=ctx.settings.stall_seconds,
+            media_type="application/x-tar",
+            headers={"Content-Disposition": f'attachment; filename="{template}{suffix}.bundle"'},
+        )
 
     @app.post("/ui/pools/{name}/{verb}")
     async def pool_control(request: Request, name: str, verb: str) -> Response:
@@ -1428,6 +1508,50 @@ def _cluster_create(p: Page, fields: dict[str, Any]) -> Any:
     )
 
 
+def _cluster_setting(p: Page, what: str, fields: dict[str, Any]) -> str:
+    ctx, c = p.ctx, p.caller
+    name = text(fields, "cluster") or ""
+    access.authorize(ctx, c, "cluster.write", "cluster", name)
+    if what == "schedule":
+        done = clusters.set_sync_schedule(
+            ctx,
+            name,
+            text(fields, "kind") or "",
+            day=number(fields, "day", "day"),
+            at=text(fields, "at"),
+            actor=c.name,
+        )
+        return f"cluster {name}: sync {done.sync_schedule}"
+    if what == "proxy":  # the password is sent on, never shown back
+        url = text(fields, "url")
+        clusters.set_proxy(
+            ctx,
+            name,
+            url,
+            username=text(fields, "username"),
+            password=str(fields.get("password") or "") or None,
+            actor=c.name,
+        )
+        return f"cluster {name}: proxy {url}" if url else f"cluster {name}: no proxy"
+    kind = text(fields, "kind") or ""
+    if kind == "disable":
+        clusters.disable_channel(ctx, name, actor=c.name)
+        return f"cluster {name}: no package channel"
+    components = (text(fields, "components") or "").replace(",", " ").split()
+    clusters.set_channel(
+        ctx,
+        name,
+        kind,
+        url=text(fields, "url"),
+        suite=text(fields, "suite"),
+        components=components or None,
+        arch=text(fields, "arch") or "amd64",
+        key=(text(fields, "key") or "").encode() or None,  # an armored OpenPGP public key
+        actor=c.name,
+    )
+    return f"cluster {name}: channel {kind}"
+
+
 def _sites(p: Page) -> dict[str, Any]:
     ctx, c = p.ctx, p.caller
     if not holds(c, "site.read"):
@@ -1445,14 +1569,30 @@ def _sites(p: Page) -> dict[str, Any]:
         "tables": [
             (
                 "Sites",
-                ["Site", "Last contact", "Templates", "Versions", "Revoked"],
+                [
+                    "Site",
+                    "Last contact",
+                    "Templates",
+                    "Versions",
+                    "Local patches",
+                    "Revoked",
+                    "Action",
+                ],
                 [
                     [
                         v.name,
                         when(v.last_contact),
                         ", ".join(v.templates) or "–",
                         ", ".join(f"{k}: {st.state}" for k, st in sorted(v.states.items())) or "–",
+                        "yes" if v.local_patches else "no",
                         "yes" if v.token_revoked else "no",
+                        button(
+                            f"/ui/sites/{quote(v.name)}/revoke",
+                            "Revoke",
+                            f"Revoke site {v.name}'s token? It is refused from now on.",
+                        )
+                        if v.name in targets and not v.token_revoked
+                        else None,
                     ]
                     for v in found
                 ],
@@ -1476,6 +1616,8 @@ def _hosts(p: Page) -> dict[str, Any]:
                 "Coordinator",
                 "Hosts",
                 "Sync schedule",
+                "Channel",
+                "Proxy",
                 "Last sync",
                 "Last error",
                 "Action",
@@ -1486,6 +1628,8 @@ def _hosts(p: Page) -> dict[str, Any]:
                     v.coordinator,
                     len(v.hosts),
                     v.sync_schedule,
+                    _channel(v.channel),
+                    _proxy(v.proxy),
                     when(v.last_update_sync),
                     v.last_error or "–",
                     button(f"/ui/clusters/{quote(v.name)}/sync", "Sync now")
@@ -1523,7 +1667,25 @@ def _hosts(p: Page) -> dict[str, Any]:
         "tables": tables,
         "forms": "_host_forms.html",
         "cluster_create": may(ctx, c, "cluster.write", None, None),
+        "cluster_targets": [
+            v.name for v in found if may(ctx, c, "cluster.write", "cluster", v.name)
+        ],
     }
+
+
+def _channel(ch: Any) -> str:
+    if ch is None:
+        return "–"
+    where = " ".join(x for x in (ch.url, ch.suite, " ".join(ch.components)) if x)
+    return f"{ch.kind}: {where}" if where else ch.kind
+
+
+def _proxy(px: Any) -> str:
+    """The proxy's address and user; of its password only whether one is set."""
+    if px is None:
+        return "–"
+    user = f" as {px.username}" if px.username else ""
+    return f"{px.url}{user}" + (" (password set)" if px.password_set else "")
 
 
 def button(url: str, label: str, confirm: str | None = None) -> dict[str, str | None]:
@@ -1554,9 +1716,13 @@ def _keys(p: Page) -> dict[str, Any]:
         "forms": "_key_forms.html",
         "key_write": may(ctx, c, "key.write", None, None),
         "bundle_import": may(ctx, c, "bundle.import", None, None),
-        "intro": "This server's signing key and the keys it trusts for offline bundles. "
-        "Export bundles with `goldfleet bundle export`; untrust a key with"
-        " `goldfleet keys untrust`.",
+        "trusted": [k.name for k in keys.trusted],
+        "exportable": [
+            t.name
+            for t in _visible_templates(p)
+            if holds(c, "bundle.export") and may(ctx, c, "bundle.export", "template", t.name)
+        ],
+        "intro": "This server's signing key and the keys it trusts for offline bundles.",
         "tables": [("Keys", ["What", "Value"], rows)],
     }
 
