@@ -7,9 +7,9 @@ in a temporary folder, key-only, no PAM) and drives goldfleet's ssh agent throug
 key, an unknown or changed host key and a broken ``.deb`` each refused with ssh's or dpkg's
 own words. The hosts' roots are folders (``ssh_roots``, ``dpkg --root``), so the test proves
 the transport and the commands, never touching this machine's own dpkg database (it only
-reads it once, through the agent with no root). What is not proven: a real reboot of a real
-host (the rolling update asks the driver for it, not the agent), nor an ``apply`` into a real
-host's ``/``.
+reads it once, through the agent with no root). What is not proven: an ``apply`` into a real
+host's ``/``. Reboots and toolstack restarts over ssh: test_e2e_host_reboot_ssh.py (the sshd
+fixture is shared, tests/e2e/sshkit.py).
 """
 
 from __future__ import annotations

@@ -185,6 +185,15 @@ def _reachable(ctx: Context, hosts: list[str]) -> dict[str, str | None]:
     return out
 
 
+def _back(ctx: Context, host: str, progress: dict[str, Any]) -> bool:
+    """Whether the host an update paused on answers again; one its agent was rebooting must
+    answer with another boot id (else a resume would only wait for it again)."""
+    if _reachable(ctx, [host])[host]:
+        return False
+    boot_id = progress.get("hosts", {}).get(host, {}).get("boot_id")
+    return boot_id is None or make_agent(ctx.settings, host).back_from_reboot(boot_id)
+
+
 def start_update(
     ctx: Context,
     name: str,
@@ -467,7 +476,7 @@ def update_tick(ctx: Context) -> None:
     running = [uid for uid, st, _ in rows if st == "running"]
     for uid, st, progress in rows:
         host = progress.get("paused_on_offline")
-        if st == "paused" and host and not _reachable(ctx, [host])[host]:
+        if st == "paused" and host and _back(ctx, host, progress):
             with ctx.session() as s:
                 u = s.get(ClusterUpdate, uid)
                 if u is not None and u.status == "paused":
