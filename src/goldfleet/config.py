@@ -87,11 +87,26 @@ class Settings(BaseSettings):
     ssh_timeout: float = 120.0  # a read of a host over ssh; an apply gets 600 s
     # a rolling update pauses on a host not up again this long after its reboot
     host_reboot_timeout: float = 900.0
+    # what the host agent runs on a host (over ssh) when the driver cannot reboot it or restart
+    # its toolstack itself (the libvirt driver; docs/host-updates.md "Reboots and toolstack
+    # restarts over the host agent")
+    host_reboot_command: str = "systemctl reboot"
+    host_toolstack_command: str = "systemctl restart libvirtd"
+    # a rolling update pauses on a host whose libvirt does not answer this long after the
+    # toolstack restart
+    host_toolstack_timeout: float = 120.0
 
     @field_validator("edge_root", mode="before")
     @classmethod
     def _empty_edge_root_is_off(cls, value: object) -> object:
         return None if value == "" else value
+
+    @field_validator("host_reboot_command", "host_toolstack_command")
+    @classmethod
+    def _a_command(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("give the command a host runs (docs/host-updates.md)")
+        return value
 
     @field_validator("host_roots", "ssh_key", "ssh_known_hosts", mode="before")
     @classmethod

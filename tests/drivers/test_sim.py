@@ -488,11 +488,22 @@ def test_a_full_plan_parses() -> None:
         ('{"sessions": {"vm": "desk-001"}}', "sessions must be a list"),
         ('{"sessions": [{"vm": "desk-001"}]}', "sessions\\[0\\] must be"),
         ('{"sessions": [{"vm": "desk-001", "user": "a b"}]}', "user 'a b' is not valid"),
+        ('{"unsupported": "reboot_host"}', "unsupported must be a list of driver actions"),
+        ('{"unsupported": ["reboot"]}', "unsupported: 'reboot' is not a driver action"),
     ],
 )
 def test_bad_plans_are_refused_with_the_reason(text: str, message: str) -> None:
     with pytest.raises(InvalidInput, match=message):
         SimPlan.from_json(text)
+
+
+def test_unsupported_actions_are_refused_as_a_driver_that_cannot(make: Make) -> None:
+    d = make(plan={"unsupported": ["reboot_host", "restart_toolstack"]})
+    with pytest.raises(Unsupported, match="driver sim cannot reboot_host"):
+        d.reboot_host(host=d.hosts()[0])
+    with pytest.raises(Unsupported, match="driver sim cannot restart_toolstack"):
+        d.restart_toolstack(host=d.hosts()[0])
+    assert d.host_up(host=d.hosts()[0])  # the others as ever
 
 
 def test_bootstrap_builds_the_sim_driver_from_settings(

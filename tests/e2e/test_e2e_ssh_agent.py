@@ -7,25 +7,20 @@ in a temporary folder, key-only, no PAM) and drives goldfleet's ssh agent throug
 key, an unknown or changed host key and a broken ``.deb`` each refused with ssh's or dpkg's
 own words. The hosts' roots are folders (``ssh_roots``, ``dpkg --root``), so the test proves
 the transport and the commands, never touching this machine's own dpkg database (it only
-reads it once, through the agent with no root). What is not proven: a real reboot of a real
-host (the rolling update asks the driver for it, not the agent), nor an ``apply`` into a real
-host's ``/``.
+reads it once, through the agent with no root). What is not proven: an ``apply`` into a real
+host's ``/``. Reboots and toolstack restarts over ssh: test_e2e_host_reboot_ssh.py (the sshd
+fixture is shared, tests/e2e/sshkit.py).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import subprocess
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 from aptkit import NEW, UPDATED, World, build_deb, host_root, installed, material, world
+from sshkit import SSHD, Sshd, free_port, keygen, sshd
 
 from goldfleet.config import Settings
 from goldfleet.drivers.agents import (
@@ -36,97 +31,14 @@ from goldfleet.drivers.agents import (
     parse_target,
 )
 
-__all__ = ["material", "world"]  # the fixtures (tests/e2e/aptkit.py)
+__all__ = ["material", "sshd", "world"]  # the fixtures (tests/e2e/aptkit.py, sshkit.py)
 
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 # one worker runs the whole module under `make test` (pytest-xdist): one sshd, started once
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.xdist_group("sshd"),
     pytest.mark.skipif(not Path(SSHD).exists(), reason="openssh-server: make system-packages"),
 ]
-
-
-def _keygen(path: Path) -> str:
-    subprocess.run(
-        ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", str(path)],
-        check=True,
-        capture_output=True,
-    )
-    return path.with_suffix(".pub").read_text().strip()
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@dataclass
-class Sshd:
-    dir: Path
-    port: int
-    key: Path  # the client's private key, authorized on the server
-    host_pub: str  # the server's host key, "ssh-ed25519 AAAA…"
-    user: str
-
-    def known_hosts(self, *names: str, pub: str | None = None) -> Path:
-        tag = "-".join(names) or "none"
-        path = self.dir / f"known_hosts-{tag}{'-other' if pub else ''}"
-        path.write_text("".join(f"{n} {pub or self.host_pub}\n" for n in names))
-        return path
-
-    def agent(self, host: str, root: Path | str | None, **kw: object) -> SshAgent:
-        args: dict = {
-            "address": "127.0.0.1",
-            "user": self.user,
-            "port": self.port,
-            "key": self.key,
-            "known_hosts": kw.get("known_hosts") or self.known_hosts(host),
-            "root": None if root is None else str(root),
-            "connect_timeout": 5,
-            "timeout": 30,
-        }
-        return SshAgent(host, **{**args, **kw})
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sshd]:
-    d = tmp_path_factory.mktemp("sshd")
-    host_pub = _keygen(d / "host_ed25519").split()
-    client_pub = _keygen(d / "client_ed25519")
-    (d / "authorized_keys").write_text(client_pub + "\n")
-    port = _free_port()
-    config = d / "sshd_config"
-    config.write_text(
-        f"ListenAddress 127.0.0.1\nPort {port}\nHostKey {d / 'host_ed25519'}\n"
-        f"AuthorizedKeysFile {d / 'authorized_keys'}\nPidFile {d / 'sshd.pid'}\n"
-        "PasswordAuthentication no\nKbdInteractiveAuthentication no\nUsePAM no\n"
-        "StrictModes no\nPermitRootLogin prohibit-password\nX11Forwarding no\n"
-        "AllowTcpForwarding no\nPrintMotd no\n"
-    )
-    if os.geteuid() == 0:
-        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # its privilege-separation folder
-    log = (d / "sshd.log").open("wb")
-    proc = subprocess.Popen([SSHD, "-D", "-e", "-f", str(config)], stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            assert proc.poll() is None, (d / "sshd.log").read_text()
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "sshd did not listen"
-                time.sleep(0.1)
-        import pwd
-
-        user = pwd.getpwuid(os.geteuid()).pw_name
-        yield Sshd(d, port, d / "client_ed25519", " ".join(host_pub[:2]), user)
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +139,7 @@ def test_dpkg_refusing_a_broken_deb_is_apply_failed(sshd: Sshd, debs: dict, tmp_
 def test_a_wrong_key_is_unreachable_with_ssh_words(sshd: Sshd, tmp_path: Path) -> None:
     root = host_root(tmp_path, "h1", [])
     other = tmp_path / "other_ed25519"
-    _keygen(other)
+    keygen(other)
     with pytest.raises(HostUnreachable) as exc:
         sshd.agent("h1", root, key=other).installed()
     assert "Permission denied (publickey)" in exc.value.message
@@ -237,7 +149,7 @@ def test_a_wrong_key_is_unreachable_with_ssh_words(sshd: Sshd, tmp_path: Path) -
     assert "failed" in exc.value.message
     # nobody listening
     with pytest.raises(HostUnreachable, match="Connection refused"):
-        sshd.agent("h1", root, port=_free_port()).installed()
+        sshd.agent("h1", root, port=free_port()).installed()
 
 
 def test_an_unknown_or_changed_host_key_is_refused(sshd: Sshd, tmp_path: Path) -> None:
@@ -247,7 +159,7 @@ def test_an_unknown_or_changed_host_key_is_refused(sshd: Sshd, tmp_path: Path) -
         sshd.agent("h1", root, known_hosts=sshd.known_hosts()).installed()
     assert "Host key verification failed" in exc.value.message
     # known under another key: refused, nothing run
-    impostor = _keygen(tmp_path / "impostor").split()
+    impostor = keygen(tmp_path / "impostor").split()
     changed = sshd.known_hosts("h1", pub=" ".join(impostor[:2]))
     with pytest.raises(HostUnreachable) as exc:
         sshd.agent("h1", root, known_hosts=changed).installed()
@@ -306,7 +218,7 @@ def test_cluster_sync_and_update_over_ssh(sshd: Sshd, world: World) -> None:
     c = w.client.get("/clusters/pve")
     assert all(h["latest_synced_updates_applied"] for h in c["hosts"])
     # h2's host key changes: the sync goes on, h2 is offline
-    impostor = " ".join(_keygen(w.tmp / "impostor").split()[:2])
+    impostor = " ".join(keygen(w.tmp / "impostor").split()[:2])
     known.write_text(known.read_text().replace(f"h2 {sshd.host_pub}", f"h2 {impostor}"))
     r = w.ok_json("cluster", "sync", "pve")
     assert r["offline_hosts"] == ["h2"]

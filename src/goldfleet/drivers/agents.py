@@ -15,6 +15,13 @@ and ``uname -r`` run on the host; an apply copies the ``.deb``s into a temporary
 host (``cat >`` over ssh), checks their sha256 there, then runs ``dpkg -i``. With ``ssh_roots``
 set, the host's root is the folder ``ssh_roots/HOST`` on it (``dpkg --root``, as local-root: the
 tests' hosts).
+
+Host-level tasks a rolling update needs when its driver cannot do them (the libvirt driver):
+:meth:`HostAgent.boot_id`, :meth:`HostAgent.reboot` and :meth:`HostAgent.restart_toolstack`.
+The ssh agent reads ``/proc/sys/kernel/random/boot_id`` and runs the configured
+``host_reboot_command`` / ``host_toolstack_command`` on the host (with ``ssh_roots``: the root's
+``proc/sys/kernel/random/boot_id`` when it has one, and the commands run in the root folder);
+the local-root agent cannot (its host is a folder on this machine): :class:`Unsupported`.
 """
 
 from __future__ import annotations
@@ -30,10 +37,12 @@ from pathlib import Path
 
 from goldfleet.config import Settings
 from goldfleet.domain.hostupdates import parse_dpkg_status
+from goldfleet.drivers.base import Unsupported
 from goldfleet.errors import GoldfleetError
 
 STATUS = Path("var/lib/dpkg/status")
 BOOTED_KERNEL = Path("var/lib/goldfleet/booted-kernel")
+BOOT_ID = Path("proc/sys/kernel/random/boot_id")
 MAX_STATUS = 64 << 20  # bytes of a dpkg status database goldfleet reads
 
 
@@ -45,6 +54,7 @@ class HostUnreachable(GoldfleetError):
 
 class HostAgent(ABC):
     host: str
+    kind: str
 
     @abstractmethod
     def installed(self) -> dict[str, str]:
@@ -60,6 +70,31 @@ class HostAgent(ABC):
         :class:`HostUnreachable` when the host cannot be reached, :class:`ApplyFailed` when dpkg
         refuses."""
 
+    def boot_id(self) -> str:
+        """The host's boot id: another one after every boot (raises :class:`HostUnreachable`
+        when the host does not answer)."""
+        raise Unsupported(f"the {self.kind} host agent cannot read the boot id of host {self.host}")
+
+    def back_from_reboot(self, boot_id: str) -> bool:
+        """Whether the host answers with a boot id other than ``boot_id`` (read before its
+        reboot): not answering, or answering with the same one, is not back yet."""
+        try:
+            return self.boot_id() != boot_id
+        except HostUnreachable:
+            return False
+
+    def reboot(self) -> None:
+        """Run the host's reboot command (``host_reboot_command``); the caller reads
+        :meth:`boot_id` before and waits for another one."""
+        raise Unsupported(f"the {self.kind} host agent cannot reboot host {self.host}")
+
+    def restart_toolstack(self) -> None:
+        """Run the host's toolstack restart command (``host_toolstack_command``); raises
+        :class:`HostTaskFailed` with the command's own words when it fails."""
+        raise Unsupported(
+            f"the {self.kind} host agent cannot restart the toolstack of host {self.host}"
+        )
+
 
 class ApplyFailed(GoldfleetError):
     """dpkg refused the packages on the host; its own words are in the message."""
@@ -67,7 +102,19 @@ class ApplyFailed(GoldfleetError):
     status_code = 502
 
 
+class HostTaskFailed(GoldfleetError):
+    """A host-level command (reboot, toolstack restart) ran and failed; its own words are in
+    the message."""
+
+    status_code = 502
+
+
 class LocalRootAgent(HostAgent):
+    """Its host is a folder on this machine: it cannot reboot it or restart its toolstack (that
+    would be this machine's); the sim driver does those for its hosts."""
+
+    kind = "local-root"
+
     def __init__(self, host: str, root: Path) -> None:
         self.host = host
         self.root = root
@@ -155,6 +202,8 @@ def parse_target(target: str, user: str, port: int) -> tuple[str, str, int]:
 class SshAgent(HostAgent):
     """A host reached by ``ssh`` (the OpenSSH client), key-based, never asking for anything."""
 
+    kind = "ssh"
+
     def __init__(
         self,
         host: str,
@@ -167,6 +216,8 @@ class SshAgent(HostAgent):
         root: str | None = None,
         connect_timeout: float = 10.0,
         timeout: float = 120.0,
+        reboot_command: str = "systemctl reboot",
+        toolstack_command: str = "systemctl restart libvirtd",
     ) -> None:
         self.host = host
         self.address = address
@@ -177,6 +228,8 @@ class SshAgent(HostAgent):
         self.root = root
         self.connect_timeout = connect_timeout
         self.timeout = timeout
+        self.reboot_command = reboot_command
+        self.toolstack_command = toolstack_command
 
     def argv(self, command: str) -> list[str]:
         """The ssh command line: no user configuration, no agent, no password, no prompt; the
@@ -294,6 +347,49 @@ class SshAgent(HostAgent):
         text = out.decode("utf-8", errors="replace").strip()
         return text.splitlines()[0][:100] if text else None
 
+    def boot_id(self) -> str:
+        """``/proc/sys/kernel/random/boot_id`` on the host; with a root folder, that root's
+        ``proc/sys/kernel/random/boot_id`` when it has one (the tests' hosts)."""
+        command = f"cat /{BOOT_ID}"
+        if self.root is not None:
+            f = shlex.quote(f"{self.root}/{BOOT_ID}")
+            command = f"if [ -f {f} ]; then head -n 1 {f}; else cat /{BOOT_ID}; fi"
+        rc, out, words = self._run(command, cap=4096, timeout=self.timeout)
+        text = out.decode("utf-8", errors="replace").strip()
+        if rc != 0 or not text:
+            raise HostUnreachable(
+                f"host {self.host}: reading its boot id failed (exit {rc}): {words or 'empty'}"
+            )
+        return text.splitlines()[0][:100]
+
+    def _command(self, command: str) -> str:
+        """A configured command as the host runs it: in the root folder when there is one."""
+        if self.root is None:
+            return command
+        return f"cd {shlex.quote(self.root)} && {command}"
+
+    def _task(self, what: str, command: str) -> None:
+        rc, out, words = self._run(self._command(command), cap=1 << 20, timeout=self.timeout)
+        if rc != 0:
+            said = words or out.decode("utf-8", errors="replace").strip()[-MAX_ERR:]
+            raise HostTaskFailed(
+                f"host {self.host}: the {what} command {command!r} failed (exit {rc}):"
+                f" {said or 'no message'}"
+            )
+
+    def reboot(self) -> None:
+        """Run ``host_reboot_command``. The session being cut (ssh's exit 255) or giving no
+        answer is what a reboot does to it: not an error here: the caller waits for another
+        boot id and pauses when none comes within ``host_reboot_timeout``. The command
+        exiting non-zero on its own is :class:`HostTaskFailed`."""
+        with contextlib.suppress(HostUnreachable):
+            self._task("reboot", self.reboot_command)
+
+    def restart_toolstack(self) -> None:
+        """Run ``host_toolstack_command`` (it returns once the toolstack is restarted, as
+        ``systemctl restart`` does)."""
+        self._task("toolstack restart", self.toolstack_command)
+
     def apply(self, debs: Sequence[Path]) -> None:
         """Copy each ``.deb`` into a fresh ``mktemp -d`` folder on the host (``cat >``, named
         by position: no file name of ours reaches the remote shell), check each one's sha256
@@ -383,6 +479,8 @@ def make_agent(settings: Settings, host: str) -> HostAgent:
             root=f"{settings.ssh_roots.rstrip('/')}/{host}" if settings.ssh_roots else None,
             connect_timeout=settings.ssh_connect_timeout,
             timeout=settings.ssh_timeout,
+            reboot_command=settings.host_reboot_command,
+            toolstack_command=settings.host_toolstack_command,
         )
     raise HostUnreachable(
         f"host agent {kind!r} is not available: 'local-root' or 'ssh' (docs/hosts.md)"

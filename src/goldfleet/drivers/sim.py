@@ -107,6 +107,7 @@ PLAN_KEYS = (
     "sessions",
     "reboot_seconds",
     "reboot_never_up",
+    "unsupported",
 )
 REBOOT_SECONDS = 2.0  # how long a simulated host reboot takes, unless the plan says
 DOCS = "see 'The sim driver' in docs/concepts.md"
@@ -147,6 +148,9 @@ class SimPlan:
     sessions: tuple[ScriptedSession, ...] = ()
     reboot_seconds: float = REBOOT_SECONDS  # a host reboot takes exactly this long
     reboot_never_up: frozenset[str] = frozenset()  # hosts that never come back from a reboot
+    # actions the driver refuses as one that cannot do them (Unsupported), as the libvirt
+    # driver refuses reboot_host and restart_toolstack
+    unsupported: frozenset[str] = frozenset()
 
     @classmethod
     def from_json(cls, text: str) -> SimPlan:
@@ -177,6 +181,7 @@ class SimPlan:
             sessions=_parse_sessions(data.get("sessions", [])),
             reboot_seconds=_number(data.get("reboot_seconds", REBOOT_SECONDS), "reboot_seconds"),
             reboot_never_up=frozenset(_vm_list(data.get("reboot_never_up", []), "reboot_never_up")),
+            unsupported=_parse_unsupported(data.get("unsupported", [])),
         )
 
     def latency(self, action: str) -> float:
@@ -189,6 +194,12 @@ class SimPlan:
             if hung is not None and (ANY in hung or any(vm in hung for vm in vms)):
                 return True
         return False
+
+
+def _parse_unsupported(value: Any) -> frozenset[str]:
+    if not isinstance(value, list):
+        raise InvalidInput(f"sim plan unsupported must be a list of driver actions; {DOCS}")
+    return frozenset(_action(a, "unsupported", wildcard=False) for a in value)
 
 
 def _action(key: Any, where: str, *, wildcard: bool) -> str:
@@ -347,6 +358,8 @@ class SimDriver(Driver):
         what = f"{action} of VM {vms[0]}" if len(vms) == 1 else action
         if self._closed.is_set():
             raise DriverError(f"sim: {what} refused: the sim driver was closed")
+        if action in self.plan.unsupported:
+            raise Unsupported(f"driver sim cannot {action} (sim plan 'unsupported')")
         delay = self.plan.latency(action)
         if delay > 0 and self._closed.wait(delay):
             raise DriverError(f"sim: {what} abandoned: the sim driver was closed")

@@ -34,8 +34,8 @@ from goldfleet.context import Context
 from goldfleet.db.tables import Clone, Cluster, ClusterHost, ClusterUpdate
 from goldfleet.domain import hostupdates as rules
 from goldfleet.domain.rollout import Policy, SessionStep, build_policy, session_step
-from goldfleet.drivers.agents import ApplyFailed, HostUnreachable, make_agent
-from goldfleet.drivers.base import DriverError, VmLoad
+from goldfleet.drivers.agents import ApplyFailed, HostTaskFailed, HostUnreachable, make_agent
+from goldfleet.drivers.base import DriverError, Unsupported, VmLoad
 from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, NotFound
 from goldfleet.services.clusters._clusters import (
     alive,
@@ -183,6 +183,15 @@ def _reachable(ctx: Context, hosts: list[str]) -> dict[str, str | None]:
         except DriverError as exc:
             out[h] = exc.message
     return out
+
+
+def _back(ctx: Context, host: str, progress: dict[str, Any]) -> bool:
+    """Whether the host an update paused on answers again; one its agent was rebooting must
+    answer with another boot id (else a resume would only wait for it again)."""
+    if _reachable(ctx, [host])[host]:
+        return False
+    boot_id = progress.get("hosts", {}).get(host, {}).get("boot_id")
+    return boot_id is None or make_agent(ctx.settings, host).back_from_reboot(boot_id)
 
 
 def start_update(
@@ -467,7 +476,7 @@ def update_tick(ctx: Context) -> None:
     running = [uid for uid, st, _ in rows if st == "running"]
     for uid, st, progress in rows:
         host = progress.get("paused_on_offline")
-        if st == "paused" and host and not _reachable(ctx, [host])[host]:
+        if st == "paused" and host and _back(ctx, host, progress):
             with ctx.session() as s:
                 u = s.get(ClusterUpdate, uid)
                 if u is not None and u.status == "paused":
@@ -719,7 +728,7 @@ def _host_step(u: _U, host: str) -> bool:
             host,
             offline=True,
         ) from None
-    except (DriverError, ApplyFailed) as exc:
+    except (DriverError, ApplyFailed, HostTaskFailed) as exc:
         raise Pause(
             f"host {host}, step {step}: {exc.message}; nothing further was done on {host}."
             f" Retry: goldfleet cluster update-resume {u.cluster}"
@@ -920,8 +929,33 @@ def _apply(u: _U, host: str) -> bool:
 
 
 def _restart_toolstack(u: _U, host: str) -> bool:
-    u.ctx.driver.restart_toolstack(host=host)
-    return True
+    """The driver restarts it (sim); a driver that cannot (libvirt): the host agent runs
+    ``host_toolstack_command`` on the host, then the step waits for the driver to reach the host
+    again (``host_up``), pausing after ``host_toolstack_timeout``."""
+    ctx = u.ctx
+    g = u.g(host)
+    if not g.get("toolstack_at"):
+        try:
+            ctx.driver.restart_toolstack(host=host)
+            return True
+        except Unsupported:
+            make_agent(ctx.settings, host).restart_toolstack()
+        g["toolstack_at"] = ctx.clock.now().isoformat()
+        u.save()
+    if ctx.driver.host_up(host=host):
+        g.pop("toolstack_at")
+        return True
+    since = datetime.fromisoformat(g["toolstack_at"])
+    if ctx.clock.now() - since > timedelta(seconds=ctx.settings.host_toolstack_timeout):
+        g.pop("toolstack_at")  # a resume restarts it again
+        raise Pause(
+            f"host {host}: its toolstack did not answer the {ctx.driver.name} driver within"
+            f" {ctx.settings.host_toolstack_timeout:g} s of its restart"
+            f" ({ctx.settings.host_toolstack_command!r}, at {since:%Y-%m-%d %H:%M:%S} UTC);"
+            f" retry: goldfleet cluster update-resume {u.cluster} (or --skip {host})",
+            host,
+        )
+    return False
 
 
 def _livepatch(u: _U, host: str) -> bool:
@@ -934,26 +968,67 @@ def _reboot(u: _U, host: str) -> bool:
     if not g.get("reboot_at"):
         if not _evacuate(u, host):  # nothing running may be left on it (arrived since)
             return False
-        ctx.driver.reboot_host(host=host)
+        try:
+            ctx.driver.reboot_host(host=host)
+        except Unsupported:
+            _agent_reboot(u, host)
         crashpoints.reached("host-update.rebooted")
         g["reboot_at"] = ctx.clock.now().isoformat()
         u.save()
         return False
-    if ctx.driver.host_up(host=host):
+    if _rebooted(ctx, host, g.get("boot_id")):
         g.pop("reboot_at")
+        g.pop("boot_id", None)
         return True
     since = datetime.fromisoformat(g["reboot_at"])
     if ctx.clock.now() - since > timedelta(seconds=ctx.settings.host_reboot_timeout):
         g["reboot_at"] = ctx.clock.now().isoformat()  # a resume waits a whole timeout again
         raise Pause(
             f"host {host} did not come back within {ctx.settings.host_reboot_timeout:g} s of"
-            f" its reboot (asked at {since:%Y-%m-%d %H:%M:%S} UTC): it is offline, disabled,"
+            f" its reboot (asked at {since:%Y-%m-%d %H:%M:%S} UTC{_still(ctx, host, g)}): it is"
+            f" offline, disabled,"
             f" its VMs are on other hosts; the update resumes when it is up, or: goldfleet"
             f" cluster update-resume {u.cluster} --skip {host}",
             host,
             offline=True,
         )
     return False
+
+
+def _agent_reboot(u: _U, host: str) -> None:
+    """The driver cannot reboot the host: its agent runs ``host_reboot_command`` there, its
+    boot id read first and kept in the progress, so that :func:`_rebooted` waits for another
+    one. Kept before the command runs: a resume after a crash that finds another boot id
+    already does not reboot the host again."""
+    g = u.g(host)
+    agent = make_agent(u.ctx.settings, host)
+    now = agent.boot_id()
+    if g.get("boot_id") is not None and g["boot_id"] != now:
+        return  # rebooted before a crash: the reboot_at below is all that was missing
+    g["boot_id"] = now
+    u.save()
+    agent.reboot()
+
+
+def _rebooted(ctx: Context, host: str, boot_id: str | None) -> bool:
+    """Up again after the reboot: a host rebooted by its agent answers with another boot id
+    (the same one: not rebooted yet); then the driver must reach it (``host_up``)."""
+    if boot_id is not None and not make_agent(ctx.settings, host).back_from_reboot(boot_id):
+        return False
+    return ctx.driver.host_up(host=host)
+
+
+def _still(ctx: Context, host: str, g: dict[str, Any]) -> str:
+    """Why a host rebooted by its agent is not back, for the pause's reason."""
+    if g.get("boot_id") is None:
+        return ""
+    try:
+        now = make_agent(ctx.settings, host).boot_id()
+    except HostUnreachable:
+        return "; it does not answer over ssh"
+    if now == g["boot_id"]:
+        return f"; it answers with the same boot id {now}: not rebooted"
+    return f"; its boot id changed but the {ctx.driver.name} driver cannot reach it"
 
 
 def _vm_tasks(u: _U, host: str, task: str) -> bool:
