@@ -1051,6 +1051,22 @@ NOT_CHECKED = [
 ]
 
 
+def sync_prechecks(
+    s: Session, ctx: Context, c: Cluster, requested_hash: str
+) -> list[rules.Precheck]:
+    """The prechecks about hosts and the last sync, asked alike by the plan and the update."""
+    last = c.last_sync or {}
+    return rules.prechecks(
+        requested_hash=requested_hash,
+        synced_hash=last.get("hash"),
+        synced_by=last.get("coordinator"),
+        coordinator=c.coordinator,
+        host_states={h.name: h.state for h in c.hosts},
+        offline_at_sync=last.get("offline", []),
+        syncing=_alive(s, ctx, c.sync_owner),
+    )
+
+
 def update_plan(ctx: Context, name: str, requested_hash: str, level: str) -> UpdatePlanView:
     """What a rolling update of the cluster at ``level`` with ``requested_hash`` would do, and
     its prechecks by name. Nothing is run: ``cluster update`` runs it (_rolling.py)."""
@@ -1058,15 +1074,7 @@ def update_plan(ctx: Context, name: str, requested_hash: str, level: str) -> Upd
     with ctx.session() as s:
         c = _get(s, name)
         last = c.last_sync or {}
-        checks = rules.prechecks(
-            requested_hash=requested_hash,
-            synced_hash=last.get("hash"),
-            synced_by=last.get("coordinator"),
-            coordinator=c.coordinator,
-            host_states={h.name: h.state for h in c.hosts},
-            offline_at_sync=last.get("offline", []),
-            syncing=_alive(s, ctx, c.sync_owner),
-        )
+        checks = sync_prechecks(s, ctx, c, requested_hash)
         if last and c.channel is not None:
             same = last.get("fingerprint") == c.channel.get("fingerprint")
             checks.append(

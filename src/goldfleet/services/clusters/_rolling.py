@@ -38,11 +38,11 @@ from goldfleet.drivers.agents import ApplyFailed, HostTaskFailed, HostUnreachabl
 from goldfleet.drivers.base import DriverError, Unsupported, VmLoad
 from goldfleet.errors import Conflict, GoldfleetError, InvalidInput, NotFound
 from goldfleet.services.clusters._clusters import (
-    alive,
     cluster_view,
     get_cluster,
     lacks_guidance,
     rules_of,
+    sync_prechecks,
     valid_sync,
 )
 from goldfleet.services.common import audit, leases
@@ -219,15 +219,7 @@ def start_update(
     with ctx.session() as s:
         c = get_cluster(s, name)
         last = c.last_sync or {}
-        base = rules.prechecks(
-            requested_hash=requested_hash,
-            synced_hash=last.get("hash"),
-            synced_by=last.get("coordinator"),
-            coordinator=c.coordinator,
-            host_states={h.name: h.state for h in c.hosts},
-            offline_at_sync=last.get("offline", []),
-            syncing=alive(s, ctx, c.sync_owner),
-        )
+        base = sync_prechecks(s, ctx, c, requested_hash)
         valid, note = valid_sync(c)
         if last and not valid and note and "channel" in note:
             base.append(rules.Precheck("channel-unchanged", False, note))
