@@ -461,30 +461,23 @@ def console_app(ctx: Context) -> FastAPI:
 
     # --- the other pages --------------------------------------------------------------------------
 
-    @app.get("/ui/sessions")
-    async def session_list(request: Request) -> HTMLResponse:
-        p = await page(request)
-        return p.render("table.html", **(await run_in_threadpool(_sessions, p)))
+    def table_page(facts: Callable[[Page], dict[str, Any]]) -> Callable[..., Any]:
+        """A page that is one table (table.html) of what ``facts`` gathers for the caller."""
 
-    @app.get("/ui/pools")
-    async def pool_list(request: Request) -> HTMLResponse:
-        p = await page(request)
-        return p.render("table.html", **(await run_in_threadpool(_pools, p)))
+        async def show(request: Request) -> HTMLResponse:
+            p = await page(request)
+            return p.render("table.html", **(await run_in_threadpool(facts, p)))
 
-    @app.get("/ui/sites")
-    async def site_list(request: Request) -> HTMLResponse:
-        p = await page(request)
-        return p.render("table.html", **(await run_in_threadpool(_sites, p)))
+        return show
 
-    @app.get("/ui/hosts")
-    async def host_list(request: Request) -> HTMLResponse:
-        p = await page(request)
-        return p.render("table.html", **(await run_in_threadpool(_hosts, p)))
-
-    @app.get("/ui/keys")
-    async def key_list(request: Request) -> HTMLResponse:
-        p = await page(request)
-        return p.render("table.html", **(await run_in_threadpool(_keys, p)))
+    for path, facts in (
+        ("/ui/sessions", _sessions),
+        ("/ui/pools", _pools),
+        ("/ui/sites", _sites),
+        ("/ui/hosts", _hosts),
+        ("/ui/keys", _keys),
+    ):
+        app.get(path, response_class=HTMLResponse)(table_page(facts))
 
     @app.get("/ui/audit")
     async def audit_list(request: Request) -> HTMLResponse:
